@@ -1,0 +1,119 @@
+"""Engine configuration: one frozen dataclass, plus the CPU-driven dtype choice."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+BLOCK_SIZE = 16  # tokens per KV block; the unit of caching, hashing and events
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of a Llama-family model, read from its config.json."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    rope_theta: float
+    rms_norm_eps: float
+    max_position: int
+    tie_word_embeddings: bool
+    eos_token_ids: tuple[int, ...]
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path) -> "ModelConfig":
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+        if cfg.get("model_type") not in ("llama", "mistral", "qwen2") and "Llama" not in str(cfg.get("architectures")):
+            raise ValueError(f"unsupported model type {cfg.get('model_type')!r}: a Llama-family model is needed")
+        heads = cfg["num_attention_heads"]
+        rope = cfg.get("rope_parameters") or {}
+        theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
+        eos = cfg.get("eos_token_id")
+        gen_cfg = Path(model_dir) / "generation_config.json"
+        if gen_cfg.is_file():
+            eos = json.loads(gen_cfg.read_text()).get("eos_token_id", eos)
+        eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
+        return cls(
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=cfg.get("num_key_value_heads", heads),
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            vocab_size=cfg["vocab_size"],
+            rope_theta=float(theta),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            max_position=int(cfg.get("max_position_embeddings", 4096)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            eos_token_ids=eos_ids,
+        )
+
+    def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
+        # K and V, every layer: 2 × layers × kv_heads × head_dim elements.
+        elem = torch.tensor([], dtype=dtype).element_size()
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * elem
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16")) or torch.backends.cpu.get_cpu_capability() in (
+        "AVX512_BF16",
+        "AMX",
+    )
+
+
+def choose_dtype(requested: str = "auto") -> torch.dtype:
+    """The compute dtype: the user's choice, else bf16 only on CPUs with native bf16.
+
+    On AVX2-only CPUs bf16 matmuls run ~100x slower than fp32, and dynamic int8
+    ruined this model's output (shared/MODEL.md), so fp32 is the default there.
+    """
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+    if requested != "auto":
+        if requested not in names:
+            raise ValueError(f"unknown dtype {requested!r}; choose auto, float32, bfloat16 or float16")
+        return names[requested]
+    if torch.cuda.is_available():
+        return torch.bfloat16
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the engine needs to start; built once from the command line."""
+
+    model_path: str
+    dtype: str = "auto"
+    device: str = "cpu"
+    threads: int = 0  # 0: all cores
+    matmul_backend: str = "auto"  # auto | numpy | torch (see engine/model/linear.py)
+    max_batch_tokens: int = 2048  # tokens per forward step (decode + prefill chunks)
+    max_running_requests: int = 64
+    kv_pool_tokens: int = 0  # 0: sized from kv_memory_gb
+    kv_memory_gb: float = 2.0
+    block_size: int = BLOCK_SIZE
+    enable_prefix_cache: bool = True
+    context_length: int = 0  # 0: the model's own
+    served_model_name: str = ""
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def num_blocks(self, model: ModelConfig, dtype: torch.dtype) -> int:
+        if self.kv_pool_tokens > 0:
+            tokens = self.kv_pool_tokens
+        else:
+            tokens = int(self.kv_memory_gb * (1 << 30) // model.kv_bytes_per_token(dtype))
+        return max(2, -(-tokens // self.block_size))

@@ -1,0 +1,123 @@
+"""Llama-family forward pass over the block KV pool (nano-vllm style).
+
+RMSNorm → fused QKV → RoPE (rotate-half) → K/V written to pool slots →
+attention reading the pool (decode batched, prefill per segment) → O →
+RMSNorm → fused gate/up → SwiGLU → down; tied embeddings for the head.
+Logits are computed only for the rows that need a next token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.config import ModelConfig
+from engine.kvcache.pool import KVPool
+from engine.model.batch import ForwardBatch
+from engine.model.linear import Linear, MatmulPlan
+from engine.model.weights import ModelWeights
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # x [T, H]; statistics in fp32 whatever the compute dtype, as HF does.
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def rope_tables(cfg: ModelConfig, dtype: torch.dtype, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    d = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))  # [d/2]
+    t = torch.arange(cfg.max_position, dtype=torch.float32)
+    freqs = torch.outer(t, inv_freq)  # [max_pos, d/2]
+    emb = torch.cat([freqs, freqs], dim=-1)  # [max_pos, d]
+    return emb.cos().to(dtype=dtype, device=device), emb.sin().to(dtype=dtype, device=device)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x [T, heads, d]; cos/sin [T, 1, d]
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class LlamaModel:
+    def __init__(self, cfg: ModelConfig, weights: ModelWeights, pool: KVPool, dtype: torch.dtype,
+                 plan: MatmulPlan | None = None):
+        self.cfg = cfg
+        self.w = weights
+        self.pool = pool
+        self.dtype = dtype
+        self.plan = plan or MatmulPlan()
+        self.cos, self.sin = rope_tables(cfg, dtype, weights.embed.device)
+        # Projections in the layout their backend runs fastest (linear.py); the
+        # raw [out, in] matrices are dropped once converted, except the embedding.
+        self.layers = [_LayerLinears(w, self.plan) for w in weights.layers]
+        for w in weights.layers:
+            w.qkv = w.o = w.gate_up = w.down = None
+        self.lm_head = Linear(weights.lm_head, self.plan)
+        self.q_size = cfg.num_heads * cfg.head_dim
+        self.kv_size = cfg.num_kv_heads * cfg.head_dim
+
+    @torch.inference_mode()
+    def forward(self, b: ForwardBatch) -> torch.Tensor:
+        """One step over a packed batch; returns fp32 logits [R, vocab] for b.logit_rows."""
+        cfg = self.cfg
+        T = b.num_tokens
+        x = F.embedding(b.input_ids, self.w.embed)  # [T, H]
+        cos = self.cos[b.positions].unsqueeze(1)  # [T, 1, d]
+        sin = self.sin[b.positions].unsqueeze(1)
+        for layer_idx, (w, lin) in enumerate(zip(self.w.layers, self.layers)):
+            h = rms_norm(x, w.input_norm, cfg.rms_norm_eps)
+            qkv = lin.qkv(h)  # [T, q + 2·kv]
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = apply_rope(q.view(T, cfg.num_heads, cfg.head_dim), cos, sin)  # [T, Hq, d]
+            k = apply_rope(k.view(T, cfg.num_kv_heads, cfg.head_dim), cos, sin)  # [T, Hkv, d]
+            v = v.view(T, cfg.num_kv_heads, cfg.head_dim)  # [T, Hkv, d]
+            k_flat, v_flat = self.pool.flat(layer_idx)  # [blocks·bs, Hkv, d]
+            k_flat.index_copy_(0, b.write_slots, k)
+            v_flat.index_copy_(0, b.write_slots, v)
+            attn = self._attention(q, k, v, self.pool.k[layer_idx], self.pool.v[layer_idx], b)  # [T, Hq·d]
+            x = x + lin.o(attn)
+            h = rms_norm(x, w.post_norm, cfg.rms_norm_eps)
+            gate, up = lin.gate_up(h).chunk(2, dim=-1)  # [T, inter] each
+            x = x + lin.down(F.silu(gate) * up)
+        h = rms_norm(x[b.logit_rows], self.w.norm, cfg.rms_norm_eps)  # [R, H]
+        return self.lm_head(h).float()  # [R, vocab]
+
+    def _attention(self, q, k, v, k_pool, v_pool, b: ForwardBatch) -> torch.Tensor:
+        # k_pool, v_pool: [blocks, bs, Hkv, d]; whole blocks are gathered per sequence
+        T = q.shape[0]
+        kv_shape = k_pool.shape[2:]  # [Hkv, d]
+        out = torch.empty(T, self.q_size, dtype=q.dtype, device=q.device)
+        B = b.num_decode
+        if B:
+            qd = q[:B].unsqueeze(2)  # [B, Hq, 1, d]
+            tables = b.decode_tables.view(-1)
+            shape = (B, -1, *kv_shape)  # [B, nb_max·bs, Hkv, d]
+            kd = k_pool.index_select(0, tables).view(shape).transpose(1, 2)  # [B, Hkv, nb_max·bs, d]
+            vd = v_pool.index_select(0, tables).view(shape).transpose(1, 2)
+            o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=b.decode_mask, enable_gqa=True)  # [B, Hq, 1, d]
+            out[:B] = o.reshape(B, self.q_size)
+        for seg in b.prefills:
+            n = seg.end - seg.start
+            qs = q[seg.start:seg.end].transpose(0, 1).unsqueeze(0)  # [1, Hq, n, d]
+            if seg.prefix_len == 0:
+                ks = k[seg.start:seg.end].transpose(0, 1).unsqueeze(0)  # [1, Hkv, n, d]
+                vs = v[seg.start:seg.end].transpose(0, 1).unsqueeze(0)
+                o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)
+            else:
+                ks = k_pool.index_select(0, seg.ctx_blocks).view(-1, *kv_shape).transpose(0, 1).unsqueeze(0)
+                vs = v_pool.index_select(0, seg.ctx_blocks).view(-1, *kv_shape).transpose(0, 1).unsqueeze(0)
+                # ks, vs [1, Hkv, nb·bs, d]; the mask hides slots past the context
+                o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=seg.mask, enable_gqa=True)
+            out[seg.start:seg.end] = o[0].transpose(0, 1).reshape(n, self.q_size)  # [n, Hq·d]
+        return out
+
+
+class _LayerLinears:
+    def __init__(self, w, plan: MatmulPlan):
+        self.qkv = Linear(w.qkv, plan)  # [T, H] -> [T, q + 2·kv]
+        self.o = Linear(w.o, plan)  # [T, q] -> [T, H]
+        self.gate_up = Linear(w.gate_up, plan)  # [T, H] -> [T, 2·inter]
+        self.down = Linear(w.down, plan)  # [T, inter] -> [T, H]

@@ -1,0 +1,99 @@
+"""Request: frozen sampling parameters plus the mutable state of one generation."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1: whole vocabulary
+    min_p: float = 0.0
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    seed: int | None = None
+    skip_special_tokens: bool = True
+    no_stop_trim: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        # SGLang treats temperature below 1e-6 as greedy, and so does top_k == 1.
+        return self.temperature < 1e-6 or self.top_k == 1
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class StepOutput:
+    """What one step produced for one request; delivered to the request's sink."""
+
+    rid: str
+    new_token_ids: list[int]
+    text_delta: str
+    finished: bool
+    finish_reason: dict | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    logprobs: list[tuple[float, int, list[tuple[float, int]] | None]] = field(default_factory=list)
+
+
+@dataclass(eq=False)  # identity semantics: requests live in lists and sets
+class Request:
+    rid: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    sink: Callable[[StepOutput], Any] | None = None
+    salt: str | None = None
+    return_logprob: bool = False
+    top_logprobs_num: int = 0
+    arrival: float = field(default_factory=time.monotonic)
+
+    # -- state, owned by the engine thread --
+    status: Status = Status.WAITING
+    output_ids: list[int] = field(default_factory=list)
+    blocks: list[int] = field(default_factory=list)  # block table; matched prefix first
+    num_computed: int = 0  # tokens whose K/V is in the pool
+    fill_ids: list[int] = field(default_factory=list)  # tokens to prefill (prompt, or all tokens after preemption)
+    cached_tokens: int = 0
+    finish_reason: dict | None = None
+    generator: torch.Generator | None = None
+    num_preemptions: int = 0
+    first_token_time: float | None = None
+    # incremental detokenization
+    text: str = ""
+    sent_text_len: int = 0
+    prefix_offset: int = 0
+    read_offset: int = 0
+    pending_ids: list[int] = field(default_factory=list)
+    pending_logprobs: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.fill_ids:
+            self.fill_ids = list(self.prompt_ids)
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def in_prefill(self) -> bool:
+        return self.num_computed < len(self.fill_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.status is Status.FINISHED

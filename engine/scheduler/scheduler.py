@@ -1,0 +1,198 @@
+"""Continuous batching: every step, running requests decode one token each and
+waiting requests are admitted and prefilled in chunks, bounded by
+max_batch_tokens. Requests join and leave the batch at any step.
+
+Admission (`can_admit` → `admit`) locks the longest cached prefix and
+allocates blocks for the rest of the prompt up front, so a prefill never
+stalls half-way for memory. Decode growth takes one block every block_size
+tokens; when none is left even after evicting cached blocks, the newest
+running request is preempted (its computed blocks go to the cache, it re-queues
+at the front and resumes by prefix match).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from engine.kvcache.pool import KVPool
+from engine.kvcache.radix import RadixCache
+from engine.model.batch import ForwardBatch, build_decode_meta, build_prefill_segment
+from engine.scheduler.request import Request, Status
+
+
+@dataclass
+class ScheduledBatch:
+    forward: ForwardBatch
+    sampled: list[Request]  # requests that get a next token this step, in logit-row order
+    chunks: list[tuple[Request, int]]  # (request, tokens prefilled this step)
+    decodes: list[Request]
+
+
+class Scheduler:
+    def __init__(self, pool: KVPool, cache: RadixCache, max_batch_tokens: int, max_running: int):
+        self.pool = pool
+        self.cache = cache
+        self.bs = pool.block_size
+        self.max_batch_tokens = max_batch_tokens
+        self.max_running = max_running
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # admitted, in admission order
+        self.num_preemptions = 0
+
+    # -- queue -------------------------------------------------------------------------
+    def add(self, req: Request) -> None:
+        self.waiting.append(req)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def find(self, rid: str) -> Request | None:
+        for req in self.running:
+            if req.rid == rid:
+                return req
+        for req in self.waiting:
+            if req.rid == rid:
+                return req
+        return None
+
+    def remove(self, req: Request) -> None:
+        """Take a request out (finished or aborted) and free or cache its blocks."""
+        if req.status is Status.WAITING:
+            self.waiting.remove(req)
+        else:
+            self.running.remove(req)
+            self._cache_computed(req)
+            self.cache.release(req.blocks)
+            req.blocks = []
+        req.status = Status.FINISHED
+
+    # -- one step ----------------------------------------------------------------------
+    def schedule(self) -> ScheduledBatch | None:
+        decodes = self._schedule_decodes()
+        budget = self.max_batch_tokens - len(decodes)
+        chunks: list[tuple[Request, int]] = []
+        for req in self.running:  # continue chunked prefills first, oldest first
+            if budget <= 0:
+                break
+            if req.in_prefill and req not in decodes:
+                n = min(len(req.fill_ids) - req.num_computed, budget)
+                chunks.append((req, n))
+                budget -= n
+        while budget > 0 and self.waiting and len(self.running) < self.max_running:
+            req = self.waiting[0]
+            if not self._admit(req):
+                break
+            n = min(len(req.fill_ids) - req.num_computed, budget)
+            chunks.append((req, n))
+            budget -= n
+        if not decodes and not chunks:
+            return None
+        return self._build(decodes, chunks)
+
+    def _schedule_decodes(self) -> list[Request]:
+        decodes = []
+        for req in list(self.running):
+            if req.in_prefill or req.status is not Status.RUNNING:
+                continue
+            # the token fed this step is at position num_computed; it needs a slot
+            while req.num_computed >= len(req.blocks) * self.bs:
+                if self.cache.can_allocate(1):
+                    req.blocks += self.cache.allocate(1)
+                    continue
+                victim = self._preempt_newest(exclude=req)
+                if victim is None:
+                    break
+                if victim in decodes:
+                    decodes.remove(victim)
+            if req.num_computed < len(req.blocks) * self.bs:
+                decodes.append(req)
+        return decodes
+
+    def _preempt_newest(self, exclude: Request) -> Request | None:
+        for victim in reversed(self.running):
+            if victim is exclude:
+                continue
+            self.running.remove(victim)
+            self._cache_computed(victim)
+            self.cache.release(victim.blocks)
+            victim.blocks = []
+            # Resume later by prefilling everything it has (prompt + output so far).
+            victim.fill_ids = victim.all_ids
+            victim.num_computed = 0
+            victim.status = Status.WAITING
+            victim.num_preemptions += 1
+            self.num_preemptions += 1
+            self.waiting.appendleft(victim)
+            return victim
+        return None
+
+    def _admit(self, req: Request) -> bool:
+        # Match at most len-1 tokens: the last prompt token must run to give logits.
+        match = self.cache.match_prefix(req.fill_ids[:-1], req.salt)
+        need = -(-len(req.fill_ids) // self.bs) - len(match.blocks)
+        self.cache.lock(match.blocks)  # lock first, so eviction below cannot take them
+        if not self.cache.can_allocate(need):
+            self.cache.release(match.blocks)
+            return False
+        req.blocks = match.blocks + self.cache.allocate(need)
+        req.num_computed = match.num_tokens
+        if req.num_preemptions == 0:
+            req.cached_tokens = match.num_tokens
+        self.waiting.popleft()
+        req.status = Status.RUNNING
+        self.running.append(req)
+        return True
+
+    def _cache_computed(self, req: Request) -> None:
+        """Give the cache every full block whose K/V is computed."""
+        computed = req.fill_ids[: req.num_computed] if req.in_prefill else req.all_ids[: req.num_computed]
+        full = len(computed) // self.bs * self.bs
+        if full:
+            self.cache.insert(computed[:full], req.blocks[: full // self.bs], req.salt)
+
+    def on_prefill_done(self, req: Request) -> None:
+        """The prompt's K/V is complete: share its full blocks with later requests now."""
+        self._cache_computed(req)
+
+    # -- batch construction ---------------------------------------------------------------
+    def _build(self, decodes: list[Request], chunks: list[tuple[Request, int]]) -> ScheduledBatch:
+        ids: list[int] = []
+        positions: list[int] = []
+        write: list[torch.Tensor] = []
+        for req in decodes:
+            pos = req.num_computed
+            ids.append(req.all_ids[pos])
+            positions.append(pos)
+            write.append(self.pool.slots(req.blocks, pos + 1, pos))
+        prefills, sampled, logit_rows = [], list(decodes), list(range(len(decodes)))
+        row = len(decodes)
+        for req, n in chunks:
+            start = req.num_computed
+            ids.extend(req.fill_ids[start:start + n])
+            positions.extend(range(start, start + n))
+            write.append(self.pool.slots(req.blocks, start + n, start))  # [n]
+            prefills.append(build_prefill_segment(row, n, start, req.blocks, self.bs))
+            row += n
+            if start + n == len(req.fill_ids):  # last chunk: its final row gives the next token
+                sampled.append(req)
+                logit_rows.append(row - 1)
+        tables, mask = (build_decode_meta([r.blocks for r in decodes], [r.num_computed + 1 for r in decodes], self.bs)
+                        if decodes else (None, None))
+        forward = ForwardBatch(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            positions=torch.tensor(positions, dtype=torch.long),
+            write_slots=torch.cat(write),
+            num_decode=len(decodes),
+            decode_tables=tables,
+            decode_mask=mask,
+            prefills=prefills,
+            logit_rows=torch.tensor(logit_rows, dtype=torch.long),
+        )
+        return ScheduledBatch(forward, sampled, chunks, decodes)
+
+    # -- accounting --------------------------------------------------------------------------
+    def blocks_in_use(self) -> int:
+        return self.pool.num_blocks - self.pool.num_free - self.cache.num_evictable()
