@@ -134,9 +134,15 @@ class Engine:
         self._inbox.put(("add", req))
         self._wake.set()
 
-    def abort(self, rid: str, abort_all: bool = False) -> None:
-        """Abort by rid (prefix match, as SGLang does) or everything."""
-        self._inbox.put(("abort", (rid, abort_all)))
+    def abort(self, rid: str, abort_all: bool = False, prefix: bool = False) -> None:
+        """Abort one request by rid, every rid starting with it (prefix=True, as
+        SGLang's /abort_request matches batch items rid_0, rid_1, ...), or all."""
+        self._inbox.put(("abort", (rid, abort_all, prefix)))
+        self._wake.set()
+
+    def abort_many(self, rids: list[str]) -> None:
+        for rid in rids:
+            self._inbox.put(("abort", (rid, False, False)))
         self._wake.set()
 
     def call(self, fn: Callable[[], Any]) -> Future:
@@ -184,10 +190,10 @@ class Engine:
                     self.stats.num_requests += 1
                     self.stats.prompt_tokens += len(payload.prompt_ids)
             elif kind == "abort":
-                rid, abort_all = payload
+                rid, abort_all, prefix = payload
                 targets = list(self.scheduler.running) + list(self.scheduler.waiting)
                 for req in targets:
-                    if abort_all or (rid and req.rid.startswith(rid)):
+                    if abort_all or req.rid == rid or (prefix and rid and req.rid.startswith(rid)):
                         self._finish(req, {"type": "abort", "message": "Aborted by request"})
             elif kind == "call":
                 fn, fut = payload
@@ -203,12 +209,15 @@ class Engine:
                 self.scheduler.on_prefill_done(req)
         for req in batch.decodes:
             req.num_computed += 1
-        tokens = sample(logits, batch.sampled)
+        tokens = sample(logits, batch.sampled, self.model_config.eos_token_ids)
         logprobs = None
         if any(r.return_logprob for r in batch.sampled):
             logprobs = token_logprobs(logits, tokens, [r.top_logprobs_num if r.return_logprob else 0
                                                        for r in batch.sampled])
         for i, (req, tok) in enumerate(zip(batch.sampled, tokens)):
+            if req.params.max_new_tokens == 0:  # prefill only (SGLang allows it; prefetch uses it)
+                self._finish(req, {"type": "length", "length": 0})
+                continue
             self._append(req, tok, logprobs[i] if logprobs and req.return_logprob else None)
 
     def _append(self, req: Request, tok: int, logprob) -> None:
@@ -258,8 +267,7 @@ class Engine:
     def _finish(self, req: Request, reason: dict) -> None:
         if req.finished:
             return
-        if req.status is not Status.FINISHED:
-            self.scheduler.remove(req)
+        self.scheduler.remove(req)
         req.finish_reason = reason
         self._detok.pop(req.rid, None)
         with self._active_lock:
@@ -284,7 +292,8 @@ class Engine:
         out = StepOutput(
             rid=req.rid, new_token_ids=req.pending_ids, text_delta=delta, finished=finished,
             finish_reason=req.finish_reason if finished else None, prompt_tokens=len(req.prompt_ids),
-            completion_tokens=len(req.output_ids), cached_tokens=req.cached_tokens, logprobs=req.pending_logprobs)
+            completion_tokens=len(req.output_ids), cached_tokens=req.cached_tokens, logprobs=req.pending_logprobs,
+            retractions=req.num_preemptions)
         req.pending_ids, req.pending_logprobs = [], []
         try:
             req.sink(out)

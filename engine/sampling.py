@@ -13,13 +13,35 @@ import torch
 from engine.scheduler.request import Request
 
 
-def sample(logits: torch.Tensor, reqs: list[Request]) -> list[int]:
-    """logits [R, vocab] fp32, one row per request → one token id per request."""
+def sample(logits: torch.Tensor, reqs: list[Request], eos_ids: tuple[int, ...] = ()) -> list[int]:
+    """logits [R, vocab] fp32, one row per request → one token id per request.
+    Rows of requests with penalties, biases or min_new_tokens are adjusted in place first."""
+    for i, req in enumerate(reqs):
+        if req.params.adjusts_logits:
+            adjust_logits(logits[i], req, eos_ids)
     tokens = logits.argmax(dim=-1).tolist()  # [R]
     for i, req in enumerate(reqs):
         if not req.params.greedy:
             tokens[i] = _sample_row(logits[i], req)
     return tokens
+
+
+def adjust_logits(row: torch.Tensor, req: Request, eos_ids: tuple[int, ...]) -> None:
+    """Penalties as SGLang/OpenAI define them, logit_bias, and min_new_tokens."""
+    p = req.params
+    if p.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted(set(req.prompt_ids) | set(req.output_ids)), dtype=torch.long)
+        vals = row[seen]
+        row[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+    if (p.frequency_penalty or p.presence_penalty) and req.output_ids:
+        ids, counts = torch.tensor(req.output_ids, dtype=torch.long).unique(return_counts=True)
+        row[ids] -= p.frequency_penalty * counts.to(row.dtype) + p.presence_penalty
+    for tok, bias in p.logit_bias:
+        row[tok] += bias
+    if len(req.output_ids) < p.min_new_tokens:
+        banned = set(p.stop_token_ids) | (set() if p.ignore_eos else set(eos_ids))
+        if banned:
+            row[torch.tensor(sorted(banned), dtype=torch.long)] = float("-inf")
 
 
 def _sample_row(row: torch.Tensor, req: Request) -> int:

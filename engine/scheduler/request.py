@@ -18,12 +18,22 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = -1  # -1: whole vocabulary
     min_p: float = 0.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_new_tokens: int = 0
+    logit_bias: tuple[tuple[int, float], ...] = ()
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     seed: int | None = None
     skip_special_tokens: bool = True
     no_stop_trim: bool = False
+
+    @property
+    def adjusts_logits(self) -> bool:
+        return bool(self.frequency_penalty or self.presence_penalty or self.repetition_penalty != 1.0
+                    or self.min_new_tokens or self.logit_bias)
 
     @property
     def greedy(self) -> bool:
@@ -49,7 +59,8 @@ class StepOutput:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
-    logprobs: list[tuple[float, int, list[tuple[float, int]] | None]] = field(default_factory=list)
+    logprobs: list[tuple[float, int, list[tuple[float, int]]]] = field(default_factory=list)
+    retractions: int = 0
 
 
 @dataclass(eq=False)  # identity semantics: requests live in lists and sets

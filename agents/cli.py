@@ -1,0 +1,95 @@
+"""The `agentgate` command.
+
+  agentgate worker ...       an SGLang-compatible CPU engine worker
+  agentgate up ...           Redis + one engine worker on localhost, until Ctrl-C
+  agentgate prepare-model    convert the shipped GGUF to safetensors (once)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with code {proc.returncode} before it was healthy")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} not healthy after {timeout:.0f}s")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from engine.model.prepare import prepare_default_model
+    from engine.redis_server import RedisServer
+
+    model = args.model_path or str(prepare_default_model())
+    redis = None
+    redis_url = os.environ.get("REDIS_URL")
+    if not redis_url:
+        redis = RedisServer(args.redis_port).start()
+        redis_url = redis.url
+    worker_url = f"http://{args.host}:{args.worker_port}"
+    cmd = [sys.executable, "-m", "engine.worker.main", "--host", args.host, "--port", str(args.worker_port),
+           "--model-path", model, "--threads", str(args.threads)]
+    worker = subprocess.Popen(cmd, env={**os.environ, "REDIS_URL": redis_url})
+    try:
+        _wait_healthy(worker_url, worker, timeout=300)
+        print(f"redis   {redis_url}")
+        print(f"worker  {worker_url}   (SGLang API: /generate, /v1/chat/completions, /metrics)")
+        print("Ctrl-C stops everything.", flush=True)
+        stop = []
+        signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+        while not stop and worker.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        if redis is not None:
+            redis.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from engine.worker.main import add_worker_args, run_worker
+
+    parser = argparse.ArgumentParser(prog="agentgate")
+    sub = parser.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("worker", help="run an SGLang-compatible CPU engine worker")
+    add_worker_args(w)
+    w.set_defaults(func=run_worker)
+    up = sub.add_parser("up", help="start Redis + one engine worker on localhost")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--worker-port", type=int, default=30000)
+    up.add_argument("--redis-port", type=int, default=None)
+    up.add_argument("--threads", type=int, default=0)
+    up.add_argument("--model-path", default=None)
+    up.set_defaults(func=cmd_up)
+    prep = sub.add_parser("prepare-model", help="convert the shipped GGUF to safetensors once")
+    prep.add_argument("--force", action="store_true")
+    prep.set_defaults(func=lambda a: __import__("engine.model.prepare", fromlist=["main"]).main(
+        ["--force"] if a.force else []))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The bridge between aiohttp handlers and the engine thread.
+
+`run_request` submits a request and yields its StepOutputs on the event loop.
+However the consumer stops — finished, client gone (handler cancelled), write
+failed — the `finally` aborts the request in the engine, which frees its KV
+blocks at the next step. Also the shared HTTP helpers: JSON bodies in, JSON
+and SSE out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from engine.errors import BadRequestError
+from engine.runner import Engine
+from engine.scheduler.request import Request, SamplingParams, StepOutput
+
+ENGINE = web.AppKey("engine", Engine)
+SERVER_ARGS = web.AppKey("server_args", dict)
+
+
+async def run_request(engine: Engine, prompt_ids: list[int], params: SamplingParams, *, rid: str | None = None,
+                      salt: str | None = None, return_logprob: bool = False,
+                      top_logprobs_num: int = 0) -> AsyncIterator[StepOutput]:
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[StepOutput] = asyncio.Queue()
+
+    def sink(out: StepOutput) -> None:  # called from the engine thread
+        loop.call_soon_threadsafe(queue.put_nowait, out)
+
+    req = Request(rid=rid or uuid.uuid4().hex, prompt_ids=prompt_ids, params=params, sink=sink, salt=salt,
+                  return_logprob=return_logprob, top_logprobs_num=top_logprobs_num)
+    engine.submit(req)  # raises a 400 for what can never run
+    finished = False
+    try:
+        while not finished:
+            out = await queue.get()
+            finished = out.finished
+            yield out
+    finally:
+        if not finished:
+            engine.abort(req.rid)
+
+
+class Collected:
+    """Everything a finished request produced, accumulated from its StepOutputs."""
+
+    def __init__(self, rid: str):
+        self.rid = rid
+        self.text = ""
+        self.output_ids: list[int] = []
+        self.logprobs: list = []
+        self.last: StepOutput | None = None
+        self.start = time.monotonic()
+
+    def add(self, out: StepOutput) -> None:
+        self.text += out.text_delta
+        self.output_ids.extend(out.new_token_ids)
+        self.logprobs.extend(out.logprobs)
+        self.last = out
+
+
+async def collect(stream: AsyncIterator[StepOutput], rid: str) -> Collected:
+    result = Collected(rid)
+    async for out in stream:
+        result.add(out)
+    return result
+
+
+def new_rid(given: str | None) -> str:
+    if given is not None and not given:
+        raise BadRequestError("rid must be a non-empty string", param="rid")
+    return given or uuid.uuid4().hex
+
+
+async def read_json(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        raise BadRequestError("the request body is empty; a JSON object is expected")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestError(f"malformed JSON body: {exc}") from None
+
+
+def json_response(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
+
+
+async def open_sse(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                       "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    return resp
+
+
+async def send_sse(resp: web.StreamResponse, obj: Any) -> None:
+    await resp.write(b"data: " + orjson.dumps(obj) + b"\n\n")
+
+
+async def close_sse(resp: web.StreamResponse) -> None:
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+
+
+async def first_output(stream: AsyncIterator[StepOutput]) -> StepOutput:
+    return await stream.__anext__()
+
+
+async def merge_streams(streams: list[AsyncIterator[StepOutput]], firsts: list[StepOutput]):
+    """Interleave several request streams as (index, output), first outputs first."""
+    queue: asyncio.Queue = asyncio.Queue()
+    live = 0
+
+    async def pump(i: int, stream: AsyncIterator[StepOutput]) -> None:
+        try:
+            async for out in stream:
+                await queue.put((i, out))
+        finally:
+            await queue.put((i, None))
+
+    tasks = []
+    for i, (first, stream) in enumerate(zip(firsts, streams)):
+        await queue.put((i, first))
+        if not first.finished:
+            tasks.append(asyncio.create_task(pump(i, stream)))
+            live += 1
+    try:
+        while live or not queue.empty():
+            i, out = await queue.get()
+            if out is None:
+                live -= 1
+                continue
+            yield i, out
+    finally:
+        for t in tasks:
+            t.cancel()
+        for s in streams:
+            await s.aclose()

@@ -1,0 +1,91 @@
+"""`agentgate worker`: parse flags (SGLang's names where SGLang has one), build
+the Engine, serve the app until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from engine.config import EngineConfig
+
+
+def add_worker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=30000)
+    p.add_argument("--model-path", default=None,
+                   help="a local Llama-family safetensors directory (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--served-model-name", default=None)
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="compute dtype; auto = bf16 only on CPUs with native bf16, else fp32")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for the model (0 = all cores)")
+    p.add_argument("--max-batch-tokens", "--chunked-prefill-size", dest="max_batch_tokens", type=int, default=2048,
+                   help="tokens per forward step (decode tokens + prefill chunk)")
+    p.add_argument("--max-running-requests", type=int, default=64)
+    p.add_argument("--max-total-tokens", "--kv-pool-tokens", dest="kv_pool_tokens", type=int, default=0,
+                   help="KV pool size in tokens (0 = from --kv-memory-gb)")
+    p.add_argument("--kv-memory-gb", type=float, default=2.0)
+    p.add_argument("--context-length", type=int, default=0)
+    p.add_argument("--disable-radix-cache", action="store_true")
+    p.add_argument("--incremental-streaming-output", "--stream-output", dest="incremental_streaming_output",
+                   action="store_true", help="stream text/output_ids deltas instead of cumulative values")
+    p.add_argument("--enable-cache-report", action="store_true", help="accepted for SGLang parity (always on)")
+    p.add_argument("--enable-metrics", action="store_true", help="accepted for SGLang parity (always on)")
+    p.add_argument("--matmul-backend", default="auto", choices=["auto", "numpy", "torch"])
+    p.add_argument("--random-seed", type=int, default=0)
+    p.add_argument("--log-level", default="info")
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    model_path = args.model_path
+    if model_path is None:
+        from engine.model.prepare import prepare_default_model
+
+        model_path = str(prepare_default_model())
+    return EngineConfig(
+        model_path=model_path, dtype=args.dtype, threads=args.threads, max_batch_tokens=args.max_batch_tokens,
+        max_running_requests=args.max_running_requests, kv_pool_tokens=args.kv_pool_tokens,
+        kv_memory_gb=args.kv_memory_gb, enable_prefix_cache=not args.disable_radix_cache,
+        context_length=args.context_length, seed=args.random_seed, matmul_backend=args.matmul_backend,
+        served_model_name=args.served_model_name or os.path.basename(model_path.rstrip("/")),
+    )
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from engine.runner import Engine
+    from engine.worker.server import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log = logging.getLogger("agentgate.worker")
+    cfg = engine_config(args)
+    if cfg.max_batch_tokens < 1 or cfg.max_running_requests < 1:
+        print("--max-batch-tokens and --max-running-requests must be at least 1", file=sys.stderr)
+        return 2
+    t0 = time.monotonic()
+    engine = Engine(cfg)
+    server_args = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    server_args.update(model_path=cfg.model_path, served_model_name=cfg.served_model_name,
+                       page_size=cfg.block_size, speculative_algorithm=None,
+                       disable_radix_cache=not cfg.enable_prefix_cache)
+    app = create_app(engine, server_args)
+    app["started"] = time.time()
+    log.info("engine ready in %.1fs: dtype=%s threads=%d matmul=%s kv_blocks=%d", time.monotonic() - t0,
+             engine.dtype, engine.threads, engine.plan.describe(), engine.pool.num_blocks)
+    print(f"agentgate worker listening on http://{args.host}:{args.port}", flush=True)
+    web.run_app(app, host=args.host, port=args.port, print=None, handler_cancellation=True,
+                access_log=None, shutdown_timeout=5)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agentgate worker", description="SGLang-compatible CPU engine worker")
+    add_worker_args(parser)
+    return run_worker(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
