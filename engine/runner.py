@@ -37,21 +37,14 @@ log = logging.getLogger("agentgate.engine")
 
 
 def configure_threads(threads: int, dtype: torch.dtype, device: str, backend: str = "auto") -> MatmulPlan:
-    """Split the cores between torch and OpenBLAS and pick each matmul's backend.
-
-    When OpenBLAS runs the projections, torch keeps one thread: its OpenMP
-    workers and OpenBLAS's would otherwise spin against each other on the same
-    cores (measured: a batch-8 decode step 495 ms with both at 2 threads,
-    159 ms with torch at 1).
-    """
+    """Give OpenBLAS and torch the same thread budget and measure which runs
+    each step size faster (engine/model/linear.py); each step then runs in one
+    mode, so the two thread pools never spin against each other."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(threads, user_api="blas")
     torch.set_num_threads(threads)
-    plan = MatmulPlan.probe(dtype, device, backend)
-    if "numpy" in plan.choice.values():
-        torch.set_num_threads(1)
-    return plan
+    return MatmulPlan.probe(dtype, device, threads, backend)
 
 
 class Engine:

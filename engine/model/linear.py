@@ -4,27 +4,33 @@ Why not F.linear: on the AVX2 machines this project runs on, torch's CPU GEMM
 for the skinny shapes of decode (M = 1..32 rows) reached 2-3x less throughput
 than numpy's OpenBLAS on the same [in, out] weights (measured: one batch-8
 decode step's matmuls 196 ms with F.linear vs 80 ms with OpenBLAS), while
-large prefill shapes run at par. So at start-up `MatmulPlan.probe` times both
-backends on this machine for a few row counts and each call uses the faster
-one for its size. Non-fp32 or non-CPU weights always use torch.
+large prefill shapes run better on torch with all threads. The two cannot
+share the cores: OpenMP and OpenBLAS workers spin against each other (a
+batch-8 step took 495 ms with both at 2 threads, 159 ms with torch at 1).
+
+So each forward step runs in one mode, chosen by its token count from a plan
+that `MatmulPlan.probe` measures on this machine at start-up:
+  numpy — projections on OpenBLAS (all threads), torch ops on 1 thread;
+  torch — everything on torch with all threads.
+Non-fp32 or non-CPU weights always use torch.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import numpy as np
 import torch
 
-_BUCKETS = (1, 8, 64, 512)  # a call with M rows uses the plan of the nearest bucket at or above M
+_BUCKETS = (1, 8, 16, 32, 64, 128)  # a step with M rows uses the plan of the nearest bucket at or above M
 
 
 class MatmulPlan:
     """Which backend each row-count bucket uses: 'numpy' or 'torch'."""
 
-    def __init__(self, choice: dict[int, str] | None = None):
+    def __init__(self, choice: dict[int, str] | None = None, threads: int | None = None):
         self.choice = choice or {b: "torch" for b in _BUCKETS}
+        self.threads = threads or torch.get_num_threads()
 
     def backend(self, m: int) -> str:
         for b in _BUCKETS:
@@ -32,47 +38,61 @@ class MatmulPlan:
                 return self.choice[b]
         return self.choice[_BUCKETS[-1]]
 
+    def enter(self, m: int) -> str:
+        """Set torch's thread count for a step of m rows and return its mode."""
+        mode = self.backend(m)
+        torch.set_num_threads(1 if mode == "numpy" else self.threads)
+        return mode
+
     @classmethod
-    def probe(cls, dtype: torch.dtype, device: str, forced: str = "auto") -> "MatmulPlan":
+    def probe(cls, dtype: torch.dtype, device: str, threads: int, forced: str = "auto") -> "MatmulPlan":
         if dtype != torch.float32 or str(device) != "cpu":
-            return cls()
+            return cls(threads=threads)
         if forced in ("numpy", "torch"):
-            return cls({b: forced for b in _BUCKETS})
-        w = torch.randn(576, 3072)  # a typical [in, out] projection
-        wn = w.numpy()
+            return cls({b: forced for b in _BUCKETS}, threads)
+        # the projection shapes of one SmolLM2 layer, [in, out]
+        weights = [torch.randn(576, 960), torch.randn(576, 576), torch.randn(576, 3072), torch.randn(1536, 576)]
         choice = {}
         for m in _BUCKETS:
-            x = torch.randn(m, 576)
-            xn = x.numpy()
-            t_torch = _time(lambda: torch.mm(x, w))
-            t_numpy = _time(lambda: xn @ wn)
+            xs = [torch.randn(m, w.shape[0]) for w in weights]
+            pairs = [(x.numpy(), w.numpy()) for x, w in zip(xs, weights)]
+            torch.set_num_threads(threads)
+            t_torch = _time(lambda: [torch.mm(x, w) for x, w in zip(xs, weights)])
+            torch.set_num_threads(1)
+            t_numpy = _time(lambda: [x @ w for x, w in pairs])
             choice[m] = "numpy" if t_numpy < t_torch else "torch"
-        return cls(choice)
+        # numpy only below the first size where torch wins: one crossover, no flapping
+        crossed = False
+        for m in _BUCKETS:
+            crossed = crossed or choice[m] == "torch"
+            if crossed:
+                choice[m] = "torch"
+        return cls(choice, threads)
 
     def describe(self) -> str:
         return ",".join(f"m<={b}:{c}" for b, c in self.choice.items())
 
 
-def _time(fn, reps: int = 7) -> float:
+def _time(fn, reps: int = 15) -> float:
+    """The fastest of reps runs: the least disturbed by whatever else the machine does."""
     fn()
     samples = []
     for _ in range(reps):
         t = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
+    return min(samples)
 
 
 class Linear:
-    def __init__(self, weight: torch.Tensor, plan: MatmulPlan):
+    def __init__(self, weight: torch.Tensor):
         # weight [out, in] as checkpoints store it; kept as its transpose [in, out]
         self.wt = weight.t().contiguous()
         self.wt_np = self.wt.numpy() if self.wt.dtype == torch.float32 and self.wt.device.type == "cpu" else None
-        self.plan = plan
         self.out_features = self.wt.shape[1]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, mode: str = "torch") -> torch.Tensor:
         # x [M, in] -> [M, out]
-        if self.wt_np is not None and self.plan.backend(x.shape[0]) == "numpy":
+        if mode == "numpy" and self.wt_np is not None:
             return torch.from_numpy(np.matmul(x.contiguous().numpy(), self.wt_np))
         return torch.mm(x, self.wt)

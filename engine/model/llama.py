@@ -52,10 +52,10 @@ class LlamaModel:
         self.cos, self.sin = rope_tables(cfg, dtype, weights.embed.device)
         # Projections in the layout their backend runs fastest (linear.py); the
         # raw [out, in] matrices are dropped once converted, except the embedding.
-        self.layers = [_LayerLinears(w, self.plan) for w in weights.layers]
+        self.layers = [_LayerLinears(w) for w in weights.layers]
         for w in weights.layers:
             w.qkv = w.o = w.gate_up = w.down = None
-        self.lm_head = Linear(weights.lm_head, self.plan)
+        self.lm_head = Linear(weights.lm_head)
         self.q_size = cfg.num_heads * cfg.head_dim
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
 
@@ -64,12 +64,13 @@ class LlamaModel:
         """One step over a packed batch; returns fp32 logits [R, vocab] for b.logit_rows."""
         cfg = self.cfg
         T = b.num_tokens
+        mode = self.plan.enter(T)  # numpy projections + 1 torch thread, or torch everywhere
         x = F.embedding(b.input_ids, self.w.embed)  # [T, H]
         cos = self.cos[b.positions].unsqueeze(1)  # [T, 1, d]
         sin = self.sin[b.positions].unsqueeze(1)
         for layer_idx, (w, lin) in enumerate(zip(self.w.layers, self.layers)):
             h = rms_norm(x, w.input_norm, cfg.rms_norm_eps)
-            qkv = lin.qkv(h)  # [T, q + 2·kv]
+            qkv = lin.qkv(h, mode)  # [T, q + 2·kv]
             q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
             q = apply_rope(q.view(T, cfg.num_heads, cfg.head_dim), cos, sin)  # [T, Hq, d]
             k = apply_rope(k.view(T, cfg.num_kv_heads, cfg.head_dim), cos, sin)  # [T, Hkv, d]
@@ -78,12 +79,12 @@ class LlamaModel:
             k_flat.index_copy_(0, b.write_slots, k)
             v_flat.index_copy_(0, b.write_slots, v)
             attn = self._attention(q, k, v, self.pool.k[layer_idx], self.pool.v[layer_idx], b)  # [T, Hq·d]
-            x = x + lin.o(attn)
+            x = x + lin.o(attn, mode)
             h = rms_norm(x, w.post_norm, cfg.rms_norm_eps)
-            gate, up = lin.gate_up(h).chunk(2, dim=-1)  # [T, inter] each
-            x = x + lin.down(F.silu(gate) * up)
+            gate, up = lin.gate_up(h, mode).chunk(2, dim=-1)  # [T, inter] each
+            x = x + lin.down(F.silu(gate) * up, mode)
         h = rms_norm(x[b.logit_rows], self.w.norm, cfg.rms_norm_eps)  # [R, H]
-        return self.lm_head(h).float()  # [R, vocab]
+        return self.lm_head(h, mode).float()  # [R, vocab]
 
     def _attention(self, q, k, v, k_pool, v_pool, b: ForwardBatch) -> torch.Tensor:
         # k_pool, v_pool: [blocks, bs, Hkv, d]; whole blocks are gathered per sequence
@@ -116,8 +117,8 @@ class LlamaModel:
 
 
 class _LayerLinears:
-    def __init__(self, w, plan: MatmulPlan):
-        self.qkv = Linear(w.qkv, plan)  # [T, H] -> [T, q + 2·kv]
-        self.o = Linear(w.o, plan)  # [T, q] -> [T, H]
-        self.gate_up = Linear(w.gate_up, plan)  # [T, H] -> [T, 2·inter]
-        self.down = Linear(w.down, plan)  # [T, inter] -> [T, H]
+    def __init__(self, w):
+        self.qkv = Linear(w.qkv)  # [T, H] -> [T, q + 2·kv]
+        self.o = Linear(w.o)  # [T, q] -> [T, H]
+        self.gate_up = Linear(w.gate_up)  # [T, H] -> [T, 2·inter]
+        self.down = Linear(w.down)  # [T, inter] -> [T, H]
