@@ -44,8 +44,6 @@ def corpus_ids(tokenizer_encode, n: int, seed: int) -> list[int]:
 
 # -- agentgate -------------------------------------------------------------------------------------
 def run_ours(args) -> dict:
-    import torch
-
     from engine.config import EngineConfig
     from engine.model.prepare import prepare_default_model
     from engine.runner import Engine

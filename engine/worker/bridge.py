@@ -144,3 +144,26 @@ async def merge_streams(streams: list[AsyncIterator[StepOutput]], firsts: list[S
             t.cancel()
         for s in streams:
             await s.aclose()
+
+
+async def start_streams(streams: list[AsyncIterator[StepOutput]]) -> list[StepOutput]:
+    """Submit every stream and wait for its first output, before any byte goes out:
+    a request the engine refuses is still a clean 4xx. On failure the started ones are aborted."""
+    try:
+        return [await first_output(s) for s in streams]
+    except BaseException:
+        for s in streams:
+            await s.aclose()
+        raise
+
+
+async def collect_all(engine: Engine, streams: list[AsyncIterator[StepOutput]], rids: list[str]) -> list[Collected]:
+    """Run requests to the end concurrently; if any is refused, abort the others."""
+    results = await asyncio.gather(*(collect(s, r) for s, r in zip(streams, rids)), return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        for s in streams:
+            await s.aclose()
+        engine.abort_many(rids)
+        raise failed[0]
+    return results

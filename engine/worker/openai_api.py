@@ -13,8 +13,8 @@ from aiohttp import web
 
 from engine.errors import BadRequestError, NotFoundError
 from engine.scheduler.request import SamplingParams
-from engine.worker.bridge import (ENGINE, SERVER_ARGS, Collected, close_sse, collect, first_output, json_response,
-                                  merge_streams, open_sse, read_json, run_request, send_sse)
+from engine.worker.bridge import (ENGINE, SERVER_ARGS, Collected, close_sse, collect_all, json_response, merge_streams,
+                                  open_sse, read_json, run_request, send_sse, start_streams)
 from engine.worker.protocol import (MAX_N, MAX_TOP_LOGPROBS, ChatCompletionRequest, CompletionRequest,
                                     build_sampling_params, parse, reject_unsupported)
 
@@ -92,15 +92,6 @@ def _start(engine, prompts: list[list[int]], params_for, n: int, body, top_logpr
     return streams, rids
 
 
-async def _collect_all(engine, streams, rids) -> list[Collected]:
-    results = await asyncio.gather(*(collect(s, r) for s, r in zip(streams, rids)), return_exceptions=True)
-    failed = [r for r in results if isinstance(r, BaseException)]
-    if failed:
-        engine.abort_many(rids)
-        raise failed[0]
-    return results
-
-
 def _finish_reason(c: Collected) -> tuple[str | None, Any]:
     fr = c.last.finish_reason if c.last else None
     if not fr:
@@ -145,12 +136,7 @@ def _completion_logprobs(engine, entries, offset: int = 0) -> dict:
 
 async def _stream(request, engine, streams, rids, n, body, make_chunk, include_usage: bool):
     """SSE for either endpoint; make_chunk(index, out, state, first) builds one chunk."""
-    try:
-        firsts = [await first_output(s) for s in streams]
-    except BaseException:
-        for s in streams:
-            await s.aclose()
-        raise
+    firsts = await start_streams(streams)
     resp = await open_sse(request)
     states = [Collected(r) for r in rids]
     started = [False] * len(rids)
@@ -190,7 +176,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     echo = [engine.tokenizer.decode(p) if body.echo else "" for p in prompts]
     envelope = {"id": cid, "object": "text_completion", "created": created, "model": model}
     if not body.stream:
-        results = await _collect_all(engine, streams, rids)
+        results = await collect_all(engine, streams, rids)
         choices = []
         for i, c in enumerate(results):
             reason, matched = _finish_reason(c)
@@ -248,7 +234,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     envelope = {"id": f"chatcmpl-{rids[0]}", "object": "chat.completion", "created": int(time.time()),
                 "model": _model_name(request)}
     if not body.stream:
-        results = await _collect_all(engine, streams, rids)
+        results = await collect_all(engine, streams, rids)
         choices = []
         for i, c in enumerate(results):
             reason, matched = _finish_reason(c)

@@ -10,17 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
 from engine.errors import AgentGateError, BadRequestError, error_body
 from engine.runner import Engine
-from engine.scheduler.request import StepOutput
 from engine.worker import openai_api
-from engine.worker.bridge import (ENGINE, SERVER_ARGS, Collected, close_sse, collect, first_output, json_response,
-                                  merge_streams, new_rid, open_sse, read_json, run_request, send_sse)
+from engine.worker.bridge import (ENGINE, SERVER_ARGS, Collected, close_sse, collect_all, json_response, merge_streams,
+                                  new_rid, open_sse, read_json, run_request, send_sse, start_streams)
 from engine.worker.metrics import render_metrics
 from engine.worker.protocol import (GenerateRequest, GenerateSamplingParams, build_sampling_params, parse,
                                     reject_unsupported)
@@ -212,23 +210,10 @@ async def generate(request: web.Request) -> web.StreamResponse:
                            top_logprobs_num=req.top_logprobs_num) for rid, ids, params in items]
     is_batch = len(items) > 1 or isinstance(req.text, list) or (req.input_ids and isinstance(req.input_ids[0], list))
     if not req.stream:
-        results = await asyncio.gather(*(collect(s, rid) for s, (rid, _, _) in zip(streams, items)),
-                                       return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            for s in streams:
-                await s.aclose()
-            engine.abort_many([rid for rid, _, _ in items])
-            raise failed[0]
+        results = await collect_all(engine, streams, [rid for rid, _, _ in items])
         outs = [_generate_json(c, req, engine) for c in results]
         return json_response(outs if is_batch else outs[0])
-    # Submit every item before the first byte goes out, so a 400 is still a 400.
-    try:
-        firsts = [await first_output(s) for s in streams]
-    except BaseException:
-        for s in streams:
-            await s.aclose()
-        raise
+    firsts = await start_streams(streams)
     resp = await open_sse(request)
     states = [Collected(rid) for rid, _, _ in items]
     async for index, out in merge_streams(streams, firsts):

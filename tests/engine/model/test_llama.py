@@ -51,7 +51,7 @@ class Model:
         cfg = ModelConfig.from_dir(model_dir)
         weights = load_weights(str(model_dir), cfg, torch.float32)
         self.pool = KVPool(16, BS, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, torch.float32)
-        plan = MatmulPlan({b: backend for b in (1, 8, 64, 512)})
+        plan = MatmulPlan.probe(torch.float32, "cpu", threads=2, forced=backend)
         self.model = LlamaModel(cfg, weights, self.pool, torch.float32, plan)
         self.blocks = list(range(self.pool.num_blocks))
 
