@@ -152,7 +152,13 @@ class Engine:
     def _loop(self) -> None:
         while not self._stop:
             self._drain_inbox()
-            batch = self.scheduler.schedule()
+            try:
+                batch = self.scheduler.schedule()
+            except Exception as exc:  # a scheduler bug must not kill the worker: fail what is in flight
+                log.exception("scheduling failed")
+                for req in list(self.scheduler.running) + list(self.scheduler.waiting):
+                    self._finish(req, {"type": "abort", "message": f"engine error: {exc}"})
+                continue
             if batch is None:
                 self._wake.wait(0.05)
                 self._wake.clear()

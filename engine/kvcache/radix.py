@@ -144,7 +144,12 @@ class RadixCache:
     def insert(self, token_ids: list[int], blocks: list[int], salt: str | None = None) -> int:
         """Adopt the full blocks of a sequence whose KV is computed for token_ids.
 
-        The blocks stay referenced by the caller; the tree only records them.
+        `blocks` is the caller's block table, which holds a reference on each
+        block; the tree records new blocks without taking one. Where the tree
+        already caches a block under the same hash (two requests computed the
+        same prefix side by side), the caller switches to the cached block in
+        place — blocks[i] is rewritten, its duplicate released — so a running
+        request never pins an uncached copy beneath a cached prefix.
         Returns the number of newly cached blocks.
         """
         if not self.enabled:
@@ -179,6 +184,10 @@ class RadixCache:
                     self._unreferenced += 1
             elif node.tokens != tokens:
                 break  # a 64-bit collision: never serve it
+            elif node.block != blocks[i]:
+                self.lock([node.block])
+                self.release([blocks[i]])
+                blocks[i] = node.block
             node.last_access = now
             parent = h
         if new_hashes:

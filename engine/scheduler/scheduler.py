@@ -147,11 +147,12 @@ class Scheduler:
         return True
 
     def _cache_computed(self, req: Request) -> None:
-        """Give the cache every full block whose K/V is computed."""
-        computed = req.fill_ids[: req.num_computed] if req.in_prefill else req.all_ids[: req.num_computed]
-        full = len(computed) // self.bs * self.bs
+        """Give the cache every full block whose K/V is computed (the fill ids
+        are a prefix of all_ids, so all_ids covers prefill and decode alike).
+        insert() may swap duplicates in req.blocks for the cached blocks."""
+        full = req.num_computed // self.bs * self.bs
         if full:
-            self.cache.insert(computed[:full], req.blocks[: full // self.bs], req.salt)
+            self.cache.insert(req.all_ids[:full], req.blocks, req.salt)
 
     def on_prefill_done(self, req: Request) -> None:
         """The prompt's K/V is complete: share its full blocks with later requests now."""

@@ -142,6 +142,8 @@ async def merge_streams(streams: list[AsyncIterator[StepOutput]], firsts: list[S
     finally:
         for t in tasks:
             t.cancel()
+        # let the pumps unwind (their generators abort their requests) before closing the rest
+        await asyncio.gather(*tasks, return_exceptions=True)
         for s in streams:
             await s.aclose()
 

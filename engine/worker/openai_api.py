@@ -227,7 +227,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     prompt = await asyncio.to_thread(engine.tokenizer.encode, text) if len(text) > 20_000 else \
         engine.tokenizer.encode(text)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    default_max = max(engine.context_length - len(prompt), 1)
+    # no max_tokens: up to the context, or to what the KV pool can ever hold (as SGLang caps it)
+    capacity = min(engine.context_length, engine.pool.num_blocks * engine.pool.block_size)
+    default_max = max(capacity - len(prompt), 1)
     top = (body.top_logprobs or 0) if body.logprobs else None
     streams, rids = _start(engine, [prompt], lambda p: _params(engine, body, max_tokens, default_max), body.n,
                            body, top)

@@ -8,9 +8,9 @@ clients and routers work unchanged.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from engine.errors import BadRequestError
 from engine.scheduler.request import SamplingParams
@@ -51,13 +51,20 @@ class GenerateSamplingParams(BaseModel):
     custom_params: dict | None = None
 
 
+# One object, or one per prompt; the discriminator keeps pydantic from reporting
+# both alternatives' errors for a single bad key.
+OneOrManySamplingParams = Annotated[
+    Union[Annotated[GenerateSamplingParams, Tag("one")], Annotated[list[GenerateSamplingParams], Tag("many")]],
+    Discriminator(lambda v: "many" if isinstance(v, list) else "one"),
+]
+
+
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     text: str | list[str] | None = None
     input_ids: list[int] | list[list[int]] | None = None
-    sampling_params: GenerateSamplingParams | list[GenerateSamplingParams] = Field(
-        default_factory=GenerateSamplingParams)
+    sampling_params: OneOrManySamplingParams = Field(default_factory=GenerateSamplingParams)
     rid: str | list[str] | None = None
     stream: bool = False
     return_logprob: bool = False
@@ -134,6 +141,9 @@ class ChatCompletionRequest(_OpenAICommon):
     chat_template_kwargs: dict | None = None
 
 
+_UNION_TAGS = ("one", "many")
+
+
 def parse(model: type[BaseModel], body: Any) -> BaseModel:
     """Validate a JSON body; pydantic's complaints become one clear 400."""
     if not isinstance(body, dict):
@@ -143,11 +153,11 @@ def parse(model: type[BaseModel], body: Any) -> BaseModel:
     except ValidationError as exc:
         problems = []
         for err in exc.errors()[:8]:
-            where = ".".join(str(p) for p in err["loc"]) or "body"
+            where = ".".join(str(p) for p in err["loc"] if p not in _UNION_TAGS) or "body"
             problems.append(f"{where}: {err['msg']}")
         first = exc.errors()[0]["loc"] if exc.errors() else ()
         raise BadRequestError("invalid request: " + "; ".join(problems),
-                              param=".".join(str(p) for p in first) or None) from None
+                              param=".".join(str(p) for p in first if p not in _UNION_TAGS) or None) from None
 
 
 def build_sampling_params(

@@ -25,8 +25,9 @@ LOGIT_TOL = 1e-3
 
 @pytest.fixture(scope="module")
 def hf_model(model_dir):
-    transformers = pytest.importorskip("transformers")
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    from transformers import AutoModelForCausalLM  # the `convert` extra; prepare_default_model needs it too
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
     return model
 

@@ -93,7 +93,7 @@ def test_unknown_sampling_param_is_a_400_naming_it():
     with pytest.raises(BadRequestError) as info:
         parse(GenerateRequest, {"text": "hi", "sampling_params": {"temprature": 0}})
     assert info.value.status == 400
-    assert info.value.param == "sampling_params.GenerateSamplingParams.temprature"
+    assert info.value.param == "sampling_params.temprature"
     assert "temprature: Extra inputs are not permitted" in info.value.message
 
 
