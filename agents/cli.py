@@ -1,7 +1,8 @@
 """The `agentgate` command.
 
   agentgate worker ...       an SGLang-compatible CPU engine worker
-  agentgate up ...           Redis + one engine worker on localhost, until Ctrl-C
+  agentgate gateway ...      the gateway (workflows, OpenAI proxy) in front of workers
+  agentgate up ...           Redis + one engine worker + the gateway on localhost, until Ctrl-C
   agentgate prepare-model    convert the shipped GGUF to safetensors (once)
 """
 
@@ -45,24 +46,33 @@ def cmd_up(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "engine.worker.main", "--host", args.host, "--port", str(args.worker_port),
            "--model-path", model, "--threads", str(args.threads)]
     worker = subprocess.Popen(cmd, env={**os.environ, "REDIS_URL": redis_url})
+    procs = [worker]
     try:
         _wait_healthy(worker_url, worker, timeout=300)
+        gateway_url = f"http://{args.host}:{args.gateway_port}"
+        gateway = subprocess.Popen([sys.executable, "-m", "gateway.main", "--host", args.host, "--port",
+                                    str(args.gateway_port), "--redis-url", redis_url, "--worker-urls", worker_url],
+                                   env={**os.environ, "REDIS_URL": redis_url})
+        procs.append(gateway)
+        _wait_healthy(gateway_url, gateway, timeout=60)
         print(f"redis   {redis_url}")
         print(f"worker  {worker_url}   (SGLang API: /generate, /v1/chat/completions, /metrics)")
+        print(f"gateway {gateway_url}   (/v1/workflows, /v1/chat/completions, /metrics)")
         print("Ctrl-C stops everything.", flush=True)
         stop = []
         signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-        while not stop and worker.poll() is None:
+        while not stop and all(p.poll() is None for p in procs):
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        if worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         if redis is not None:
             redis.stop()
     return 0
@@ -76,9 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("worker", help="run an SGLang-compatible CPU engine worker")
     add_worker_args(w)
     w.set_defaults(func=run_worker)
+    from gateway.main import add_gateway_args, run_gateway
+
+    gw = sub.add_parser("gateway", help="run the gateway in front of SGLang-API workers")
+    add_gateway_args(gw)
+    gw.set_defaults(func=run_gateway)
     up = sub.add_parser("up", help="start Redis + one engine worker on localhost")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--worker-port", type=int, default=30000)
+    up.add_argument("--gateway-port", type=int, default=8000)
     up.add_argument("--redis-port", type=int, default=None)
     up.add_argument("--threads", type=int, default=0)
     up.add_argument("--model-path", default=None)

@@ -196,6 +196,8 @@ class Engine:
                         self._finish(req, {"type": "abort", "message": "Aborted by request"})
             elif kind == "call":
                 fn, fut = payload
+                if not fut.set_running_or_notify_cancel():  # its caller gave up (client hung up)
+                    continue
                 try:
                     fut.set_result(fn())
                 except Exception as exc:

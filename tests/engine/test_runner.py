@@ -347,3 +347,14 @@ def test_a_finished_request_sharing_a_prefix_with_a_running_one_does_not_break_a
         assert long.wait().completion_tokens == 60 and big.wait().completion_tokens == 8
     finally:
         engine.stop()
+
+
+def test_a_call_whose_caller_gave_up_does_not_stop_the_engine(engine_fp32):
+    # Hold the engine thread busy so the next call is still queued when it is cancelled,
+    # as when an HTTP client hangs up on /get_load mid-step.
+    blocker = engine_fp32.call(lambda: time.sleep(0.3))
+    abandoned = engine_fp32.call(lambda: "never")
+    assert abandoned.cancel()
+    blocker.result(timeout=30)
+    assert engine_fp32.call(lambda: 42).result(timeout=30) == 42
+    assert engine_fp32._thread.is_alive()

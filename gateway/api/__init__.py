@@ -1,0 +1,1 @@
+"""HTTP edge: pydantic schemas, error middleware and route handlers."""

@@ -1,0 +1,79 @@
+"""JSON in, JSON and SSE out, and the error middleware that makes every error OpenAI-shaped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import orjson
+from aiohttp import web
+
+from engine.errors import AgentGateError, BadRequestError, error_body
+from gateway.errors import NoWorkerError, PayloadTooLargeError
+from gateway.keys import CONFIG, METRICS
+
+log = logging.getLogger("agentgate.gateway")
+
+
+def json_response(data, status: int = 200, headers: dict | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
+
+
+async def read_body(request: web.Request) -> bytes:
+    limit = request.app[CONFIG].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLargeError(f"the request body is {request.content_length} bytes; the limit is {limit}")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLargeError(f"the request body exceeds the limit of {limit} bytes") from None
+
+
+async def read_json(request: web.Request):
+    raw = await read_body(request)
+    try:
+        return orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestError(f"malformed JSON body: {exc}") from None
+
+
+async def open_sse(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                       "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    return resp
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    """Errors leave as {"error": {...}} with their status; every request is counted and timed."""
+    t0 = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    status = 500
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    except NoWorkerError as exc:
+        status = exc.status
+        return json_response(exc.to_json(), status=exc.status, headers={"Retry-After": str(exc.retry_after)})
+    except AgentGateError as exc:
+        status = exc.status
+        return json_response(exc.to_json(), status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        status = exc.status
+        kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
+        return json_response(error_body(exc.reason or str(exc), kind, exc.status), status=exc.status)
+    except (asyncio.CancelledError, ConnectionResetError):
+        status = 499
+        raise
+    except Exception as exc:  # a bug: a 500 with a message, not a dropped connection
+        log.exception("unhandled error on %s", request.path)
+        return json_response(error_body(f"internal error: {exc}", "internal_error", 500), status=500)
+    finally:
+        metrics = request.app[METRICS]
+        metrics.requests.inc(route=route, status=status)
+        metrics.latency.observe(time.perf_counter() - t0, route=route)

@@ -1,0 +1,165 @@
+"""OpenAI-compatible calls and SGLang /generate, routed to a worker and passed through.
+
+The body is forwarded as the client sent it, minus `agent_hints` (which may also
+come as `x-agent-*` headers; neither reaches the worker). Responses — JSON or
+SSE — are relayed byte for byte, so the worker's `usage` (with
+prompt_tokens_details.cached_tokens) reaches the client untouched. A call that
+cannot connect, or gets a 5xx before any byte was relayed, is retried on another
+worker; once streaming has begun, a broken worker ends the stream with an error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+import orjson
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from engine.errors import AgentGateError, BadRequestError
+from gateway.api.http import json_response, read_json
+from gateway.api.schemas import AgentHints
+from gateway.errors import NoWorkerError, WorkerCallError
+from gateway.keys import CONFIG, HASHER, METRICS, POLICY, POOL, TEMPLATES
+from gateway.router.base import RouteRequest
+
+log = logging.getLogger("agentgate.gateway")
+PROXY_ATTEMPTS = 3
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", lambda r: proxy(r, "/v1/chat/completions"))
+    app.router.add_post("/v1/completions", lambda r: proxy(r, "/v1/completions"))
+    app.router.add_post("/generate", lambda r: proxy(r, "/generate"))
+    app.router.add_get("/v1/models", list_models)
+
+
+def extract_hints(body: dict, headers) -> AgentHints | None:
+    """agent_hints from the body, completed by x-agent-* headers (x-agent-id is agent_id)."""
+    raw = body.pop("agent_hints", None)
+    hints = dict(raw) if isinstance(raw, dict) else {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower.startswith("x-agent-"):
+            field = lower[len("x-agent-"):].replace("-", "_")
+            hints.setdefault("agent_id" if field == "id" else field, value)
+    if not hints:
+        return None
+    try:
+        return AgentHints.model_validate(hints)
+    except ValueError as exc:
+        raise BadRequestError(f"invalid agent_hints: {exc}", param="agent_hints") from None
+
+
+async def route_request(request: web.Request, path: str, body: dict) -> RouteRequest:
+    hasher = request.app[HASHER]
+    salt = body.get("cache_salt") if isinstance(body.get("cache_salt"), str) else None
+    try:
+        if path == "/v1/chat/completions" and isinstance(body.get("messages"), list):
+            return await hasher.for_chat(body["messages"], tools=body.get("tools"),
+                                         template_kwargs=body.get("chat_template_kwargs"), salt=salt)
+        prompt = body.get("prompt") if path == "/v1/completions" else body.get("text")
+        if isinstance(prompt, str):
+            return await hasher.for_text(prompt, salt)
+        ids = body.get("input_ids") if path == "/generate" else prompt
+        if isinstance(ids, list) and ids and all(isinstance(t, int) for t in ids):
+            return hasher.route_for_ids(ids, salt)
+    except AgentGateError:
+        pass  # a prompt the gateway cannot render: route it blind, the worker reports the problem
+    return RouteRequest(prompt_tokens=0)
+
+
+async def proxy(request: web.Request, path: str) -> web.StreamResponse:
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise BadRequestError("the request body must be a JSON object")
+    hints = extract_hints(body, request.headers)
+    if hints is not None and hints.template and hints.node_id:
+        agent = hints.agent_id or hints.workflow_id or request.remote or "anonymous"
+        try:
+            await request.app[TEMPLATES].record_call(hints.template, agent, hints.node_id)
+        except (OSError, RedisError) as exc:  # learning is best effort; the call itself goes on
+            log.warning("could not record a template transition: %s", exc)
+    pool, policy, metrics = request.app[POOL], request.app[POLICY], request.app[METRICS]
+    needs_prefix = policy.uses_prefix and len(pool.healthy()) > 1
+    route = await route_request(request, path, body) if needs_prefix else RouteRequest(prompt_tokens=0)
+    payload = orjson.dumps(body)
+    tried: list[str] = []
+    last_error: WorkerCallError | None = None
+    for _ in range(PROXY_ATTEMPTS):
+        candidates = [w.view() for w in pool.healthy() if w.url not in tried]
+        if not candidates:
+            break
+        url = policy.choose(route, candidates)
+        policy.on_routed(route, url)
+        worker = pool.reserve(url)
+        metrics.routed.inc(worker=url)
+        try:
+            resp = await worker.client.open("POST", path, payload)
+        except WorkerCallError as exc:
+            pool.release(url)
+            pool.record_failure(url, exc)
+            tried.append(url)
+            last_error = exc
+            continue
+        try:
+            return await _relay(request, resp, metrics, url)
+        finally:
+            resp.release()
+            pool.release(url)
+    retry_after = request.app[CONFIG].retry_after_s
+    if last_error is not None:
+        raise NoWorkerError(f"every worker tried failed; last: {last_error}", retry_after=retry_after)
+    raise NoWorkerError(retry_after=retry_after)
+
+
+async def _relay(request: web.Request, resp, metrics, url: str) -> web.StreamResponse:
+    if resp.content_type != "text/event-stream":
+        data = await resp.read()
+        if resp.status == 200 and resp.content_type == "application/json":
+            try:
+                parsed = orjson.loads(data)
+                if isinstance(parsed, dict):
+                    metrics.observe_usage(parsed.get("usage"))
+            except orjson.JSONDecodeError:
+                pass
+        return web.Response(body=data, status=resp.status, content_type=resp.content_type)
+    out = web.StreamResponse(status=resp.status, headers={"Content-Type": "text/event-stream",
+                                                          "Cache-Control": "no-cache"})
+    await out.prepare(request)
+    chunks = resp.content.iter_any().__aiter__()
+    while True:
+        try:
+            chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            break
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            # The worker broke mid-stream: tell the client instead of leaving it hanging.
+            log.warning("stream from %s broke: %r", url, exc)
+            err = {"error": {"message": f"worker stream broken: {exc!r}", "type": "service_unavailable",
+                             "code": 503}}
+            await out.write(b"data: " + orjson.dumps(err) + b"\n\ndata: [DONE]\n\n")
+            break
+        # A client gone raises here; releasing the worker response then closes it, and the worker aborts.
+        await out.write(chunk)
+    await out.write_eof()
+    return out
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """Every model the healthy workers serve, once each."""
+    pool = request.app[POOL]
+    seen: dict[str, dict] = {}
+    for w in pool.healthy():
+        try:
+            data = await w.client.get_json("/v1/models")
+        except WorkerCallError as exc:
+            log.info("no model list from %s: %s", w.url, exc)
+            continue
+        for card in data.get("data", []):
+            seen.setdefault(card.get("id"), card)
+    if not seen and not pool.healthy():
+        raise NoWorkerError(retry_after=request.app[CONFIG].retry_after_s)
+    return json_response({"object": "list", "data": list(seen.values())})

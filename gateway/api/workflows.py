@@ -1,0 +1,146 @@
+"""/v1/workflows: submit, inspect, list, stream events, post external results, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from aiohttp import web
+
+from engine.errors import BadRequestError, NotFoundError
+from gateway.api.http import json_response, open_sse, read_json
+from gateway.api.schemas import NodeResultIn, WorkflowIn, parse_or_422
+from gateway.errors import ValidationProblems
+from gateway.keys import CONFIG, SCHEDULER, STORE
+from gateway.planner.dag import validate
+
+EVENT_POLL_MS = 1000
+MAX_PAGE = 200
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/v1/workflows", submit)
+    r.add_get("/v1/workflows", list_workflows)
+    r.add_get("/v1/workflows/{id}", get_workflow)
+    r.add_delete("/v1/workflows/{id}", cancel_workflow)
+    r.add_get("/v1/workflows/{id}/events", events)
+    r.add_post("/v1/workflows/{id}/nodes/{node}/result", post_result)
+
+
+async def submit(request: web.Request) -> web.Response:
+    body = parse_or_422(WorkflowIn, await read_json(request))
+    spec = body.to_spec(request.app[CONFIG].default_max_tokens)
+    problems = validate(spec)
+    if problems:
+        raise ValidationProblems(problems)
+    wf_id = await request.app[SCHEDULER].submit(spec)
+    return json_response({"id": wf_id, "status": "running", "events": f"/v1/workflows/{wf_id}/events"}, status=202)
+
+
+async def _load(request: web.Request, wf_id: str) -> dict:
+    meta = await request.app[STORE].meta(wf_id)
+    if meta is None:
+        raise NotFoundError(f"workflow '{wf_id}' does not exist", param="id", code="workflow_not_found")
+    return meta
+
+
+def _summary(wf_id: str, meta: dict) -> dict:
+    return {"id": wf_id, "status": meta["status"], "created": meta["created"], "updated": meta.get("updated"),
+            "finished": meta.get("finished"), "template": meta.get("template") or None,
+            "priority": meta["priority"], "error": meta.get("error")}
+
+
+async def get_workflow(request: web.Request) -> web.Response:
+    wf_id = request.match_info["id"]
+    store = request.app[STORE]
+    meta = await _load(request, wf_id)
+    nodes = await store.nodes(wf_id)
+    out_nodes, outputs, prompt, cached = {}, {}, 0, 0
+    for node in meta["spec"]["nodes"]:
+        state = nodes.get(node["id"], {"status": "pending"})
+        usage = state.get("usage") or {}
+        prompt += usage.get("prompt_tokens") or 0
+        cached += (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        started, first, finished = state.get("started"), state.get("first_token"), state.get("finished")
+        out_nodes[node["id"]] = {
+            "type": node["kind"], "status": state["status"], "output": state.get("output"),
+            "worker": state.get("worker"), "attempts": state.get("attempts", 0), "error": state.get("error"),
+            "usage": state.get("usage"),
+            "timings": {"started": started, "finished": finished,
+                        "ttft_s": first - started if first and started else None,
+                        "duration_s": finished - started if finished and started else None}}
+        if state["status"] == "finished":
+            outputs[node["id"]] = state.get("output")
+    return json_response({**_summary(wf_id, meta), "nodes": out_nodes, "outputs": outputs,
+                          "cache": {"prompt_tokens": prompt, "cached_tokens": cached,
+                                    "hit_rate": cached / prompt if prompt else 0.0}})
+
+
+def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequestError(f"{name} must be an integer", param=name) from None
+    if not lo <= value <= hi:
+        raise BadRequestError(f"{name} must be in [{lo}, {hi}]", param=name)
+    return value
+
+
+async def list_workflows(request: web.Request) -> web.Response:
+    offset = _int_query(request, "offset", 0, 0, 10**9)
+    limit = _int_query(request, "limit", 20, 1, MAX_PAGE)
+    store = request.app[STORE]
+    ids, total = await store.list(offset, limit)
+    data = []
+    for wf_id in ids:
+        meta = await store.meta(wf_id)
+        if meta is not None:
+            data.append(_summary(wf_id, meta))
+    return json_response({"object": "list", "data": data, "total": total, "offset": offset, "limit": limit,
+                          "has_more": offset + len(ids) < total})
+
+
+async def cancel_workflow(request: web.Request) -> web.Response:
+    wf_id = request.match_info["id"]
+    status = await request.app[SCHEDULER].cancel(wf_id)
+    return json_response({"id": wf_id, "status": status})
+
+
+async def post_result(request: web.Request) -> web.Response:
+    wf_id, node = request.match_info["id"], request.match_info["node"]
+    body = parse_or_422(NodeResultIn, await read_json(request))
+    await request.app[SCHEDULER].post_result(wf_id, node, body.output)
+    return json_response({"id": wf_id, "node": node, "status": "finished"})
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """SSE from the workflow's Redis stream. `Last-Event-ID` (or ?after=) resumes after that event;
+    the stream ends after workflow_finished. Each client reads Redis on its own, so a slow
+    consumer only delays itself, never the scheduler."""
+    wf_id = request.match_info["id"]
+    store = request.app[STORE]
+    await _load(request, wf_id)
+    after = request.headers.get("Last-Event-ID") or request.query.get("after") or "0-0"
+    resp = await open_sse(request)
+    done = False
+    while not done:
+        batch = await store.read_events(wf_id, after, block_ms=EVENT_POLL_MS)
+        if not batch:
+            meta = await store.meta(wf_id)
+            if meta is None or meta["status"] != "running" and not await store.read_events(wf_id, after):
+                break  # ended before this client connected and everything was replayed
+            await resp.write(b": keep-alive\n\n")
+            continue
+        for eid, type_, data in batch:
+            await resp.write(b"id: %s\nevent: %s\ndata: %s\n\n" % (eid.encode(), type_.encode(), orjson.dumps(data)))
+            after = eid
+            done = done or type_ == "workflow_finished"
+    try:
+        await resp.write_eof()
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    return resp

@@ -1,0 +1,122 @@
+"""The gateway app factory.
+
+Start-up order (cleanup_ctx, undone in reverse): HTTP client session → Redis →
+worker pool (first probe, then a background health loop that also picks up
+workers from the Redis registry and loads the tokenizer once a worker names its
+model) → scheduler (claims and resumes unfinished workflows, then dispatches).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.api import openai_proxy, system, templates, workflows
+from gateway.api.http import error_middleware
+from gateway.config import GatewayConfig
+from gateway.keys import CONFIG, HASHER, METRICS, POLICY, POOL, REDIS, SCHEDULER, SESSION, STORE, TEMPLATES
+from gateway.metrics import Metrics
+from gateway.router.prompts import PromptHasher
+from gateway.router.registry import make_policy
+from gateway.scheduler.scheduler import Scheduler
+from gateway.state.store import WorkflowStore
+from gateway.state.templates import TemplateStore
+from gateway.workers.pool import WorkerPool
+
+log = logging.getLogger("agentgate.gateway")
+
+
+def create_app(config: GatewayConfig) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
+    app[CONFIG] = config
+    app[METRICS] = Metrics()
+    app[POLICY] = make_policy(config.policy)
+    app[HASHER] = PromptHasher.from_model_dir(config.tokenizer_path)
+    workflows.add_routes(app)
+    templates.add_routes(app)
+    openai_proxy.add_routes(app)
+    system.add_routes(app)
+    app.cleanup_ctx.extend([_session, _redis, _pool, _scheduler])
+    return app
+
+
+async def _session(app: web.Application):
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+        app[SESSION] = session
+        yield
+
+
+async def _redis(app: web.Application):
+    redis = Redis.from_url(app[CONFIG].redis_url, decode_responses=True)
+    app[REDIS] = redis
+    app[STORE] = WorkflowStore(redis, app[CONFIG].key_prefix)
+    app[TEMPLATES] = TemplateStore(redis, app[CONFIG].key_prefix)
+    yield
+    await redis.aclose()
+
+
+async def _pool(app: web.Application):
+    config = app[CONFIG]
+    pool = WorkerPool(config, app[SESSION])
+    pool.on_removed.append(app[POLICY].on_removed)
+    pool.sync(config.worker_urls)
+    pool.sync(await app[STORE].registered_workers())
+    app[POOL] = pool
+    await pool.probe_all()
+    await _load_tokenizer(app)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(_health_loop(app, stopping), name="gateway-health")
+    yield
+    # Let a probe in flight finish rather than hang up on it: an aborted /get_load wastes the worker's time.
+    stopping.set()
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout=5)
+    except asyncio.TimeoutError:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _health_loop(app: web.Application, stopping: asyncio.Event) -> None:
+    pool, store, config = app[POOL], app[STORE], app[CONFIG]
+    while True:
+        try:
+            await asyncio.wait_for(stopping.wait(), timeout=config.health_interval_s)
+            return
+        except asyncio.TimeoutError:
+            pass
+        try:
+            pool.sync(await store.registered_workers())
+        except (OSError, RedisError) as exc:
+            log.warning("worker registry unreadable: %s", exc)
+        await pool.probe_all()
+        await _load_tokenizer(app)
+
+
+async def _load_tokenizer(app: web.Application) -> None:
+    """Hash prefixes with the workers' own tokenizer once one of them tells us its model dir."""
+    hasher = app[HASHER]
+    if hasher.tokenizer is not None:
+        return
+    model_dir = app[POOL].model_dir()
+    if model_dir is None or model_dir == hasher.tried:
+        return
+    hasher.tried = model_dir
+    fresh = await asyncio.to_thread(PromptHasher.from_model_dir, model_dir)
+    if fresh.tokenizer is not None:
+        hasher.tokenizer, hasher.encoder = fresh.tokenizer, fresh.encoder
+        log.info("prefix hashing uses the tokenizer in %s", model_dir)
+
+
+async def _scheduler(app: web.Application):
+    scheduler = Scheduler(app[CONFIG], app[STORE], app[POOL], app[POLICY], app[HASHER], app[METRICS])
+    scheduler.templates = app[TEMPLATES]
+    app[SCHEDULER] = scheduler
+    await scheduler.start()
+    yield
+    await scheduler.stop()

@@ -1,0 +1,44 @@
+"""Gateway-specific errors, on top of the one hierarchy in engine/errors.py."""
+
+from __future__ import annotations
+
+from engine.errors import AgentGateError, ServiceUnavailableError, UnprocessableError
+
+
+class PayloadTooLargeError(AgentGateError):
+    status = 413
+    type = "invalid_request_error"
+
+
+class ValidationProblems(UnprocessableError):
+    """A 422 that lists every problem found, not just the first."""
+
+    def __init__(self, problems: list[str], *, param: str | None = None):
+        super().__init__("invalid workflow: " + "; ".join(problems), param=param, code="invalid_workflow")
+        self.problems = list(problems)
+
+    def to_json(self) -> dict:
+        body = super().to_json()
+        body["error"]["problems"] = self.problems
+        return body
+
+
+class NoWorkerError(ServiceUnavailableError):
+    """No healthy worker can take the call now; clients retry after `retry_after` seconds."""
+
+    def __init__(self, message: str = "no healthy worker is available", *, retry_after: int = 1):
+        super().__init__(message, code="no_worker")
+        self.retry_after = retry_after
+
+
+class WorkerCallError(Exception):
+    """A call to one worker failed. `retryable` calls go to another worker (connection
+    reset, 5xx, worker gone); the others (a 4xx: the request itself is bad) do not."""
+
+    def __init__(self, url: str, message: str, *, status: int | None = None, retryable: bool = True,
+                 body: bytes | None = None):
+        super().__init__(f"{url}: {message}")
+        self.url = url
+        self.status = status
+        self.retryable = retryable
+        self.body = body

@@ -1,0 +1,27 @@
+"""Typed aiohttp AppKeys: everything the handlers reach hangs off the app, nothing is global."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+from redis.asyncio import Redis
+
+from gateway.config import GatewayConfig
+from gateway.metrics import Metrics
+from gateway.router.base import RoutingPolicy
+from gateway.router.prompts import PromptHasher
+from gateway.scheduler.scheduler import Scheduler
+from gateway.state.store import WorkflowStore
+from gateway.state.templates import TemplateStore
+from gateway.workers.pool import WorkerPool
+
+CONFIG = web.AppKey("config", GatewayConfig)
+METRICS = web.AppKey("metrics", Metrics)
+POLICY = web.AppKey("policy", RoutingPolicy)
+HASHER = web.AppKey("hasher", PromptHasher)
+REDIS = web.AppKey("redis", Redis)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+STORE = web.AppKey("store", WorkflowStore)
+TEMPLATES = web.AppKey("templates", TemplateStore)
+POOL = web.AppKey("pool", WorkerPool)
+SCHEDULER = web.AppKey("scheduler", Scheduler)

@@ -1,0 +1,1 @@
+"""The workflow DAG: validation, critical paths, templating, edge conditions."""

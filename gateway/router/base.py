@@ -1,0 +1,52 @@
+"""The routing contract.
+
+A policy gets one `RouteRequest` (what the call's prompt is, as chained block
+hashes of its tokens) and the candidate workers (`WorkerView`s: healthy, with a
+free slot) and returns the URL of the one that should serve it. `choose` is
+synchronous and cheap: it runs on the event loop for every call. After the call
+is sent, the router tells the policy (`on_routed`) so that policies with memory
+(kv_aware's record of what it sent where) can learn. A policy never performs I/O.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    prompt_tokens: int
+    block_hashes: tuple[int, ...] = ()
+    block_size: int = 16
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    url: str
+    in_flight: int = 0  # calls this gateway has open on the worker
+    num_reqs: int = 0  # running + waiting requests the worker reported in /get_load
+    num_waiting: int = 0
+
+    @property
+    def load(self) -> int:
+        """Requests on the worker; max() because num_reqs already counts ours once polled."""
+        return max(self.in_flight, self.num_reqs)
+
+
+class RoutingPolicy(ABC):
+    name: str = "base"
+    # Whether choose() reads req.block_hashes. Callers skip tokenizing and hashing the prompt
+    # (about 0.5 ms per 150-token prompt) when it does not, or when there is only one worker to pick.
+    uses_prefix: bool = False
+
+    @abstractmethod
+    def choose(self, req: RouteRequest, workers: Sequence[WorkerView]) -> str:
+        """URL of the worker for `req`; `workers` is never empty."""
+
+    def on_routed(self, req: RouteRequest, url: str) -> None:
+        """The call for `req` was sent to `url`."""
+
+    def on_removed(self, url: str) -> None:
+        """`url` left the pool (its cache is gone or unknown)."""

@@ -1,0 +1,1 @@
+"""One routing policy per module; registry.py maps names to them."""

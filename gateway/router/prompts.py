@@ -1,0 +1,96 @@
+"""Prompts → RouteRequests: tokenize exactly as the worker does, then hash blocks.
+
+Chat calls go through the model's chat template (same Tokenizer class, same
+message normalisation as engine/worker/openai_api.py), so the block hashes the
+gateway computes are the ones the worker's radix cache holds. Without a
+tokenizer (a worker whose model files are not on this machine) the UTF-8 bytes
+of the prompt stand in for tokens: hashes stay consistent within the gateway,
+which is all its own prefix record needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from engine.kvcache.hashing import block_hashes
+from engine.tokenizer import Tokenizer
+from gateway.router.base import RouteRequest
+from gateway.router.segment_cache import SegmentEncoder
+
+log = logging.getLogger("agentgate.gateway")
+BLOCK_SIZE = 16
+# Prompts longer than this are tokenized off the event loop.
+THREAD_THRESHOLD_CHARS = 20_000
+
+
+def _flatten(content) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+
+
+def normalize_messages(messages: list) -> list[dict]:
+    """What the worker renders: each message without None fields, content flattened to text."""
+    out = []
+    for m in messages:
+        if not isinstance(m, dict):
+            continue
+        d = {k: v for k, v in m.items() if v is not None}
+        d["content"] = _flatten(m.get("content"))
+        out.append(d)
+    return out
+
+
+class PromptHasher:
+    def __init__(self, tokenizer: Tokenizer | None = None, block_size: int = BLOCK_SIZE,
+                 encoder: SegmentEncoder | None = None):
+        self.tokenizer = tokenizer
+        self.encoder = encoder  # cached piecewise encode; None = encode whole texts
+        self.block_size = block_size
+        self.tried: str | None = None  # the last model dir a tokenizer was looked for in
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path | None, block_size: int = BLOCK_SIZE) -> "PromptHasher":
+        if model_dir and (Path(model_dir) / "tokenizer.json").is_file():
+            tokenizer = Tokenizer(model_dir)
+            return cls(tokenizer, block_size, SegmentEncoder.for_model_dir(tokenizer, model_dir))
+        if model_dir:
+            log.warning("no tokenizer.json under %s; prefix hashing falls back to bytes", model_dir)
+        return cls(None, block_size)
+
+    def chat_ids(self, messages: list, tools=None, template_kwargs: dict | None = None) -> list[int]:
+        msgs = normalize_messages(messages)
+        if self.tokenizer is None:
+            return list("".join(f"<{m.get('role')}>{m['content']}" for m in msgs).encode())
+        kwargs = dict(template_kwargs or {})
+        if tools:
+            kwargs["tools"] = tools
+        return self._encode(self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, **kwargs))
+
+    def text_ids(self, text: str) -> list[int]:
+        return self._encode(text) if self.tokenizer is not None else list(text.encode())
+
+    def _encode(self, text: str) -> list[int]:
+        return self.encoder.encode(text) if self.encoder is not None else self.tokenizer.encode(text)
+
+    def route_for_ids(self, ids: list[int], salt: str | None = None) -> RouteRequest:
+        return RouteRequest(prompt_tokens=len(ids), block_hashes=tuple(block_hashes(ids, self.block_size, salt)),
+                            block_size=self.block_size)
+
+    async def for_chat(self, messages: list, *, tools=None, template_kwargs: dict | None = None,
+                       salt: str | None = None) -> RouteRequest:
+        size = sum(len(_flatten(m.get("content"))) for m in messages if isinstance(m, dict))
+        if size > THREAD_THRESHOLD_CHARS:
+            ids = await asyncio.to_thread(self.chat_ids, messages, tools, template_kwargs)
+        else:
+            ids = self.chat_ids(messages, tools, template_kwargs)
+        return self.route_for_ids(ids, salt)
+
+    async def for_text(self, text: str, salt: str | None = None) -> RouteRequest:
+        ids = await asyncio.to_thread(self.text_ids, text) if len(text) > THREAD_THRESHOLD_CHARS \
+            else self.text_ids(text)
+        return self.route_for_ids(ids, salt)

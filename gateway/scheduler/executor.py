@@ -1,0 +1,59 @@
+"""Running one LLM node on one worker: render its prompt, stream the call, collect the result.
+
+The call is an OpenAI chat completion with stream=True and include_usage, so any
+SGLang-API worker serves it; `rid` names it so a cancel can abort it on the
+worker. Text deltas go to `on_delta` as they arrive (SSE token events). A stream
+that ends without a finish_reason counts as a broken call (retryable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from gateway.errors import WorkerCallError
+from gateway.planner.spec import NodeSpec
+from gateway.planner.templating import render
+from gateway.workers.client import WorkerClient
+
+
+@dataclass(frozen=True)
+class CallResult:
+    text: str
+    usage: dict | None
+    finish_reason: str | None
+
+
+def render_messages(spec: NodeSpec, outputs: dict[str, str], inputs: dict) -> list[dict]:
+    return [{"role": role, "content": render(content, outputs, inputs)} for role, content in spec.messages]
+
+
+def chat_body(spec: NodeSpec, messages: list[dict], rid: str, model: str | None) -> dict:
+    body = {**spec.params, "messages": messages, "max_tokens": spec.max_tokens, "stream": True,
+            "stream_options": {"include_usage": True}, "rid": rid}
+    if spec.params.get("temperature") is None:
+        body["temperature"] = 0.0  # workflows are reproducible unless a node asks otherwise
+    body["model"] = spec.model or model or "default"
+    return body
+
+
+async def run_chat(client: WorkerClient, body: dict, on_delta: Callable[[str], Awaitable[None]],
+                   on_first: Callable[[], None] | None = None) -> CallResult:
+    text, usage, finish = [], None, None
+    async for chunk in client.stream_json("/v1/chat/completions", body):
+        if "error" in chunk:
+            err = chunk["error"]
+            raise WorkerCallError(client.url, f"error mid-stream: {err.get('message', err)}", retryable=False)
+        for choice in chunk.get("choices") or ():
+            delta = (choice.get("delta") or {}).get("content")
+            if delta:
+                if not text and on_first is not None:
+                    on_first()
+                text.append(delta)
+                await on_delta(delta)
+            finish = choice.get("finish_reason") or finish
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+    if finish is None:
+        raise WorkerCallError(client.url, "the stream ended before the call finished")
+    return CallResult("".join(text), usage, finish)

@@ -1,0 +1,232 @@
+"""The workflow scheduler: ready set → workers, node results → the next ready nodes.
+
+Dispatch: whenever something changes (a node became ready, a call finished, a
+worker came back), every ready node is considered in priority order and sent to
+a worker with a free slot, chosen by the routing policy. Priority, highest first:
+the workflow's own `priority`; then the node's remaining critical path (expected
+tokens on its heaviest path to a sink) plus `AGING_TOKENS_PER_S` per whole second
+it has waited, so no workflow starves under load; then the workflow that has had
+fewer calls dispatched so far (fair share: equal work interleaves across
+workflows); then first come. No healthy worker: nodes wait, never fail.
+
+Failure: a retryable call failure puts the node back in the ready set, excluding
+the workers that failed it while others exist, up to `max_retries`; past that the
+workflow fails with the cause and its other calls are aborted. Every state change
+is written to Redis before it is acted on (state/store.py); ownership of a
+workflow is a lease there, so a restarted gateway or another replica resumes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+from engine.errors import AgentGateError
+from gateway.config import GatewayConfig
+from gateway.errors import WorkerCallError
+from gateway.metrics import Metrics
+from gateway.planner.spec import WorkflowSpec, spec_from_json, spec_to_json
+from gateway.router.base import RouteRequest, RoutingPolicy
+from gateway.router.prompts import PromptHasher
+from gateway.scheduler.executor import chat_body, render_messages, run_chat
+from gateway.scheduler.lifecycle import Lifecycle
+from gateway.scheduler.run import NodeState, WorkflowRun
+from gateway.state.store import WorkflowStore
+from gateway.workers.pool import WorkerPool
+
+log = logging.getLogger("agentgate.gateway")
+AGING_TOKENS_PER_S = 64.0
+
+
+class Scheduler(Lifecycle):
+    def __init__(self, config: GatewayConfig, store: WorkflowStore, pool: WorkerPool, policy: RoutingPolicy,
+                 hasher: PromptHasher, metrics: Metrics):
+        super().__init__(config, store, pool, metrics)
+        self.policy = policy
+        self.hasher = hasher
+        self.ready: dict[tuple[str, str], tuple[float, int]] = {}  # (wf, node) → (enqueued at, seq)
+        self._seq = 0
+
+    # -- entry points ----------------------------------------------------------------------------
+    async def submit(self, spec: WorkflowSpec) -> str:
+        wf_id = "wf-" + uuid.uuid4().hex[:16]
+        created = await self.store.create(wf_id, spec_to_json(spec), template=spec.template, priority=spec.priority)
+        await self.store.claim(wf_id, self.owner, self.config.lease_ttl_s)
+        run = WorkflowRun(wf_id, spec, created)
+        self.runs[wf_id] = run
+        self.metrics.workflows.inc(status="submitted")
+        await self.store.append_event(wf_id, "workflow_started", {"workflow": wf_id})
+        await self.advance(run)
+        return wf_id
+
+    async def resume(self, wf_id: str) -> None:
+        meta = await self.store.meta(wf_id)
+        if meta is None or meta["status"] != "running":
+            await self.store.deactivate(wf_id)
+            await self.store.release(wf_id, self.owner)
+            return
+        states = {k: NodeState.from_json(v) for k, v in (await self.store.nodes(wf_id)).items()}
+        spec = spec_from_json(meta["spec"])
+        run = WorkflowRun(wf_id, spec, meta["created"], {n.id: states.get(n.id, NodeState()) for n in spec.nodes})
+        run.resume_interrupted()
+        self.runs[wf_id] = run
+        log.info("resuming workflow %s (%d nodes finished)", wf_id,
+                 sum(s.status == "finished" for s in run.nodes.values()))
+        await self.store.append_event(wf_id, "workflow_resumed", {"workflow": wf_id, "owner": self.owner})
+        await self.advance(run)
+
+    # -- ready set → workers -----------------------------------------------------------------------
+    def enqueue(self, run: WorkflowRun, node: str) -> None:
+        self._seq += 1
+        self.ready[(run.id, node)] = (time.monotonic(), self._seq)
+        self.pool.notify()
+
+    def _priority(self, key: tuple[str, str], now: float):
+        wf_id, node = key
+        run = self.runs[wf_id]
+        enqueued, seq = self.ready[key]
+        aging = AGING_TOKENS_PER_S * int(now - enqueued)  # whole seconds: ties within a second go to fairness
+        return (-run.spec.priority, -(run.remaining[node] + aging), run.dispatched, seq)
+
+    def dispatch_ready(self) -> int:
+        """Send every ready node that can get a worker now, best first. Never awaits."""
+        now, sent = time.monotonic(), 0
+        for key in sorted(self.ready, key=lambda k: self._priority(k, now)):
+            if not self.pool.available():
+                break
+            run = self.runs.get(key[0])
+            if run is None or run.status != "running":
+                del self.ready[key]
+                continue
+            state = run.nodes[key[1]]
+            candidates = self.pool.available(exclude=state.tried)
+            if not candidates and not any(w.url not in state.tried for w in self.pool.healthy()):
+                candidates = self.pool.available()  # only failed workers are left: try them again
+            if not candidates:
+                continue
+            messages = render_messages(run.node_spec(key[1]), run.outputs(), run.spec.inputs)
+            route = self._route(messages)
+            url = self.policy.choose(route, candidates)
+            self.policy.on_routed(route, url)
+            self.pool.reserve(url)
+            del self.ready[key]
+            state.status = "running"
+            run.running += 1
+            run.dispatched += 1
+            self.track(run.id, key[1], self._run_llm(run, key[1], url, messages))
+            sent += 1
+        return sent
+
+    def _route(self, messages: list[dict]) -> RouteRequest:
+        """The prompt's block hashes, when the policy reads them and has a choice to make."""
+        if not self.policy.uses_prefix or len(self.pool.healthy()) < 2:
+            return RouteRequest(0)
+        try:
+            return self.hasher.route_for_ids(self.hasher.chat_ids(messages))
+        except AgentGateError:  # the template rejects these messages: the worker will say why
+            return RouteRequest(0)
+
+    async def dispatch_loop(self) -> None:
+        while True:
+            try:
+                self.dispatch_ready()
+            except Exception:  # a bug must not stop every workflow: log it, try again on the next change
+                log.exception("dispatch failed")
+            await self.pool.wait_changed(timeout=1.0)
+
+    # -- one LLM node --------------------------------------------------------------------------------
+    async def _run_llm(self, run: WorkflowRun, node: str, url: str, messages: list[dict]) -> None:
+        spec, state = run.node_spec(node), run.nodes[node]
+        worker = self.pool.workers[url]
+        state.attempts += 1
+        state.worker, state.rid, state.error = url, f"{run.id}.{node}.{state.attempts}", None
+        state.started, state.first_token = time.time(), None
+        try:
+            await self.store.save_node(run.id, node, state.to_json())
+            await self.store.append_event(run.id, "node_started", {"node": node, "worker": url,
+                                                                   "attempt": state.attempts})
+
+            async def on_delta(text: str) -> None:
+                await self.store.append_event(run.id, "token", {"node": node, "text": text})
+
+            def on_first() -> None:
+                state.first_token = time.time()
+
+            body = chat_body(spec, messages, state.rid, worker.model_info.get("served_model_name"))
+            result = await run_chat(worker.client, body, on_delta, on_first)
+        except WorkerCallError as exc:
+            self._release(run, url)
+            await self._call_failed(run, node, url, exc)
+            return
+        except asyncio.CancelledError:
+            self._release(run, url)
+            raise
+        # The slot is freed only after the successors are enqueued, so they compete for it at once
+        # (the critical path continues on the slot its predecessor just left).
+        try:
+            state.status, state.output, state.usage = "finished", result.text, result.usage
+            state.finished = time.time()
+            self.metrics.observe_usage(result.usage)
+            await self.store.save_node(run.id, node, state.to_json())
+            await self.store.append_event(run.id, "node_finished", {
+                "node": node, "status": "finished", "output": result.text, "usage": result.usage, "worker": url,
+                "finish_reason": result.finish_reason})
+            self.metrics.nodes.inc(status="finished")
+            await self.advance(run)
+        finally:
+            self._release(run, url)
+
+    def _release(self, run: WorkflowRun, url: str) -> None:
+        run.running -= 1
+        self.pool.release(url)
+
+    async def _call_failed(self, run: WorkflowRun, node: str, url: str, exc: WorkerCallError) -> None:
+        state, spec = run.nodes[node], run.node_spec(node)
+        log.warning("workflow %s node %s failed on %s (attempt %d): %s", run.id, node, url, state.attempts, exc)
+        if exc.retryable:
+            self.pool.record_failure(url, exc)
+        state.error = str(exc)
+        if exc.retryable and state.attempts <= spec.max_retries and run.status == "running":
+            if url not in state.tried:
+                state.tried.append(url)
+            state.status = "ready"
+            await self.store.save_node(run.id, node, state.to_json())
+            await self.store.append_event(run.id, "node_retry", {"node": node, "worker": url, "error": str(exc),
+                                                                 "attempt": state.attempts})
+            self.metrics.nodes.inc(status="retried")
+            self.enqueue(run, node)
+            return
+        state.status, state.finished = "failed", time.time()
+        await self.store.save_node(run.id, node, state.to_json())
+        await self.store.append_event(run.id, "node_finished", {"node": node, "status": "failed",
+                                                                "error": str(exc), "worker": url})
+        self.metrics.nodes.inc(status="failed")
+        await self.finish(run, "failed", f"node '{node}' failed after {state.attempts} attempt(s): {exc}")
+
+    # -- results → next nodes -------------------------------------------------------------------------
+    async def advance(self, run: WorkflowRun) -> None:
+        if run.status != "running":
+            return
+        ready, skipped = run.advance()
+        for node in skipped:
+            await self.store.save_node(run.id, node, run.nodes[node].to_json())
+            await self.store.append_event(run.id, "node_finished", {"node": node, "status": "skipped"})
+            self.metrics.nodes.inc(status="skipped")
+        llm_ready = []
+        for node in ready:
+            state = run.nodes[node]
+            if run.node_spec(node).kind == "external":
+                state.status, state.started = "waiting", time.time()
+                await self.store.save_node(run.id, node, state.to_json())
+                messages = render_messages(run.node_spec(node), run.outputs(), run.spec.inputs)
+                await self.store.append_event(run.id, "node_started", {"node": node, "external": True,
+                                                                       "messages": messages})
+            else:
+                await self.store.save_node(run.id, node, state.to_json())
+                llm_ready.append(node)
+        for node in llm_ready:  # all at once, so the dispatcher ranks them together
+            self.enqueue(run, node)
+        if run.is_complete():
+            await self.finish(run, "finished")

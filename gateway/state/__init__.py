@@ -1,0 +1,1 @@
+"""Redis-backed state: workflow specs, node states, event streams, ownership leases."""

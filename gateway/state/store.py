@@ -1,0 +1,124 @@
+"""Workflow state in Redis: what a restarted gateway (or another replica) needs to resume.
+
+Keys (prefix `ag`):
+  ag:wf:{id}           hash  spec (JSON), status, created, updated, error, template, priority
+  ag:wf:{id}:nodes     hash  node id → node state JSON (status, output, worker, timings, usage)
+  ag:wf:{id}:events    stream of {type, data}; its entry ids are the SSE event ids
+  ag:wf:{id}:owner     string with a TTL: the replica running the workflow (a lease)
+  ag:workflows         zset  id → created time (listing)
+  ag:workflows:active  set   ids not finished yet (what a restart resumes)
+  ag:workers           set   worker URLs registered for discovery
+Every state change is written before the scheduler acts on it, so a crash
+between two writes at worst re-runs a node that had not finished.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from redis.asyncio import Redis
+
+_REFRESH = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+class WorkflowStore:
+    def __init__(self, redis: Redis, prefix: str = "ag"):
+        self.r = redis
+        self.p = prefix
+
+    def _wf(self, wf_id: str, suffix: str = "") -> str:
+        return f"{self.p}:wf:{wf_id}{suffix}"
+
+    # -- workflows ---------------------------------------------------------------------------------
+    async def create(self, wf_id: str, spec: dict, *, template: str | None, priority: int) -> float:
+        now = time.time()
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(self._wf(wf_id), mapping={"spec": orjson.dumps(spec), "status": "running", "created": now,
+                                                "updated": now, "template": template or "", "priority": priority})
+            pipe.zadd(f"{self.p}:workflows", {wf_id: now})
+            pipe.sadd(f"{self.p}:workflows:active", wf_id)
+            await pipe.execute()
+        return now
+
+    async def meta(self, wf_id: str) -> dict | None:
+        data = await self.r.hgetall(self._wf(wf_id))
+        if not data:
+            return None
+        data["spec"] = orjson.loads(data["spec"])
+        for key in ("created", "updated", "finished"):
+            if key in data:
+                data[key] = float(data[key])
+        data["priority"] = int(data.get("priority", 0))
+        return data
+
+    async def set_status(self, wf_id: str, status: str, error: str | None = None) -> None:
+        now = time.time()
+        fields = {"status": status, "updated": now}
+        if error:
+            fields["error"] = error
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(self._wf(wf_id), mapping=fields)
+            if status != "running":
+                pipe.hset(self._wf(wf_id), "finished", now)
+                pipe.srem(f"{self.p}:workflows:active", wf_id)
+            await pipe.execute()
+
+    async def list(self, offset: int, limit: int) -> tuple[list[str], int]:
+        """Newest first."""
+        key = f"{self.p}:workflows"
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.zrevrange(key, offset, offset + limit - 1)
+            pipe.zcard(key)
+            ids, total = await pipe.execute()
+        return ids, total
+
+    async def deactivate(self, wf_id: str) -> None:
+        await self.r.srem(f"{self.p}:workflows:active", wf_id)
+
+    async def active_ids(self) -> list[str]:
+        return sorted(await self.r.smembers(f"{self.p}:workflows:active"))
+
+    # -- nodes ---------------------------------------------------------------------------------
+    async def save_node(self, wf_id: str, node_id: str, state: dict) -> None:
+        await self.r.hset(self._wf(wf_id, ":nodes"), node_id, orjson.dumps(state))
+
+    async def nodes(self, wf_id: str) -> dict[str, dict]:
+        raw = await self.r.hgetall(self._wf(wf_id, ":nodes"))
+        return {k: orjson.loads(v) for k, v in raw.items()}
+
+    # -- events --------------------------------------------------------------------------------
+    async def append_event(self, wf_id: str, type_: str, data: dict) -> str:
+        return await self.r.xadd(self._wf(wf_id, ":events"), {"type": type_, "data": orjson.dumps(data)})
+
+    async def read_events(self, wf_id: str, after: str = "0-0", *, block_ms: int | None = None,
+                          count: int = 500) -> list[tuple[str, str, dict]]:
+        """Events strictly after stream id `after`; with block_ms, waits that long for the first one."""
+        key = self._wf(wf_id, ":events")
+        if block_ms is None:
+            entries = await self.r.xrange(key, min=f"({after}" if after != "0-0" else "-", count=count)
+        else:
+            result = await self.r.xread({key: after}, count=count, block=block_ms)
+            entries = result[0][1] if result else []
+        return [(eid, fields["type"], orjson.loads(fields["data"])) for eid, fields in entries]
+
+    # -- leases (which replica runs a workflow) ------------------------------------------------------
+    async def claim(self, wf_id: str, owner: str, ttl_s: float) -> bool:
+        return bool(await self.r.set(self._wf(wf_id, ":owner"), owner, nx=True, px=int(ttl_s * 1000)))
+
+    async def refresh(self, wf_id: str, owner: str, ttl_s: float) -> bool:
+        return bool(await self.r.eval(_REFRESH, 1, self._wf(wf_id, ":owner"), owner, int(ttl_s * 1000)))
+
+    async def release(self, wf_id: str, owner: str) -> None:
+        await self.r.eval(_RELEASE, 1, self._wf(wf_id, ":owner"), owner)
+
+    async def owner(self, wf_id: str) -> str | None:
+        return await self.r.get(self._wf(wf_id, ":owner"))
+
+    # -- worker registry -----------------------------------------------------------------------------
+    async def registered_workers(self) -> set[str]:
+        return set(await self.r.smembers(f"{self.p}:workers"))
+
+    async def register_worker(self, url: str) -> None:
+        await self.r.sadd(f"{self.p}:workers", url)

@@ -1,0 +1,165 @@
+"""The worker pool: who is healthy, how loaded, and slots for concurrent calls.
+
+Workers come from --worker-urls and from the Redis registry (a set of URLs that
+workers or operators add to). A background loop probes every worker each
+`health_interval_s`: /health, then /get_load. A breaker (breaker.py) takes a
+failing worker out; a passing probe puts it back. Slots: the gateway keeps at
+most `capacity` calls open on a worker, counting what the worker reports as
+running there (other clients' load included). `changed` wakes whoever waits for
+a slot or for a worker to come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from gateway.config import GatewayConfig
+from gateway.errors import WorkerCallError
+from gateway.router.base import WorkerView
+from gateway.workers.breaker import CircuitBreaker
+from gateway.workers.client import WorkerClient
+
+log = logging.getLogger("agentgate.gateway")
+
+
+@dataclass
+class WorkerState:
+    client: WorkerClient
+    breaker: CircuitBreaker
+    capacity: int
+    in_flight: int = 0
+    load: dict = field(default_factory=dict)
+    model_info: dict = field(default_factory=dict)
+    server_info: dict = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.client.url
+
+    @property
+    def healthy(self) -> bool:
+        return self.breaker.allows_calls()
+
+    def busy(self) -> int:
+        return max(self.in_flight, self.load.get("num_reqs", 0))
+
+    def view(self) -> WorkerView:
+        return WorkerView(url=self.url, in_flight=self.in_flight, num_reqs=self.load.get("num_reqs", 0),
+                          num_waiting=self.load.get("num_waiting_reqs", 0))
+
+
+class WorkerPool:
+    def __init__(self, config: GatewayConfig, session: aiohttp.ClientSession):
+        self.config = config
+        self.session = session
+        self.workers: dict[str, WorkerState] = {}
+        self._changed: asyncio.Future | None = None  # resolved (and replaced) by notify()
+        self.on_removed = []  # callbacks(url), e.g. the routing policy forgetting the worker's prefixes
+
+    # -- membership ----------------------------------------------------------------------------
+    def add(self, url: str) -> WorkerState:
+        url = url.rstrip("/")
+        if url not in self.workers:
+            client = WorkerClient(url, self.session, self.config.request_timeout_s)
+            breaker = CircuitBreaker(self.config.breaker_failures, self.config.breaker_cooldown_s)
+            breaker.record_failure(hard=True)  # out until its first probe passes
+            breaker.opened_at -= self.config.breaker_cooldown_s  # ...which may run at once
+            self.workers[url] = WorkerState(client, breaker, self.config.worker_concurrency)
+        return self.workers[url]
+
+    def remove(self, url: str) -> None:
+        if self.workers.pop(url.rstrip("/"), None) is not None:
+            for callback in self.on_removed:
+                callback(url)
+            self.notify()
+
+    def sync(self, urls: Iterable[str]) -> None:
+        for url in urls:
+            self.add(url)
+
+    # -- health --------------------------------------------------------------------------------
+    async def probe(self, w: WorkerState) -> None:
+        """/health decides health; /get_load and the info endpoints only refresh what we know."""
+        if not w.breaker.may_probe():
+            return
+        was_healthy = w.healthy
+        if await w.client.health():
+            w.breaker.record_success()
+        else:
+            w.breaker.record_failure(hard=True)
+        if w.healthy:
+            try:
+                if not w.model_info:
+                    w.model_info = await w.client.get_json("/get_model_info")
+                    w.server_info = await w.client.get_json("/get_server_info")
+                    limit = w.server_info.get("max_running_requests")
+                    if isinstance(limit, int) and limit > 0:
+                        w.capacity = min(self.config.worker_concurrency, limit)
+                w.load = await w.client.get_load()
+            except WorkerCallError as exc:
+                log.info("worker %s is up but its info/load did not come: %s", w.url, exc)
+        if w.healthy != was_healthy:
+            log.log(logging.INFO if w.healthy else logging.WARNING, "worker %s is now %s", w.url,
+                    "healthy" if w.healthy else "out (unhealthy)")
+        self.notify()  # health or load changed: slots may have freed
+
+    async def probe_all(self) -> None:
+        await asyncio.gather(*(self.probe(w) for w in list(self.workers.values())))
+
+    def record_failure(self, url: str, exc: WorkerCallError) -> None:
+        w = self.workers.get(url)
+        if w is None:
+            return
+        w.breaker.record_failure(hard=exc.status is None)  # no status: the connection itself failed
+        if not w.healthy:
+            log.warning("worker %s taken out after: %s", url, exc)
+            self.notify()
+
+    # -- slots ---------------------------------------------------------------------------------
+    def healthy(self) -> list[WorkerState]:
+        return [w for w in self.workers.values() if w.healthy]
+
+    def available(self, exclude: Iterable[str] = ()) -> list[WorkerView]:
+        excluded = set(exclude)
+        return [w.view() for w in self.healthy() if w.url not in excluded and w.busy() < w.capacity]
+
+    def reserve(self, url: str) -> WorkerState:
+        w = self.workers[url]
+        w.in_flight += 1
+        return w
+
+    def release(self, url: str) -> None:
+        w = self.workers.get(url)
+        if w is not None:
+            w.in_flight = max(w.in_flight - 1, 0)
+            # Our finished call no longer counts in the worker's last reported load either.
+            if w.load.get("num_reqs", 0) > 0:
+                w.load["num_reqs"] -= 1
+        self.notify()
+
+    def notify(self) -> None:
+        if self._changed is not None and not self._changed.done():
+            self._changed.set_result(None)
+        self._changed = None
+
+    async def wait_changed(self, timeout: float | None = None) -> None:
+        """Until the next notify() (a slot freed, a worker came or went) or `timeout`.
+        Callers check, then wait, with no await in between, so no wake-up is lost."""
+        if self._changed is None:
+            self._changed = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._changed), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def model_dir(self) -> str | None:
+        for w in self.workers.values():
+            path = w.model_info.get("tokenizer_path") or w.model_info.get("model_path")
+            if path:
+                return path
+        return None

@@ -1,0 +1,197 @@
+"""A small in-process fake SGLang worker, for the gateway's unit tests only.
+
+It speaks the parts of the worker API the gateway uses (/health, /get_load,
+/get_model_info, /get_server_info, /v1/models, /v1/chat/completions,
+/v1/completions, /generate, /abort_request) and records every call with its
+start and end time, so tests can see where a call went and what overlapped.
+Replies are `reply(messages_or_prompt)`; `token_delay_s` paces streamed tokens;
+`fail_with` makes calls fail (500, or a dropped connection); cached_tokens
+counts the prompt's longest prefix (in 4-char "tokens") seen before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import web
+
+from engine.redis_server import free_port
+
+
+@dataclass
+class Call:
+    path: str
+    body: dict
+    start: float
+    end: float | None = None
+    aborted: bool = False
+
+
+def default_reply(prompt) -> str:
+    if isinstance(prompt, list):
+        prompt = prompt[-1]["content"] if prompt else ""
+    return f"echo: {prompt}"
+
+
+@dataclass
+class FakeWorker:
+    reply: Callable = default_reply
+    token_delay_s: float = 0.0
+    fail_with: str | None = None  # None | "500" | "drop"
+    fail_when: Callable[[dict], bool] | None = None  # which calls fail_with applies to (default: all)
+    model_path: str = "/nonexistent/fake-model"
+    calls: list[Call] = field(default_factory=list)
+    aborted: list[str] = field(default_factory=list)
+    seen_prompts: list[str] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/health", lambda r: web.Response(status=200))
+        app.router.add_get("/get_load", self.get_load)
+        app.router.add_get("/get_model_info", lambda r: web.json_response(
+            {"model_path": self.model_path, "served_model_name": "fake-model"}))
+        app.router.add_get("/get_server_info", lambda r: web.json_response({"page_size": 16}))
+        app.router.add_get("/v1/models", lambda r: web.json_response(
+            {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}))
+        app.router.add_post("/abort_request", self.abort)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/generate", self.generate)
+        return app
+
+    async def start(self) -> "FakeWorker":
+        self.runner = web.AppRunner(self.app(), handler_cancellation=True, shutdown_timeout=0.1)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    def running(self) -> int:
+        return sum(1 for c in self.calls if c.end is None and not c.aborted)
+
+    async def get_load(self, request):
+        n = self.running()
+        return web.json_response([{"dp_rank": 0, "num_reqs": n, "num_waiting_reqs": 0, "num_tokens": 10 * n}])
+
+    async def abort(self, request):
+        self.aborted.append((await request.json()).get("rid"))
+        return web.Response(status=200)
+
+    def _usage(self, prompt_text: str, completion: str) -> dict:
+        toks = max(len(prompt_text) // 4, 1)
+        best = max((_common_prefix(prompt_text, p) for p in self.seen_prompts), default=0)
+        self.seen_prompts.append(prompt_text)
+        cached = min(best // 4, toks - 1)
+        out = max(len(completion.split()), 1)
+        return {"prompt_tokens": toks, "completion_tokens": out, "total_tokens": toks + out,
+                "prompt_tokens_details": {"cached_tokens": cached}}
+
+    async def _begin(self, request) -> tuple[Call, dict]:
+        body = await request.json()
+        call = Call(request.path, body, time.monotonic())
+        self.calls.append(call)
+        if self.fail_when is not None and not self.fail_when(body):
+            return call, body
+        if self.fail_with == "500":
+            call.end = time.monotonic()
+            raise web.HTTPInternalServerError(text='{"error": {"message": "boom"}}', content_type="application/json")
+        if self.fail_with == "drop":
+            request.transport.close()
+            raise ConnectionResetError("fake worker dropped the connection")
+        return call, body
+
+    async def _stream(self, request, call, pieces: list[str], make_chunk, final: dict | None):
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        try:
+            for i, piece in enumerate(pieces):
+                if self.token_delay_s:
+                    await asyncio.sleep(self.token_delay_s)
+                if self.fail_with == "drop":  # died mid-stream
+                    request.transport.close()
+                    return resp
+                await resp.write(b"data: " + orjson.dumps(make_chunk(i, piece)) + b"\n\n")
+            if final is not None:
+                await resp.write(b"data: " + orjson.dumps(final) + b"\n\n")
+            await resp.write(b"data: [DONE]\n\n")
+        except asyncio.CancelledError:
+            call.aborted = True
+            raise
+        finally:
+            call.end = time.monotonic()
+        return resp
+
+    async def chat(self, request):
+        call, body = await self._begin(request)
+        messages = body["messages"]
+        text = self.reply(messages)
+        usage = self._usage("".join(m["content"] for m in messages), text)
+        env = {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": "fake-model"}
+        if not body.get("stream"):
+            if self.token_delay_s:
+                await asyncio.sleep(self.token_delay_s * len(_pieces(text)))
+            call.end = time.monotonic()
+            return web.json_response({**env, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                                          "finish_reason": "stop"}], "usage": usage})
+        pieces = _pieces(text)
+
+        def chunk(i, piece):
+            return {**env, "object": "chat.completion.chunk", "choices": [
+                {"index": 0, "delta": {"content": piece}, "finish_reason": "stop" if i == len(pieces) - 1 else None}]}
+
+        include = (body.get("stream_options") or {}).get("include_usage")
+        final = {**env, "object": "chat.completion.chunk", "choices": [], "usage": usage} if include else None
+        return await self._stream(request, call, pieces, chunk, final)
+
+    async def completions(self, request):
+        call, body = await self._begin(request)
+        text = self.reply(body["prompt"])
+        usage = self._usage(body["prompt"], text)
+        env = {"id": "cmpl-fake", "object": "text_completion", "created": 0, "model": "fake-model"}
+        if not body.get("stream"):
+            call.end = time.monotonic()
+            return web.json_response({**env, "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
+                                      "usage": usage})
+        pieces = _pieces(text)
+        return await self._stream(request, call, pieces, lambda i, p: {**env, "choices": [
+            {"index": 0, "text": p, "finish_reason": "stop" if i == len(pieces) - 1 else None}]}, None)
+
+    async def generate(self, request):
+        call, body = await self._begin(request)
+        text = self.reply(body.get("text", ""))
+        meta = {"id": body.get("rid", "fake"), "finish_reason": {"type": "stop"}, "prompt_tokens": 1,
+                "completion_tokens": 1, "cached_tokens": 0}
+        if not body.get("stream"):
+            call.end = time.monotonic()
+            return web.json_response({"text": text, "output_ids": [1], "meta_info": meta})
+        pieces = _pieces(text)
+        return await self._stream(request, call, pieces, lambda i, p: {
+            "text": "".join(pieces[:i + 1]), "output_ids": [1] * (i + 1), "meta_info": meta}, None)
+
+
+def _pieces(text: str) -> list[str]:
+    words = text.split(" ")
+    return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -1,0 +1,36 @@
+"""`agentgate gateway` starts a serving gateway from its flags."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from engine.redis_server import free_port
+from tests.support import REPO_ROOT, http_json
+
+
+def test_gateway_subcommand_serves(redis_url, tmp_path):
+    port = free_port()
+    dead_worker = f"http://127.0.0.1:{free_port()}"
+    log = open(tmp_path / "gateway.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "gateway", "--port", str(port), "--worker-urls",
+                             dead_worker, "--redis-url", redis_url, "--policy", "least_load"],
+                            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, body = http_json("GET", url + "/health", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "gateway.log").read_text()
+                time.sleep(0.1)
+        assert status == 503 and body["workers"][dead_worker]["healthy"] is False
+        status, body = http_json("GET", url + "/v1/workflows")
+        assert status == 200 and body["object"] == "list"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert "agentgate gateway listening on" in (tmp_path / "gateway.log").read_text()

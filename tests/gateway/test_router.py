@@ -1,0 +1,147 @@
+"""Routing policies, the gateway's prefix record, tokenization for hashing, the circuit breaker."""
+
+from __future__ import annotations
+
+from engine.kvcache.hashing import block_hashes
+from gateway.router.base import RouteRequest, WorkerView
+from gateway.router.policies.kv_aware import KVAwarePolicy
+from gateway.router.policies.least_load import LeastLoadPolicy
+from gateway.router.policies.random import RandomPolicy
+from gateway.router.policies.round_robin import RoundRobinPolicy
+from gateway.router.prefix_record import PrefixRecord
+from gateway.router.prompts import PromptHasher
+from gateway.router.registry import make_policy
+from gateway.workers.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+
+A, B, C = "http://a", "http://b", "http://c"
+
+
+def views(*loads: int) -> list[WorkerView]:
+    return [WorkerView(url=u, in_flight=n) for u, n in zip((A, B, C), loads)]
+
+
+def req_for(ids: list[int]) -> RouteRequest:
+    return RouteRequest(prompt_tokens=len(ids), block_hashes=tuple(block_hashes(ids, 16)))
+
+
+def test_round_robin_rotates_over_candidates():
+    policy = RoundRobinPolicy()
+    assert [policy.choose(RouteRequest(1), views(0, 0, 0)) for _ in range(6)] == [A, B, C, A, B, C]
+
+
+def test_least_load_picks_the_idlest_worker():
+    policy = LeastLoadPolicy()
+    assert policy.choose(RouteRequest(1), views(3, 1, 2)) == B
+    # The worker's own report counts when it exceeds our in-flight count (other clients' load).
+    loaded = [WorkerView(A, 0, num_reqs=5), WorkerView(B, 1)]
+    assert policy.choose(RouteRequest(1), loaded) == B
+
+
+def test_random_stays_within_candidates_and_is_seedable():
+    picks = [RandomPolicy(seed=7).choose(RouteRequest(1), views(0, 0, 0)) for _ in range(3)]
+    assert len(set(picks)) == 1 and picks[0] in (A, B, C)
+    policy = RandomPolicy(seed=1)
+    assert {policy.choose(RouteRequest(1), views(0, 0, 0)) for _ in range(50)} == {A, B, C}
+
+
+def test_kv_aware_sends_a_shared_long_prefix_to_the_worker_that_holds_it():
+    policy = KVAwarePolicy()
+    system = list(range(1000, 1400))  # a 400-token shared prefix (25 blocks)
+    first = req_for(system + [1, 2, 3])
+    chosen = policy.choose(first, views(0, 0, 0))
+    policy.on_routed(first, chosen)
+    for tail in ([7, 8, 9], [4] * 40, [5] * 17):
+        follow = req_for(system + tail)
+        assert policy.choose(follow, views(0, 0, 0)) == chosen
+        # ...even when the holder is busier, since recomputing 400 tokens costs more than a queue slot.
+        loads = [2 if v.url == chosen else 0 for v in views(0, 0, 0)]
+        assert policy.choose(follow, views(*loads)) == chosen
+
+
+def test_kv_aware_weighs_load_against_a_short_prefix():
+    policy = KVAwarePolicy(load_weight=64)
+    short = req_for(list(range(40)))  # 2 full blocks
+    policy.on_routed(short, A)
+    assert policy.choose(short, views(0, 0)) == A
+    assert policy.choose(short, views(3, 0)) == B  # 3 × 64 load > 32 cached tokens
+
+
+def test_kv_aware_spreads_unrelated_prompts_over_idle_workers():
+    policy = KVAwarePolicy()
+    picks = set()
+    for i in range(3):
+        r = req_for([i] * 64)
+        url = policy.choose(r, views(0, 0, 0))
+        policy.on_routed(r, url)
+        picks.add(url)
+    assert picks == {A, B, C}
+
+
+def test_kv_aware_forgets_a_removed_worker():
+    policy = KVAwarePolicy()
+    r = req_for(list(range(320)))
+    policy.on_routed(r, A)
+    policy.on_removed(A)
+    assert policy.record.matched_blocks(r.block_hashes, A) == 0
+
+
+def test_prefix_record_matches_leading_blocks_only_and_is_bounded():
+    record = PrefixRecord(max_blocks=4)
+    record.add([1, 2, 3], A)
+    assert record.matched_blocks([1, 2, 3, 4], A) == 3
+    assert record.matched_blocks([9, 2, 3], A) == 0  # a chain is useless after its first gap
+    assert record.matched_blocks([1, 2], B) == 0
+    record.add([10, 11], B)
+    assert len(record) == 4 and record.matched_blocks([1], A) == 0  # the oldest block went first
+
+
+def test_make_policy_knows_every_policy():
+    for name in ("kv_aware", "round_robin", "least_load", "random"):
+        assert make_policy(name).name == name
+
+
+def test_prompt_hasher_uses_the_model_tokenizer_and_chat_template(tokenizer, model_dir):
+    hasher = PromptHasher.from_model_dir(model_dir)
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": [
+        {"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]}, {"role": "user", "content": "x",
+                                                                                  "name": None}]
+    expected = tokenizer.encode(tokenizer.apply_chat_template(
+        [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello there"},
+         {"role": "user", "content": "x"}], add_generation_prompt=True))
+    assert hasher.chat_ids(messages) == expected
+    route = hasher.route_for_ids(expected, salt="tenant")
+    assert route.prompt_tokens == len(expected)
+    assert list(route.block_hashes) == block_hashes(expected, 16, "tenant")
+
+
+def test_breaker_opens_cools_down_and_closes():
+    now = [0.0]
+    breaker = CircuitBreaker(failure_threshold=2, cooldown_s=1.0, clock=lambda: now[0])
+    breaker.record_failure()
+    assert breaker.state == CLOSED
+    breaker.record_failure()
+    assert breaker.state == OPEN and not breaker.may_probe()
+    now[0] = 1.5
+    assert breaker.state == HALF_OPEN and breaker.may_probe() and not breaker.allows_calls()
+    breaker.record_failure()  # a failed probe re-opens it for a full cooldown
+    assert breaker.state == OPEN
+    now[0] = 3.0
+    breaker.record_success()
+    assert breaker.state == CLOSED and breaker.allows_calls()
+    breaker.record_failure(hard=True)
+    assert breaker.state == OPEN
+
+
+def test_piecewise_cached_encoding_equals_whole_text_encoding(tokenizer, model_dir):
+    from gateway.router.segment_cache import SegmentEncoder
+
+    encoder = SegmentEncoder.for_model_dir(tokenizer, model_dir)
+    assert encoder.added is not None, "SmolLM2's tokenizer allows exact piecewise encoding"
+    chats = [[{"role": "system", "content": "You are terse.  "}, {"role": "user", "content": " héllo\n\nwörld 🙂"}],
+             [{"role": "user", "content": "<|im_start|> nested <|im_end|>x"}],
+             [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}, {"role": "user", "content": " "}]]
+    texts = [tokenizer.apply_chat_template(c) for c in chats] + [
+        "", "plain text", "<|im_end|><|im_end|>", " <|endoftext|> tail  ", "x" * 3000 + "<|im_start|>y"]
+    for text in texts * 2:  # the second round is served from the cache
+        assert encoder.encode(text) == tokenizer.encode(text), repr(text[:80])
+    assert encoder.hits > 0
