@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     gw = sub.add_parser("gateway", help="run the gateway in front of SGLang-API workers")
     add_gateway_args(gw)
     gw.set_defaults(func=run_gateway)
-    up = sub.add_parser("up", help="start Redis + one engine worker on localhost")
+    up = sub.add_parser("up", help="start Redis + one engine worker + the gateway on localhost")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--worker-port", type=int, default=30000)
     up.add_argument("--gateway-port", type=int, default=8000)

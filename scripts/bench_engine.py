@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 PREFIX_TOKENS = 1500
 TAIL_TOKENS = 40
 SHORT_PROMPT = 32
+KV_POOL_GB = 0.5  # the engine's fixed KV pool, counted in its RSS (HF allocates per request)
 
 
 def corpus_ids(tokenizer_encode, n: int, seed: int) -> list[int]:
@@ -50,7 +51,7 @@ def run_ours(args) -> dict:
     from engine.scheduler.request import Request, SamplingParams
 
     engine = Engine(EngineConfig(model_path=str(prepare_default_model()), dtype=args.dtype, threads=args.threads,
-                                 kv_memory_gb=1.0)).start()
+                                 kv_memory_gb=KV_POOL_GB)).start()
     enc = engine.tokenizer.encode
     counter = iter(range(10**9))
 
@@ -189,7 +190,7 @@ def write_report(ours: dict, hf: dict, args) -> str:
         f"`scripts/bench_engine.py --threads {args.threads} --new-tokens {args.new_tokens} --reps {args.reps}`, "
         f"{time.strftime('%Y-%m-%d')}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
         f"{os.cpu_count()} cores; dtype {ours['dtype']} for both; agentgate matmul plan `{ours['matmul_plan']}`. "
-        "Greedy decoding, EOS ignored, medians of the repetitions.",
+        f"Greedy decoding, EOS ignored, medians of the repetitions; agentgate's KV pool {KV_POOL_GB} GiB.",
         "",
         "| metric | agentgate | HF transformers | ratio |",
         "|---|---|---|---|",
