@@ -14,22 +14,8 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited with code {proc.returncode} before it was healthy")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"{url} not healthy after {timeout:.0f}s")
+from engine.launch import wait_healthy
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -48,13 +34,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     worker = subprocess.Popen(cmd, env={**os.environ, "REDIS_URL": redis_url})
     procs = [worker]
     try:
-        _wait_healthy(worker_url, worker, timeout=300)
+        wait_healthy(worker_url, worker, timeout=300)
         gateway_url = f"http://{args.host}:{args.gateway_port}"
         gateway = subprocess.Popen([sys.executable, "-m", "gateway.main", "--host", args.host, "--port",
                                     str(args.gateway_port), "--redis-url", redis_url, "--worker-urls", worker_url],
                                    env={**os.environ, "REDIS_URL": redis_url})
         procs.append(gateway)
-        _wait_healthy(gateway_url, gateway, timeout=60)
+        wait_healthy(gateway_url, gateway, timeout=60)
         print(f"redis   {redis_url}")
         print(f"worker  {worker_url}   (SGLang API: /generate, /v1/chat/completions, /metrics)")
         print(f"gateway {gateway_url}   (/v1/workflows, /v1/chat/completions, /metrics)")

@@ -29,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts.benchlib import update_benchmarks_md  # noqa: E402
+
 PREFIX_TOKENS = 1500
 TAIL_TOKENS = 40
 SHORT_PROMPT = 32
@@ -212,19 +214,6 @@ def write_report(ours: dict, hf: dict, args) -> str:
     return "\n".join(lines)
 
 
-def update_benchmarks_md(section: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number here comes from a script in `scripts/`, " \
-        "run against its baseline in the same run on the machine named in each section.\n\n"
-    start = text.find("## Engine")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
-
-
 def plot(ours: dict, hf: dict) -> None:
     import matplotlib
 
@@ -278,7 +267,7 @@ def main() -> int:
             return 1
         results[role] = json.loads(proc.stdout.strip().splitlines()[-1])
     section = write_report(results["ours"], results["hf"], args)
-    update_benchmarks_md(section)
+    update_benchmarks_md("## Engine", section)
     plot(results["ours"], results["hf"])
     print(section)
     return 0

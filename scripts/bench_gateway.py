@@ -20,11 +20,13 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from engine.launch import wait_healthy  # noqa: E402
+from scripts.benchlib import update_benchmarks_md  # noqa: E402
 
 BODY = {"model": "fake", "max_tokens": 8, "messages": [
     {"role": "system", "content": "You are a helpful agent. " * 20}, {"role": "user", "content": "ping"}]}
@@ -100,20 +102,6 @@ def pct(xs: list[float], q: float) -> float:
     return statistics.quantiles(xs, n=100)[int(q) - 1] if len(xs) > 1 else xs[0]
 
 
-def wait_up(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(url)
-
-
 def section(r: dict) -> str:
     d50, d99, drps = r["rows"]["direct"]
     lines = [
@@ -140,19 +128,6 @@ def section(r: dict) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def update_benchmarks_md(text_section: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number here comes from a script in " \
-        "`scripts/`, run against its baseline in the same run on the machine named in each section.\n\n"
-    start = text.find("## Gateway")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + text_section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + text_section
-    path.write_text(text)
 
 
 def main() -> int:
@@ -182,7 +157,7 @@ def main() -> int:
             procs.append(subprocess.Popen([sys.executable, __file__, "--serve-fake", str(port), "--model-path",
                                            model_path]))
             wurls.append(f"http://127.0.0.1:{port}")
-            wait_up(wurls[-1], procs[-1])
+            wait_healthy(wurls[-1], procs[-1], timeout=60)
         gurls = {}
         for policy in ("kv_aware", "round_robin"):
             port = free_port()
@@ -191,7 +166,7 @@ def main() -> int:
                  redis.url, "--log-level", "warning", "--worker-concurrency", "1024", "--policy", policy],
                 cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}))
             gurls[policy] = f"http://127.0.0.1:{port}"
-            wait_up(gurls[policy], procs[-1])
+            wait_healthy(gurls[policy], procs[-1], timeout=60)
         time.sleep(1.5)  # the gateways load the tokenizer after their first probe
         lat = {"direct": asyncio.run(latencies(wurls[0], args.requests))}
         rps = {"direct": asyncio.run(throughput(wurls[0], args.concurrency, args.seconds))}
@@ -216,7 +191,7 @@ def main() -> int:
     text = section(result)
     print(text)
     if not args.no_write:
-        update_benchmarks_md(text)
+        update_benchmarks_md("## Gateway", text)
     return 0
 
 
