@@ -91,7 +91,7 @@ def test_openai_python_client_chat_and_stream(worker):
     r = client.chat.completions.create(model="SmolLM2-135M-Instruct", max_tokens=8, temperature=0,
                                        messages=[{"role": "user", "content": "Name a color."}])
     assert r.choices[0].finish_reason in ("stop", "length")
-    assert 1 <= r.usage.completion_tokens <= 8 and r.usage.prompt_tokens > 0
+    assert r.usage.prompt_tokens > 0 and 1 <= r.usage.completion_tokens <= 8
     text = "".join(chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
         model="SmolLM2-135M-Instruct", max_tokens=8, temperature=0, stream=True,
         messages=[{"role": "user", "content": "Name a color."}]) if chunk.choices)
