@@ -4,6 +4,7 @@
   agentgate gateway ...      the gateway (workflows, OpenAI proxy) in front of workers
   agentgate up ...           Redis + one engine worker + the gateway on localhost, until Ctrl-C
   agentgate prepare-model    convert the shipped GGUF to safetensors (once)
+  agentgate run FILE         submit a workflow (.py or .json), show live progress, outputs, cache stats
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--force", action="store_true")
     prep.set_defaults(func=lambda a: __import__("engine.model.prepare", fromlist=["main"]).main(
         ["--force"] if a.force else []))
+    from agents.cli_run import add_run_args
+
+    add_run_args(sub.add_parser("run", help="run a workflow file against a gateway, with live progress"))
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -108,6 +108,8 @@ class EngineConfig:
     enable_prefix_cache: bool = True
     context_length: int = 0  # 0: the model's own
     served_model_name: str = ""
+    speculative_algorithm: str = "none"  # none | ngram
+    speculative_num_draft_tokens: int = 8  # most draft tokens verified per step
     seed: int = 0
     extra: dict = field(default_factory=dict)
 

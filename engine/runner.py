@@ -28,6 +28,8 @@ from engine.model.linear import MatmulPlan
 from engine.model.llama import LlamaModel
 from engine.model.weights import load_weights
 from engine.sampling import sample, token_logprobs
+from engine.spec.ngram import NgramSpeculator
+from engine.spec.verify import verify
 from engine.scheduler.request import Request, Status, StepOutput
 from engine.scheduler.scheduler import ScheduledBatch, Scheduler
 from engine.stats import EngineStats
@@ -47,6 +49,15 @@ def configure_threads(threads: int, dtype: torch.dtype, device: str, backend: st
     return MatmulPlan.probe(dtype, device, threads, backend)
 
 
+def make_speculator(algorithm: str):
+    name = (algorithm or "none").lower()
+    if name == "none":
+        return None
+    if name == "ngram":
+        return NgramSpeculator()
+    raise ValueError(f"unknown speculative algorithm {algorithm!r}; choose none or ngram")
+
+
 class Engine:
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
@@ -64,7 +75,9 @@ class Engine:
         self.events = EventLog()
         self.cache = RadixCache(self.pool, self.events, enabled=cfg.enable_prefix_cache)
         self.model = LlamaModel(mc, weights, self.pool, self.dtype, self.plan)
-        self.scheduler = Scheduler(self.pool, self.cache, cfg.max_batch_tokens, cfg.max_running_requests)
+        self.speculator = make_speculator(cfg.speculative_algorithm)
+        self.scheduler = Scheduler(self.pool, self.cache, cfg.max_batch_tokens, cfg.max_running_requests,
+                                   self.speculator, cfg.speculative_num_draft_tokens)
         self.tokenizer = Tokenizer(cfg.model_path)
         self.context_length = cfg.context_length or mc.max_position
         self.stats = EngineStats()
@@ -164,17 +177,18 @@ class Engine:
                 self._wake.clear()
                 continue
             t0 = time.monotonic()
+            produced = 0
             try:
                 logits = self.model.forward(batch.forward)
-                self._process(batch, logits)
+                produced = self._process(batch, logits)
             except Exception as exc:  # one bad step must not take the worker down
                 log.exception("engine step failed")
-                for req in set(batch.sampled) | {r for r, _ in batch.chunks} | set(batch.decodes):
+                for req in set(batch.requests) | {r for r, _ in batch.chunks} | set(batch.decodes):
                     if not req.finished:
                         self._finish(req, {"type": "abort", "message": f"engine error: {exc}"})
             dt = time.monotonic() - t0
             self.last_step_time = time.monotonic()
-            self.stats.record_step(len(batch.sampled), dt)
+            self.stats.record_step(produced, dt)
 
     def _drain_inbox(self) -> None:
         while True:
@@ -203,23 +217,54 @@ class Engine:
                 except Exception as exc:
                     fut.set_exception(exc)
 
-    def _process(self, batch: ScheduledBatch, logits: torch.Tensor) -> None:
+    def _process(self, batch: ScheduledBatch, logits: torch.Tensor) -> int:
+        """Advance every request of the step; returns how many tokens it produced."""
         for req, n in batch.chunks:
             req.num_computed += n
             if not req.in_prefill:
                 self.scheduler.on_prefill_done(req)
+        plain, plain_rows, verifies, row = [], [], [], 0
+        for req, n in batch.sampled:
+            if req.draft:
+                verifies.append((req, row, n))
+            else:
+                plain.append(req)
+                plain_rows.append(row)
+            row += n
         for req in batch.decodes:
-            req.num_computed += 1
-        tokens = sample(logits, batch.sampled, self.model_config.eos_token_ids)
+            if not req.draft:
+                req.num_computed += 1
+        produced = self._sample_plain(plain, logits[plain_rows]) if plain else 0
+        for req, start, n in verifies:
+            tokens, accepted = verify(logits[start:start + n], req.draft, req)
+            base = req.num_computed  # position of the last token fed; its K/V and the accepted drafts' are valid
+            for m, tok in enumerate(tokens, 1):
+                if req.finished:
+                    break
+                # as in a plain run, every appended token but the newest has its K/V computed
+                req.num_computed = base + m
+                self._append(req, tok, None)
+                produced += 1
+            self.scheduler.after_verify(req, accepted)
+            with self.stats.lock:
+                self.stats.spec_verifies += 1
+                self.stats.spec_proposed += n - 1
+                self.stats.spec_accepted += accepted
+        return produced
+
+    def _sample_plain(self, reqs: list[Request], logits: torch.Tensor) -> int:
+        tokens = sample(logits, reqs, self.model_config.eos_token_ids)
         logprobs = None
-        if any(r.return_logprob for r in batch.sampled):
-            logprobs = token_logprobs(logits, tokens, [r.top_logprobs_num if r.return_logprob else 0
-                                                       for r in batch.sampled])
-        for i, (req, tok) in enumerate(zip(batch.sampled, tokens)):
+        if any(r.return_logprob for r in reqs):
+            logprobs = token_logprobs(logits, tokens, [r.top_logprobs_num if r.return_logprob else 0 for r in reqs])
+        produced = 0
+        for i, (req, tok) in enumerate(zip(reqs, tokens)):
             if req.params.max_new_tokens == 0:  # prefill only (SGLang allows it; prefetch uses it)
                 self._finish(req, {"type": "length", "length": 0})
                 continue
             self._append(req, tok, logprobs[i] if logprobs and req.return_logprob else None)
+            produced += 1
+        return produced
 
     def _append(self, req: Request, tok: int, logprob) -> None:
         now = time.monotonic()
@@ -294,12 +339,21 @@ class Engine:
             rid=req.rid, new_token_ids=req.pending_ids, text_delta=delta, finished=finished,
             finish_reason=req.finish_reason if finished else None, prompt_tokens=len(req.prompt_ids),
             completion_tokens=len(req.output_ids), cached_tokens=req.cached_tokens, logprobs=req.pending_logprobs,
-            retractions=req.num_preemptions)
+            retractions=req.num_preemptions, spec=self._spec_meta(req) if finished and self.speculator else None)
         req.pending_ids, req.pending_logprobs = [], []
         try:
             req.sink(out)
         except Exception:
             log.exception("request sink failed for %s", req.rid)
+
+    @staticmethod
+    def _spec_meta(req: Request) -> dict:
+        """SGLang's per-request speculation fields (final chunk only)."""
+        steps = req.spec_verify_ct + max(0, len(req.output_ids) - req.spec_accepted - req.spec_verify_ct)
+        return {"spec_verify_ct": req.spec_verify_ct,
+                "spec_accept_rate": req.spec_accepted / req.spec_proposed if req.spec_proposed else 0.0,
+                "spec_accept_length": len(req.output_ids) / steps if steps else 0.0,
+                "spec_accept_token_num": req.spec_accepted, "spec_draft_token_num": req.spec_proposed}
 
     # -- reads for the server (consistent when run through call()) ----------------------------
     def load(self) -> dict:

@@ -45,21 +45,27 @@ def adjust_logits(row: torch.Tensor, req: Request, eos_ids: tuple[int, ...]) -> 
 
 
 def _sample_row(row: torch.Tensor, req: Request) -> int:
+    return int(torch.multinomial(probs(row, req), 1, generator=req.generator))
+
+
+def probs(row: torch.Tensor, req: Request) -> torch.Tensor:
+    """The distribution a non-greedy request samples from: temperature, then
+    top-k, top-p and min-p filtering. row [vocab] -> probabilities [vocab]."""
     p = req.params
     scaled = row / p.temperature  # [vocab]
     if 0 < p.top_k < scaled.shape[0]:
         kth = torch.topk(scaled, p.top_k).values[-1]
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-    probs = torch.softmax(scaled, dim=-1)
+    out = torch.softmax(scaled, dim=-1)
     if p.top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
+        sorted_probs, order = out.sort(descending=True)
         # keep the smallest set whose mass reaches top_p (the top token always stays)
         drop = sorted_probs.cumsum(-1) - sorted_probs >= p.top_p
         sorted_probs[drop] = 0.0
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+        out = torch.zeros_like(out).scatter_(0, order, sorted_probs)
     if p.min_p > 0.0:
-        probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
-    return int(torch.multinomial(probs, 1, generator=req.generator))
+        out = out.masked_fill(out < p.min_p * out.max(), 0.0)
+    return out
 
 
 def token_logprobs(logits: torch.Tensor, tokens: list[int], top_n: list[int]) -> list[tuple[float, list]]:

@@ -45,6 +45,9 @@ class EngineStats:
     num_requests: int = 0
     num_aborted: int = 0
     num_finished: int = 0
+    spec_verifies: int = 0
+    spec_proposed: int = 0
+    spec_accepted: int = 0
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     e2e: Histogram = field(default_factory=lambda: Histogram(E2E_BUCKETS))
     itl: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
@@ -67,3 +70,10 @@ class EngineStats:
             return 0.0
         span = max(now - recent[0][0], 1e-3)
         return sum(n for _, n in recent) / span
+
+    def spec_accept_rate(self) -> float:
+        return self.spec_accepted / self.spec_proposed if self.spec_proposed else 0.0
+
+    def spec_accept_length(self) -> float:
+        """Tokens per verify step (accepted drafts + the model's own token)."""
+        return (self.spec_accepted + self.spec_verifies) / self.spec_verifies if self.spec_verifies else 0.0

@@ -61,6 +61,7 @@ class StepOutput:
     cached_tokens: int
     logprobs: list[tuple[float, int, list[tuple[float, int]]]] = field(default_factory=list)
     retractions: int = 0
+    spec: dict | None = None  # SGLang's spec_* meta_info fields, when speculation is on
 
 
 @dataclass(eq=False)  # identity semantics: requests live in lists and sets
@@ -92,6 +93,14 @@ class Request:
     read_offset: int = 0
     pending_ids: list[int] = field(default_factory=list)
     pending_logprobs: list = field(default_factory=list)
+    # speculative decoding (engine/spec)
+    draft: list[int] = field(default_factory=list)  # proposed for this step
+    spec_k: int = 0  # draft length to propose next
+    spec_verify_ct: int = 0
+    spec_proposed: int = 0
+    spec_accepted: int = 0
+    spec_misses: int = 0  # consecutive verifies that accepted nothing
+    spec_cooldown: int = 0  # decode steps to wait before proposing again
 
     def __post_init__(self) -> None:
         if not self.fill_ids:
@@ -108,3 +117,9 @@ class Request:
     @property
     def finished(self) -> bool:
         return self.status is Status.FINISHED
+
+    @property
+    def can_speculate(self) -> bool:
+        # penalties/biases depend on every earlier token and logprobs are per plain
+        # step: such requests decode one token at a time
+        return not (self.params.adjusts_logits or self.return_logprob)

@@ -21,18 +21,26 @@ from engine.kvcache.pool import KVPool
 from engine.kvcache.radix import RadixCache
 from engine.model.batch import ForwardBatch, build_decode_meta, build_prefill_segment
 from engine.scheduler.request import Request, Status
+from engine.spec.base import Speculator
 
 
 @dataclass
 class ScheduledBatch:
     forward: ForwardBatch
-    sampled: list[Request]  # requests that get a next token this step, in logit-row order
+    sampled: list[tuple[Request, int]]  # (request, its logit rows) in row order: 1, or 1 + drafts
     chunks: list[tuple[Request, int]]  # (request, tokens prefilled this step)
-    decodes: list[Request]
+    decodes: list[Request]  # plain decodes and verify segments alike
+
+    @property
+    def requests(self) -> list[Request]:
+        return [r for r, _ in self.sampled]
 
 
 class Scheduler:
-    def __init__(self, pool: KVPool, cache: RadixCache, max_batch_tokens: int, max_running: int):
+    def __init__(self, pool: KVPool, cache: RadixCache, max_batch_tokens: int, max_running: int,
+                 speculator: Speculator | None = None, max_draft: int = 0):
+        self.speculator = speculator
+        self.max_draft = max_draft if speculator is not None else 0
         self.pool = pool
         self.cache = cache
         self.bs = pool.block_size
@@ -73,6 +81,9 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch | None:
         decodes = self._schedule_decodes()
         budget = self.max_batch_tokens - len(decodes)
+        for req in decodes:  # drafts ride along while the step has room
+            req.draft = req.draft[:max(0, budget)]
+            budget -= len(req.draft)
         chunks: list[tuple[Request, int]] = []
         for req in self.running:  # continue chunked prefills first, oldest first
             if budget <= 0:
@@ -109,7 +120,49 @@ class Scheduler:
                     decodes.remove(victim)
             if req.num_computed < len(req.blocks) * self.bs:
                 decodes.append(req)
+                req.draft = self._propose(req)
         return decodes
+
+    def _propose(self, req: Request) -> list[int]:
+        """Draft tokens for this step, with slots for them; never preempts for a draft."""
+        if not self.max_draft or not req.can_speculate:
+            return []
+        if req.spec_cooldown > 0:
+            req.spec_cooldown -= 1
+            return []
+        room = req.params.max_new_tokens - len(req.output_ids) - 1  # the bonus token is the last one
+        k = min(req.spec_k or self.max_draft, room)
+        draft = self.speculator.propose(req.all_ids, k) if k > 0 else []
+        end = req.num_computed + 1 + len(draft)  # tokens whose slots this step writes
+        while draft and end > len(req.blocks) * self.bs:
+            if not self.cache.can_allocate(1):
+                draft = draft[: len(req.blocks) * self.bs - req.num_computed - 1]
+                break
+            req.blocks += self.cache.allocate(1)
+        return draft
+
+    def after_verify(self, req: Request, accepted: int) -> None:
+        """Account for one verify step whose tokens are appended (num_computed
+        advanced with them): give back the blocks that only held rejected
+        drafts, and adapt the next draft length."""
+        proposed = len(req.draft)
+        need = req.num_computed // self.bs + 1  # the next step writes at position num_computed
+        if not req.finished and len(req.blocks) > need:
+            surplus, req.blocks = req.blocks[need:], req.blocks[:need]
+            self.cache.release(surplus)  # never cached: beyond every computed full block
+        req.spec_verify_ct += 1
+        req.spec_proposed += proposed
+        req.spec_accepted += accepted
+        req.draft = []
+        if accepted == proposed:
+            req.spec_k = min(self.max_draft, 2 * max(req.spec_k, 1))
+            req.spec_misses = 0
+        elif accepted == 0:
+            # a wasted verify costs about one extra decode step: back off exponentially
+            req.spec_misses += 1
+            req.spec_cooldown = min(64, 2 ** (req.spec_misses + 1))
+        else:
+            req.spec_misses = 0
 
     def _preempt_newest(self, exclude: Request) -> Request | None:
         for victim in reversed(self.running):
@@ -150,7 +203,7 @@ class Scheduler:
         """Give the cache every full block whose K/V is computed (the fill ids
         are a prefix of all_ids, so all_ids covers prefill and decode alike).
         insert() may swap duplicates in req.blocks for the cached blocks."""
-        full = req.num_computed // self.bs * self.bs
+        full = min(req.num_computed, len(req.all_ids)) // self.bs * self.bs
         if full:
             self.cache.insert(req.all_ids[:full], req.blocks, req.salt)
 
@@ -163,13 +216,27 @@ class Scheduler:
         ids: list[int] = []
         positions: list[int] = []
         write: list[torch.Tensor] = []
-        for req in decodes:
+        plain = [r for r in decodes if not r.draft]
+        for req in plain:
             pos = req.num_computed
             ids.append(req.all_ids[pos])
             positions.append(pos)
             write.append(self.pool.slots(req.blocks, pos + 1, pos))
-        prefills, sampled, logit_rows = [], list(decodes), list(range(len(decodes)))
-        row = len(decodes)
+        prefills, sampled, logit_rows = [], [(r, 1) for r in plain], list(range(len(plain)))
+        row = len(plain)
+        for req in decodes:
+            if not req.draft:
+                continue
+            # verify segment: [last token] + drafts, every row's logits wanted
+            pos, n = req.num_computed, 1 + len(req.draft)
+            ids.append(req.all_ids[pos])
+            ids.extend(req.draft)
+            positions.extend(range(pos, pos + n))
+            write.append(self.pool.slots(req.blocks, pos + n, pos))
+            prefills.append(build_prefill_segment(row, n, pos, req.blocks, self.bs))
+            sampled.append((req, n))
+            logit_rows.extend(range(row, row + n))
+            row += n
         for req, n in chunks:
             start = req.num_computed
             ids.extend(req.fill_ids[start:start + n])
@@ -178,15 +245,15 @@ class Scheduler:
             prefills.append(build_prefill_segment(row, n, start, req.blocks, self.bs))
             row += n
             if start + n == len(req.fill_ids):  # last chunk: its final row gives the next token
-                sampled.append(req)
+                sampled.append((req, 1))
                 logit_rows.append(row - 1)
-        tables, mask = (build_decode_meta([r.blocks for r in decodes], [r.num_computed + 1 for r in decodes], self.bs)
-                        if decodes else (None, None))
+        tables, mask = (build_decode_meta([r.blocks for r in plain], [r.num_computed + 1 for r in plain], self.bs)
+                        if plain else (None, None))
         forward = ForwardBatch(
             input_ids=torch.tensor(ids, dtype=torch.long),
             positions=torch.tensor(positions, dtype=torch.long),
             write_slots=torch.cat(write),
-            num_decode=len(decodes),
+            num_decode=len(plain),
             decode_tables=tables,
             decode_mask=mask,
             prefills=prefills,

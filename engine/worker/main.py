@@ -9,8 +9,6 @@ import os
 import sys
 import time
 
-from engine.config import EngineConfig
-
 
 def add_worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
@@ -33,12 +31,18 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
                    action="store_true", help="stream text/output_ids deltas instead of cumulative values")
     p.add_argument("--enable-cache-report", action="store_true", help="accepted for SGLang parity (always on)")
     p.add_argument("--enable-metrics", action="store_true", help="accepted for SGLang parity (always on)")
+    p.add_argument("--speculative-algorithm", type=str.lower, default="none", choices=["none", "ngram"],
+                   help="ngram: prompt-lookup drafts verified in one batched forward (exact in greedy fp32)")
+    p.add_argument("--speculative-num-draft-tokens", type=int, default=8,
+                   help="most draft tokens verified per request per step")
     p.add_argument("--matmul-backend", default="auto", choices=["auto", "numpy", "torch"])
     p.add_argument("--random-seed", type=int, default=0)
     p.add_argument("--log-level", default="info")
 
 
-def engine_config(args: argparse.Namespace) -> EngineConfig:
+def engine_config(args: argparse.Namespace):
+    from engine.config import EngineConfig  # torch: only once a worker really starts
+
     model_path = args.model_path
     if model_path is None:
         from engine.model.prepare import prepare_default_model
@@ -50,6 +54,8 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         kv_memory_gb=args.kv_memory_gb, enable_prefix_cache=not args.disable_radix_cache,
         context_length=args.context_length, seed=args.random_seed, matmul_backend=args.matmul_backend,
         served_model_name=args.served_model_name or os.path.basename(model_path.rstrip("/")),
+        speculative_algorithm=args.speculative_algorithm,
+        speculative_num_draft_tokens=args.speculative_num_draft_tokens,
     )
 
 
@@ -62,14 +68,16 @@ def run_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log = logging.getLogger("agentgate.worker")
     cfg = engine_config(args)
-    if cfg.max_batch_tokens < 1 or cfg.max_running_requests < 1:
-        print("--max-batch-tokens and --max-running-requests must be at least 1", file=sys.stderr)
+    if cfg.max_batch_tokens < 1 or cfg.max_running_requests < 1 or cfg.speculative_num_draft_tokens < 1:
+        print("--max-batch-tokens, --max-running-requests and --speculative-num-draft-tokens must be at least 1",
+              file=sys.stderr)
         return 2
     t0 = time.monotonic()
     engine = Engine(cfg)
     server_args = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     server_args.update(model_path=cfg.model_path, served_model_name=cfg.served_model_name,
-                       page_size=cfg.block_size, speculative_algorithm=None,
+                       page_size=cfg.block_size,
+                       speculative_algorithm=None if cfg.speculative_algorithm == "none" else "NGRAM",
                        disable_radix_cache=not cfg.enable_prefix_cache)
     app = create_app(engine, server_args)
     app["started"] = time.time()

@@ -17,6 +17,8 @@ def render_metrics(engine: Engine, model_name: str, load: dict, usage: dict) -> 
         "sglang:cache_hit_rate": (s.cached_tokens / s.prompt_tokens) if s.prompt_tokens else 0.0,
         "sglang:max_total_num_tokens": usage["total_blocks"] * usage["block_size"],
         "sglang:num_retracted_reqs": engine.scheduler.num_preemptions,
+        "sglang:spec_accept_rate": s.spec_accept_rate(),
+        "sglang:spec_accept_length": s.spec_accept_length(),
         "agentgate:kv_free_blocks": usage["free_blocks"],
         "agentgate:kv_cached_blocks": usage["cached_blocks"],
         "agentgate:kv_evictable_blocks": usage["evictable_blocks"],

@@ -125,6 +125,7 @@ async def server_info(request: web.Request) -> web.Response:
             "memory_usage": {"weight": round(weights_gb, 3), "kvcache": round(engine.pool.bytes() / 2**30, 3),
                              "token_capacity": engine.pool.num_blocks * engine.pool.block_size},
             "token_usage": usage["token_usage"],
+            **({"avg_spec_accept_length": engine.stats.spec_accept_length()} if engine.speculator else {}),
         }],
     })
     return json_response(info)
@@ -297,6 +298,8 @@ def _generate_json(c: Collected, req: GenerateRequest, engine: Engine, final: bo
             meta["input_top_logprobs"] = []
             meta["output_top_logprobs"] = [[[v, i, tok.decode([i], False) if text else None] for v, i in top]
                                            for _, _, top in c.logprobs]
+    if final and out is not None and out.spec:
+        meta.update(out.spec)
     if final:
         meta["e2e_latency"] = time.monotonic() - c.start
     return {"text": c.text, "output_ids": list(c.output_ids), "meta_info": meta}
