@@ -100,6 +100,7 @@ class Request:
     spec_proposed: int = 0
     spec_accepted: int = 0
     spec_misses: int = 0  # consecutive verifies that accepted nothing
+    spec_ema: float = 0.5  # recent fraction of drafts accepted
     spec_cooldown: int = 0  # decode steps to wait before proposing again
 
     def __post_init__(self) -> None:

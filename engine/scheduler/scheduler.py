@@ -36,6 +36,9 @@ class ScheduledBatch:
         return [r for r, _ in self.sampled]
 
 
+SPEC_PUSH_EMA = 0.4  # acceptance (EMA) above which a miss does not pause speculation
+
+
 class Scheduler:
     def __init__(self, pool: KVPool, cache: RadixCache, max_batch_tokens: int, max_running: int,
                  speculator: Speculator | None = None, max_draft: int = 0):
@@ -154,33 +157,19 @@ class Scheduler:
         req.spec_proposed += proposed
         req.spec_accepted += accepted
         req.draft = []
+        # Recent acceptance decides how hard to push: inside copied text a miss is a
+        # passing divergence; in free text misses are the rule, and each costs about
+        # one extra decode step, so proposing backs off exponentially.
+        req.spec_ema = 0.5 * req.spec_ema + 0.5 * (accepted / proposed)
         if accepted == proposed:
             req.spec_k = min(self.max_draft, 2 * max(req.spec_k, 1))
-            req.spec_misses = 0
-        elif accepted == 0:
-            # a wasted verify costs about one extra decode step: back off exponentially
+        else:
+            req.spec_k = max(4, min(self.max_draft, accepted + 2))
+        if accepted == 0 and req.spec_ema < SPEC_PUSH_EMA:
             req.spec_misses += 1
             req.spec_cooldown = min(64, 2 ** (req.spec_misses + 1))
-        else:
+        elif accepted:
             req.spec_misses = 0
-
-    def _preempt_newest(self, exclude: Request) -> Request | None:
-        for victim in reversed(self.running):
-            if victim is exclude:
-                continue
-            self.running.remove(victim)
-            self._cache_computed(victim)
-            self.cache.release(victim.blocks)
-            victim.blocks = []
-            # Resume later by prefilling everything it has (prompt + output so far).
-            victim.fill_ids = victim.all_ids
-            victim.num_computed = 0
-            victim.status = Status.WAITING
-            victim.num_preemptions += 1
-            self.num_preemptions += 1
-            self.waiting.appendleft(victim)
-            return victim
-        return None
 
     def _admit(self, req: Request) -> bool:
         # Match at most len-1 tokens: the last prompt token must run to give logits.
