@@ -20,7 +20,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.benchlib import update_benchmarks_md  # noqa: E402
+from scripts.benchlib import run_role, update_benchmarks_md  # noqa: E402
 
 PREFIX_TOKENS = 1500
 TAIL_TOKENS = 40
@@ -262,13 +261,10 @@ def main() -> int:
     results = {}
     for role in ("ours", "hf"):
         print(f"[bench_engine] running {role} …", file=sys.stderr, flush=True)
-        cmd = [sys.executable, __file__, "--role", role, "--threads", str(args.threads), "--dtype", args.dtype,
-               "--new-tokens", str(args.new_tokens), "--reps", str(args.reps)]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        if proc.returncode != 0:
-            print(f"[bench_engine] {role} failed with {proc.returncode}", file=sys.stderr)
+        results[role] = run_role(__file__, role, ["--threads", str(args.threads), "--dtype", args.dtype,
+                                                  "--new-tokens", str(args.new_tokens), "--reps", str(args.reps)])
+        if results[role] is None:
             return 1
-        results[role] = json.loads(proc.stdout.strip().splitlines()[-1])
     section = write_report(results["ours"], results["hf"], args)
     update_benchmarks_md("## Engine", section)
     plot(results["ours"], results["hf"])

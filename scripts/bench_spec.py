@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.benchlib import update_benchmarks_md  # noqa: E402
+from scripts.benchlib import run_role, update_benchmarks_md  # noqa: E402
 
 
 def chat(user: str, assistant_start: str = "") -> str:
@@ -147,12 +146,11 @@ def main() -> int:
     results = {}
     for role in ("none", "ngram"):
         print(f"[bench_spec] speculation {role} …", file=sys.stderr, flush=True)
-        cmd = [sys.executable, __file__, "--role", role, "--threads", str(args.threads),
-               "--num-draft-tokens", str(args.num_draft_tokens), "--max-new-tokens", str(args.max_new_tokens)]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        if proc.returncode != 0:
+        results[role] = run_role(__file__, role, ["--threads", str(args.threads), "--num-draft-tokens",
+                                                  str(args.num_draft_tokens), "--max-new-tokens",
+                                                  str(args.max_new_tokens)])
+        if results[role] is None:
             return 1
-        results[role] = json.loads(proc.stdout.strip().splitlines()[-1])
     section = report(results["none"], results["ngram"], args)
     update_benchmarks_md("## Speculative decoding", section)
     plot(results["none"], results["ngram"])

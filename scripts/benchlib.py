@@ -20,3 +20,18 @@ def update_benchmarks_md(heading: str, section: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + section
     path.write_text(text)
+
+
+def run_role(script: str, role: str, args: list[str]) -> dict | None:
+    """Run one side of a benchmark in its own process (`script --role ROLE ARGS`),
+    so each side's memory and threads are its own; its last stdout line is JSON."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, script, "--role", role, *args], stdout=subprocess.PIPE, text=True,
+                          cwd=ROOT)
+    if proc.returncode != 0:
+        print(f"[{Path(script).stem}] {role} failed with {proc.returncode}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
