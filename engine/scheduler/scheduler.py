@@ -171,6 +171,25 @@ class Scheduler:
         elif accepted:
             req.spec_misses = 0
 
+    def _preempt_newest(self, exclude: Request) -> Request | None:
+        for victim in reversed(self.running):
+            if victim is exclude:
+                continue
+            self.running.remove(victim)
+            self._cache_computed(victim)
+            self.cache.release(victim.blocks)
+            victim.blocks = []
+            # Resume later by prefilling everything it has (prompt + output so far).
+            victim.fill_ids = victim.all_ids
+            victim.num_computed = 0
+            victim.draft = []
+            victim.status = Status.WAITING
+            victim.num_preemptions += 1
+            self.num_preemptions += 1
+            self.waiting.appendleft(victim)
+            return victim
+        return None
+
     def _admit(self, req: Request) -> bool:
         # Match at most len-1 tokens: the last prompt token must run to give logits.
         match = self.cache.match_prefix(req.fill_ids[:-1], req.salt)

@@ -111,3 +111,17 @@ def test_sampled_and_penalized_requests_complete_under_speculation(engines, prom
     out = generate(spec, [prompt_ids[1]], penalized)[0]
     assert len(out.output_ids) == 16 and out.steps[-1].spec["spec_verify_ct"] == 0  # decoded one at a time
     assert wait_idle(spec)["used_blocks"] == 0
+
+
+def test_a_tiny_pool_preempts_speculating_requests_without_changing_a_token(make_engine, engines, prompt_ids):
+    plain, _ = engines
+    tiny = make_engine(matmul_backend="numpy", speculative_algorithm="ngram", kv_pool_tokens=320)
+    prompts = [p[:120] for p in prompt_ids]  # with 40 new tokens each they need more than the 20 blocks
+    params = greedy(40, ignore_eos=True)
+    assert sum(-(-(len(p) + 40) // 16) for p in prompts) > tiny.pool.num_blocks
+    want = [o.output_ids for o in generate(plain, prompts, params)]
+    got = generate(tiny, prompts, params)
+    assert [o.output_ids for o in got] == want
+    assert tiny.scheduler.num_preemptions > 0  # decode growth, drafts included, ran the pool dry
+    assert wait_idle(tiny)["used_blocks"] == 0
+    tiny.stop()
