@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -111,7 +111,6 @@ class EngineConfig:
     speculative_algorithm: str = "none"  # none | ngram
     speculative_num_draft_tokens: int = 8  # most draft tokens verified per step
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def num_blocks(self, model: ModelConfig, dtype: torch.dtype) -> int:
         if self.kv_pool_tokens > 0:

@@ -66,9 +66,7 @@ class Engine:
         self.device = cfg.device
         self.threads = cfg.threads or os.cpu_count() or 1
         self.plan = configure_threads(self.threads, self.dtype, self.device, cfg.matmul_backend)
-        t0 = time.monotonic()
         weights = load_weights(cfg.model_path, self.model_config, self.dtype, self.device)
-        self.load_time = time.monotonic() - t0
         mc = self.model_config
         self.pool = KVPool(cfg.num_blocks(mc, self.dtype), cfg.block_size, mc.num_layers, mc.num_kv_heads,
                            mc.head_dim, self.dtype, self.device)
@@ -89,7 +87,6 @@ class Engine:
         self._detok: dict[str, IncrementalDetokenizer] = {}
         self._rng = random.Random(cfg.seed)
         self._thread: threading.Thread | None = None
-        self.last_step_time = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> "Engine":
@@ -187,7 +184,6 @@ class Engine:
                     if not req.finished:
                         self._finish(req, {"type": "abort", "message": f"engine error: {exc}"})
             dt = time.monotonic() - t0
-            self.last_step_time = time.monotonic()
             self.stats.record_step(produced, dt)
 
     def _drain_inbox(self) -> None:

@@ -28,16 +28,12 @@ class Tokenizer:
         env.globals["raise_exception"] = _raise
         self._template = env.from_string(template) if template else None
         self.vocab_size = self._tok.get_vocab_size()
-        self.special_ids = _special_ids(self._tok)
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
-
-    def id_to_token(self, token_id: int) -> str | None:
-        return self._tok.id_to_token(token_id)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
         if self._template is None:
@@ -50,10 +46,6 @@ def _token_str(tok) -> str:
     if isinstance(tok, dict):
         return tok.get("content", "")
     return tok or ""
-
-
-def _special_ids(tok: HFTokenizer) -> set[int]:
-    return {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
 
 
 def _raise(message: str):

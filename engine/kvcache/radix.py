@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from engine.kvcache.events import EventLog
-from engine.kvcache.hashing import block_hashes, root_hash
+from engine.kvcache.hashing import block_hashes
 from engine.kvcache.pool import KVPool
 
 
@@ -231,6 +231,3 @@ class RadixCache:
         for h in list(self._nodes):
             visit(h)
         return out
-
-    def salt_root(self, salt: str | None) -> int:
-        return root_hash(salt)

@@ -89,8 +89,6 @@ class Request:
     # incremental detokenization
     text: str = ""
     sent_text_len: int = 0
-    prefix_offset: int = 0
-    read_offset: int = 0
     pending_ids: list[int] = field(default_factory=list)
     pending_logprobs: list = field(default_factory=list)
     # speculative decoding (engine/spec)
