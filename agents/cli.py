@@ -1,6 +1,6 @@
 """The `agentgate` command.
 
-  agentgate worker ...       an SGLang-compatible CPU engine worker
+  agentgate worker ...       an SGLang-compatible CPU engine worker (--backend sglang: an SGLang GPU server)
   agentgate gateway ...      the gateway (workflows, OpenAI proxy) in front of workers
   agentgate up ...           Redis + one engine worker + the gateway on localhost, until Ctrl-C
   agentgate prepare-model    convert the shipped GGUF to safetensors (once)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="agentgate")
     sub = parser.add_subparsers(dest="command", required=True)
-    w = sub.add_parser("worker", help="run an SGLang-compatible CPU engine worker")
+    w = sub.add_parser("worker", help="run an SGLang-compatible CPU engine worker, or SGLang itself (--backend sglang)")
     add_worker_args(w)
     w.set_defaults(func=run_worker)
     from gateway.main import add_gateway_args, run_gateway

@@ -111,6 +111,15 @@ class EngineConfig:
     speculative_algorithm: str = "none"  # none | ngram
     speculative_num_draft_tokens: int = 8  # most draft tokens verified per step
     seed: int = 0
+    # -- KV tiers (engine/kvcache/tiered.py) --
+    l2_blocks: int = -1  # host-RAM blocks; -1: twice the L1 pool, 0: no L2
+    l2_write_through: bool = False  # copy blocks to L2 when cached (default: when evicted from L1)
+    l3: str = "none"  # "dir:PATH" | "none"
+    l3_max_gb: float = 8.0
+    l3_write_through: bool = True  # write blocks to L3 when cached (default), or only when L2 drops them
+    max_pinned_fraction: float = 0.5  # of the L1 pool
+    prefetch_chunk_tokens: int = 128  # most prefetch tokens per step while others decode
+    max_background_running: int = 2  # prefetches prefilling at once
 
     def num_blocks(self, model: ModelConfig, dtype: torch.dtype) -> int:
         if self.kv_pool_tokens > 0:
@@ -118,3 +127,6 @@ class EngineConfig:
         else:
             tokens = int(self.kv_memory_gb * (1 << 30) // model.kv_bytes_per_token(dtype))
         return max(2, -(-tokens // self.block_size))
+
+    def num_l2_blocks(self, model: ModelConfig, dtype: torch.dtype) -> int:
+        return 2 * self.num_blocks(model, dtype) if self.l2_blocks < 0 else self.l2_blocks

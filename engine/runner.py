@@ -22,15 +22,20 @@ import torch
 from engine.config import EngineConfig, ModelConfig, choose_dtype
 from engine.errors import BadRequestError, ContextLengthError
 from engine.kvcache.events import EventLog
+from engine.kvcache.hashing import block_hashes
+from engine.kvcache.host import HostPool
+from engine.kvcache.pins import PinTable
 from engine.kvcache.pool import KVPool
 from engine.kvcache.radix import RadixCache
+from engine.kvcache.store import make_store
+from engine.kvcache.tiered import Loaded, Step, TieredCache
 from engine.model.linear import MatmulPlan
 from engine.model.llama import LlamaModel
 from engine.model.weights import load_weights
 from engine.sampling import sample, token_logprobs
 from engine.spec.ngram import NgramSpeculator
 from engine.spec.verify import verify
-from engine.scheduler.request import Request, Status, StepOutput
+from engine.scheduler.request import Request, SamplingParams, Status, StepOutput
 from engine.scheduler.scheduler import ScheduledBatch, Scheduler
 from engine.stats import EngineStats
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -72,10 +77,14 @@ class Engine:
                            mc.head_dim, self.dtype, self.device)
         self.events = EventLog()
         self.cache = RadixCache(self.pool, self.events, enabled=cfg.enable_prefix_cache)
+        self.tiers = self._make_tiers(cfg, mc)
+        self.pins = PinTable(self.cache, int(cfg.max_pinned_fraction * self.pool.num_blocks))
         self.model = LlamaModel(mc, weights, self.pool, self.dtype, self.plan)
         self.speculator = make_speculator(cfg.speculative_algorithm)
         self.scheduler = Scheduler(self.pool, self.cache, cfg.max_batch_tokens, cfg.max_running_requests,
-                                   self.speculator, cfg.speculative_num_draft_tokens)
+                                   self.speculator, cfg.speculative_num_draft_tokens, cfg.prefetch_chunk_tokens,
+                                   cfg.max_background_running)
+        self._staging: dict[str, Request] = {}  # rid -> request waiting for its L3 blocks
         self.tokenizer = Tokenizer(cfg.model_path)
         self.context_length = cfg.context_length or mc.max_position
         self.stats = EngineStats()
@@ -88,6 +97,29 @@ class Engine:
         self._rng = random.Random(cfg.seed)
         self._thread: threading.Thread | None = None
 
+    def _make_tiers(self, cfg: EngineConfig, mc: ModelConfig) -> TieredCache:
+        """L2 and L3 as configured; an L3 location that cannot be written leaves the
+        worker running without L3 (l3_error says why)."""
+        host = None
+        if cfg.enable_prefix_cache and cfg.num_l2_blocks(mc, self.dtype) > 0:
+            host = HostPool(cfg.num_l2_blocks(mc, self.dtype), mc.num_layers, cfg.block_size, mc.num_kv_heads,
+                            mc.head_dim, self.dtype)
+        store, self.l3_error = None, None
+        if cfg.enable_prefix_cache and cfg.l3 not in ("", "none"):
+            dtype_name = str(self.dtype).removeprefix("torch.")
+            namespace = f"{os.path.basename(cfg.model_path.rstrip('/'))}-{dtype_name}-b{cfg.block_size}"
+            try:
+                store = make_store(cfg.l3, namespace, int(cfg.l3_max_gb * (1 << 30)))
+            except OSError as exc:
+                self.l3_error = f"L3 store {cfg.l3!r} is not usable ({exc}); running without L3"
+                log.warning(self.l3_error)
+        return TieredCache(self.cache, host, store, self.events, l2_write_through=cfg.l2_write_through,
+                           l3_write_through=cfg.l3_write_through)
+
+    @property
+    def l3_id(self) -> str:
+        return self.tiers.store.id if self.tiers.store is not None else ""
+
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> "Engine":
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
@@ -99,6 +131,7 @@ class Engine:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self.tiers.close()
 
     # -- thread-safe API -------------------------------------------------------------------
     def validate(self, prompt_ids: list[int], max_new_tokens: int) -> None:
@@ -166,7 +199,7 @@ class Engine:
                 batch = self.scheduler.schedule()
             except Exception as exc:  # a scheduler bug must not kill the worker: fail what is in flight
                 log.exception("scheduling failed")
-                for req in list(self.scheduler.running) + list(self.scheduler.waiting):
+                for req in list(self.scheduler.running) + self.scheduler.queued():
                     self._finish(req, {"type": "abort", "message": f"engine error: {exc}"})
                 continue
             if batch is None:
@@ -187,6 +220,7 @@ class Engine:
             self.stats.record_step(produced, dt)
 
     def _drain_inbox(self) -> None:
+        self.pins.expire()
         while True:
             try:
                 kind, payload = self._inbox.get_nowait()
@@ -194,13 +228,17 @@ class Engine:
                 return
             if kind == "add":
                 payload.status = Status.WAITING
-                self.scheduler.add(payload)
                 with self.stats.lock:
                     self.stats.num_requests += 1
                     self.stats.prompt_tokens += len(payload.prompt_ids)
+                self._stage(payload)
+            elif kind == "loaded":
+                req, steps, fut = payload
+                if self._staging.pop(req.rid, None) is req:
+                    self._promote(req, steps, fut)
             elif kind == "abort":
                 rid, abort_all, prefix = payload
-                targets = list(self.scheduler.running) + list(self.scheduler.waiting)
+                targets = list(self.scheduler.running) + self.scheduler.queued() + list(self._staging.values())
                 for req in targets:
                     if abort_all or req.rid == rid or (prefix and rid and req.rid.startswith(rid)):
                         self._finish(req, {"type": "abort", "message": "Aborted by request"})
@@ -212,6 +250,53 @@ class Engine:
                     fut.set_result(fn())
                 except Exception as exc:
                     fut.set_exception(exc)
+
+    # -- KV tiers: bring a prompt's prefix up from L2/L3 before it is scheduled ------------------
+    def _stage(self, req: Request) -> None:
+        """Lock the prompt's cached L1 prefix and copy the blocks that follow it from
+        L2 (now) and L3 (read on the reader thread; the request waits in _staging
+        meanwhile, other requests keep stepping). A prefetch whose prefix is then
+        wholly resident is done without a step."""
+        if not self.tiers.enabled and not req.background:
+            self.scheduler.add(req)
+            return
+        bs = self.cfg.block_size
+        # what admission will match: all but the last token (a prefetch keeps every full block)
+        ids = req.fill_ids if req.background else req.fill_ids[:-1]
+        hashes = block_hashes(ids, bs, req.salt)
+        match = self.cache.match_prefix(ids, req.salt)
+        self.cache.lock(match.blocks)
+        req.staged = list(match.blocks)
+        req.tier_tokens = {"l1": len(match.blocks) * bs}
+        steps = self.tiers.plan(hashes, len(match.blocks)) if self.tiers.enabled else []
+        if any(s.tier == "l3" for s in steps):
+            chunks = [ids[i * bs:(i + 1) * bs] for i in range(len(hashes))]
+            self._staging[req.rid] = req
+            self.tiers.load(steps, chunks, lambda fut: self._loaded(req, steps, fut))
+            return
+        self._promote(req, steps, None)
+
+    def _loaded(self, req: Request, steps: list[Step], fut) -> None:  # reader thread
+        self._inbox.put(("loaded", (req, steps, fut)))
+        self._wake.set()
+
+    def _promote(self, req: Request, steps: list[Step], fut) -> None:
+        loaded: Loaded | None = None
+        if fut is not None:
+            try:
+                loaded = fut.result()
+            except Exception:  # an unreadable store is a miss, never a failed request
+                log.exception("L3 load failed for %s", req.rid)
+        ids = req.fill_ids if req.background else req.fill_ids[:-1]
+        new, counts = self.tiers.promote(ids, req.salt, req.staged, steps, loaded) if steps else ([], {})
+        req.staged += new
+        bs = self.cfg.block_size
+        for tier, n in counts.items():
+            req.tier_tokens[tier] = n * bs
+        if req.background and len(req.staged) * bs == len(ids) // bs * bs:
+            self._finish(req, {"type": "length", "length": 0})  # a prefetch with nothing left to compute
+            return
+        self.scheduler.add(req)
 
     def _process(self, batch: ScheduledBatch, logits: torch.Tensor) -> int:
         """Advance every request of the step; returns how many tokens it produced."""
@@ -309,7 +394,11 @@ class Engine:
     def _finish(self, req: Request, reason: dict) -> None:
         if req.finished:
             return
-        self.scheduler.remove(req)
+        if self._staging.pop(req.rid, None) is req or not self.scheduler.holds(req):
+            self.scheduler.release_staged(req)  # never queued (staging, or a prefetch done at once)
+            req.status = Status.FINISHED
+        else:
+            self.scheduler.remove(req)
         req.finish_reason = reason
         self._detok.pop(req.rid, None)
         with self._active_lock:
@@ -335,12 +424,21 @@ class Engine:
             rid=req.rid, new_token_ids=req.pending_ids, text_delta=delta, finished=finished,
             finish_reason=req.finish_reason if finished else None, prompt_tokens=len(req.prompt_ids),
             completion_tokens=len(req.output_ids), cached_tokens=req.cached_tokens, logprobs=req.pending_logprobs,
+            tier_tokens=self._tier_split(req) if finished else None,
             retractions=req.num_preemptions, spec=self._spec_meta(req) if finished and self.speculator else None)
         req.pending_ids, req.pending_logprobs = [], []
         try:
             req.sink(out)
         except Exception:
             log.exception("request sink failed for %s", req.rid)
+
+    @staticmethod
+    def _tier_split(req: Request) -> dict[str, int]:
+        """Where the cached prompt tokens came from; L1 is what the others do not explain
+        (a prefix another request cached between staging and admission counts as L1)."""
+        lower = req.tier_tokens.get("l2", 0) + req.tier_tokens.get("l3", 0)
+        return {"l1": max(0, req.cached_tokens - lower), "l2": req.tier_tokens.get("l2", 0),
+                "l3": req.tier_tokens.get("l3", 0)}
 
     @staticmethod
     def _spec_meta(req: Request) -> dict:
@@ -354,9 +452,13 @@ class Engine:
     # -- reads for the server (consistent when run through call()) ----------------------------
     def load(self) -> dict:
         s = self.scheduler
-        tokens = sum(len(r.all_ids) for r in s.running) + sum(len(r.fill_ids) for r in s.waiting)
-        return {"num_reqs": len(s.running) + len(s.waiting), "num_waiting_reqs": len(s.waiting),
-                "num_running_reqs": len(s.running), "num_tokens": tokens}
+        running = [r for r in s.running if not r.background]
+        waiting = len(s.waiting) + sum(not r.background for r in self._staging.values())
+        tokens = sum(len(r.all_ids) for r in running) + sum(len(r.fill_ids) for r in s.waiting)
+        prefetching = len(s.running) - len(running) + len(s.background) + sum(
+            r.background for r in self._staging.values())
+        return {"num_reqs": len(running) + waiting, "num_waiting_reqs": waiting,
+                "num_running_reqs": len(running), "num_tokens": tokens, "num_prefetch_reqs": prefetching}
 
     def kv_usage(self) -> dict:
         used = self.scheduler.blocks_in_use()
@@ -366,6 +468,72 @@ class Engine:
                 "block_size": self.pool.block_size}
 
     def flush_cache(self) -> bool:
-        if self.scheduler.has_work():
+        if self.scheduler.has_work() or self._staging:
             return False
+        self.pins.clear()
         return self.cache.flush()
+
+    # -- prefetch and pins (server threads; the work runs on the engine thread) -----------------------
+    def prefetch(self, token_ids: list[int], salt: str | None = None, pin_ttl_s: float | None = None,
+                 priority: int = 0) -> Future:
+        """Make the full blocks of token_ids resident in L1: promote from L2, load
+        from L3, compute the rest with a background prefill. Resolves to
+        {resident_tokens, from: {l1, l2, l3, computed}, pin?}."""
+        bs = self.cfg.block_size
+        ids = list(token_ids[:len(token_ids) // bs * bs])
+        fut: Future = Future()
+        if not ids:
+            fut.set_result({"resident_tokens": 0, "from": {"l1": 0, "l2": 0, "l3": 0, "computed": 0}})
+            return fut
+        self.validate(ids, 0)
+
+        def done(out: StepOutput) -> None:  # engine thread
+            if not out.finished or fut.done():
+                return
+            if out.finish_reason and out.finish_reason.get("type") == "abort":
+                fut.set_exception(BadRequestError(f"prefetch aborted: {out.finish_reason.get('message')}"))
+                return
+            resident = self.cache.match_prefix(ids, salt).num_tokens
+            src = {"l1": req.tier_tokens.get("l1", 0), "l2": req.tier_tokens.get("l2", 0),
+                   "l3": req.tier_tokens.get("l3", 0)}
+            src["computed"] = max(0, resident - sum(src.values()))
+            result = {"resident_tokens": resident, "from": src}
+            if pin_ttl_s:
+                try:
+                    pin = self.pins.pin(ids, salt, pin_ttl_s)
+                    result["pin"] = self._pin_json(pin) if pin else None
+                except Exception as exc:
+                    result["pin_error"] = str(exc)
+            fut.set_result(result)
+
+        req = Request(rid=f"prefetch-{os.urandom(6).hex()}", prompt_ids=ids, params=SamplingParams(max_new_tokens=0),
+                      sink=done, salt=salt, background=True, priority=priority)
+        self.submit(req)
+        return fut
+
+    def _pin_json(self, pin) -> dict:
+        return {"pin_id": pin.id, "pinned_tokens": len(pin.blocks) * self.cfg.block_size,
+                "expires_in_s": round(pin.expires - time.monotonic(), 3)}
+
+    def pin(self, token_ids: list[int], salt: str | None, ttl_s: float) -> dict | None:
+        """Engine thread (through call()): pin the resident full blocks of token_ids."""
+        pin = self.pins.pin(token_ids, salt, ttl_s)
+        return self._pin_json(pin) if pin is not None else None
+
+    def unpin(self, pin_id: str | None = None, token_ids: list[int] | None = None, salt: str | None = None) -> str | None:
+        """Engine thread: drop a pin by id or by its prefix; returns the id dropped, or None."""
+        if pin_id is None and token_ids is not None:
+            match = self.cache.match_prefix(token_ids, salt)
+            pin_id = f"{match.hashes[-1]:016x}" if match.hashes else None
+        return pin_id if pin_id is not None and self.pins.unpin(pin_id) else None
+
+    def kv_snapshot(self) -> dict:
+        """Engine thread: every block this worker holds, per tier (GET /kv/snapshot)."""
+        lower = self.tiers.snapshot()
+        return {"block_size": self.cfg.block_size, "l3": self.l3_id,
+                "tiers": {"l1": [[h, p] for h, p in self.cache.snapshot()], "l2": lower["l2"], "l3": lower["l3"]}}
+
+    def kv_stats(self) -> dict:
+        """Engine thread: L1 usage, the lower tiers and the pins (GET /kv/stats)."""
+        return {**self.kv_usage(), "tiers": self.tiers.describe(), "l3_error": self.l3_error,
+                "pins": self.pins.describe(), "staging_requests": len(self._staging)}

@@ -147,6 +147,8 @@ def start_worker(model_dir: Path, log_dir: Path, *extra_args: str) -> WorkerProc
     log_path = log_dir / f"worker-{port}.log"
     cmd = [sys.executable, "-m", "engine.worker.main", "--port", str(port), "--model-path", str(model_dir),
            "--dtype", "float32", "--threads", "2", "--kv-memory-gb", "0.25", *extra_args]
+    if "--l3" not in extra_args:  # never the user's cache dir
+        cmd += ["--l3", f"dir:{log_dir / 'l3'}"]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
     worker = WorkerProcess(f"http://127.0.0.1:{port}", proc, log_path)

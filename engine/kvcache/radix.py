@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from engine.kvcache.events import EventLog
 from engine.kvcache.hashing import block_hashes
@@ -41,6 +41,23 @@ class MatchResult(NamedTuple):
     num_tokens: int  # len(blocks) * block_size
 
 
+class CachedBlock(NamedTuple):
+    hash: int
+    parent: int | None
+    tokens: tuple[int, ...]
+    block: int
+
+
+class CacheListener(Protocol):
+    """Told about L1 changes while the blocks' K/V are still intact (the tiers: kvcache/tiered.py)."""
+
+    def on_cached(self, blocks: list[CachedBlock]) -> None: ...
+
+    def on_evicted(self, blocks: list[CachedBlock]) -> None: ...
+
+    def on_cleared(self) -> None: ...
+
+
 class OutOfBlocks(Exception):
     """Raised by allocate() when neither free nor evictable blocks suffice."""
 
@@ -51,6 +68,7 @@ class RadixCache:
         self.block_size = pool.block_size
         self.events = events if events is not None else EventLog()
         self.enabled = enabled
+        self.listener: CacheListener | None = None
         self._nodes: dict[int, _Node] = {}
         self._block_node: dict[int, int] = {}  # block id -> node hash
         self._evictable: OrderedDict[int, None] = OrderedDict()
@@ -122,13 +140,15 @@ class RadixCache:
     def evict(self, n: int) -> int:
         """Evict up to n least-recently-used unreferenced leaves; returns how many."""
         removed: list[int] = []
+        gone: list[CachedBlock] = []
         while len(removed) < n and self._evictable:
             h, _ = self._evictable.popitem(last=False)
             node = self._nodes.pop(h)
             del self._block_node[node.block]
-            self.pool.free(node.block)
+            self.pool.free(node.block)  # its K/V stay intact until the next allocate()
             self._unreferenced -= 1
             removed.append(h)
+            gone.append(CachedBlock(h, node.parent, node.tokens, node.block))
             if node.parent is not None:
                 parent = self._nodes[node.parent]
                 parent.children -= 1
@@ -138,10 +158,12 @@ class RadixCache:
                     self._evictable.move_to_end(parent.hash, last=False)
         if removed:
             self.events.record("removed", removed)
+            if self.listener is not None:
+                self.listener.on_evicted(gone)
         return len(removed)
 
     # -- insertion -----------------------------------------------------------------------
-    def insert(self, token_ids: list[int], blocks: list[int], salt: str | None = None) -> int:
+    def insert(self, token_ids: list[int], blocks: list[int], salt: str | None = None, notify: bool = True) -> int:
         """Adopt the full blocks of a sequence whose KV is computed for token_ids.
 
         `blocks` is the caller's block table, which holds a reference on each
@@ -150,7 +172,8 @@ class RadixCache:
         same prefix side by side), the caller switches to the cached block in
         place — blocks[i] is rewritten, its duplicate released — so a running
         request never pins an uncached copy beneath a cached prefix.
-        Returns the number of newly cached blocks.
+        `notify=False` keeps the listener out of it (blocks promoted from a lower
+        tier are already there). Returns the number of newly cached blocks.
         """
         if not self.enabled:
             return 0
@@ -159,6 +182,7 @@ class RadixCache:
         assert len(blocks) >= len(hashes)
         parent: int | None = None
         new_hashes, new_tokens, first_parent = [], [], None
+        fresh: list[CachedBlock] = []
         now = time.monotonic()
         for i, h in enumerate(hashes):
             node = self._nodes.get(h)
@@ -179,6 +203,7 @@ class RadixCache:
                     first_parent = parent if parent is not None else None
                 new_hashes.append(h)
                 new_tokens.extend(tokens)
+                fresh.append(CachedBlock(h, parent, tokens, blocks[i]))
                 if self.pool.ref[blocks[i]] == 0:
                     self._evictable[h] = None
                     self._unreferenced += 1
@@ -192,6 +217,8 @@ class RadixCache:
             parent = h
         if new_hashes:
             self.events.record("stored", new_hashes, first_parent, token_ids=new_tokens)
+            if notify and self.listener is not None:
+                self.listener.on_cached(fresh)
         return len(new_hashes)
 
     def is_cached(self, block: int) -> bool:
@@ -209,6 +236,8 @@ class RadixCache:
         self._evictable.clear()
         self._unreferenced = 0
         self.events.record("cleared", [])
+        if self.listener is not None:
+            self.listener.on_cleared()
         return True
 
     @property

@@ -62,6 +62,7 @@ class StepOutput:
     logprobs: list[tuple[float, int, list[tuple[float, int]]]] = field(default_factory=list)
     retractions: int = 0
     spec: dict | None = None  # SGLang's spec_* meta_info fields, when speculation is on
+    tier_tokens: dict[str, int] | None = None  # cached prompt tokens by tier (final chunk only)
 
 
 @dataclass(eq=False)  # identity semantics: requests live in lists and sets
@@ -74,6 +75,8 @@ class Request:
     return_logprob: bool = False
     top_logprobs_num: int = 0
     arrival: float = field(default_factory=time.monotonic)
+    background: bool = False  # a prefetch: admitted after everything else, prefilled in small chunks
+    priority: int = 0  # among background requests, higher first
 
     # -- state, owned by the engine thread --
     status: Status = Status.WAITING
@@ -82,6 +85,8 @@ class Request:
     num_computed: int = 0  # tokens whose K/V is in the pool
     fill_ids: list[int] = field(default_factory=list)  # tokens to prefill (prompt, or all tokens after preemption)
     cached_tokens: int = 0
+    tier_tokens: dict[str, int] = field(default_factory=dict)  # prompt tokens copied in from "l2" / "l3"
+    staged: list[int] = field(default_factory=list)  # cached blocks locked for it until admission
     finish_reason: dict | None = None
     generator: torch.Generator | None = None
     num_preemptions: int = 0

@@ -41,7 +41,8 @@ SPEC_PUSH_EMA = 0.4  # acceptance (EMA) above which a miss does not pause specul
 
 class Scheduler:
     def __init__(self, pool: KVPool, cache: RadixCache, max_batch_tokens: int, max_running: int,
-                 speculator: Speculator | None = None, max_draft: int = 0):
+                 speculator: Speculator | None = None, max_draft: int = 0, background_chunk: int = 128,
+                 max_background: int = 2):
         self.speculator = speculator
         self.max_draft = max_draft if speculator is not None else 0
         self.pool = pool
@@ -50,35 +51,49 @@ class Scheduler:
         self.max_batch_tokens = max_batch_tokens
         self.max_running = max_running
         self.waiting: deque[Request] = deque()
+        self.background: deque[Request] = deque()  # prefetches, highest priority first
         self.running: list[Request] = []  # admitted, in admission order
         self.num_preemptions = 0
+        # Prefetch work never delays running requests by more than one small chunk per step.
+        self.background_chunk = background_chunk
+        self.max_background = max_background
 
     # -- queue -------------------------------------------------------------------------
     def add(self, req: Request) -> None:
-        self.waiting.append(req)
+        if not req.background:
+            self.waiting.append(req)
+            return
+        i = len(self.background)
+        while i > 0 and self.background[i - 1].priority < req.priority:
+            i -= 1
+        self.background.insert(i, req)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.background)
 
-    def find(self, rid: str) -> Request | None:
-        for req in self.running:
-            if req.rid == rid:
-                return req
-        for req in self.waiting:
-            if req.rid == rid:
-                return req
-        return None
+    def holds(self, req: Request) -> bool:
+        """Whether req is queued or running here (identity, not equality)."""
+        return any(r is req for r in self.running) or any(r is req for r in self.queued())
+
+    def queued(self) -> list[Request]:
+        return list(self.waiting) + list(self.background)
 
     def remove(self, req: Request) -> None:
         """Take a request out (finished or aborted) and free or cache its blocks."""
         if req.status is Status.WAITING:
-            self.waiting.remove(req)
+            (self.background if req.background else self.waiting).remove(req)
+            self.release_staged(req)
         else:
             self.running.remove(req)
             self._cache_computed(req)
             self.cache.release(req.blocks)
             req.blocks = []
         req.status = Status.FINISHED
+
+    def release_staged(self, req: Request) -> None:
+        if req.staged:
+            self.cache.release(req.staged)
+            req.staged = []
 
     # -- one step ----------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch | None:
@@ -91,20 +106,46 @@ class Scheduler:
         for req in self.running:  # continue chunked prefills first, oldest first
             if budget <= 0:
                 break
-            if req.in_prefill and req not in decodes:
+            if req.in_prefill and req not in decodes and not req.background:
                 n = min(len(req.fill_ids) - req.num_computed, budget)
                 chunks.append((req, n))
                 budget -= n
         while budget > 0 and self.waiting and len(self.running) < self.max_running:
             req = self.waiting[0]
-            if not self._admit(req):
+            if not self._admit(req, self.waiting):
                 break
             n = min(len(req.fill_ids) - req.num_computed, budget)
             chunks.append((req, n))
             budget -= n
+        self._schedule_background(chunks, budget, busy=bool(decodes or chunks or self.waiting))
         if not decodes and not chunks:
             return None
         return self._build(decodes, chunks)
+
+    def _schedule_background(self, chunks: list[tuple[Request, int]], budget: int, busy: bool) -> None:
+        """Prefetch prefills: the whole spare budget when nothing else runs, else one
+        chunk of at most background_chunk tokens, so others wait one small chunk at most."""
+        if busy:
+            budget = min(budget, self.background_chunk)
+        running = [r for r in self.running if r.background and r.in_prefill]
+        for req in running:
+            if budget <= 0:
+                return
+            n = min(len(req.fill_ids) - req.num_computed, budget)
+            chunks.append((req, n))
+            budget -= n
+            if busy:
+                return
+        while (budget > 0 and self.background and len(self.running) < self.max_running
+               and sum(r.background for r in self.running) < self.max_background):
+            req = self.background[0]
+            if not self._admit(req, self.background):
+                return
+            n = min(len(req.fill_ids) - req.num_computed, budget)
+            chunks.append((req, n))
+            budget -= n
+            if busy:
+                return
 
     def _schedule_decodes(self) -> list[Request]:
         decodes = []
@@ -172,7 +213,9 @@ class Scheduler:
             req.spec_misses = 0
 
     def _preempt_newest(self, exclude: Request) -> Request | None:
-        for victim in reversed(self.running):
+        """Preempt a prefetch if one runs, else the newest request."""
+        order = sorted(reversed(self.running), key=lambda r: not r.background)  # stable: newest first within
+        for victim in order:
             if victim is exclude:
                 continue
             self.running.remove(victim)
@@ -186,11 +229,11 @@ class Scheduler:
             victim.status = Status.WAITING
             victim.num_preemptions += 1
             self.num_preemptions += 1
-            self.waiting.appendleft(victim)
+            (self.background if victim.background else self.waiting).appendleft(victim)
             return victim
         return None
 
-    def _admit(self, req: Request) -> bool:
+    def _admit(self, req: Request, queue: deque[Request]) -> bool:
         # Match at most len-1 tokens: the last prompt token must run to give logits.
         match = self.cache.match_prefix(req.fill_ids[:-1], req.salt)
         need = -(-len(req.fill_ids) // self.bs) - len(match.blocks)
@@ -199,10 +242,11 @@ class Scheduler:
             self.cache.release(match.blocks)
             return False
         req.blocks = match.blocks + self.cache.allocate(need)
+        self.release_staged(req)  # the match holds them now
         req.num_computed = match.num_tokens
         if req.num_preemptions == 0:
             req.cached_tokens = match.num_tokens
-        self.waiting.popleft()
+        queue.popleft()
         req.status = Status.RUNNING
         self.running.append(req)
         return True

@@ -9,6 +9,8 @@ import os
 import sys
 import time
 
+from engine.worker.kv_publish import add_publish_args, setup_publishing
+
 
 def add_worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
@@ -36,8 +38,29 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speculative-num-draft-tokens", type=int, default=8,
                    help="most draft tokens verified per request per step")
     p.add_argument("--matmul-backend", default="auto", choices=["auto", "numpy", "torch"])
+    tiers = p.add_argument_group("KV tiers, prefetch and pins")
+    tiers.add_argument("--l2-blocks", type=int, default=-1,
+                       help="host-RAM KV blocks (L2); -1 = twice the L1 pool, 0 = no L2")
+    tiers.add_argument("--l2-write", choices=["back", "through"], default="back",
+                       help="copy blocks to L2 when L1 evicts them (back) or as soon as they are cached (through)")
+    tiers.add_argument("--l3", default=None,
+                       help="shared KV store: dir:PATH or none (default: dir:<cache dir>/kv-l3)")
+    tiers.add_argument("--l3-max-gb", type=float, default=8.0, help="size bound of the L3 store (LRU beyond it)")
+    tiers.add_argument("--l3-write", choices=["through", "back"], default="through",
+                       help="write blocks to L3 as soon as they are cached (through) or when L2 drops them (back)")
+    tiers.add_argument("--max-pinned-fraction", type=float, default=0.5,
+                       help="most of the L1 pool that pins may hold; a pin beyond it gets 409")
+    tiers.add_argument("--prefetch-chunk-tokens", type=int, default=128,
+                       help="most prefetch tokens prefilled per step while other requests run")
     p.add_argument("--random-seed", type=int, default=0)
     p.add_argument("--log-level", default="info")
+    add_publish_args(p)
+    p.add_argument("--backend", choices=["agentgate", "sglang"], default="agentgate",
+                   help="agentgate: the embedded CPU engine; sglang: launch an SGLang GPU server (engine/sglang)")
+    p.add_argument("extra", nargs="*", help="after `--`: arguments passed to SGLang untouched (--backend sglang)")
+    from engine.sglang.cli import add_sglang_args
+
+    add_sglang_args(p)
 
 
 def engine_config(args: argparse.Namespace):
@@ -56,10 +79,28 @@ def engine_config(args: argparse.Namespace):
         served_model_name=args.served_model_name or os.path.basename(model_path.rstrip("/")),
         speculative_algorithm=args.speculative_algorithm,
         speculative_num_draft_tokens=args.speculative_num_draft_tokens,
+        l2_blocks=args.l2_blocks, l2_write_through=args.l2_write == "through", l3=_l3_spec(args.l3),
+        l3_max_gb=args.l3_max_gb, l3_write_through=args.l3_write == "through",
+        max_pinned_fraction=args.max_pinned_fraction, prefetch_chunk_tokens=args.prefetch_chunk_tokens,
     )
 
 
+def _l3_spec(given: str | None) -> str:
+    if given is not None:
+        return given
+    from engine.model.prepare import cache_dir
+
+    return f"dir:{cache_dir() / 'kv-l3'}"
+
+
 def run_worker(args: argparse.Namespace) -> int:
+    if args.backend == "sglang":
+        from engine.sglang.cli import run_sglang_worker
+
+        return run_sglang_worker(args)
+    if args.extra:
+        print(f"unexpected arguments {' '.join(args.extra)} (only --backend sglang takes extras)", file=sys.stderr)
+        return 2
     from aiohttp import web
 
     from engine.runner import Engine
@@ -72,6 +113,10 @@ def run_worker(args: argparse.Namespace) -> int:
         print("--max-batch-tokens, --max-running-requests and --speculative-num-draft-tokens must be at least 1",
               file=sys.stderr)
         return 2
+    if not 0 <= cfg.max_pinned_fraction <= 1 or cfg.prefetch_chunk_tokens < 1 or cfg.l3_max_gb <= 0:
+        print("--max-pinned-fraction must be in [0, 1]; --prefetch-chunk-tokens and --l3-max-gb must be positive",
+              file=sys.stderr)
+        return 2
     t0 = time.monotonic()
     engine = Engine(cfg)
     server_args = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
@@ -80,6 +125,7 @@ def run_worker(args: argparse.Namespace) -> int:
                        speculative_algorithm=None if cfg.speculative_algorithm == "none" else "NGRAM",
                        disable_radix_cache=not cfg.enable_prefix_cache)
     app = create_app(engine, server_args)
+    setup_publishing(app, engine, args)  # exits with a message when --redis-url does not answer
     app["started"] = time.time()
     log.info("engine ready in %.1fs: dtype=%s threads=%d matmul=%s kv_blocks=%d", time.monotonic() - t0,
              engine.dtype, engine.threads, engine.plan.describe(), engine.pool.num_blocks)

@@ -144,6 +144,32 @@ class ChatCompletionRequest(_OpenAICommon):
 _UNION_TAGS = ("one", "many")
 
 
+MAX_PIN_TTL_S = 3600.0
+
+
+class KVPrefix(BaseModel):
+    """A prompt prefix for the /kv/* routes: token ids or text (tokenized as /generate does)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    text: str | None = None
+    cache_salt: str | None = None
+
+
+class PrefetchRequest(KVPrefix):
+    pin_ttl_s: Annotated[float, Field(gt=0, le=MAX_PIN_TTL_S)] | None = None
+    priority: int = 0
+
+
+class PinRequest(KVPrefix):
+    ttl_s: Annotated[float, Field(gt=0, le=MAX_PIN_TTL_S)]
+
+
+class UnpinRequest(KVPrefix):
+    pin_id: str | None = None
+
+
 def parse(model: type[BaseModel], body: Any) -> BaseModel:
     """Validate a JSON body; pydantic's complaints become one clear 400."""
     if not isinstance(body, dict):

@@ -14,14 +14,14 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.errors import AgentGateError, BadRequestError, error_body
+from engine.errors import AgentGateError, BadRequestError, NotFoundError, error_body
 from engine.runner import Engine
 from engine.worker import openai_api
 from engine.worker.bridge import (ENGINE, SERVER_ARGS, Collected, close_sse, collect_all, json_response, merge_streams,
                                   new_rid, open_sse, read_json, run_request, send_sse, start_streams)
 from engine.worker.metrics import render_metrics
-from engine.worker.protocol import (GenerateRequest, GenerateSamplingParams, build_sampling_params, parse,
-                                    reject_unsupported)
+from engine.worker.protocol import (GenerateRequest, GenerateSamplingParams, KVPrefix, PinRequest, PrefetchRequest,
+                                    UnpinRequest, build_sampling_params, parse, reject_unsupported)
 
 log = logging.getLogger("agentgate.worker")
 
@@ -68,6 +68,9 @@ def create_app(engine: Engine, server_args: dict) -> web.Application:
     r.add_post("/abort_request", abort_request)
     r.add_get("/metrics", metrics)
     r.add_get("/kv/stats", kv_stats)
+    r.add_post("/kv/prefetch", kv_prefetch)
+    r.add_post("/kv/pin", kv_pin)
+    r.add_post("/kv/unpin", kv_unpin)
     openai_api.add_routes(app)
     app.cleanup_ctx.append(_engine_lifecycle)
     return app
@@ -120,6 +123,9 @@ async def server_info(request: web.Request) -> web.Response:
         "dtype": str(engine.dtype).removeprefix("torch."),
         "matmul_plan": engine.plan.describe(),
         "threads": engine.threads,
+        "kv_tiers": {"l2_blocks": engine.tiers.host.num_blocks if engine.tiers.host is not None else 0,
+                     "l3": engine.l3_id or None, "l3_error": engine.l3_error,
+                     "max_pinned_blocks": engine.pins.max_blocks},
         "internal_states": [{
             "last_gen_throughput": engine.stats.gen_throughput(),
             "memory_usage": {"weight": round(weights_gb, 3), "kvcache": round(engine.pool.bytes() / 2**30, 3),
@@ -164,8 +170,54 @@ async def get_load(request: web.Request) -> web.Response:
 
 async def kv_stats(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    usage = await asyncio.wrap_future(engine.call(engine.kv_usage))
-    return json_response(usage)
+    return json_response(await asyncio.wrap_future(engine.call(engine.kv_stats)))
+
+
+# -- KV prefetch and pins (ours; DESIGN.md "Worker API") -------------------------------------------
+def _prefix_ids(engine: Engine, body: KVPrefix) -> list[int]:
+    if (body.text is None) == (body.input_ids is None):
+        raise BadRequestError("Either text or input_ids should be provided (exactly one).", param="text")
+    ids = engine.tokenizer.encode(body.text) if body.text is not None else body.input_ids
+    if not ids:
+        raise BadRequestError("the prefix is empty", param="input_ids" if body.text is None else "text")
+    engine.validate(ids, 0)
+    return ids
+
+
+async def kv_prefetch(request: web.Request) -> web.Response:
+    """Make a prefix's full blocks resident in L1 (promote, load or compute at low
+    priority); with pin_ttl_s, pin them. Cheap when they already are."""
+    engine = request.app[ENGINE]
+    body = parse(PrefetchRequest, await read_json(request))
+    ids = _prefix_ids(engine, body)
+    result = await asyncio.wrap_future(engine.prefetch(ids, body.cache_salt, body.pin_ttl_s, body.priority))
+    return json_response(result)
+
+
+async def kv_pin(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    body = parse(PinRequest, await read_json(request))
+    ids = _prefix_ids(engine, body)
+    pin = await asyncio.wrap_future(engine.call(lambda: engine.pin(ids, body.cache_salt, body.ttl_s)))
+    if pin is None:
+        raise NotFoundError("no block of this prefix is resident in L1; prefetch it first "
+                            "(POST /kv/prefetch with pin_ttl_s)", param="input_ids")
+    return json_response(pin)
+
+
+async def kv_unpin(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    body = parse(UnpinRequest, await read_json(request))
+    if body.pin_id is not None:
+        if body.text is not None or body.input_ids is not None:
+            raise BadRequestError("give pin_id or the prefix, not both", param="pin_id")
+        ids = None
+    else:
+        ids = _prefix_ids(engine, body)
+    dropped = await asyncio.wrap_future(engine.call(lambda: engine.unpin(body.pin_id, ids, body.cache_salt)))
+    if dropped is None:
+        raise NotFoundError(f"no such pin ({body.pin_id or 'for this prefix'}); it may have expired", param="pin_id")
+    return json_response({"pin_id": dropped, "unpinned": True})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -300,6 +352,8 @@ def _generate_json(c: Collected, req: GenerateRequest, engine: Engine, final: bo
                                            for _, _, top in c.logprobs]
     if final and out is not None and out.spec:
         meta.update(out.spec)
+    if final and out is not None and out.tier_tokens is not None:
+        meta["cached_tokens_by_tier"] = out.tier_tokens
     if final:
         meta["e2e_latency"] = time.monotonic() - c.start
     return {"text": c.text, "output_ids": list(c.output_ids), "meta_info": meta}

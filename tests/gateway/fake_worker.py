@@ -4,6 +4,12 @@ It speaks the parts of the worker API the gateway uses (/health, /get_load,
 /get_model_info, /get_server_info, /v1/models, /v1/chat/completions,
 /v1/completions, /generate, /abort_request) and records every call with its
 start and end time, so tests can see where a call went and what overlapped.
+Like SGLang it has no /kv/* routes; with `kv_api=True` it plays our embedded
+engine instead: /get_server_info says "backend": "agentgate-engine" and
+/kv/prefetch, /kv/pin, /kv/unpin answer in the embedded worker's shapes.
+/generate counts prompt tokens (input_ids, or 4-char "tokens" of text) and
+reports cached_tokens(_details) like SGLang; max_new_tokens 0 is a prefill-only
+call unless `reject_zero_max_new_tokens`.
 Replies are `reply(messages_or_prompt)`; `token_delay_s` paces streamed tokens;
 `fail_with` makes calls fail (500, or a dropped connection); cached_tokens
 counts the prompt's longest prefix (in 4-char "tokens") seen before.
@@ -47,6 +53,11 @@ class FakeWorker:
     calls: list[Call] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
     seen_prompts: list[str] = field(default_factory=list)
+    server_info: dict = field(default_factory=lambda: {"page_size": 16})
+    kv_api: bool = False
+    reject_zero_max_new_tokens: bool = False
+    seen_units: list[list] = field(default_factory=list)  # /generate prompts, as token lists
+    pins: dict[str, dict] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     runner: web.AppRunner | None = None
 
@@ -60,13 +71,18 @@ class FakeWorker:
         app.router.add_get("/get_load", self.get_load)
         app.router.add_get("/get_model_info", lambda r: web.json_response(
             {"model_path": self.model_path, "served_model_name": "fake-model"}))
-        app.router.add_get("/get_server_info", lambda r: web.json_response({"page_size": 16}))
+        app.router.add_get("/get_server_info", lambda r: web.json_response(
+            {**self.server_info, **({"backend": "agentgate-engine"} if self.kv_api else {})}))
         app.router.add_get("/v1/models", lambda r: web.json_response(
             {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}))
         app.router.add_post("/abort_request", self.abort)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/generate", self.generate)
+        if self.kv_api:
+            app.router.add_post("/kv/prefetch", self.kv_prefetch)
+            app.router.add_post("/kv/pin", self.kv_pin)
+            app.router.add_post("/kv/unpin", self.kv_unpin)
         return app
 
     async def start(self) -> "FakeWorker":
@@ -170,11 +186,25 @@ class FakeWorker:
         return await self._stream(request, call, pieces, lambda i, p: {**env, "choices": [
             {"index": 0, "text": p, "finish_reason": "stop" if i == len(pieces) - 1 else None}]}, None)
 
+    def _prompt_cache(self, body: dict) -> tuple[int, int]:
+        """(prompt tokens, tokens of it cached by an earlier prompt)."""
+        units = list(body["input_ids"]) if body.get("input_ids") is not None else [
+            body.get("text", "")[i:i + 4] for i in range(0, len(body.get("text", "")), 4)]
+        best = max((_common_prefix(units, u) for u in self.seen_units), default=0)
+        self.seen_units.append(units)
+        return len(units), min(best, max(len(units) - 1, 0))
+
     async def generate(self, request):
         call, body = await self._begin(request)
-        text = self.reply(body.get("text", ""))
-        meta = {"id": body.get("rid", "fake"), "finish_reason": {"type": "stop"}, "prompt_tokens": 1,
-                "completion_tokens": 1, "cached_tokens": 0}
+        max_new = (body.get("sampling_params") or {}).get("max_new_tokens", 16)
+        if max_new < 0 or (max_new == 0 and self.reject_zero_max_new_tokens):
+            call.end = time.monotonic()
+            return web.json_response({"error": {"message": "max_new_tokens must be at least 1"}}, status=400)
+        text = self.reply(body.get("text", "")) if max_new else ""
+        prompt, cached = self._prompt_cache(body)
+        meta = {"id": body.get("rid", "fake"), "finish_reason": {"type": "length" if not max_new else "stop"},
+                "prompt_tokens": prompt, "completion_tokens": 1 if max_new else 0, "cached_tokens": cached,
+                "cached_tokens_details": {"device": cached, "host": 0}}
         if not body.get("stream"):
             call.end = time.monotonic()
             return web.json_response({"text": text, "output_ids": [1], "meta_info": meta})
@@ -183,12 +213,41 @@ class FakeWorker:
             "text": "".join(pieces[:i + 1]), "output_ids": [1] * (i + 1), "meta_info": meta}, None)
 
 
+    async def kv_prefetch(self, request):
+        call, body = await self._begin(request)
+        prompt, cached = self._prompt_cache(body)
+        out = {"resident_tokens": prompt // 16 * 16,
+               "from": {"l1": cached, "l2": 0, "l3": 0, "computed": prompt - cached}}
+        if body.get("pin_ttl_s"):
+            out["pin_id"] = self._pin(body, prompt)["pin_id"]
+        call.end = time.monotonic()
+        return web.json_response(out)
+
+    def _pin(self, body: dict, prompt: int) -> dict:
+        pin = {"pin_id": f"pin-{len(self.pins)}", "pinned_tokens": prompt // 16 * 16,
+               "expires_in_s": body.get("ttl_s") or body.get("pin_ttl_s")}
+        self.pins[pin["pin_id"]] = pin
+        return pin
+
+    async def kv_pin(self, request):
+        call, body = await self._begin(request)
+        call.end = time.monotonic()
+        return web.json_response(self._pin(body, self._prompt_cache(body)[0]))
+
+    async def kv_unpin(self, request):
+        call, body = await self._begin(request)
+        call.end = time.monotonic()
+        if self.pins.pop(body.get("pin_id"), None) is None:
+            return web.json_response({"error": {"message": "no such pin"}}, status=404)
+        return web.json_response({"pin_id": body["pin_id"], "unpinned": True})
+
+
 def _pieces(text: str) -> list[str]:
     words = text.split(" ")
     return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
 
-def _common_prefix(a: str, b: str) -> int:
+def _common_prefix(a, b) -> int:  # two strings or two token lists
     n = 0
     for x, y in zip(a, b):
         if x != y:

@@ -1,0 +1,14 @@
+"""A real redis-server for the bridge and launcher tests (one per module run)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    from engine.redis_server import RedisServer
+
+    server = RedisServer().start()
+    yield server.url
+    server.stop()
