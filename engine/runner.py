@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from engine.config import EngineConfig, ModelConfig, choose_dtype
-from engine.errors import BadRequestError, ContextLengthError
+from engine.errors import BadRequestError, ConflictError, ContextLengthError
 from engine.kvcache.events import EventLog
 from engine.kvcache.hashing import block_hashes
 from engine.kvcache.host import HostPool
@@ -478,7 +478,8 @@ class Engine:
                  priority: int = 0) -> Future:
         """Make the full blocks of token_ids resident in L1: promote from L2, load
         from L3, compute the rest with a background prefill. Resolves to
-        {resident_tokens, from: {l1, l2, l3, computed}, pin?}."""
+        {resident_tokens, from: {l1, l2, l3, computed}} plus, when pinned, {pin_id,
+        pinned_tokens, expires_in_s}; a pin beyond the cap fails it with a 409."""
         bs = self.cfg.block_size
         ids = list(token_ids[:len(token_ids) // bs * bs])
         fut: Future = Future()
@@ -501,9 +502,12 @@ class Engine:
             if pin_ttl_s:
                 try:
                     pin = self.pins.pin(ids, salt, pin_ttl_s)
-                    result["pin"] = self._pin_json(pin) if pin else None
-                except Exception as exc:
-                    result["pin_error"] = str(exc)
+                except ConflictError as exc:  # resident, but not pinned: the caller must know
+                    fut.set_exception(ConflictError(f"the prefix is resident ({resident} tokens) but not pinned: "
+                                                    f"{exc.message}", code="pin_capacity"))
+                    return
+                if pin is not None:
+                    result.update(self._pin_json(pin))
             fut.set_result(result)
 
         req = Request(rid=f"prefetch-{os.urandom(6).hex()}", prompt_ids=ids, params=SamplingParams(max_new_tokens=0),

@@ -118,12 +118,12 @@ def test_pin_survives_memory_pressure_then_expires(engine_a, tokenizer):
     ids = tokenizer.encode(text("the pinned conversation"))
     full = len(ids) // 16 * 16
     result = engine_a.prefetch(ids, pin_ttl_s=600).result(120)
-    assert result["resident_tokens"] == full and result["pin"]["pinned_tokens"] == full
+    assert result["resident_tokens"] == full and result["pinned_tokens"] == full
     flood(engine_a, tokenizer, "pin pressure", n=4)
     assert l1_resident(engine_a, ids) == full  # every pinned block still in L1
     # re-pinning the same prefix only moves its TTL: make it lapse soon
     pin = engine_a.call(lambda: engine_a.pin(ids, None, 0.3)).result(60)
-    assert pin["pin_id"] == result["pin"]["pin_id"]
+    assert pin["pin_id"] == result["pin_id"]
     engine_a.call(lambda: engine_a.pins.get(pin["pin_id"]).__setattr__("expires", time.monotonic() + 0.3)).result()
     time.sleep(0.5)
     stats = engine_a.call(engine_a.kv_stats).result(60)
@@ -208,3 +208,16 @@ def test_aborts_while_staging_leak_nothing(engine_b, tokenizer):
     assert usage["used_blocks"] == 0
     snap = engine_b.call(lambda: (len(engine_b._staging), engine_b.pins.num_blocks)).result(60)
     assert snap == (0, 0)
+
+
+def test_unusable_l3_location_leaves_the_engine_running_without_l3(make_engine, tmp_path, tokenizer):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    engine = make_engine(kv_pool_tokens=256, l2_blocks=0, l3=f"dir:{blocker}/l3")
+    try:
+        assert engine.tiers.store is None and engine.l3_id == ""
+        assert "not usable" in engine.l3_error and str(blocker) in engine.l3_error
+        out = generate(engine, [tokenizer.encode("Still serving without L3.")], greedy(2))[0]
+        assert out.completion_tokens == 2
+    finally:
+        engine.stop()
