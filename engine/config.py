@@ -74,11 +74,12 @@ def cpu_has_native_bf16() -> bool:
     )
 
 
-def choose_dtype(requested: str = "auto") -> torch.dtype:
+def choose_dtype(requested: str = "auto", device: str = "cpu") -> torch.dtype:
     """The compute dtype: the user's choice, else bf16 only on CPUs with native bf16.
 
     On AVX2-only CPUs bf16 matmuls run ~100x slower than fp32, and dynamic int8
     ruined this model's output (shared/MODEL.md), so fp32 is the default there.
+    On a GPU, bf16.
     """
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
@@ -86,7 +87,7 @@ def choose_dtype(requested: str = "auto") -> torch.dtype:
         if requested not in names:
             raise ValueError(f"unknown dtype {requested!r}; choose auto, float32, bfloat16 or float16")
         return names[requested]
-    if torch.cuda.is_available():
+    if str(device).startswith("cuda"):
         return torch.bfloat16
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 

@@ -67,7 +67,9 @@ class Engine:
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
         self.model_config = ModelConfig.from_dir(cfg.model_path)
-        self.dtype = choose_dtype(cfg.dtype)
+        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {cfg.device}: torch sees no CUDA device here")
+        self.dtype = choose_dtype(cfg.dtype, cfg.device)
         self.device = cfg.device
         self.threads = cfg.threads or os.cpu_count() or 1
         self.plan = configure_threads(self.threads, self.dtype, self.device, cfg.matmul_backend)
@@ -103,7 +105,7 @@ class Engine:
         host = None
         if cfg.enable_prefix_cache and cfg.num_l2_blocks(mc, self.dtype) > 0:
             host = HostPool(cfg.num_l2_blocks(mc, self.dtype), mc.num_layers, cfg.block_size, mc.num_kv_heads,
-                            mc.head_dim, self.dtype)
+                            mc.head_dim, self.dtype, pin_memory=self.device != "cpu")
         store, self.l3_error = None, None
         if cfg.enable_prefix_cache and cfg.l3 not in ("", "none"):
             dtype_name = str(self.dtype).removeprefix("torch.")
@@ -209,7 +211,9 @@ class Engine:
             t0 = time.monotonic()
             produced = 0
             try:
-                logits = self.model.forward(batch.forward)
+                logits = self.model.forward(batch.forward.to(self.device))
+                if logits.device.type != "cpu":  # sampling and verification run on the CPU
+                    logits = logits.cpu()
                 produced = self._process(batch, logits)
             except Exception as exc:  # one bad step must not take the worker down
                 log.exception("engine step failed")

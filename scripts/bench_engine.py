@@ -52,7 +52,7 @@ def run_ours(args) -> dict:
     from engine.scheduler.request import Request, SamplingParams
 
     engine = Engine(EngineConfig(model_path=str(prepare_default_model()), dtype=args.dtype, threads=args.threads,
-                                 kv_memory_gb=KV_POOL_GB)).start()
+                                 kv_memory_gb=KV_POOL_GB, device=args.device, l3="none")).start()
     enc = engine.tokenizer.encode
     counter = iter(range(10**9))
 
@@ -90,7 +90,7 @@ def run_ours(args) -> dict:
         assert engine.call(engine.flush_cache).result()
 
     out = {"system": "agentgate", "dtype": str(engine.dtype).removeprefix("torch."), "threads": engine.threads,
-           "matmul_plan": engine.plan.describe()}
+           "matmul_plan": engine.plan.describe(), "device": device_name(args.device)}
     generate([corpus_ids(enc, SHORT_PROMPT, 99)], 8)  # warm-up
     for batch in (1, 8):
         rates = []
@@ -133,16 +133,19 @@ def run_hf(args) -> dict:
 
     torch.set_num_threads(args.threads or os.cpu_count())
     path = str(prepare_default_model())
-    dtype = choose_dtype(args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    dtype = choose_dtype(args.dtype, args.device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(args.device).eval()
     tok = AutoTokenizer.from_pretrained(path)
     enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
 
     def timed_generate(ids: torch.Tensor, new_tokens: int) -> float:
+        ids = ids.to(args.device)
         t = time.perf_counter()
         with torch.inference_mode():
             model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                            min_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
+        if args.device != "cpu":
+            torch.cuda.synchronize()
         return time.perf_counter() - t
 
     out = {"system": "HF transformers", "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads()}
@@ -169,14 +172,24 @@ def run_hf(args) -> dict:
     return out
 
 
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores)"
+
+
 def progress(msg: str) -> None:
     print(f"  · {msg}", file=sys.stderr, flush=True)
 
 
 # -- report ------------------------------------------------------------------------------------------------
-def write_report(ours: dict, hf: dict, args) -> str:
-    import torch
+def heading(args) -> str:
+    return "## Engine" if args.device == "cpu" else "## Engine on CUDA"
 
+
+def write_report(ours: dict, hf: dict, args) -> str:
     rows = [
         ("decode tok/s, batch 1", "decode_b1", "{:.1f}", True),
         ("decode tok/s, batch 8", "decode_b8", "{:.1f}", True),
@@ -186,11 +199,11 @@ def write_report(ours: dict, hf: dict, args) -> str:
         ("peak RSS (MB)", "peak_rss_mb", "{:.0f}", False),
     ]
     lines = [
-        "## Engine",
+        heading(args),
         "",
-        f"`scripts/bench_engine.py --threads {args.threads} --new-tokens {args.new_tokens} --reps {args.reps}`, "
-        f"{time.strftime('%Y-%m-%d')}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"{os.cpu_count()} cores; dtype {ours['dtype']} for both; agentgate matmul plan `{ours['matmul_plan']}`. "
+        f"`scripts/bench_engine.py --device {args.device} --threads {args.threads} --new-tokens {args.new_tokens} "
+        f"--reps {args.reps}`, {time.strftime('%Y-%m-%d')}, {ours['device']}; dtype {ours['dtype']} for both; "
+        f"agentgate matmul plan `{ours['matmul_plan']}`. "
         f"Greedy decoding, EOS ignored, medians of the repetitions; agentgate's KV pool {KV_POOL_GB} GiB.",
         "",
         "| metric | agentgate | HF transformers | ratio |",
@@ -210,13 +223,17 @@ def write_report(ours: dict, hf: dict, args) -> str:
         "for the last position only, so the margin there is only the GEMM layout (runs on this machine vary "
         "±10%; one run under a concurrent test load gave 0.89×). The engine's RSS includes its fixed KV pool.",
         "",
-        "![engine benchmark](docs/bench_engine.png)",
+        f"![engine benchmark](docs/{plot_name(args)})",
         "",
     ]
     return "\n".join(lines)
 
 
-def plot(ours: dict, hf: dict) -> None:
+def plot_name(args) -> str:
+    return "bench_engine.png" if args.device == "cpu" else "bench_engine_cuda.png"
+
+
+def plot(ours: dict, hf: dict, args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,13 +260,14 @@ def plot(ours: dict, hf: dict) -> None:
     ax.set_title(f"TTFT, {PREFIX_TOKENS}-token shared prefix")
     fig.tight_layout()
     (ROOT / "docs").mkdir(exist_ok=True)
-    fig.savefig(ROOT / "docs" / "bench_engine.png", dpi=110)
+    fig.savefig(ROOT / "docs" / plot_name(args), dpi=110)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for the engine on a GPU (HF on the same)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--role", choices=["ours", "hf"], help=argparse.SUPPRESS)
@@ -262,12 +280,13 @@ def main() -> int:
     for role in ("ours", "hf"):
         print(f"[bench_engine] running {role} …", file=sys.stderr, flush=True)
         results[role] = run_role(__file__, role, ["--threads", str(args.threads), "--dtype", args.dtype,
-                                                  "--new-tokens", str(args.new_tokens), "--reps", str(args.reps)])
+                                                  "--device", args.device, "--new-tokens", str(args.new_tokens),
+                                                  "--reps", str(args.reps)])
         if results[role] is None:
             return 1
     section = write_report(results["ours"], results["hf"], args)
-    update_benchmarks_md("## Engine", section)
-    plot(results["ours"], results["hf"])
+    update_benchmarks_md(heading(args) + "\n", section)
+    plot(results["ours"], results["hf"], args)
     print(section)
     return 0
 

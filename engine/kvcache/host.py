@@ -29,11 +29,12 @@ class Evicted(NamedTuple):
 
 class HostPool:
     def __init__(self, num_blocks: int, num_layers: int, block_size: int, num_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, pin_memory: bool = False):
         self.num_blocks = num_blocks
         shape = (num_blocks, num_layers, block_size, num_kv_heads, head_dim)
-        self.k = torch.empty(shape, dtype=dtype)
-        self.v = torch.empty(shape, dtype=dtype)
+        # pinned (page-locked) when L1 is on a GPU, so copies in and out run at full PCIe speed
+        self.k = torch.empty(shape, dtype=dtype, pin_memory=pin_memory)
+        self.v = torch.empty(shape, dtype=dtype, pin_memory=pin_memory)
         self._slots: OrderedDict[int, int] = OrderedDict()  # hash -> slot, least recently used first
         self._entries: dict[int, HostEntry] = {}
         self._free = list(range(num_blocks - 1, -1, -1))
@@ -70,10 +71,10 @@ class HostPool:
         if not new:
             return evicted
         slots = [self._free.pop() for _ in new]
-        idx = torch.tensor(new, dtype=torch.long)
+        idx = torch.tensor(new, dtype=torch.long, device=k.device)
         dst = torch.tensor(slots, dtype=torch.long)
-        self.k[dst] = k.index_select(1, idx).transpose(0, 1)
-        self.v[dst] = v.index_select(1, idx).transpose(0, 1)
+        self.k[dst] = k.index_select(1, idx).transpose(0, 1).to("cpu")
+        self.v[dst] = v.index_select(1, idx).transpose(0, 1).to("cpu")
         for i, slot in zip(new, slots):
             e = entries[i]
             self._slots[e.hash] = slot

@@ -99,9 +99,13 @@ class TieredCache:
         if self.host is not None and self.host.clear():
             self.events.record("cleared", [], tier="l2")
 
+    def _index(self, blocks: list[int]) -> torch.Tensor:
+        return torch.tensor(blocks, dtype=torch.long, device=self.pool.k.device)
+
     def _gather(self, blocks: list[CachedBlock]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.tensor([b.block for b in blocks], dtype=torch.long)
-        return self.pool.k.index_select(1, idx), self.pool.v.index_select(1, idx)  # copies, [L, n, ...]
+        """Host copies of these L1 blocks' K/V, [layers, n, ...]."""
+        idx = self._index([b.block for b in blocks])
+        return self.pool.k.index_select(1, idx).to("cpu"), self.pool.v.index_select(1, idx).to("cpu")
 
     def _to_l2(self, blocks: list[CachedBlock]) -> None:
         fresh = [b for b in blocks if b.hash not in self.host]
@@ -110,7 +114,7 @@ class TieredCache:
                 self.host.touch(b.hash)
         if not fresh:
             return
-        idx = torch.tensor([b.block for b in fresh], dtype=torch.long)
+        idx = self._index([b.block for b in fresh])
         spill = self.store is not None and not self.l3_write_through
         evicted = self.host.put([HostEntry(b.hash, b.parent, b.tokens) for b in fresh], self.pool.k[:, idx],
                                 self.pool.v[:, idx], keep_copies=spill)
@@ -225,9 +229,10 @@ class TieredCache:
             new = self.radix.allocate(len(usable))
         except OutOfBlocks:
             return [], counts
-        idx = torch.tensor(new, dtype=torch.long)
-        self.pool.k[:, idx] = torch.stack([k for _, k, _ in usable], dim=1)
-        self.pool.v[:, idx] = torch.stack([v for _, _, v in usable], dim=1)
+        idx = self._index(new)
+        dev = self.pool.k.device
+        self.pool.k[:, idx] = torch.stack([k for _, k, _ in usable], dim=1).to(dev, non_blocking=True)
+        self.pool.v[:, idx] = torch.stack([v for _, _, v in usable], dim=1).to(dev, non_blocking=True)
         bs = self.pool.block_size
         table = held + new
         # insert() may swap a block for one another request cached meanwhile: read the table back

@@ -36,6 +36,18 @@ class ForwardBatch:
     def num_tokens(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def to(self, device: str | torch.device) -> "ForwardBatch":
+        """The same batch with every tensor on `device` (the scheduler builds it on the CPU)."""
+        if str(device) == "cpu":
+            return self
+
+        def mv(t: torch.Tensor | None) -> torch.Tensor | None:
+            return t.to(device, non_blocking=True) if t is not None else None
+
+        segs = [PrefillSegment(s.start, s.end, s.prefix_len, mv(s.ctx_blocks), mv(s.mask)) for s in self.prefills]
+        return ForwardBatch(mv(self.input_ids), mv(self.positions), mv(self.write_slots), self.num_decode,
+                            mv(self.decode_tables), mv(self.decode_mask), segs, mv(self.logit_rows))
+
 
 def build_prefill_segment(start: int, n: int, prefix_len: int, blocks: list[int], block_size: int) -> PrefillSegment:
     if prefix_len == 0:

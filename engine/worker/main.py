@@ -21,6 +21,7 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="compute dtype; auto = bf16 only on CPUs with native bf16, else fp32")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for the model (0 = all cores)")
+    p.add_argument("--device", default="cpu", help="cpu (default), or cuda[:N]: the engine on a GPU (bf16 by default)")
     p.add_argument("--max-batch-tokens", "--chunked-prefill-size", dest="max_batch_tokens", type=int, default=2048,
                    help="tokens per forward step (decode tokens + prefill chunk)")
     p.add_argument("--max-running-requests", type=int, default=64)
@@ -72,7 +73,7 @@ def engine_config(args: argparse.Namespace):
 
         model_path = str(prepare_default_model())
     return EngineConfig(
-        model_path=model_path, dtype=args.dtype, threads=args.threads, max_batch_tokens=args.max_batch_tokens,
+        model_path=model_path, dtype=args.dtype, device=args.device, threads=args.threads, max_batch_tokens=args.max_batch_tokens,
         max_running_requests=args.max_running_requests, kv_pool_tokens=args.kv_pool_tokens,
         kv_memory_gb=args.kv_memory_gb, enable_prefix_cache=not args.disable_radix_cache,
         context_length=args.context_length, seed=args.random_seed, matmul_backend=args.matmul_backend,
@@ -118,7 +119,11 @@ def run_worker(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     t0 = time.monotonic()
-    engine = Engine(cfg)
+    try:
+        engine = Engine(cfg)
+    except ValueError as exc:  # a bad --device, --dtype, --l3 ...: say so, no traceback
+        print(f"agentgate worker: {exc}", file=sys.stderr)
+        return 2
     server_args = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     server_args.update(model_path=cfg.model_path, served_model_name=cfg.served_model_name,
                        page_size=cfg.block_size,
