@@ -22,7 +22,7 @@ from agents import transport
 from agents.client import chat_payload
 from agents.errors import AgentGateError, ToolFailed, WorkflowFailed
 from agents.events import Event, SSEDecoder, WorkflowFinished
-from agents.state import ChatResult, WorkflowPage, WorkflowState
+from agents.state import ChatChunk, ChatResult, WorkflowPage, WorkflowState
 from agents.tools import ToolCall, ToolRunner, bind, prepare, result_payload, upstream_of
 
 # Errors from a connection that broke after the request was sent (it may have been acted on).
@@ -160,6 +160,31 @@ class AsyncClient:
                    agent_hints: Mapping[str, Any] | None = None, **sampling) -> ChatResult:
         return ChatResult.from_json(await self._call("POST", "/v1/chat/completions",
                                                      json=chat_payload(messages, model, agent_hints, sampling)))
+
+    async def chat_stream(self, messages: list[dict] | str, *, model: str | None = None,
+                          agent_hints: Mapping[str, Any] | None = None, **sampling) -> AsyncIterator[ChatChunk]:
+        """POST /v1/chat/completions with stream=True: its chunks as they arrive (the last one carries
+        `usage`). Leaving the loop early closes the connection, which aborts the call on the worker."""
+        req = self._request("POST", "/v1/chat/completions",
+                            json=chat_payload(messages, model, agent_hints, sampling, stream=True),
+                            headers={"Accept": "text/event-stream"})
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout)
+        resp = await self._send(req, None, timeout=timeout)
+        finished = False
+        try:
+            async for line in resp.content:
+                data = transport.stream_data(line)
+                if data == transport.DONE:
+                    finished = True
+                    return
+                if data is not None:
+                    yield ChatChunk.from_json(data)
+            finished = True
+        finally:
+            if finished:
+                resp.release()
+            else:  # the caller stopped early (or the stream broke): drop the connection, not reuse it
+                resp.close()
 
     async def register_template(self, name: str, nodes: list, edges: list) -> dict:
         return await self._call("POST", "/v1/templates", json={"name": name, "nodes": nodes, "edges": edges})

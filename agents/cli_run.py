@@ -4,14 +4,24 @@ its outputs and prefix-cache stats.
 A .json file is the REST body of POST /v1/workflows. A .py file defines `workflow`
 (a Workflow, or a dict) or `build()` returning one, and optionally `tools`
 ({node: callable}) for external nodes the workflow does not carry itself.
+
+A .py file may instead define `run_agent(client, *, quick, inputs)`: an agent that drives
+its own graph (a LangGraph graph, say) and calls the gateway's chat API itself. It gets a
+`Client` and returns an `AgentRun` (agents/state.py); its outputs and per-call cache stats
+are shown the same way.
+
+`--quick` passes quick=True to `build()` / `run_agent()`: the example agents
+(agents/examples/) then make fewer and shorter calls, for smoke tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import runpy
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +33,7 @@ from rich.table import Table
 from agents.client import Client
 from agents.errors import AgentGateError
 from agents.events import Event, NodeFinished, NodeRetry, NodeStarted, Token
-from agents.state import WorkflowState
+from agents.state import AgentRun, WorkflowState
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -31,18 +41,41 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gateway", default=None, help="gateway URL (default $AGENTGATE_URL or http://127.0.0.1:8000)")
     p.add_argument("--input", action="append", default=[], metavar="KEY=VALUE", help="set a workflow input")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request / longest event silence")
+    p.add_argument("--quick", action="store_true", help="pass quick=True to the file's build() or run_agent() "
+                                                        "(fewer, shorter calls)")
     p.set_defaults(func=cmd_run)
 
 
-def load(path: Path) -> tuple[Any, dict]:
-    """(workflow, tools) from a .json or .py file."""
+@dataclass(frozen=True)
+class Loaded:
+    """What a file gives `agentgate run`: a workflow (+ tools) to submit, or an agent to call."""
+
+    workflow: Any = None
+    tools: dict = field(default_factory=dict)
+    agent: Callable | None = None  # run_agent(client, *, quick, inputs) -> AgentRun
+
+
+def load(path: Path, *, quick: bool = False) -> Loaded:
+    """The workflow and tools, or the client-driven agent, of a .json or .py file."""
     if path.suffix == ".json":
-        return orjson.loads(path.read_bytes()), {}
+        if quick:
+            raise SystemExit("--quick applies to .py files (build(quick=...)), not to a .json workflow")
+        return Loaded(orjson.loads(path.read_bytes()))
     ns = runpy.run_path(str(path), run_name="__agentgate_run__")
-    workflow = ns["build"]() if callable(ns.get("build")) else ns.get("workflow")
+    if callable(ns.get("run_agent")):
+        return Loaded(agent=ns["run_agent"])
+    if callable(ns.get("build")):
+        build = ns["build"]
+        if quick and "quick" not in inspect.signature(build).parameters:
+            raise SystemExit(f"{path}: build() takes no `quick` parameter, so --quick means nothing to it")
+        workflow = build(quick=True) if quick else build()
+    elif quick:
+        raise SystemExit(f"{path}: --quick needs a build(quick=...) function, not a `workflow` value")
+    else:
+        workflow = ns.get("workflow")
     if workflow is None:
-        raise SystemExit(f"{path} defines neither `workflow` nor `build()`")
-    return workflow, dict(ns.get("tools") or {})
+        raise SystemExit(f"{path} defines neither `workflow`, `build()` nor `run_agent()`")
+    return Loaded(workflow, dict(ns.get("tools") or {}))
 
 
 def parse_inputs(pairs: list[str]) -> dict[str, str]:
@@ -111,12 +144,43 @@ def summary(state: WorkflowState) -> Group:
     return Group(outputs, cache)
 
 
+def agent_summary(run: AgentRun) -> Group:
+    outputs = Table(title="outputs", show_lines=True)
+    outputs.add_column("name")
+    outputs.add_column("output", overflow="fold")
+    for name, text in run.outputs.items():
+        outputs.add_row(name, text)
+    rate = run.cached_tokens / run.prompt_tokens if run.prompt_tokens else 0.0
+    calls = Table(title=f"prefix cache: {run.cached_tokens}/{run.prompt_tokens} prompt tokens cached ({rate:.0%})")
+    for col in ("call", "node", "prompt", "cached", "completion", "time"):
+        calls.add_column(col, justify="left" if col == "node" else "right")
+    for i, c in enumerate(run.calls, 1):
+        calls.add_row(str(i), c.node, str(c.prompt_tokens), str(c.cached_tokens), str(c.completion_tokens),
+                      f"{c.duration_s * 1000:.0f} ms" if c.duration_s is not None else "")
+    return Group(outputs, calls)
+
+
+def run_client_agent(agent: Callable, args: argparse.Namespace, url: str | None, console: Console) -> int:
+    try:
+        with Client(url, timeout=args.timeout) as client, console.status("agent running"):
+            run = agent(client, quick=args.quick, inputs=parse_inputs(args.input))
+    except AgentGateError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    console.print(agent_summary(run))
+    console.print(f"agent: [green]finished[/green] ({len(run.calls)} calls)")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import os
 
     console = Console()
-    workflow, tools = load(Path(args.file))
+    loaded = load(Path(args.file), quick=args.quick)
     url = args.gateway or os.environ.get("AGENTGATE_URL")
+    if loaded.agent is not None:
+        return run_client_agent(loaded.agent, args, url, console)
+    workflow, tools = loaded.workflow, loaded.tools
     payload = workflow.payload() if hasattr(workflow, "payload") else workflow
     progress = Progress([n["id"] for n in payload.get("nodes", [])])
     try:

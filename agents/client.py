@@ -23,7 +23,7 @@ from typing import Any
 from agents import transport
 from agents.errors import AgentGateError, ToolFailed, WorkflowFailed
 from agents.events import Event, SSEDecoder, WorkflowFinished
-from agents.state import ChatResult, WorkflowPage, WorkflowState
+from agents.state import ChatChunk, ChatResult, WorkflowPage, WorkflowState
 from agents.tools import ToolRunner, bind, prepare, result_payload, upstream_of
 
 # Errors from a connection that broke after the request was sent (it may have been acted on).
@@ -139,10 +139,29 @@ class Client:
     # -- single calls ------------------------------------------------------------------------------
     def chat(self, messages: list[dict] | str, *, model: str | None = None,
              agent_hints: Mapping[str, Any] | None = None, **sampling) -> ChatResult:
-        """POST /v1/chat/completions (not streamed). `agent_hints` {workflow_id, template, node_id, ...}
-        tell the gateway where this call sits in an agent's graph."""
+        """POST /v1/chat/completions, not streamed (chat_stream streams). `agent_hints` {workflow_id,
+        template, node_id, ...} tell the gateway where this call sits in an agent's graph."""
         return ChatResult.from_json(self._call("POST", "/v1/chat/completions",
                                                json=chat_payload(messages, model, agent_hints, sampling)))
+
+    def chat_stream(self, messages: list[dict] | str, *, model: str | None = None,
+                    agent_hints: Mapping[str, Any] | None = None, **sampling) -> Iterator[ChatChunk]:
+        """POST /v1/chat/completions with stream=True: its chunks as they arrive (the last one carries
+        `usage`). Leaving the loop early closes the connection, which aborts the call on the worker.
+
+            for chunk in gw.chat_stream("Hi", agent_hints={"workflow_id": "w1", "node_id": "greet"}):
+                print(chunk.text, end="", flush=True)
+        """
+        req = self._request("POST", "/v1/chat/completions",
+                            json=chat_payload(messages, model, agent_hints, sampling, stream=True),
+                            headers={"Accept": "text/event-stream"})
+        with self._open(req) as resp:
+            for line in resp:
+                data = transport.stream_data(line)
+                if data == transport.DONE:
+                    return
+                if data is not None:
+                    yield ChatChunk.from_json(data)
 
     def register_template(self, name: str, nodes: list, edges: list) -> dict:
         """POST /v1/templates: a graph by name, for calls tagged with agent_hints.template."""
@@ -199,10 +218,14 @@ def _read(resp) -> Any:
         return transport.decode(resp.status, resp.read(), resp.headers)
 
 
-def chat_payload(messages, model, agent_hints, sampling) -> dict:
+def chat_payload(messages, model, agent_hints, sampling, *, stream: bool = False) -> dict:
+    """The /v1/chat/completions body. Streamed calls ask for usage in the last chunk unless the caller
+    set stream_options."""
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
-    body: dict[str, Any] = {"messages": list(messages), **sampling, "stream": False}
+    body: dict[str, Any] = {"messages": list(messages), **sampling, "stream": stream}
+    if stream:
+        body.setdefault("stream_options", {"include_usage": True})
     if model is not None:
         body["model"] = model
     if agent_hints:

@@ -24,6 +24,8 @@ class NodeInfo:
     usage: dict | None = None
     ttft_s: float | None = None
     duration_s: float | None = None
+    started: float | None = None  # epoch seconds (the gateway's clock): dispatched / began waiting
+    finished: float | None = None  # epoch seconds: finished, skipped, failed or cancelled
 
     @property
     def prompt_tokens(self) -> int:
@@ -42,7 +44,8 @@ class NodeInfo:
         timings = d.get("timings") or {}
         return cls(id=node_id, type=d.get("type", "llm"), status=d.get("status", "pending"), output=d.get("output"),
                    worker=d.get("worker"), attempts=d.get("attempts", 0), error=d.get("error"), usage=d.get("usage"),
-                   ttft_s=timings.get("ttft_s"), duration_s=timings.get("duration_s"))
+                   ttft_s=timings.get("ttft_s"), duration_s=timings.get("duration_s"),
+                   started=timings.get("started"), finished=timings.get("finished"))
 
 
 @dataclass(frozen=True)
@@ -133,3 +136,53 @@ class ChatResult:
         message = choice.get("message") or {}
         return cls(text=message.get("content") or choice.get("text") or "", finish_reason=choice.get("finish_reason"),
                    usage=d.get("usage") or {}, raw=d)
+
+
+@dataclass(frozen=True)
+class ChatChunk:
+    """One chunk of a streamed /v1/chat/completions answer. `text` is the first choice's new content
+    ("" for a role-only or usage-only chunk); the last chunk carries `usage` when include_usage is on."""
+
+    text: str
+    finish_reason: str | None
+    usage: dict | None
+    raw: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def cached_tokens(self) -> int:
+        return ((self.usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ChatChunk":
+        choice = (d.get("choices") or [{}])[0]
+        delta = choice.get("delta") or {}
+        return cls(text=delta.get("content") or choice.get("text") or "", finish_reason=choice.get("finish_reason"),
+                   usage=d.get("usage") or None, raw=d)
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """One LLM call a client-driven agent made (e.g. a LangGraph node through the gateway's chat API)."""
+
+    node: str
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    duration_s: float | None = None
+
+
+@dataclass(frozen=True)
+class AgentRun:
+    """What a client-driven agent (a file defining `run_agent`) hands `agentgate run`: its outputs by
+    name, and every call it made, in order."""
+
+    outputs: dict[str, str]
+    calls: tuple[CallInfo, ...] = ()
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(c.prompt_tokens for c in self.calls)
+
+    @property
+    def cached_tokens(self) -> int:
+        return sum(c.cached_tokens for c in self.calls)

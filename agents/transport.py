@@ -124,3 +124,29 @@ def unreachable(req: HttpRequest, exc: BaseException, attempts: int) -> GatewayU
     err = GatewayUnreachable(f"{req.method} {req.url}: no answer after {attempts} attempt(s): {exc!r}")
     err.__cause__ = exc
     return err
+
+
+# -- OpenAI-style SSE (streamed chat completions) ------------------------------------------------------
+DONE = "[DONE]"
+
+
+def stream_data(line: bytes | str) -> dict | str | None:
+    """The payload of one line of an OpenAI stream: the parsed JSON of a `data:` line, DONE at
+    `data: [DONE]`, None for blank lines, comments and other fields. A `data:` line carrying
+    {"error": ...} (a worker that broke mid-stream) raises its typed error."""
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", errors="replace")
+    line = line.rstrip("\r\n")
+    if not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    if data == DONE:
+        return DONE
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(chunk, dict) and isinstance(chunk.get("error"), dict):
+        code = chunk["error"].get("code")
+        raise from_response(code if isinstance(code, int) and code >= 400 else 500, chunk)
+    return chunk if isinstance(chunk, dict) else None

@@ -78,6 +78,12 @@ def json_path(path: str, value: Any = _UNSET) -> Condition:
     return Condition("json_path", path, value)
 
 
+def never() -> Condition:
+    """A condition no output meets. An edge with it orders two nodes but never makes the target run
+    (see `Workflow.only_if`)."""
+    return Condition("regex", "(?!)")
+
+
 @dataclass(frozen=True, eq=False)
 class Node:
     """One node. `str(node)` is its reference `{{id}}`, so f-strings quote upstream outputs;
@@ -181,6 +187,19 @@ class Workflow:
     def edge(self, source: NodeLike, target: NodeLike, *, when: Condition | None = None) -> None:
         """`target` runs after `source`; with `when`, only if `source`'s output meets it (else it is skipped)."""
         self.edges.append((_id(source), _id(target), when))
+
+    def only_if(self, source: NodeLike, target: NodeLike, when: Condition) -> None:
+        """`target` runs only if `source`'s output meets `when`, however many other outputs it quotes.
+
+        The gateway runs a node once any incoming edge is taken, and every `{{ref}}` is an edge: a
+        node that quotes the whole conversation so far would run whenever any quoted node finished.
+        This turns every other edge into `target` (its refs and edges added so far) into an ordering
+        edge that is never taken, so `source` alone decides. Call it after `target` is defined."""
+        src, dst = _id(source), _id(target)
+        others = set(self.graph().predecessors(dst)) - {src} if dst in self.nodes else set()
+        self.edges = [e for e in self.edges if e[1] != dst or e[0] not in others | {src}]
+        self.edges += [(pred, dst, never()) for pred in sorted(others)]
+        self.edges.append((src, dst, when))
 
     @property
     def tools(self) -> dict[str, Callable]:

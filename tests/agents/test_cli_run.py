@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import textwrap
 
+import pytest
+
 from agents.cli import main
 
 
@@ -48,3 +50,41 @@ def test_run_reports_validation_problems(gw, tmp_path, capsys):
     path.write_text(json.dumps({"nodes": [{"id": "a", "messages": [{"role": "user", "content": "{{ghost}}"}]}]}))
     assert main(["run", str(path), "--gateway", gw.url]) == 2
     assert "unknown node reference {{ghost}}" in capsys.readouterr().out
+
+
+def test_quick_reaches_build_and_client_driven_agents(gw, tmp_path, capsys):
+    path = tmp_path / "agent.py"
+    path.write_text(textwrap.dedent('''
+        from agents.workflow import Workflow
+
+        def build(quick=False):
+            wf = Workflow()
+            wf.llm("size", "quick run" if quick else "full run")
+            return wf
+    '''))
+    assert main(["run", str(path), "--gateway", gw.url, "--quick"]) == 0
+    assert "echo: quick run" in capsys.readouterr().out
+
+    driven = tmp_path / "driven.py"
+    driven.write_text(textwrap.dedent('''
+        from agents.state import AgentRun, CallInfo
+
+        def run_agent(client, *, quick, inputs):
+            reply = client.chat(f"quick={quick} who={inputs.get('who')}", agent_hints={"node_id": "ask"})
+            return AgentRun({"reply": reply.text}, (CallInfo("ask", reply.usage["prompt_tokens"],
+                                                             reply.cached_tokens, reply.usage["completion_tokens"]),))
+    '''))
+    assert main(["run", str(driven), "--gateway", gw.url, "--quick", "--input", "who=ada"]) == 0
+    out = capsys.readouterr().out
+    assert "echo: quick=True who=ada" in out and "agent: finished (1 calls)" in out and "prefix cache:" in out
+
+
+def test_quick_is_refused_where_it_means_nothing(tmp_path):
+    plain = tmp_path / "plain.py"
+    plain.write_text("def build():\n    return {'nodes': [{'id': 'a', 'type': 'external'}]}\n")
+    with pytest.raises(SystemExit, match="no `quick` parameter"):
+        main(["run", str(plain), "--quick"])
+    body = tmp_path / "wf.json"
+    body.write_text(json.dumps({"nodes": [{"id": "a", "messages": [{"role": "user", "content": "x"}]}]}))
+    with pytest.raises(SystemExit, match="--quick applies to .py files"):
+        main(["run", str(body), "--quick"])

@@ -108,3 +108,25 @@ def test_graph_view_marks_implicit_reference_edges():
     a = wf.llm("a", "x")
     wf.llm("b", f"y {a}")
     assert wf.graph().edges["a", "b"]["implicit"] is True
+
+
+def test_only_if_lets_one_edge_decide_for_a_node_that_quotes_many(gw):
+    def build_it(b_says: str) -> Workflow:
+        wf = Workflow()
+        a = wf.llm("a", "first")
+        b = wf.llm("b", b_says)
+        review = wf.llm("review", f"{a} then {b}", after=a)
+        wf.only_if(b, review, when=contains("go"))
+        return wf
+
+    wf = build_it("stop")
+    edges = {(s, t): c for s, t, c in wf.edges}
+    assert set(edges) == {("a", "review"), ("b", "review")}
+    assert edges["a", "review"].to_dict() == {"regex": "(?!)"}  # orders, never enables
+    assert edges["b", "review"].to_dict() == {"contains": "go"}
+    with Client(gw.url, timeout=10) as c:
+        skipped = c.wait(c.submit(wf))
+        ran = c.wait(c.submit(build_it("go")))
+    # without only_if, the finished a → review edge alone would have run it
+    assert skipped.nodes["review"].status == "skipped" and skipped.nodes["a"].status == "finished"
+    assert ran.outputs["review"] == "echo: echo: first then echo: go"

@@ -1,0 +1,11 @@
+"""Example agents, each runnable with `agentgate run agents/examples/FILE.py [--quick]`:
+
+- react.py            ReAct tool loop (search over data/corpus/, calculator), unrolled into a workflow
+- map_reduce.py       map-reduce summarization of the documents in data/docs/
+- multi_agent.py      planner → parallel executors → critic → writer
+- code_edit.py        a copy-heavy code-editing conversation with a checker tool
+- react_langgraph.py  the ReAct agent as a LangGraph graph, calling the gateway's chat API
+
+Each workflow example defines `build(quick=False, variant=0)`; the workflow benchmark
+(scripts/bench_workflows.py) runs many variants of them at once.
+"""

@@ -1,0 +1,136 @@
+"""Run a workflow without the gateway: one node at a time against one OpenAI-compatible endpoint.
+
+This is what an agent does today without agentgate: a loop in its own code that renders a
+prompt, calls the model, waits for the whole answer, runs a tool, then moves on. Nothing runs
+in parallel, no call starts before the previous one ends, and every call goes to the one base
+URL the agent was given (a worker, or any OpenAI-compatible server). The workflow benchmark
+measures it as its baseline; it also runs a workflow against a bare worker while debugging.
+
+The semantics are the gateway's own, imported rather than re-implemented: the DAG with its
+readiness and skip rules (gateway/scheduler/run.py), `{{ref}}` rendering and edge conditions.
+Among ready nodes the one that comes first in topological order runs first. The result is a
+`WorkflowState` shaped like GET /v1/workflows/{id} (timings included), so a caller measures
+both paths with the same code.
+
+    state = await run_sequential(build(), "http://127.0.0.1:30000")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiohttp
+
+from agents.async_client import AsyncClient
+from agents.errors import AgentGateError
+from agents.state import WorkflowState
+from agents.tools import ToolCall, bind, prepare, result_payload
+from gateway.api.schemas import WorkflowIn
+from gateway.planner.templating import render
+from gateway.scheduler.run import NodeState, WorkflowRun
+
+DEFAULT_MAX_TOKENS = 128  # the gateway's default for nodes that name none
+
+
+async def run_sequential(workflow, base_url: str, *, tools: Mapping[str, Callable] | None = None,
+                         inputs: Mapping[str, Any] | None = None, client: AsyncClient | None = None,
+                         default_max_tokens: int = DEFAULT_MAX_TOKENS, model: str = "default") -> WorkflowState:
+    """Run every node of `workflow` in turn against `base_url` (its /v1/chat/completions, streamed), the
+    external nodes through their callables as `Client.run` would; the final state. A call or tool that
+    fails ends the workflow "failed" with the cause in `error` (nothing is retried)."""
+    payload, callables = prepare(workflow, tools, inputs)
+    spec = WorkflowIn.model_validate(payload).to_spec(default_max_tokens)
+    run = WorkflowRun("seq-" + uuid.uuid4().hex[:16], spec, time.time())
+    own = client is None
+    client = client or AsyncClient(base_url, timeout=600.0)
+    position = {node: i for i, node in enumerate(run.order)}
+    queue: list[str] = []
+    error: str | None = None
+    try:
+        while True:
+            ready, _skipped = run.advance()
+            queue = sorted(queue + ready, key=position.__getitem__)
+            if not queue:
+                break
+            node = queue.pop(0)
+            if run.node_spec(node).kind == "external":
+                try:
+                    await _run_tool(run, node, callables[node])
+                except Exception as exc:  # the user's code: the run ends and reports why
+                    error = f"tool for node '{node}' raised {exc!r}"
+            else:
+                try:
+                    await _run_llm(run, node, client, model)
+                except (AgentGateError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                    error = f"node '{node}' failed: {exc!r}"
+            if error is not None:
+                run.nodes[node].status, run.nodes[node].error = "failed", error
+                run.nodes[node].finished = time.time()
+                break
+    finally:
+        if own:
+            await client.close()
+    status = "finished" if error is None and run.is_complete() else "failed"
+    if status == "failed":
+        for state in run.nodes.values():
+            if state.status in ("pending", "ready"):
+                state.status = "cancelled"
+    return WorkflowState.from_json(_state_json(run, status, error))
+
+
+async def _run_llm(run: WorkflowRun, node: str, client: AsyncClient, model: str) -> None:
+    spec, state = run.node_spec(node), run.nodes[node]
+    messages = [{"role": r, "content": render(c, run.outputs(), run.spec.inputs)} for r, c in spec.messages]
+    sampling = {"temperature": 0.0, **spec.params, "max_tokens": spec.max_tokens}  # greedy unless asked, as the gateway
+    state.status, state.attempts, state.worker = "running", state.attempts + 1, client.base_url
+    state.started = time.time()
+    text, usage = [], None
+    async for chunk in client.chat_stream(messages, model=spec.model or model, **sampling):
+        if chunk.text:
+            if state.first_token is None:
+                state.first_token = time.time()
+            text.append(chunk.text)
+        usage = chunk.usage or usage
+    state.status, state.output, state.usage, state.finished = "finished", "".join(text), usage, time.time()
+
+
+async def _run_tool(run: WorkflowRun, node: str, fn: Callable) -> None:
+    spec, state = run.node_spec(node), run.nodes[node]
+    messages = tuple({"role": r, "content": render(c, run.outputs(), run.spec.inputs)} for r, c in spec.messages)
+    state.status, state.started = "waiting", time.time()
+    args, kwargs = bind(fn, ToolCall(run.id, node, messages, run.outputs(), dict(run.spec.inputs)))
+    if inspect.iscoroutinefunction(fn):
+        value = await fn(*args, **kwargs)
+    else:
+        value = await asyncio.to_thread(fn, *args, **kwargs)
+        if inspect.isawaitable(value):
+            value = await value
+    value = result_payload(value)
+    state.output = value if isinstance(value, str) else json.dumps(value)  # stored as the gateway stores it
+    state.status, state.finished = "finished", time.time()
+
+
+def _node_json(kind: str, state: NodeState) -> dict:
+    started, first, finished = state.started, state.first_token, state.finished
+    return {"type": kind, "status": state.status, "output": state.output, "worker": state.worker,
+            "attempts": state.attempts, "error": state.error, "usage": state.usage,
+            "timings": {"started": started, "finished": finished,
+                        "ttft_s": first - started if first and started else None,
+                        "duration_s": finished - started if finished and started else None}}
+
+
+def _state_json(run: WorkflowRun, status: str, error: str | None) -> dict:
+    nodes = {n.id: _node_json(n.kind, run.nodes[n.id]) for n in run.spec.nodes}
+    prompt = sum((s.usage or {}).get("prompt_tokens") or 0 for s in run.nodes.values())
+    cached = sum(((s.usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+                 for s in run.nodes.values())
+    return {"id": run.id, "status": status, "error": error, "template": run.spec.template,
+            "priority": run.spec.priority, "created": run.created, "finished": time.time(), "nodes": nodes,
+            "outputs": run.outputs(), "cache": {"prompt_tokens": prompt, "cached_tokens": cached,
+                                                "hit_rate": cached / prompt if prompt else 0.0}}

@@ -1,0 +1,396 @@
+"""Workflow benchmark: the example agents under concurrent open-loop load, one configuration at a time.
+
+Each cell (configuration × arrival rate) gets fresh processes — a Redis, N engine workers
+(`--threads` each, started one after the other) and the configuration's gateway — so no
+cell inherits another's cache; then `--workflows` workflows arrive on the same Poisson
+schedule, drawn in turn from the examples of agents/examples/ (each with its own inputs).
+Configurations (CONFIGS, one line each):
+
+- agentgate      the gateway runs each workflow's DAG, kv_aware routing (the full system today);
+- round_robin    the same gateway, round-robin routing;
+- least_load     the same gateway, least-load routing;
+- sequential     no gateway: each workflow's client calls one worker's OpenAI API itself, one
+                 node at a time (agents/sequential.py), workflow i on worker i mod N.
+
+Reports makespan, TTFT p50/p99, e2e latency, prefix hit rate, tokens/s per worker and per
+user (definitions: scripts/bench_workflows_report.py) into the "## Workflows" section of
+BENCHMARKS.md, docs/pareto.png and docs/timeline.png.
+
+  .venv/bin/python scripts/bench_workflows.py                 # the full run: about 80 min on 2 quiet cores
+  .venv/bin/python scripts/bench_workflows.py --quick         # smoke run, outputs in a temp dir
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scripts import bench_workflows_report as report  # noqa: E402
+from scripts.benchlib import update_benchmarks_md  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Config:
+    """One way of serving the workflows. `gateway`: the gateway's CLI flags; None: no gateway, the
+    client calls a worker node by node. Workers are configured alike in every configuration."""
+
+    name: str
+    label: str
+    gateway: tuple[str, ...] | None
+
+
+CONFIGS = (
+    Config("agentgate", "agentgate (DAG, kv_aware)", ("--policy", "kv_aware")),
+    Config("round_robin", "gateway DAG, round_robin", ("--policy", "round_robin")),
+    Config("least_load", "gateway DAG, least_load", ("--policy", "least_load")),
+    Config("sequential", "sequential client calls, no gateway", None),
+    # When the gateway grows switches for its agent-aware features, each ablation is one line, e.g.
+    # Config("no_prefetch", "agentgate, no prediction/prefetch/pin", ("--policy", "kv_aware", "--no-prefetch")),
+    # Config("no_pipelining", "agentgate, no token pipelining", ("--policy", "kv_aware", "--no-pipelining")),
+)
+BASELINE = "agentgate"
+TARGETS = {"round_robin": 2.5, "sequential": 4.0}  # issue 8: agentgate's makespan this many times lower
+EXAMPLES = ("react", "map_reduce", "multi_agent", "code_edit")
+
+
+@dataclass(frozen=True)
+class Arrival:
+    index: int
+    at: float  # seconds after the cell starts
+    example: str
+    variant: int
+
+
+def arrival_plan(rate: float, count: int, examples: tuple[str, ...], seed: int) -> list[Arrival]:
+    """Poisson arrivals (exponential gaps, mean 1/rate; rate inf: all at t=0), examples in turn."""
+    rng = random.Random(seed)
+    t, plan = 0.0, []
+    for i in range(count):
+        plan.append(Arrival(i, t, examples[i % len(examples)], i // len(examples)))
+        if rate != float("inf"):
+            t += rng.expovariate(rate)
+    return plan
+
+
+# -- processes ---------------------------------------------------------------------------------------------------
+def worker_flags() -> set[str]:
+    """The flags this checkout's worker accepts (the KV tiers and the KV index add some)."""
+    from engine.worker.main import add_worker_args
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_worker_args(parser)
+    return set(parser._option_string_actions)
+
+
+class Stack:
+    """One cell's processes, all fresh so that no cell inherits another's cache: a Redis, N engine
+    workers (publishing their KV events to that Redis and sharing one new L3 directory, where this
+    checkout's workers have those features) and the configuration's gateway, if it has one."""
+
+    def __init__(self, args, config: Config, flags: set[str], log_dir: Path):
+        self.args, self.config, self.flags = args, config, flags
+        self.log_dir = log_dir
+        self.tmp = Path(tempfile.mkdtemp(prefix="cell_", dir=log_dir))
+        self.procs: list[subprocess.Popen] = []
+        self.worker_urls: list[str] = []
+        self.gateway_url: str | None = None
+        self.redis = None
+        self.matmul_plans: list = []  # what each worker measured at start-up (it varies with the machine's load)
+
+    def __enter__(self) -> "Stack":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        from engine.launch import wait_healthy
+        from engine.model.prepare import default_model_dir
+        from engine.redis_server import RedisServer, free_port
+
+        self.redis = RedisServer().start()
+        extra = []
+        if "--redis-url" in self.flags:
+            extra += ["--redis-url", self.redis.url]
+        if "--l3" in self.flags:
+            extra += ["--l3", f"dir:{self.tmp / 'kv-l3'}"]
+        for _ in range(self.args.workers):  # one at a time: each measures its matmul plan at start-up
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            proc = self._spawn([sys.executable, "-m", "engine.worker.main", "--port", str(port), "--model-path",
+                                str(default_model_dir()), "--threads", str(self.args.threads), "--kv-memory-gb",
+                                str(self.args.kv_memory_gb), "--log-level", "warning", *extra, *self.args.worker_arg],
+                               f"worker-{port}")
+            wait_healthy(url, proc, timeout=300)
+            _post(url + "/generate", {"text": "Hi", "sampling_params": {"max_new_tokens": 1}})  # warm-up
+            self.worker_urls.append(url)
+            self.matmul_plans.append(_get(url + "/get_server_info").get("matmul_plan"))
+        if self.config.gateway is not None:
+            port = free_port()
+            self.gateway_url = f"http://127.0.0.1:{port}"
+            proc = self._spawn([sys.executable, "-m", "gateway.main", "--port", str(port), "--redis-url",
+                                self.redis.url, "--worker-urls", *self.worker_urls, "--tokenizer-path",
+                                str(default_model_dir()), "--log-level", "warning", *self.config.gateway],
+                               f"gateway-{port}")
+            wait_healthy(self.gateway_url, proc, timeout=60)
+
+    def _spawn(self, cmd: list[str], name: str) -> subprocess.Popen:
+        with open(self.log_dir / f"{self.config.name}-{name}.log", "ab") as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):  # the gateway first, then the workers
+            _terminate(proc)
+        self.procs.clear()
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _post(url: str, body: dict) -> None:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        r.read()
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+# -- driving one cell ------------------------------------------------------------------------------------------------
+def build(arrival: Arrival, quick: bool):
+    import importlib
+
+    module = importlib.import_module(f"agents.examples.{arrival.example}")
+    return module.build(quick=quick, variant=arrival.variant)
+
+
+def slowed(fn, seconds: float):
+    """The tool `fn`, taking at least `seconds` (a real search or API call is not instant). The
+    signature is kept (functools.wraps), so the SDK binds its parameters as before."""
+    if seconds <= 0:
+        return fn
+
+    @functools.wraps(fn)
+    def tool(*args, **kwargs):
+        time.sleep(seconds)
+        return fn(*args, **kwargs)
+
+    return tool
+
+
+async def run_cell(plan: list[Arrival], stack: Stack, args, progress, task) -> list:
+    from agents.async_client import AsyncClient
+    from agents.errors import AgentGateError
+    from agents.sequential import run_sequential
+    from agents.tools import upstream_of
+
+    workflows = [build(a, args.quick) for a in plan]  # built before the clock starts
+    names = {url: f"worker {i + 1}" for i, url in enumerate(stack.worker_urls)}  # ports change from cell to cell
+    if stack.gateway_url is not None:
+        clients = [AsyncClient(stack.gateway_url, timeout=600.0)]
+    else:
+        clients = [AsyncClient(u, timeout=600.0) for u in stack.worker_urls]
+    t0 = time.time()
+
+    async def one(arrival: Arrival, wf):
+        await asyncio.sleep(max(t0 + arrival.at - time.time(), 0.0))
+        arrived = t0 + arrival.at
+        tools = {node: slowed(fn, args.tool_latency) for node, fn in wf.tools.items()}
+        try:
+            if stack.gateway_url is not None:
+                state = await clients[0].run(wf, tools=tools)
+            else:
+                client = clients[arrival.index % len(clients)]
+                state = await run_sequential(wf, client.base_url, tools=tools, client=client)
+        except AgentGateError as exc:  # counted as failed in the table, the cause kept in the results JSON
+            state = None
+            error = f"{type(exc).__name__}: {exc}"
+        progress.advance(task)
+        if state is None:
+            return report.WorkflowRecord(arrival.index, arrival.example, arrival.variant, arrived, time.time(),
+                                         "error", error, ())
+        return report.workflow_record(arrival.index, arrival.example, arrival.variant, arrived, time.time(), state,
+                                      upstream_of(wf.to_dict()), names)
+
+    try:
+        return list(await asyncio.gather(*(one(a, wf) for a, wf in zip(plan, workflows))))
+    finally:
+        for client in clients:
+            await client.close()
+
+
+# -- the run ----------------------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 worker × 1 thread, agentgate + sequential, "
+                                                        "2 small code-edit workflows at once; outputs in a temp dir")
+    p.add_argument("--workers", type=int, default=None, help="engine workers (default 2; quick 1)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per worker")
+    p.add_argument("--kv-memory-gb", type=float, default=1.0, help="KV pool per worker")
+    p.add_argument("--worker-arg", action="append", default=[], help="extra flag for every worker (repeatable)")
+    p.add_argument("--configs", default=None, help=f"comma-separated, of {', '.join(c.name for c in CONFIGS)} "
+                                                   "(default all; quick agentgate,sequential)")
+    p.add_argument("--rates", default=None, help="arrival rates in workflows/s, 'inf' = all at once "
+                                                 "(default 0.03,0.06,inf; quick inf)")
+    p.add_argument("--workflows", type=int, default=None, help="workflows per cell (default 12; quick 2)")
+    p.add_argument("--examples", default=None, help=f"comma-separated, of {', '.join(EXAMPLES)} "
+                                                    "(default all; quick code_edit)")
+    p.add_argument("--tool-latency", type=float, default=None, help="seconds each tool call takes (default 0.5; "
+                                                                    "quick 0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", default=None, help="where the plots and results go (default docs/; quick: a temp dir); "
+                                                   "BENCHMARKS.md is updated only when it is docs/")
+    p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md (quick never does)")
+    p.add_argument("--from-json", default=None, metavar="PATH",
+                   help="run nothing: redraw the plots and the section from a bench_workflows.json")
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.workers = args.workers or (1 if quick else 2)
+    args.configs = (args.configs or ("agentgate,sequential" if quick else ",".join(c.name for c in CONFIGS)))
+    args.rates = [float(r) for r in (args.rates or ("inf" if quick else "0.03,0.06,inf")).split(",")]
+    args.workflows = args.workflows or (2 if quick else 12)
+    args.examples = tuple((args.examples or ("code_edit" if quick else ",".join(EXAMPLES))).split(","))
+    args.tool_latency = args.tool_latency if args.tool_latency is not None else (0.0 if quick else 0.5)
+    if quick and not any(a.startswith("--matmul-backend") for a in args.worker_arg):
+        args.worker_arg.append("--matmul-backend=numpy")  # skips the start-up probe (~3 s of CPU per worker)
+    known = {c.name: c for c in CONFIGS}
+    unknown = [c for c in args.configs.split(",") if c not in known] + [e for e in args.examples if e not in EXAMPLES]
+    if unknown:
+        p.error(f"unknown configuration(s) or example(s): {', '.join(unknown)}")
+    args.configs = [known[c] for c in args.configs.split(",")]
+    if args.out_dir:
+        args.out_dir = Path(args.out_dir)
+    elif args.from_json:
+        args.out_dir = Path(args.from_json).parent
+    else:
+        args.out_dir = None if quick else ROOT / "docs"  # None: a temp dir, made when the run starts
+    return args
+
+
+def main(argv=None) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    args = parse_args(argv)
+    args.out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="bench_workflows_"))
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    console = Console(stderr=True)
+    if args.from_json:
+        meta, summaries, records, plans = report.from_json(json.loads(Path(args.from_json).read_text()))
+        print(write_outputs(meta, summaries, records, plans, args.out_dir,
+                            update_md=not args.no_write and "--quick" not in meta["command"].split()))
+        return 0
+    log_dir = Path(tempfile.mkdtemp(prefix="bench_workflows_logs_"))
+    flags = worker_flags()
+    summaries, records, plans = [], {}, {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        cells = [(c, r) for c in args.configs for r in args.rates]
+        overall = progress.add_task("cells", total=len(cells))
+        for config, rate in cells:
+            plan = arrival_plan(rate, args.workflows, args.examples, args.seed)
+            task = progress.add_task(f"{config.name} @ {report.rate_label(rate)}: starting", total=len(plan))
+            with Stack(args, config, flags, log_dir) as stack:
+                progress.update(task, description=f"{config.name} @ {report.rate_label(rate)}")
+                cell = asyncio.run(run_cell(plan, stack, args, progress, task))
+                plans[(config.name, rate)] = stack.matmul_plans
+            records[(config.name, rate)] = cell
+            summaries.append(report.summarize(config.name, rate, cell, args.workers))
+            progress.advance(overall)
+    text = write_outputs(run_meta(args, argv if argv is not None else sys.argv[1:]), summaries, records, plans,
+                         args.out_dir, update_md=not args.quick and not args.no_write)
+    print(text)
+    console.print(f"plots and results in {args.out_dir}")
+    failed = sum(s.failed for s in summaries)
+    if failed:
+        console.print(f"[red]{failed} workflow(s) failed[/red]; see the logs in {log_dir} and the results JSON")
+    else:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+def run_meta(args, argv) -> dict:
+    return {"command": " ".join(["scripts/bench_workflows.py", *argv]).strip(), "when": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "workers": args.workers,
+            "threads": args.threads, "kv_memory_gb": args.kv_memory_gb, "workflows": args.workflows,
+            "examples": list(args.examples), "tool_latency_s": args.tool_latency, "rates": args.rates,
+            "configs": [c.name for c in args.configs], "worker_args": args.worker_arg, "seed": args.seed}
+
+
+def write_outputs(meta: dict, summaries, records, plans, out_dir: Path, update_md: bool) -> str:
+    """The plots, the results JSON and the markdown section into out_dir (and BENCHMARKS.md if asked)."""
+    labels = {c.name: c.label for c in CONFIGS}
+    pareto, timeline = out_dir / "pareto.png", out_dir / "timeline.png"
+    report.plot_pareto(summaries, labels, pareto)
+    report.plot_timeline(timeline_panels(meta, records), timeline)
+    (out_dir / "bench_workflows.json").write_text(json.dumps(report.to_json(meta, summaries, records, plans),
+                                                             indent=1))
+    in_docs = out_dir.resolve() == (ROOT / "docs").resolve()
+    images = ("docs/pareto.png", "docs/timeline.png") if in_docs else (str(pareto), str(timeline))
+    targets = {k: v for k, v in TARGETS.items() if k in meta["configs"]}
+    baseline = BASELINE if BASELINE in meta["configs"] else meta["configs"][0]
+    text = report.section(summaries, meta, baseline, targets, images)
+    (out_dir / "bench_workflows.md").write_text(text)
+    if update_md and in_docs:  # BENCHMARKS.md links the plots in docs/, never a temp dir
+        update_benchmarks_md("## Workflows", text)
+    return text
+
+
+def timeline_panels(meta: dict, records) -> list:
+    """One workflow (the first multi-agent one, else the first) at the middle rate, under the baseline
+    and under sequential calls (else the first two configurations), where it finished in both."""
+    rate = meta["rates"][len(meta["rates"]) // 2]
+    names = meta["configs"]
+    shown = [n for n in (BASELINE, "sequential") if n in names]
+    if len(shown) < 2:
+        shown = names[:2]
+    cells = [{r.index: r for r in records[(n, rate)] if r.status == "finished"} for n in shown]
+    common = sorted(set.intersection(*(set(c) for c in cells)))
+    if not common:
+        common = sorted(set().union(*(set(c) for c in cells)))
+    assert common, "no workflow finished at the middle rate: nothing to draw"
+    index = next((i for i in common if cells[0].get(i) and cells[0][i].example == "multi_agent"), common[0])
+    labels = {c.name: c.label for c in CONFIGS}
+    return [(labels[n], cell[index]) for n, cell in zip(shown, cells) if index in cell]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""What scripts/bench_workflows.py measures, and how it reports it: per-workflow records, per-cell
+summaries, the BENCHMARKS.md section, docs/pareto.png and docs/timeline.png.
+
+Definitions (the same for every configuration, computed from node timings and usage):
+- a node is *ready* when its last upstream node ended (finished or skipped), or at the
+  workflow's arrival for a start node; TTFT = first token − ready, so it counts waiting for a
+  worker slot, or — for sequential calls — waiting for sibling branches the client runs first;
+- makespan: first arrival → last workflow end; e2e latency: a workflow's arrival → its end;
+- prefix hit rate: Σ cached_tokens / Σ prompt_tokens over every LLM call (the workers' usage);
+- tokens/s per worker: Σ completion tokens / makespan / workers;
+- tokens/s per user: per workflow, its completion tokens / its e2e latency; the mean of those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    node: str
+    kind: str  # llm | external
+    status: str
+    worker: str
+    ready: float | None
+    started: float | None
+    first_token: float | None
+    finished: float | None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class WorkflowRecord:
+    index: int  # position in the arrival plan: the same workflow in every configuration
+    example: str
+    variant: int
+    arrival: float
+    end: float
+    status: str
+    error: str | None
+    nodes: tuple[NodeRecord, ...]
+
+    @property
+    def latency(self) -> float:
+        return self.end - self.arrival
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(n.completion_tokens for n in self.nodes)
+
+    def llm_calls(self) -> list[NodeRecord]:
+        return [n for n in self.nodes if n.kind == "llm" and n.status == "finished"]
+
+
+def workflow_record(index: int, example: str, variant: int, arrival: float, end: float, state,
+                    upstream: dict[str, set[str]], worker_names: dict[str, str] | None = None) -> WorkflowRecord:
+    """A record from a final WorkflowState (gateway or sequential) and the workflow's upstream map;
+    worker URLs are renamed through `worker_names` where it has them."""
+    worker_names = worker_names or {}
+    nodes = []
+    for node_id, info in state.nodes.items():
+        ends = [state.nodes[p].finished for p in upstream.get(node_id, ()) if p in state.nodes]
+        ready = arrival if not upstream.get(node_id) else (max(ends) if ends and None not in ends else None)
+        first = info.started + info.ttft_s if info.started is not None and info.ttft_s is not None else None
+        worker = worker_names.get(info.worker or "", info.worker or "")
+        nodes.append(NodeRecord(node_id, info.type, info.status, worker, ready, info.started, first,
+                                info.finished, info.prompt_tokens, info.cached_tokens, info.completion_tokens))
+    return WorkflowRecord(index, example, variant, arrival, end, state.status, state.error, tuple(nodes))
+
+
+@dataclass(frozen=True)
+class CellSummary:
+    config: str
+    rate: float  # workflows per second; inf = all at once
+    workflows: int
+    failed: int
+    makespan_s: float
+    e2e_p50_s: float
+    e2e_p99_s: float
+    ttft_p50_s: float
+    ttft_p99_s: float
+    hit_rate: float
+    tps_per_worker: float
+    tps_per_user: float
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def summarize(config: str, rate: float, records: list[WorkflowRecord], workers: int) -> CellSummary:
+    done = [r for r in records if r.status == "finished"]
+    calls = [c for r in done for c in r.llm_calls()]
+    ttfts = [c.first_token - c.ready for c in calls if c.first_token is not None and c.ready is not None]
+    makespan = max(r.end for r in records) - min(r.arrival for r in records) if records else float("nan")
+    prompt = sum(c.prompt_tokens for c in calls)
+    cached = sum(c.cached_tokens for c in calls)
+    completion = sum(c.completion_tokens for c in calls)
+    return CellSummary(
+        config=config, rate=rate, workflows=len(records), failed=len(records) - len(done), makespan_s=makespan,
+        e2e_p50_s=_pct([r.latency for r in done], 50), e2e_p99_s=_pct([r.latency for r in done], 99),
+        ttft_p50_s=_pct(ttfts, 50), ttft_p99_s=_pct(ttfts, 99), hit_rate=cached / prompt if prompt else 0.0,
+        tps_per_worker=completion / makespan / workers if makespan > 0 else 0.0,
+        tps_per_user=float(np.mean([r.completion_tokens / r.latency for r in done])) if done else 0.0,
+        prompt_tokens=prompt, cached_tokens=cached, completion_tokens=completion)
+
+
+def to_json(meta: dict, summaries: list[CellSummary], records: dict[tuple[str, float], list[WorkflowRecord]],
+            matmul_plans: dict[tuple[str, float], list]) -> dict:
+    """Everything measured, for a second look: the run's settings, the summaries, every workflow's node
+    timings, and the matmul plan each cell's workers chose at start-up."""
+    return {"meta": meta, "summaries": [asdict(s) for s in summaries],
+            "cells": [{"config": c, "rate": r, "matmul_plans": matmul_plans.get((c, r)),
+                       "workflows": [asdict(w) for w in ws]} for (c, r), ws in records.items()]}
+
+
+def from_json(data: dict) -> tuple[dict, list[CellSummary], dict[tuple[str, float], list[WorkflowRecord]], dict]:
+    """(meta, summaries, records, matmul plans) of a to_json() result."""
+    records, plans = {}, {}
+    for cell in data["cells"]:
+        key = (cell["config"], float(cell["rate"]))
+        records[key] = [WorkflowRecord(**{**w, "nodes": tuple(NodeRecord(**n) for n in w["nodes"])})
+                        for w in cell["workflows"]]
+        plans[key] = cell.get("matmul_plans")
+    return data["meta"], [CellSummary(**s) for s in data["summaries"]], records, plans
+
+
+# -- BENCHMARKS.md --------------------------------------------------------------------------------------------------
+def rate_label(rate: float) -> str:
+    return "all at once" if rate == float("inf") else f"{rate:g} wf/s"
+
+
+def section(summaries: list[CellSummary], meta: dict, baseline: str, targets: dict[str, float],
+            images: tuple[str, str]) -> str:
+    """The "## Workflows" section: one table row per (rate, configuration), ratios against `baseline`."""
+    by_cell = {(s.config, s.rate): s for s in summaries}
+    rates = sorted({s.rate for s in summaries})
+    lines = [
+        "## Workflows",
+        "",
+        f"`{meta['command']}`, {meta['when']}, {meta['machine']}. {meta['workers']} engine worker(s) × "
+        f"{meta['threads']} thread(s), KV pool {meta['kv_memory_gb']} GiB each; {meta['workflows']} workflows per "
+        f"cell drawn in turn from {', '.join(meta['examples'])} (different inputs each), open-loop Poisson "
+        f"arrivals (same schedule for every configuration); tools take {meta['tool_latency_s']} s. Every cell "
+        "starts fresh processes (Redis, workers with empty KV tiers, the gateway), so no cell inherits a cache.",
+        "",
+        "| arrivals | configuration | makespan s | vs " + baseline + " | e2e p50 s | e2e p99 s | TTFT p50 s | "
+        "TTFT p99 s | prefix hit | tok/s/worker | tok/s/user | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rate in rates:
+        base = by_cell.get((baseline, rate))
+        for s in (x for x in summaries if x.rate == rate):
+            ratio = f"{s.makespan_s / base.makespan_s:.2f}×" if base and base.makespan_s > 0 else "–"
+            lines.append(f"| {rate_label(rate)} | {s.config} | {s.makespan_s:.1f} | {ratio} | {s.e2e_p50_s:.1f} | "
+                         f"{s.e2e_p99_s:.1f} | {s.ttft_p50_s:.2f} | {s.ttft_p99_s:.2f} | {s.hit_rate:.0%} | "
+                         f"{s.tps_per_worker:.1f} | {s.tps_per_user:.2f} | {s.failed} |")
+    top = rates[-1] if rates else None
+    base = by_cell.get((baseline, top))
+    lines += ["", "Makespan ratio = configuration ÷ " + baseline + " (higher: " + baseline + " is faster). "
+              "TTFT counts from the moment a call's inputs exist. Definitions: scripts/bench_workflows_report.py."]
+    if base is not None and base.makespan_s > 0:
+        verdicts = []
+        for other, target in targets.items():
+            cell = by_cell.get((other, top))
+            if cell is not None:
+                ratio = cell.makespan_s / base.makespan_s
+                verdicts.append(f"{ratio:.2f}× lower makespan than {other} (target ≥ {target:g}×: "
+                                f"{'met' if ratio >= target else 'not met'})")
+        if verdicts:
+            lines += ["", f"At the highest load ({rate_label(top)}), {baseline}: " + "; ".join(verdicts) + "."]
+    lines += ["", f"![Pareto frontier]({images[0]})", "", f"![one workflow's timeline]({images[1]})", ""]
+    return "\n".join(lines)
+
+
+# -- plots ----------------------------------------------------------------------------------------------------------
+def plot_pareto(summaries: list[CellSummary], labels: dict[str, str], path: Path) -> None:
+    """Tokens/s per worker (y) against tokens/s per user (x): one curve per configuration, one point per rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for config in dict.fromkeys(s.config for s in summaries):
+        points = sorted((s for s in summaries if s.config == config), key=lambda s: s.rate)
+        xs, ys = [p.tps_per_user for p in points], [p.tps_per_worker for p in points]
+        ax.plot(xs, ys, marker="o", label=labels.get(config, config))
+        for p in points:
+            ax.annotate(rate_label(p.rate), (p.tps_per_user, p.tps_per_worker), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7, alpha=0.7)
+    ax.set_xlabel("tokens/s per user (a workflow's completion tokens ÷ its latency)")
+    ax.set_ylabel("tokens/s per worker (all completion tokens ÷ makespan ÷ workers)")
+    ax.set_title("Throughput per worker vs speed per user (up and right is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_timeline(panels: list[tuple[str, WorkflowRecord]], path: Path) -> None:
+    """Gantt of one workflow per panel (the same workflow under each configuration): per node, waiting
+    for a worker, prefill up to the first token, decode; tool calls hatched; cache hits marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    height = 1.8 + 0.45 * max(len(r.nodes) for _, r in panels) * len(panels)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, height), squeeze=False)
+    workers = sorted({n.worker for _, r in panels for n in r.nodes if n.kind == "llm" and n.worker})
+    colors = {w: plt.cm.tab10(i % 10) for i, w in enumerate(workers)}
+    span = max(r.end - r.arrival for _, r in panels)
+    for ax, (title, rec) in zip(axes[:, 0], panels):
+        shown = sorted((n for n in rec.nodes if n.started is not None and n.finished is not None),
+                       key=lambda n: (n.started, n.node))
+        for y, n in enumerate(shown):
+            t = lambda v: v - rec.arrival  # noqa: E731
+            if n.ready is not None and n.started > n.ready:
+                ax.barh(y, n.started - n.ready, left=t(n.ready), color="0.85", height=0.6)
+            if n.kind == "external":
+                ax.barh(y, n.finished - n.started, left=t(n.started), color="white", edgecolor="0.3", hatch="//",
+                        height=0.6)
+                continue
+            color = colors.get(n.worker, "C0")
+            first = n.first_token if n.first_token is not None else n.finished
+            ax.barh(y, first - n.started, left=t(n.started), color=color, alpha=0.45, height=0.6)
+            ax.barh(y, n.finished - first, left=t(first), color=color, height=0.6)
+            hit = n.cached_tokens / n.prompt_tokens if n.prompt_tokens else 0.0
+            ax.plot(t(n.started), y, marker="o", ms=7, color="green" if hit >= 0.5 else "red",
+                    markerfacecolor="green" if hit >= 0.5 else "white", zorder=3)
+            ax.text(t(n.finished) + span * 0.005, y, f"{n.cached_tokens}/{n.prompt_tokens} cached",
+                    va="center", fontsize=7)
+        ax.set_yticks(range(len(shown)), [n.node for n in shown], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, span * 1.15)
+        ax.set_title(f"{title}: {rec.example} #{rec.variant}, {rec.latency:.1f} s", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel("seconds since the workflow arrived")
+    handles = [Patch(color="0.85", label="inputs ready, waiting"), Patch(facecolor="white", edgecolor="0.3",
+                                                                         hatch="//", label="tool call")]
+    handles += [Patch(color=colors[w], label=f"{w}: decode (light: until the first token)") for w in workers]
+    handles += [plt.Line2D([], [], marker="o", color="green", ls="", label="prefix-cache hit (≥50% cached)"),
+                plt.Line2D([], [], marker="o", color="red", markerfacecolor="white", ls="", label="miss")]
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=3, frameon=False)
+    fig.tight_layout(rect=(0, 0.75 / height, 1, 1))  # room for the legend below
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

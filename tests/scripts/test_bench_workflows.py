@@ -1,0 +1,163 @@
+"""scripts/bench_workflows.py: its measurements on hand-made records, and a real `--quick` run
+(one worker, agentgate + sequential) that must produce the table, both plots and the results JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import subprocess
+import sys
+
+import pytest
+
+from agents.state import WorkflowState
+from agents.tools import ToolCall, bind
+from scripts import bench_workflows as bench
+from scripts import bench_workflows_report as report
+from tests.support import REPO_ROOT
+
+INF = float("inf")
+
+
+def test_arrival_plan_is_poisson_reproducible_and_cycles_examples():
+    plan = bench.arrival_plan(0.5, 200, ("a", "b", "c"), seed=7)
+    assert plan == bench.arrival_plan(0.5, 200, ("a", "b", "c"), seed=7)
+    assert plan != bench.arrival_plan(0.5, 200, ("a", "b", "c"), seed=8)
+    gaps = [y.at - x.at for x, y in zip(plan, plan[1:])]
+    assert plan[0].at == 0 and all(g >= 0 for g in gaps)
+    assert 1.6 < sum(gaps) / len(gaps) < 2.4  # mean gap 1/rate
+    assert [(a.example, a.variant) for a in plan[:4]] == [("a", 0), ("b", 0), ("c", 0), ("a", 1)]
+    assert all(a.at == 0 for a in bench.arrival_plan(INF, 5, ("a",), seed=0))
+
+
+def state(nodes: dict, status: str = "finished") -> WorkflowState:
+    return WorkflowState.from_json({"id": "wf-x", "status": status, "created": 100.0, "nodes": nodes})
+
+
+def llm(started, first, finished, prompt, cached, completion, worker="http://w:1") -> dict:
+    return {"type": "llm", "status": "finished", "worker": worker,
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                      "prompt_tokens_details": {"cached_tokens": cached}},
+            "timings": {"started": started, "finished": finished, "ttft_s": first - started}}
+
+
+def chain(t: float) -> dict:
+    """a → tool → b for a workflow arriving at t: a waits 1 s for a worker, b starts 1 s after the tool."""
+    return {"a": llm(t + 1, t + 3, t + 5, prompt=1000, cached=0, completion=20),
+            "tool": {"type": "external", "status": "finished", "timings": {"started": t + 5, "finished": t + 6}},
+            "b": llm(t + 7, t + 7.5, t + 10, prompt=1100, cached=1000, completion=30, worker="http://w:2")}
+
+
+UPSTREAM = {"a": set(), "tool": {"a"}, "b": {"tool"}}
+
+
+def test_records_and_summary_follow_the_documented_definitions():
+    rec = report.workflow_record(0, "react", 0, 100.0, 110.0, state(chain(100)), UPSTREAM, {"http://w:1": "worker 1"})
+    by = {n.node: n for n in rec.nodes}
+    assert by["a"].ready == 100.0 and by["tool"].ready == 105 and by["b"].ready == 106
+    assert by["a"].worker == "worker 1" and by["b"].worker == "http://w:2"
+    assert by["a"].first_token == 103 and by["tool"].first_token is None
+
+    late = report.workflow_record(1, "react", 0, 104.0, 124.0, state(chain(104)), UPSTREAM)
+    failed = report.WorkflowRecord(2, "react", 1, 105.0, 130.0, "error", "boom", ())
+    s = report.summarize("agentgate", 0.5, [rec, late, failed], workers=2)
+    assert s.workflows == 3 and s.failed == 1
+    assert s.makespan_s == pytest.approx(30.0)  # first arrival 100 → last end 130
+    assert s.hit_rate == pytest.approx(2000 / 4200)
+    assert s.completion_tokens == 100 and s.tps_per_worker == pytest.approx(100 / 30 / 2)
+    assert s.tps_per_user == pytest.approx((50 / 10 + 50 / 20) / 2)
+    # TTFT counts from "inputs ready": a 3 s (1 s waiting + 2 s prefill), b 1.5 s (1 s waiting + 0.5 s)
+    assert s.ttft_p50_s == pytest.approx(2.25) and s.ttft_p99_s == pytest.approx(3.0)
+    assert s.e2e_p50_s == pytest.approx(15.0)
+
+
+def test_section_states_ratios_and_targets():
+    def cell(config, makespan):
+        return report.CellSummary(config, INF, 4, 0, makespan, 1, 2, 0.1, 0.2, 0.5, 3.0, 1.0, 10, 5, 100)
+
+    text = report.section([cell("agentgate", 10.0), cell("round_robin", 30.0), cell("sequential", 20.0)],
+                          {"command": "x", "when": "today", "machine": "m", "workers": 2, "threads": 1,
+                           "kv_memory_gb": 1.0, "workflows": 4, "examples": ["react"], "tool_latency_s": 0.5},
+                          "agentgate", {"round_robin": 2.5, "sequential": 4.0}, ("p.png", "t.png"))
+    assert text.startswith("## Workflows\n")
+    assert "| all at once | round_robin | 30.0 | 3.00× |" in text
+    assert "3.00× lower makespan than round_robin (target ≥ 2.5×: met)" in text
+    assert "2.00× lower makespan than sequential (target ≥ 4×: not met)" in text
+    assert "![Pareto frontier](p.png)" in text
+
+
+def test_configs_are_data_and_quick_defaults_are_small(tmp_path):
+    assert [c.name for c in bench.CONFIGS][:4] == ["agentgate", "round_robin", "least_load", "sequential"]
+    assert all(c.gateway is None or "--policy" in c.gateway for c in bench.CONFIGS)
+    args = bench.parse_args(["--quick"])
+    assert (args.workers, args.threads, args.workflows, args.rates) == (1, 1, 2, [INF])
+    assert [c.name for c in args.configs] == ["agentgate", "sequential"]
+    assert args.out_dir is None  # a temp dir, never docs/
+    full = bench.parse_args([])
+    assert full.workers == 2 and full.out_dir == REPO_ROOT / "docs" and len(full.configs) == len(bench.CONFIGS)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--configs", "agentgate,warp_drive"])
+
+
+def test_slowed_tools_keep_their_parameters_for_the_sdk():
+    def act(call, question: str = ""):
+        return call.node + question
+
+    slow = bench.slowed(act, 0.01)
+    assert list(inspect.signature(slow).parameters) == ["call", "question"]
+    args, kwargs = bind(slow, ToolCall("wf", "act_1", (), {}, {"question": "?"}))
+    assert slow(*args, **kwargs) == "act_1?"
+
+
+def test_from_json_redraws_plots_and_section_without_running_anything(tmp_path):
+    records, summaries = {}, []
+    for config, slowdown in (("agentgate", 1.0), ("sequential", 1.5)):
+        for rate in (0.5, INF):
+            cell = [report.workflow_record(i, "multi_agent", i, 100.0 + i, 110.0 + i * slowdown,
+                                           state(chain(100 + i * slowdown)), UPSTREAM, {"http://w:1": "worker 1"})
+                    for i in range(3)]
+            records[(config, rate)] = cell
+            summaries.append(report.summarize(config, rate, cell, workers=2))
+    meta = {"command": "scripts/bench_workflows.py --quick", "when": "today", "machine": "m", "workers": 2,
+            "threads": 1, "kv_memory_gb": 1.0, "workflows": 3, "examples": ["multi_agent"], "tool_latency_s": 0.0,
+            "rates": [0.5, INF], "configs": ["agentgate", "sequential"]}
+    path = tmp_path / "bench_workflows.json"
+    path.write_text(json.dumps(report.to_json(meta, summaries, records, {})))
+    assert bench.main(["--from-json", str(path)]) == 0
+    for name in ("pareto.png", "timeline.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG", name
+    text = (tmp_path / "bench_workflows.md").read_text()
+    assert "| 0.5 wf/s | sequential |" in text and "| all at once | agentgate |" in text
+    panels = bench.timeline_panels(meta, records)
+    assert [title for title, _ in panels] == ["agentgate (DAG, kv_aware)", "sequential client calls, no gateway"]
+    assert panels[0][1].index == panels[1][1].index == 0
+
+
+@pytest.mark.slow
+def test_quick_run_writes_the_table_plots_and_results(tmp_path):
+    md = REPO_ROOT / "BENCHMARKS.md"
+    before = hashlib.sha256(md.read_bytes()).hexdigest() if md.exists() else None
+    proc = subprocess.run([sys.executable, "scripts/bench_workflows.py", "--quick", "--out-dir", str(tmp_path)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "## Workflows" in proc.stdout and "| all at once | sequential |" in proc.stdout
+    for name in ("pareto.png", "timeline.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
+    results = json.loads((tmp_path / "bench_workflows.json").read_text())
+    summaries = {s["config"]: s for s in results["summaries"]}
+    assert set(summaries) == {"agentgate", "sequential"}
+    for s in summaries.values():
+        assert s["workflows"] == 2 and s["failed"] == 0
+        assert s["completion_tokens"] > 0 and 0 < s["hit_rate"] < 1 and s["makespan_s"] > 0
+        assert 0 < s["ttft_p50_s"] <= s["ttft_p99_s"] < s["makespan_s"]
+    cells = {c["config"]: c for c in results["cells"]}
+    gateway_workers = {n["worker"] for w in cells["agentgate"]["workflows"] for n in w["nodes"] if n["kind"] == "llm"}
+    assert gateway_workers == {"worker 1"}
+    # the same workflows, the same greedy prompts, whichever way they were served
+    prompts = {c: sorted(n["prompt_tokens"] for w in cells[c]["workflows"] for n in w["nodes"]) for c in cells}
+    assert prompts["agentgate"] == prompts["sequential"]
+    assert (tmp_path / "bench_workflows.md").read_text().startswith("## Workflows")
+    after = hashlib.sha256(md.read_bytes()).hexdigest() if md.exists() else None
+    assert before == after, "a quick run must not touch BENCHMARKS.md"
