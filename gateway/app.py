@@ -1,9 +1,11 @@
 """The gateway app factory.
 
 Start-up order (cleanup_ctx, undone in reverse): HTTP client session → Redis →
-worker pool (first probe, then a background health loop that also picks up
-workers from the Redis registry and loads the tokenizer once a worker names its
-model) → scheduler (claims and resumes unfinished workflows, then dispatches).
+KV index (its consumer task, gateway/kvindex) → worker pool (first probe, then a
+background health loop that also picks up workers from the Redis registry and
+loads the tokenizer once a worker names its model) → agent awareness
+(prediction, prefetch and pins; gateway/scheduler/awareness.py) → scheduler
+(claims and resumes unfinished workflows, then dispatches).
 """
 
 from __future__ import annotations
@@ -20,13 +22,17 @@ from gateway.api import openai_proxy, system, templates, workflows
 from gateway.api.http import error_middleware
 from gateway.config import GatewayConfig
 from gateway.keys import CONFIG, HASHER, METRICS, POLICY, POOL, REDIS, SCHEDULER, SESSION, STORE, TEMPLATES
+from gateway.kvindex.lifecycle import kvindex_ctx
 from gateway.metrics import Metrics
 from gateway.router.prompts import PromptHasher
 from gateway.router.registry import make_policy
+from gateway.scheduler.awareness import AWARENESS
+from gateway.scheduler.awareness_ctx import awareness_ctx
 from gateway.scheduler.scheduler import Scheduler
 from gateway.state.store import WorkflowStore
 from gateway.state.templates import TemplateStore
 from gateway.workers.pool import WorkerPool
+from gateway.workers.registry import RegistryDiscovery
 
 log = logging.getLogger("agentgate.gateway")
 
@@ -41,7 +47,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     templates.add_routes(app)
     openai_proxy.add_routes(app)
     system.add_routes(app)
-    app.cleanup_ctx.extend([_session, _redis, _pool, _scheduler])
+    app.cleanup_ctx.extend([_session, _redis, kvindex_ctx, _pool, awareness_ctx, _scheduler])
     return app
 
 
@@ -66,12 +72,13 @@ async def _pool(app: web.Application):
     pool = WorkerPool(config, app[SESSION])
     pool.on_removed.append(app[POLICY].on_removed)
     pool.sync(config.worker_urls)
-    pool.sync(await app[STORE].registered_workers())
+    discovery = RegistryDiscovery(pool, config.worker_urls)  # the TTL registry beside the older set
+    await discovery.sync(app[REDIS], await app[STORE].registered_workers())
     app[POOL] = pool
     await pool.probe_all()
     await _load_tokenizer(app)
     stopping = asyncio.Event()
-    task = asyncio.create_task(_health_loop(app, stopping), name="gateway-health")
+    task = asyncio.create_task(_health_loop(app, stopping, discovery), name="gateway-health")
     yield
     # Let a probe in flight finish rather than hang up on it: an aborted /get_load wastes the worker's time.
     stopping.set()
@@ -80,9 +87,11 @@ async def _pool(app: web.Application):
     except asyncio.TimeoutError:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+    for w in pool.workers.values():  # the scheduler stopped first: only idle connections are left
+        w.client.close()
 
 
-async def _health_loop(app: web.Application, stopping: asyncio.Event) -> None:
+async def _health_loop(app: web.Application, stopping: asyncio.Event, discovery: RegistryDiscovery) -> None:
     pool, store, config = app[POOL], app[STORE], app[CONFIG]
     while True:
         try:
@@ -91,7 +100,7 @@ async def _health_loop(app: web.Application, stopping: asyncio.Event) -> None:
         except asyncio.TimeoutError:
             pass
         try:
-            pool.sync(await store.registered_workers())
+            await discovery.sync(app[REDIS], await store.registered_workers())
         except (OSError, RedisError) as exc:
             log.warning("worker registry unreadable: %s", exc)
         await pool.probe_all()
@@ -116,6 +125,8 @@ async def _load_tokenizer(app: web.Application) -> None:
 async def _scheduler(app: web.Application):
     scheduler = Scheduler(app[CONFIG], app[STORE], app[POOL], app[POLICY], app[HASHER], app[METRICS])
     scheduler.templates = app[TEMPLATES]
+    scheduler.awareness = app[AWARENESS]
+    app[AWARENESS].attach(scheduler.runs)
     app[SCHEDULER] = scheduler
     await scheduler.start()
     yield

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.kvindex.credit import L2_CREDIT, L3_CREDIT
+
 
 @dataclass(frozen=True)
 class GatewayConfig:
@@ -26,3 +28,35 @@ class GatewayConfig:
     # Where the tokenizer used for prefix hashing lives; None = ask the workers (/get_model_info).
     tokenizer_path: str | None = None
     key_prefix: str = "ag"
+    # KV index (gateway/kvindex): this replica's consumer group on the workers' event streams ("" = one
+    # of its own, removed on stop), how often the worker registry is read, and the routing credit of a
+    # block cached in L2 / L3 relative to L1.
+    kvindex_group: str = ""
+    kvindex_registry_interval_s: float = 1.0
+    kv_credit_l2: float = L2_CREDIT
+    kv_credit_l3: float = L3_CREDIT
+    # Agent awareness (gateway/scheduler/awareness.py). The three switches are the ablations:
+    # prediction off = no prefetch, pins or pipelining at all; pinning off = prefetch without pins
+    # (and no caller pins during tool calls); token_pipelining "on" | "off" | "auto" (auto: the
+    # measured default; a workflow's options.token_pipelining decides for it, except under "off").
+    prediction: bool = True
+    pinning: bool = True
+    token_pipelining: str = "auto"
+    token_pipelining_blocks: int = 2  # a streaming upstream re-plans its downstream every this many blocks
+    # Prefetch a pending node's whole knowable prefix when P(it runs) ≥ this, else only its static prefix;
+    # only nodes at most `prefetch_horizon` steps from running; per worker at most `prefetch_max_inflight`
+    # prefetches at once, none while it has `prefetch_max_waiting` requests waiting. At dispatch a node
+    # goes to the worker holding its prefix unless that one has more than `prefetch_affinity_slack`
+    # requests above the policy's choice.
+    prefetch_threshold: float = 0.5
+    prefetch_horizon: int = 2
+    prefetch_max_inflight: int = 2
+    prefetch_max_waiting: int = 4
+    prefetch_affinity_slack: int = 2
+    # Pin TTL = expected wait × pin_factor + pin_margin_s, within [pin_min_s, pin_max_s]; a tool call
+    # nothing was learned about is expected to take default_tool_latency_s.
+    pin_factor: float = 1.5
+    pin_margin_s: float = 2.0
+    pin_min_s: float = 5.0
+    pin_max_s: float = 600.0
+    default_tool_latency_s: float = 5.0

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 
 from gateway.config import GatewayConfig
+from gateway.kvindex.credit import L2_CREDIT, L3_CREDIT
 from gateway.router.registry import POLICIES
 
 
@@ -21,7 +23,38 @@ def add_gateway_args(p: argparse.ArgumentParser) -> None:
                    help="model dir with tokenizer.json (default: the one the workers report)")
     p.add_argument("--worker-concurrency", type=int, default=8)
     p.add_argument("--max-body-mb", type=float, default=8.0)
+    p.add_argument("--kvindex-group", default=None,
+                   help="this replica's consumer group on the KV event streams "
+                        "(default: kvindex:{hostname}:{port})")
+    p.add_argument("--kv-credit-l2", type=float, default=L2_CREDIT, help="routing credit of an L2 block (L1 = 1)")
+    p.add_argument("--kv-credit-l3", type=float, default=L3_CREDIT, help="routing credit of an L3 block (L1 = 1)")
     p.add_argument("--log-level", default="info")
+    aware = p.add_argument_group("agent awareness (prediction, prefetch, pins, token pipelining)")
+    aware.add_argument("--no-prediction", dest="prediction", action="store_false",
+                       help="ablation: no prediction at all (no prefetch, no pins, no token pipelining)")
+    aware.add_argument("--no-pinning", dest="pinning", action="store_false",
+                       help="ablation: prefetch predicted prefixes but never pin them")
+    aware.add_argument("--token-pipelining", choices=("auto", "on", "off"), default="auto",
+                       help="prefill downstream prompts while upstream nodes stream (auto: the measured default; "
+                            "a workflow's options.token_pipelining decides for it unless off)")
+    aware.add_argument("--no-token-pipelining", dest="token_pipelining", action="store_const", const="off",
+                       help="ablation: same as --token-pipelining off")
+    aware.add_argument("--prefetch-threshold", type=float, default=0.5,
+                       help="prefetch a branch's whole prefix when P(it runs) >= this, else its static prefix")
+    aware.add_argument("--prefetch-horizon", type=int, default=2, help="prefetch nodes at most this many steps away")
+    aware.add_argument("--prefetch-max-inflight", type=int, default=2, help="prefetches running per worker")
+    aware.add_argument("--prefetch-max-waiting", type=int, default=4,
+                       help="no prefetch to a worker with this many requests waiting")
+    aware.add_argument("--default-tool-latency", type=float, default=5.0,
+                       help="seconds a tool call is expected to take before any was measured")
+
+
+def awareness_options(args: argparse.Namespace) -> dict:
+    """GatewayConfig fields from the agent-awareness flags."""
+    return dict(prediction=args.prediction, pinning=args.pinning, token_pipelining=args.token_pipelining,
+                prefetch_threshold=args.prefetch_threshold, prefetch_horizon=args.prefetch_horizon,
+                prefetch_max_inflight=args.prefetch_max_inflight, prefetch_max_waiting=args.prefetch_max_waiting,
+                default_tool_latency_s=args.default_tool_latency)
 
 
 def run_gateway(args: argparse.Namespace) -> int:
@@ -30,6 +63,9 @@ def run_gateway(args: argparse.Namespace) -> int:
     from gateway.app import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not (0 <= args.kv_credit_l2 <= 1 and 0 <= args.kv_credit_l3 <= 1):
+        print("--kv-credit-l2 and --kv-credit-l3 must be in [0, 1]", file=sys.stderr)
+        return 2
     redis_url = args.redis_url or os.environ.get("REDIS_URL")
     private = None
     if not redis_url:
@@ -39,7 +75,10 @@ def run_gateway(args: argparse.Namespace) -> int:
         redis_url = private.url
     config = GatewayConfig(worker_urls=tuple(args.worker_urls), redis_url=redis_url, policy=args.policy,
                            tokenizer_path=args.tokenizer_path, worker_concurrency=args.worker_concurrency,
-                           max_body_bytes=int(args.max_body_mb * 1024 * 1024))
+                           max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+                           kvindex_group=args.kvindex_group or f"kvindex:{socket.gethostname()}:{args.port}",
+                           kv_credit_l2=args.kv_credit_l2, kv_credit_l3=args.kv_credit_l3,
+                           **awareness_options(args))
     print(f"agentgate gateway listening on http://{args.host}:{args.port} (policy {args.policy}, "
           f"{len(config.worker_urls)} worker(s), redis {redis_url})", flush=True)
     try:

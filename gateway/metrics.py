@@ -7,6 +7,7 @@ Counters and histograms live on one `Metrics` object hung off the app; gauges
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import defaultdict
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -37,13 +38,16 @@ class Counter:
 class Histogram:
     def __init__(self, name: str, help_: str, buckets=LATENCY_BUCKETS):
         self.name, self.help, self.buckets = name, help_, tuple(buckets)
-        self.series: dict[tuple, list] = {}  # labels → [bucket counts..., sum, count]
+        # labels → [count per bucket (not cumulative; the last is above every bound)..., sum, count].
+        # One increment per observation; render() sums them up into Prometheus' cumulative buckets.
+        self.series: dict[tuple, list] = {}
 
     def observe(self, value: float, **labels) -> None:
         key = tuple(sorted(labels.items()))
-        s = self.series.setdefault(key, [0] * len(self.buckets) + [0.0, 0])
-        for i in range(bisect.bisect_left(self.buckets, value), len(self.buckets)):
-            s[i] += 1
+        s = self.series.get(key)
+        if s is None:
+            s = self.series[key] = [0] * (len(self.buckets) + 1) + [0.0, 0]
+        s[bisect.bisect_left(self.buckets, value)] += 1
         s[-2] += value
         s[-1] += 1
 
@@ -51,7 +55,7 @@ class Histogram:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
         for key, s in sorted(self.series.items()):
             labels = dict(key)
-            for bound, count in zip(self.buckets, s):
+            for bound, count in zip(self.buckets, itertools.accumulate(s[:len(self.buckets)])):
                 lines.append(f"{self.name}_bucket{_labels({**labels, 'le': bound})} {count}")
             lines.append(f"{self.name}_bucket{_labels({**labels, 'le': '+Inf'})} {s[-1]}")
             lines.append(f"{self.name}_sum{_labels(labels)} {s[-2]}")
@@ -69,6 +73,27 @@ class Metrics:
         self.cached_tokens = Counter("agentgate_gateway_cached_tokens_total",
                                      "Prompt tokens the workers served from their prefix cache")
         self.routed = Counter("agentgate_gateway_routed_total", "Calls routed, by worker")
+        # Agent awareness (gateway/scheduler/awareness.py, prefetch.py, tagged.py).
+        self.predictions = Counter("agentgate_gateway_predictions_total",
+                                   "Predicted calls whose prefix was prefetched, by source (workflow|client) and "
+                                   "outcome (used: the call came; wasted: it did not)")
+        self.predictable_calls = Counter("agentgate_gateway_predictable_calls_total",
+                                         "Calls that could have been predicted (a workflow node with inputs, an "
+                                         "agent's call after its first), by source and whether they were")
+        self.prefetches = Counter("agentgate_gateway_prefetches_total", "Prefetch/pin requests to workers, by outcome")
+        self.prefetch_deferred = Counter("agentgate_gateway_prefetch_deferred_total",
+                                         "Times a worker's queue was too long to send it a prefetch")
+        self.prefetch_tokens = Counter("agentgate_gateway_prefetch_tokens_total",
+                                       "Prefix tokens made resident by prefetches, by where they came from")
+        self.prefetch_wasted_tokens = Counter("agentgate_gateway_prefetch_wasted_tokens_total",
+                                              "Tokens computed by prefetches whose call never used them")
+        self.prefetch_hits = Counter("agentgate_gateway_prefetch_hits_total",
+                                     "Prefetched calls by whether the worker's cached_tokens covered the prefix")
+        self.prefetch_saved_tokens = Counter("agentgate_gateway_prefetch_saved_tokens_total",
+                                             "cached_tokens of calls whose prefix was prefetched")
+        self.pin_seconds = Counter("agentgate_gateway_pin_seconds_total", "Seconds pins were held, summed")
+        self.pin_token_seconds = Counter("agentgate_gateway_pin_token_seconds_total",
+                                         "Pinned tokens times the seconds they were held")
 
     def observe_usage(self, usage: dict | None) -> None:
         if not usage:
@@ -77,11 +102,36 @@ class Metrics:
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
         self.cached_tokens.inc(cached)
 
+    def prediction_quality(self, source: str) -> tuple[float | None, float | None]:
+        """(precision, recall) of the predictions from `source` so far; None before there is any."""
+        def total(counter: Counter, **match) -> float:
+            return sum(v for k, v in counter.values.items() if all((n, m) in k for n, m in match.items()))
+
+        used = total(self.predictions, source=source, outcome="used")
+        wasted = total(self.predictions, source=source, outcome="wasted")
+        hit = total(self.predictable_calls, source=source, predicted="true")
+        calls = total(self.predictable_calls, source=source)
+        return (used / (used + wasted) if used + wasted else None, hit / calls if calls else None)
+
+    def _prediction_quality(self) -> list[str]:
+        lines = []
+        for i, name in enumerate(("precision", "recall")):
+            lines += [f"# HELP agentgate_gateway_prediction_{name} Prediction {name} so far, by source",
+                      f"# TYPE agentgate_gateway_prediction_{name} gauge"]
+            for source in ("workflow", "client"):
+                value = self.prediction_quality(source)[i]
+                if value is not None:
+                    lines.append(f"agentgate_gateway_prediction_{name}{_labels({'source': source})} {value}")
+        return lines
+
     def render(self, pool, running_workflows: int) -> str:
         lines = []
         for metric in (self.requests, self.latency, self.workflows, self.nodes, self.prompt_tokens,
-                       self.cached_tokens, self.routed):
+                       self.cached_tokens, self.routed, self.predictions, self.predictable_calls, self.prefetches,
+                       self.prefetch_deferred, self.prefetch_tokens, self.prefetch_wasted_tokens, self.prefetch_hits,
+                       self.prefetch_saved_tokens, self.pin_seconds, self.pin_token_seconds):
             lines += metric.render()
+        lines += self._prediction_quality()
         lines += ["# HELP agentgate_gateway_workflows_running Workflows this replica runs now",
                   "# TYPE agentgate_gateway_workflows_running gauge",
                   f"agentgate_gateway_workflows_running {running_workflows}"]

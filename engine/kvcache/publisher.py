@@ -95,7 +95,7 @@ class EventPublisher:
         self.max_batch_events = max_batch_events
         self.stream = stream_key(info.model)
         self.key = worker_key(info.url)
-        self.last_id = "0-0"  # id of the last entry appended; /kv/snapshot reports it as `upto`
+        self._last: tuple[str, int] = ("0-0", -1)  # (id, seq) of the last entry appended, swapped as one
         self.dropped = 0  # events lost before reaching Redis (our buffer's and the EventLog's overflow)
         self.published = 0  # events appended
         self.batches = 0  # entries appended
@@ -111,6 +111,16 @@ class EventPublisher:
         self._backoff = 0.0
         self._outage_since: float | None = None
         self._next_beat = 0.0
+
+    @property
+    def last_id(self) -> str:
+        """Id of the last entry appended ("0-0" if none); /kv/snapshot reports it as `upto`."""
+        return self._last[0]
+
+    @property
+    def last_entry(self) -> tuple[str, int]:
+        """(id, seq) of the last entry appended, read together (/kv/snapshot's upto and upto_seq)."""
+        return self._last
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "EventPublisher":
@@ -151,6 +161,12 @@ class EventPublisher:
                     self._heartbeat()
             except (RedisError, OSError) as exc:
                 self._failed(exc)
+            except Exception:  # a bug must not end the thread: the worker would fall out of the registry
+                log.exception("publishing KV events failed; dropping %d buffered events", len(self._buffer))
+                self.dropped += len(self._buffer)
+                self._buffer.clear()
+                self._resync = True
+                self._failed(RuntimeError("publisher error"))
             else:
                 self._recovered()
         self._finish()
@@ -204,7 +220,7 @@ class EventPublisher:
                 pipe.sadd(WORKERS_SET, self.info.url)
                 pipe.xadd(self.stream, batch.fields(), maxlen=self.maxlen, approximate=True)
                 entry_id = pipe.execute()[-1]
-            self.last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            self._last = (entry_id.decode() if isinstance(entry_id, bytes) else entry_id, self._seq)
             for _ in range(n):
                 self._buffer.popleft()
             self._seq += 1

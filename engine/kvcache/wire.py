@@ -36,6 +36,9 @@ GET /kv/snapshot on a worker returns a Snapshot as JSON:
   every entry of that worker after `upto`. Replaying entries that happened
   before the snapshot is harmless: each op sets a block's state, so the last
   op on each block wins and the state after the replay is the worker's.
+  Optional `upto_seq`: the seq of that entry (-1 with "0-0"), so a reader
+  knows the next seq to expect and spots a gap right after a snapshot; a
+  reader given no `upto_seq` accepts whatever seq comes next.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from engine.kvcache.publisher import EventPublisher, RedisUnavailableError, connect
+from engine.kvcache.publisher import EventPublisher, RedisUnavailableError, connect, redact
 from engine.kvcache.wire import HEARTBEAT_TTL_S, TIERS, WorkerInfo
 
 if TYPE_CHECKING:  # the flags must parse without importing torch (agentgate --help)
@@ -45,6 +45,11 @@ def setup_publishing(app: web.Application, engine: Engine, args: argparse.Namesp
     """
     if args.worker_heartbeat_ttl <= 0:
         raise SystemExit(f"--worker-heartbeat-ttl must be positive, got {args.worker_heartbeat_ttl}")
+    if args.redis_url:
+        try:
+            connect(args.redis_url).close()
+        except RedisUnavailableError as exc:
+            raise SystemExit(f"agentgate worker: {exc}") from None
     url = (args.advertise_url or f"http://{args.host}:{args.port}").rstrip("/")
     info = WorkerInfo(url=url, model=engine.cfg.served_model_name, kind="agentgate", epoch=secrets.token_hex(8),
                       block_size=engine.cfg.block_size, l3=engine.l3_id, started=time.time())
@@ -52,10 +57,10 @@ def setup_publishing(app: web.Application, engine: Engine, args: argparse.Namesp
     app.router.add_get("/kv/snapshot", kv_snapshot)
     if not args.redis_url:
         return
-    try:
-        connect(args.redis_url).close()
-    except RedisUnavailableError as exc:
-        raise SystemExit(f"agentgate worker: {exc}") from None
+    from engine.worker.bridge import SERVER_ARGS
+
+    if app.get(SERVER_ARGS, {}).get("redis_url"):  # /get_server_info echoes the flags: never a password
+        app[SERVER_ARGS]["redis_url"] = redact(args.redis_url)
     app[PUBLISHER] = EventPublisher(args.redis_url, info, engine.events, heartbeat_ttl_s=args.worker_heartbeat_ttl)
     app.cleanup_ctx.append(_publisher_lifecycle)
 
@@ -75,8 +80,8 @@ async def kv_snapshot(request: web.Request) -> web.Response:
     publisher = request.app.get(PUBLISHER)
     # Read before the engine snapshot: every event after `upto` is then either in the snapshot or
     # in an entry after it, and replaying those is harmless (wire.py).
-    upto = publisher.last_id if publisher is not None else "0-0"
+    upto, upto_seq = publisher.last_entry if publisher is not None else ("0-0", -1)
     snap = await asyncio.wrap_future(engine.call(engine.kv_snapshot))
     return json_response({"worker": info.url, "model": info.model, "epoch": info.epoch,
-                          "block_size": snap["block_size"], "l3": snap["l3"], "upto": upto,
+                          "block_size": snap["block_size"], "l3": snap["l3"], "upto": upto, "upto_seq": upto_seq,
                           "tiers": {tier: snap["tiers"].get(tier, []) for tier in TIERS}})

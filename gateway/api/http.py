@@ -31,7 +31,10 @@ async def read_body(request: web.Request) -> bytes:
 
 
 async def read_json(request: web.Request):
-    raw = await read_body(request)
+    return parse_json(await read_body(request))
+
+
+def parse_json(raw: bytes):
     try:
         return orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError as exc:

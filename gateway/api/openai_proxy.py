@@ -4,26 +4,27 @@ The body is forwarded as the client sent it, minus `agent_hints` (which may also
 come as `x-agent-*` headers; neither reaches the worker). Responses — JSON or
 SSE — are relayed byte for byte, so the worker's `usage` (with
 prompt_tokens_details.cached_tokens) reaches the client untouched. A call that
-cannot connect, or gets a 5xx before any byte was relayed, is retried on another
-worker; once streaming has begun, a broken worker ends the stream with an error event.
+cannot connect, gets a 5xx, or whose JSON reply breaks off is retried on another
+worker (nothing was relayed yet); once streaming has begun, a broken worker ends
+the stream with an error event.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
-import aiohttp
 import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from engine.errors import AgentGateError, BadRequestError
-from gateway.api.http import json_response, read_json
+from gateway.api.http import json_response, parse_json, read_body
 from gateway.api.schemas import AgentHints
 from gateway.errors import NoWorkerError, WorkerCallError
 from gateway.keys import CONFIG, HASHER, METRICS, POLICY, POOL, TEMPLATES
 from gateway.router.base import RouteRequest
+from gateway.scheduler.awareness_ctx import TAGGED
+from gateway.workers.http1 import Response
 
 log = logging.getLogger("agentgate.gateway")
 PROXY_ATTEMPTS = 3
@@ -72,20 +73,25 @@ async def route_request(request: web.Request, path: str, body: dict) -> RouteReq
 
 
 async def proxy(request: web.Request, path: str) -> web.StreamResponse:
-    body = await read_json(request)
+    raw = await read_body(request)
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise BadRequestError("the request body must be a JSON object")
     hints = extract_hints(body, request.headers)
+    tagged = None
     if hints is not None and hints.template and hints.node_id:
         agent = hints.agent_id or hints.workflow_id or request.remote or "anonymous"
         try:
             await request.app[TEMPLATES].record_call(hints.template, agent, hints.node_id)
+            # Client-driven agent: prefer the worker its predicted prefix went to; predict its next call after.
+            tagged = await request.app[TAGGED].begin(hints.template, hints.node_id, agent, path, body,
+                                                     hints.pin_ttl_s)
         except (OSError, RedisError) as exc:  # learning is best effort; the call itself goes on
             log.warning("could not record a template transition: %s", exc)
     pool, policy, metrics = request.app[POOL], request.app[POLICY], request.app[METRICS]
     needs_prefix = policy.uses_prefix and len(pool.healthy()) > 1
     route = await route_request(request, path, body) if needs_prefix else RouteRequest(prompt_tokens=0)
-    payload = orjson.dumps(body)
+    payload = raw if hints is None else orjson.dumps(body)  # as sent, unless agent_hints came out of it
     tried: list[str] = []
     last_error: WorkerCallError | None = None
     for _ in range(PROXY_ATTEMPTS):
@@ -93,49 +99,59 @@ async def proxy(request: web.Request, path: str) -> web.StreamResponse:
         if not candidates:
             break
         url = policy.choose(route, candidates)
+        if tagged is not None:
+            url = request.app[TAGGED].prefer(tagged, url, candidates)
         policy.on_routed(route, url)
         worker = pool.reserve(url)
         metrics.routed.inc(worker=url)
+        resp = data = None
         try:
             resp = await worker.client.open("POST", path, payload)
+            if resp.content_type != "text/event-stream":  # read it all here, while another worker may retry it
+                data = await worker.client.read(resp, f"POST {path}")
         except WorkerCallError as exc:
+            if resp is not None:
+                resp.release()
             pool.release(url)
             pool.record_failure(url, exc)
             tried.append(url)
             last_error = exc
             continue
         try:
-            return await _relay(request, resp, metrics, url)
+            return _reply(resp, data, metrics) if data is not None else await _relay_stream(request, resp, url)
         finally:
             resp.release()
             pool.release(url)
+            if tagged is not None:
+                request.app[TAGGED].end(tagged, url)
     retry_after = request.app[CONFIG].retry_after_s
     if last_error is not None:
         raise NoWorkerError(f"every worker tried failed; last: {last_error}", retry_after=retry_after)
     raise NoWorkerError(retry_after=retry_after)
 
 
-async def _relay(request: web.Request, resp, metrics, url: str) -> web.StreamResponse:
-    if resp.content_type != "text/event-stream":
-        data = await resp.read()
-        if resp.status == 200 and resp.content_type == "application/json":
-            try:
-                parsed = orjson.loads(data)
-                if isinstance(parsed, dict):
-                    metrics.observe_usage(parsed.get("usage"))
-            except orjson.JSONDecodeError:
-                pass
-        return web.Response(body=data, status=resp.status, content_type=resp.content_type)
+def _reply(resp: Response, data: bytes, metrics) -> web.Response:
+    if resp.status == 200 and resp.content_type == "application/json":
+        try:
+            parsed = orjson.loads(data)
+            if isinstance(parsed, dict):
+                metrics.observe_usage(parsed.get("usage"))
+        except orjson.JSONDecodeError:
+            pass
+    return web.Response(body=data, status=resp.status, content_type=resp.content_type or "application/json")
+
+
+async def _relay_stream(request: web.Request, resp: Response, url: str) -> web.StreamResponse:
     out = web.StreamResponse(status=resp.status, headers={"Content-Type": "text/event-stream",
                                                           "Cache-Control": "no-cache"})
     await out.prepare(request)
-    chunks = resp.content.iter_any().__aiter__()
+    chunks = resp.iter_chunks().__aiter__()
     while True:
         try:
             chunk = await chunks.__anext__()
         except StopAsyncIteration:
             break
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except OSError as exc:  # timeouts included
             # The worker broke mid-stream: tell the client instead of leaving it hanging.
             log.warning("stream from %s broke: %r", url, exc)
             err = {"error": {"message": f"worker stream broken: {exc!r}", "type": "service_unavailable",

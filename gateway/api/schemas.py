@@ -74,6 +74,15 @@ class EdgeIn(BaseModel):
     condition: ConditionIn | None = None
 
 
+class WorkflowOptionsIn(BaseModel):
+    """Per-workflow switches (None: the gateway's default)."""
+    model_config = ConfigDict(extra="forbid")
+    token_pipelining: bool | None = None  # prefill downstream prompts while upstream nodes stream
+
+    def to_spec(self) -> dict:
+        return self.model_dump(exclude_none=True)
+
+
 class WorkflowIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     nodes: list[NodeIn] = Field(min_length=1, max_length=10_000)
@@ -81,12 +90,14 @@ class WorkflowIn(BaseModel):
     inputs: dict[str, Any] = {}
     template: str | None = None
     priority: int = 0
+    options: WorkflowOptionsIn = WorkflowOptionsIn()
 
     def to_spec(self, default_max_tokens: int) -> WorkflowSpec:
         return WorkflowSpec(nodes=tuple(n.to_spec(default_max_tokens) for n in self.nodes),
                             edges=tuple(EdgeSpec(e.source, e.target, e.condition.to_spec() if e.condition else None)
                                         for e in self.edges),
-                            inputs=dict(self.inputs), template=self.template, priority=self.priority)
+                            inputs=dict(self.inputs), template=self.template, priority=self.priority,
+                            options=self.options.to_spec())
 
 
 class NodeResultIn(BaseModel):

@@ -13,6 +13,7 @@ from gateway.api.schemas import NodeResultIn, WorkflowIn, parse_or_422
 from gateway.errors import ValidationProblems
 from gateway.keys import CONFIG, SCHEDULER, STORE
 from gateway.planner.dag import validate
+from gateway.state.prefetch_log import PrefetchLog, summarize
 
 EVENT_POLL_MS = 1000
 MAX_PAGE = 200
@@ -56,6 +57,7 @@ async def get_workflow(request: web.Request) -> web.Response:
     store = request.app[STORE]
     meta = await _load(request, wf_id)
     nodes = await store.nodes(wf_id)
+    prefetch = await PrefetchLog(store.r, request.app[CONFIG].key_prefix).all(wf_id)
     out_nodes, outputs, prompt, cached = {}, {}, 0, 0
     for node in meta["spec"]["nodes"]:
         state = nodes.get(node["id"], {"status": "pending"})
@@ -69,12 +71,14 @@ async def get_workflow(request: web.Request) -> web.Response:
             "usage": state.get("usage"),
             "timings": {"started": started, "finished": finished,
                         "ttft_s": first - started if first and started else None,
-                        "duration_s": finished - started if finished and started else None}}
+                        "duration_s": finished - started if finished and started else None},
+            "prefetch": prefetch.get(node["id"])}
         if state["status"] == "finished":
             outputs[node["id"]] = state.get("output")
     return json_response({**_summary(wf_id, meta), "nodes": out_nodes, "outputs": outputs,
                           "cache": {"prompt_tokens": prompt, "cached_tokens": cached,
-                                    "hit_rate": cached / prompt if prompt else 0.0}})
+                                    "hit_rate": cached / prompt if prompt else 0.0},
+                          "prefetch": summarize(prefetch)})
 
 
 def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -105,16 +109,18 @@ async def list_workflows(request: web.Request) -> web.Response:
 
 
 async def cancel_workflow(request: web.Request) -> web.Response:
+    """200 "cancelled"; 202 "cancelling" if the replica that runs it has not confirmed within a lease period."""
     wf_id = request.match_info["id"]
     status = await request.app[SCHEDULER].cancel(wf_id)
-    return json_response({"id": wf_id, "status": status})
+    return json_response({"id": wf_id, "status": status}, status=200 if status == "cancelled" else 202)
 
 
 async def post_result(request: web.Request) -> web.Response:
+    """200 "finished"; 202 "accepted" if the replica that runs it has not taken it within a lease period."""
     wf_id, node = request.match_info["id"], request.match_info["node"]
     body = parse_or_422(NodeResultIn, await read_json(request))
-    await request.app[SCHEDULER].post_result(wf_id, node, body.output)
-    return json_response({"id": wf_id, "node": node, "status": "finished"})
+    status = await request.app[SCHEDULER].post_result(wf_id, node, body.output)
+    return json_response({"id": wf_id, "node": node, "status": status}, status=200 if status == "finished" else 202)
 
 
 async def events(request: web.Request) -> web.StreamResponse:

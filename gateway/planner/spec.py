@@ -52,6 +52,7 @@ class WorkflowSpec:
     inputs: dict = field(default_factory=dict)
     template: str | None = None
     priority: int = 0
+    options: dict = field(default_factory=dict)  # per-workflow switches, e.g. {"token_pipelining": true}
 
     def node(self, node_id: str) -> NodeSpec:
         for n in self.nodes:
@@ -69,4 +70,4 @@ def spec_from_json(data: dict) -> WorkflowSpec:
     edges = tuple(EdgeSpec(e["source"], e["target"], Condition(**e["condition"]) if e.get("condition") else None)
                   for e in data["edges"])
     return WorkflowSpec(nodes=nodes, edges=edges, inputs=data.get("inputs") or {}, template=data.get("template"),
-                        priority=data.get("priority", 0))
+                        priority=data.get("priority", 0), options=data.get("options") or {})

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from engine.kvcache.hashing import block_hashes
+from engine.kvcache.hashing import hash_block, root_hash
 from engine.tokenizer import Tokenizer
 from gateway.router.base import RouteRequest
 from gateway.router.segment_cache import SegmentEncoder
@@ -23,6 +23,9 @@ log = logging.getLogger("agentgate.gateway")
 BLOCK_SIZE = 16
 # Prompts longer than this are tokenized off the event loop.
 THREAD_THRESHOLD_CHARS = 20_000
+# Remembered (parent hash, block) → block hash pairs: 16 ids each, about 250 bytes an entry.
+MAX_MEMO_BLOCKS = 50_000
+MAX_MEMO_SALTS = 10_000
 
 
 def _flatten(content) -> str:
@@ -45,6 +48,38 @@ def normalize_messages(messages: list) -> list[dict]:
     return out
 
 
+class BlockHashMemo:
+    """engine.kvcache.hashing.block_hashes, remembering each (parent hash, block) it hashed.
+
+    Agents resend the same system prompts and histories, so most blocks of a call were hashed
+    before; a dict look-up of the block's ids costs a tenth of hashing it again. The result is
+    the engine's hash exactly (a miss calls hash_block); the oldest entries go first when full.
+    """
+
+    def __init__(self, max_blocks: int = MAX_MEMO_BLOCKS):
+        self.max_blocks = max_blocks
+        self._memo: dict[tuple[int, tuple[int, ...]], int] = {}
+        self._roots: dict[str | None, int] = {None: root_hash(None)}
+
+    def __call__(self, ids: list[int], block_size: int, salt: str | None = None) -> list[int]:
+        h = self._roots.get(salt)
+        if h is None:
+            h = self._roots[salt] = root_hash(salt)
+            if len(self._roots) > MAX_MEMO_SALTS:  # tenants come and go
+                del self._roots[next(k for k in self._roots if k is not None)]
+        memo, out = self._memo, []
+        for start in range(0, len(ids) - block_size + 1, block_size):
+            key = (h, tuple(ids[start:start + block_size]))
+            nxt = memo.get(key)
+            if nxt is None:
+                nxt = memo[key] = hash_block(h, key[1])
+                if len(memo) > self.max_blocks:
+                    del memo[next(iter(memo))]
+            out.append(nxt)
+            h = nxt
+        return out
+
+
 class PromptHasher:
     def __init__(self, tokenizer: Tokenizer | None = None, block_size: int = BLOCK_SIZE,
                  encoder: SegmentEncoder | None = None):
@@ -52,6 +87,7 @@ class PromptHasher:
         self.encoder = encoder  # cached piecewise encode; None = encode whole texts
         self.block_size = block_size
         self.tried: str | None = None  # the last model dir a tokenizer was looked for in
+        self.block_hashes = BlockHashMemo()
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path | None, block_size: int = BLOCK_SIZE) -> "PromptHasher":
@@ -78,8 +114,8 @@ class PromptHasher:
         return self.encoder.encode(text) if self.encoder is not None else self.tokenizer.encode(text)
 
     def route_for_ids(self, ids: list[int], salt: str | None = None) -> RouteRequest:
-        return RouteRequest(prompt_tokens=len(ids), block_hashes=tuple(block_hashes(ids, self.block_size, salt)),
-                            block_size=self.block_size)
+        hashes = self.block_hashes(ids, self.block_size, salt)
+        return RouteRequest(prompt_tokens=len(ids), block_hashes=tuple(hashes), block_size=self.block_size)
 
     async def for_chat(self, messages: list, *, tools=None, template_kwargs: dict | None = None,
                        salt: str | None = None) -> RouteRequest:

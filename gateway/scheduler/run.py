@@ -11,6 +11,7 @@ inputs exist, never level by level.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -61,6 +62,10 @@ class WorkflowRun:
         self.status = "running"
         self.running = 0  # calls of this workflow on workers now
         self.dispatched = 0  # calls dispatched since this replica took it (fair share)
+        # Held from a node's resolution (finished/failed/skipped/cancelled, saved and its event appended)
+        # through the advance that follows, so a node_started never precedes the node_finished it
+        # depends on, even when two results arrive at once.
+        self.resolving = asyncio.Lock()
 
     def node_spec(self, node_id: str):
         return self.graph.nodes[node_id]["spec"]

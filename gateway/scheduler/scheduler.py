@@ -31,7 +31,7 @@ from gateway.planner.spec import WorkflowSpec, spec_from_json, spec_to_json
 from gateway.router.base import RouteRequest, RoutingPolicy
 from gateway.router.prompts import PromptHasher
 from gateway.scheduler.executor import chat_body, render_messages, run_chat
-from gateway.scheduler.lifecycle import Lifecycle
+from gateway.scheduler.lifecycle import CANCELLED, Lifecycle
 from gateway.scheduler.run import NodeState, WorkflowRun
 from gateway.state.store import WorkflowStore
 from gateway.workers.pool import WorkerPool
@@ -48,6 +48,7 @@ class Scheduler(Lifecycle):
         self.hasher = hasher
         self.ready: dict[tuple[str, str], tuple[float, int]] = {}  # (wf, node) → (enqueued at, seq)
         self._seq = 0
+        self._enqueued = asyncio.Event()  # set by enqueue(): wakes an idle dispatch loop
 
     # -- entry points ----------------------------------------------------------------------------
     async def submit(self, spec: WorkflowSpec) -> str:
@@ -57,8 +58,9 @@ class Scheduler(Lifecycle):
         run = WorkflowRun(wf_id, spec, created)
         self.runs[wf_id] = run
         self.metrics.workflows.inc(status="submitted")
-        await self.store.append_event(wf_id, "workflow_started", {"workflow": wf_id})
-        await self.advance(run)
+        async with run.resolving:
+            await self.store.append_event(wf_id, "workflow_started", {"workflow": wf_id})
+            await self.advance(run)
         return wf_id
 
     async def resume(self, wf_id: str) -> None:
@@ -74,13 +76,19 @@ class Scheduler(Lifecycle):
         self.runs[wf_id] = run
         log.info("resuming workflow %s (%d nodes finished)", wf_id,
                  sum(s.status == "finished" for s in run.nodes.values()))
-        await self.store.append_event(wf_id, "workflow_resumed", {"workflow": wf_id, "owner": self.owner})
-        await self.advance(run)
+        async with run.resolving:
+            await self.store.append_event(wf_id, "workflow_resumed", {"workflow": wf_id, "owner": self.owner})
+            if meta.get("cancel"):  # asked while no replica ran it: end it before dispatching anything
+                await self.finish(run, "cancelled", CANCELLED)
+                return
+            await self.advance(run)
+        await self.serve_requests(wf_id)  # results posted while no replica ran it
 
     # -- ready set → workers -----------------------------------------------------------------------
     def enqueue(self, run: WorkflowRun, node: str) -> None:
         self._seq += 1
         self.ready[(run.id, node)] = (time.monotonic(), self._seq)
+        self._enqueued.set()
         self.pool.notify()
 
     def _priority(self, key: tuple[str, str], now: float):
@@ -109,6 +117,8 @@ class Scheduler(Lifecycle):
             messages = render_messages(run.node_spec(key[1]), run.outputs(), run.spec.inputs)
             route = self._route(messages)
             url = self.policy.choose(route, candidates)
+            if self.awareness is not None:  # where its prefix was prefetched, unless clearly busier
+                url = self.awareness.choose_worker(run, key[1], candidates, url)
             self.policy.on_routed(route, url)
             self.pool.reserve(url)
             del self.ready[key]
@@ -130,11 +140,15 @@ class Scheduler(Lifecycle):
 
     async def dispatch_loop(self) -> None:
         while True:
+            self._enqueued.clear()  # before looking: an enqueue from here on wakes the wait below
             try:
                 self.dispatch_ready()
             except Exception:  # a bug must not stop every workflow: log it, try again on the next change
                 log.exception("dispatch failed")
-            await self.pool.wait_changed(timeout=1.0)
+            if self.ready:  # nodes wait for a slot: any change in the pool may free one
+                await self.pool.wait_changed(timeout=1.0)
+            else:  # nothing to place: sleep through the pool changes every proxied call makes
+                await self._enqueued.wait()
 
     # -- one LLM node --------------------------------------------------------------------------------
     async def _run_llm(self, run: WorkflowRun, node: str, url: str, messages: list[dict]) -> None:
@@ -149,16 +163,21 @@ class Scheduler(Lifecycle):
                                                                    "attempt": state.attempts})
 
             async def on_delta(text: str) -> None:
+                if self.awareness is not None:
+                    self.awareness.on_tokens(run, node, text)
                 await self.store.append_event(run.id, "token", {"node": node, "text": text})
 
             def on_first() -> None:
                 state.first_token = time.time()
+                if self.awareness is not None:
+                    self.awareness.on_call_started(run, node)
 
             body = chat_body(spec, messages, state.rid, worker.model_info.get("served_model_name"))
             result = await run_chat(worker.client, body, on_delta, on_first)
         except WorkerCallError as exc:
             self._release(run, url)
-            await self._call_failed(run, node, url, exc)
+            async with run.resolving:
+                await self._call_failed(run, node, url, exc)
             return
         except asyncio.CancelledError:
             self._release(run, url)
@@ -166,15 +185,16 @@ class Scheduler(Lifecycle):
         # The slot is freed only after the successors are enqueued, so they compete for it at once
         # (the critical path continues on the slot its predecessor just left).
         try:
-            state.status, state.output, state.usage = "finished", result.text, result.usage
-            state.finished = time.time()
-            self.metrics.observe_usage(result.usage)
-            await self.store.save_node(run.id, node, state.to_json())
-            await self.store.append_event(run.id, "node_finished", {
-                "node": node, "status": "finished", "output": result.text, "usage": result.usage, "worker": url,
-                "finish_reason": result.finish_reason})
-            self.metrics.nodes.inc(status="finished")
-            await self.advance(run)
+            async with run.resolving:
+                state.status, state.output, state.usage = "finished", result.text, result.usage
+                state.finished = time.time()
+                self.metrics.observe_usage(result.usage)
+                await self.store.save_node(run.id, node, state.to_json())
+                await self.store.append_event(run.id, "node_finished", {
+                    "node": node, "status": "finished", "output": result.text, "usage": result.usage,
+                    "worker": url, "finish_reason": result.finish_reason})
+                self.metrics.nodes.inc(status="finished")
+                await self.advance(run)
         finally:
             self._release(run, url)
 
@@ -183,6 +203,7 @@ class Scheduler(Lifecycle):
         self.pool.release(url)
 
     async def _call_failed(self, run: WorkflowRun, node: str, url: str, exc: WorkerCallError) -> None:
+        """Retry the node elsewhere or fail the workflow. The caller holds run.resolving."""
         state, spec = run.nodes[node], run.node_spec(node)
         log.warning("workflow %s node %s failed on %s (attempt %d): %s", run.id, node, url, state.attempts, exc)
         if exc.retryable:
@@ -207,6 +228,8 @@ class Scheduler(Lifecycle):
 
     # -- results → next nodes -------------------------------------------------------------------------
     async def advance(self, run: WorkflowRun) -> None:
+        """Mark, save and announce what the last resolution made ready or skipped. The caller holds
+        run.resolving and has already appended that resolution's node_finished."""
         if run.status != "running":
             return
         ready, skipped = run.advance()
@@ -228,5 +251,7 @@ class Scheduler(Lifecycle):
                 llm_ready.append(node)
         for node in llm_ready:  # all at once, so the dispatcher ranks them together
             self.enqueue(run, node)
+        if self.awareness is not None:
+            self.awareness.on_advance(run)
         if run.is_complete():
             await self.finish(run, "finished")

@@ -1,10 +1,13 @@
 """Workflow state in Redis: what a restarted gateway (or another replica) needs to resume.
 
 Keys (prefix `ag`):
-  ag:wf:{id}           hash  spec (JSON), status, created, updated, error, template, priority
+  ag:wf:{id}           hash  spec (JSON), status, created, updated, error, template, priority,
+                             cancel (set when a replica that does not own it was asked to cancel it)
   ag:wf:{id}:nodes     hash  node id → node state JSON (status, output, worker, timings, usage)
   ag:wf:{id}:events    stream of {type, data}; its entry ids are the SSE event ids
   ag:wf:{id}:owner     string with a TTL: the replica running the workflow (a lease)
+  ag:wf:{id}:inbox     hash  node id → result posted on a replica that does not own the workflow
+  ag:control           pub/sub channel: {"op": "cancel"|"result", "wf": id} nudges the owner at once
   ag:workflows         zset  id → created time (listing)
   ag:workflows:active  set   ids not finished yet (what a restart resumes)
   ag:workers           set   worker URLs registered for discovery
@@ -79,6 +82,46 @@ class WorkflowStore:
 
     async def active_ids(self) -> list[str]:
         return sorted(await self.r.smembers(f"{self.p}:workflows:active"))
+
+    # -- requests for the owner (posted on another replica) ---------------------------------------
+    # Durable first (the owner's lease loop and a resume find them even if the nudge is lost),
+    # then published, so the owner acts at once.
+    @property
+    def control_channel(self) -> str:
+        return f"{self.p}:control"
+
+    async def request_cancel(self, wf_id: str) -> None:
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(self._wf(wf_id), "cancel", time.time())
+            pipe.publish(self.control_channel, orjson.dumps({"op": "cancel", "wf": wf_id}))
+            await pipe.execute()
+
+    async def post_to_inbox(self, wf_id: str, node_id: str, output: str) -> bool:
+        """False when a result for that node already waits in the inbox."""
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(self._wf(wf_id, ":inbox"), node_id, output)
+            pipe.publish(self.control_channel, orjson.dumps({"op": "result", "wf": wf_id}))
+            added, _ = await pipe.execute()
+        return bool(added)
+
+    async def take_inbox(self, wf_id: str) -> dict[str, str]:
+        """The results waiting for `wf_id`, removed from the inbox."""
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self._wf(wf_id, ":inbox"))
+            pipe.delete(self._wf(wf_id, ":inbox"))
+            results, _ = await pipe.execute()
+        return results
+
+    async def pending_requests(self, wf_ids: list[str]) -> tuple[set[str], set[str]]:
+        """Of `wf_ids`: (those asked to cancel, those with results in their inbox), in one round trip."""
+        if not wf_ids:
+            return set(), set()
+        async with self.r.pipeline(transaction=False) as pipe:
+            for wf_id in wf_ids:
+                pipe.hexists(self._wf(wf_id), "cancel")
+                pipe.exists(self._wf(wf_id, ":inbox"))
+            flags = await pipe.execute()
+        return ({w for w, f in zip(wf_ids, flags[0::2]) if f}, {w for w, f in zip(wf_ids, flags[1::2]) if f})
 
     # -- nodes ---------------------------------------------------------------------------------
     async def save_node(self, wf_id: str, node_id: str, state: dict) -> None:

@@ -58,6 +58,7 @@ class FakeWorker:
     reject_zero_max_new_tokens: bool = False
     seen_units: list[list] = field(default_factory=list)  # /generate prompts, as token lists
     pins: dict[str, dict] = field(default_factory=dict)
+    pins_made: int = 0
     port: int = field(default_factory=free_port)
     runner: web.AppRunner | None = None
 
@@ -224,9 +225,10 @@ class FakeWorker:
         return web.json_response(out)
 
     def _pin(self, body: dict, prompt: int) -> dict:
-        pin = {"pin_id": f"pin-{len(self.pins)}", "pinned_tokens": prompt // 16 * 16,
+        pin = {"pin_id": f"pin-{self.pins_made}", "pinned_tokens": prompt // 16 * 16,
                "expires_in_s": body.get("ttl_s") or body.get("pin_ttl_s")}
         self.pins[pin["pin_id"]] = pin
+        self.pins_made += 1  # ids never repeat, as the engine's (block hashes) do not for different prefixes
         return pin
 
     async def kv_pin(self, request):

@@ -145,3 +145,20 @@ def test_piecewise_cached_encoding_equals_whole_text_encoding(tokenizer, model_d
     for text in texts * 2:  # the second round is served from the cache
         assert encoder.encode(text) == tokenizer.encode(text), repr(text[:80])
     assert encoder.hits > 0
+
+
+def test_block_hash_memo_gives_the_engines_hashes_and_stays_bounded():
+    import random
+
+    from gateway.router.prompts import BlockHashMemo
+
+    memo = BlockHashMemo(max_blocks=8)
+    rng = random.Random(3)
+    shared = [rng.randrange(50_000) for _ in range(80)]
+    for _ in range(3):  # repeats are served from the memo, and must not drift
+        for salt in (None, "tenant-a", "tenant-b"):
+            tail = [rng.randrange(50_000) for _ in range(rng.randrange(40))]
+            ids = shared + tail
+            assert memo(ids, 16, salt) == block_hashes(ids, 16, salt)
+    assert memo(shared, 16, "tenant-a") != memo(shared, 16, "tenant-b")
+    assert len(memo._memo) <= 8

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from gateway.keys import STORE
 from tests.gateway.support import llm
 
 pytestmark = pytest.mark.asyncio
@@ -156,3 +157,43 @@ async def test_a_stalled_sse_consumer_does_not_hold_the_workflow_back(gateway, f
     status, text, _ = await gw.call("GET", "/metrics")
     assert 'agentgate_gateway_workflows_total{status="finished"} 1.0' in text
     assert "agentgate_gateway_workflows_running 0" in text
+
+
+async def test_simultaneous_external_results_keep_the_event_stream_causal(gateway, fake_workers):
+    """Three tool results posted at once: every node_started in the replayed stream comes after the
+    node_finished of each node it depends on. Appending node_finished is made slow, so that a
+    replica advancing the DAG before its own node_finished is written would show it here."""
+    (w,) = await fake_workers(1)
+    gw = await gateway([w.url])
+    store = gw.app[STORE]
+    append = store.append_event
+
+    async def slow_finish(wf_id, type_, data):
+        if type_ == "node_finished":
+            await asyncio.sleep(0.02)
+        return await append(wf_id, type_, data)
+
+    store.append_event = slow_finish
+    tools = ["t1", "t2", "t3"]
+    wf = await gw.submit({
+        "nodes": [*({"id": t, "type": "external"} for t in tools), llm("join", "{{t1}} {{t2}} {{t3}}"),
+                  {"id": "gate", "type": "external"}, llm("last", "{{join}} {{gate}}")],
+        "edges": [{"from": "t1", "to": "gate"}, {"from": "t2", "to": "gate"}]})
+    for t in tools:
+        await gw.wait_node(wf, t, "waiting")
+    posted = await asyncio.gather(*(gw.call("POST", f"/v1/workflows/{wf}/nodes/{t}/result", {"output": t})
+                                    for t in tools))
+    assert [status for status, _, _ in posted] == [200, 200, 200], posted
+    await gw.wait_node(wf, "gate", "waiting")
+    status, _, _ = await gw.call("POST", f"/v1/workflows/{wf}/nodes/gate/result", {"output": "open"})
+    assert status == 200
+    body = await gw.wait(wf)
+    assert body["status"] == "finished", body
+    depends = {"join": tools, "gate": ["t1", "t2"], "last": ["join", "gate"]}
+    events = await gw.events(wf)
+    finished_at = {e["data"]["node"]: i for i, e in enumerate(events) if e["event"] == "node_finished"}
+    for i, e in enumerate(events):
+        if e["event"] == "node_started":
+            node = e["data"]["node"]
+            late = [p for p in depends.get(node, []) if finished_at[p] > i]
+            assert not late, f"{node} started before {late} finished: {[x['event'] for x in events]}"

@@ -1,0 +1,1 @@
+"""The KV index: which worker holds which KV block in which tier, fed from the workers' Redis streams."""

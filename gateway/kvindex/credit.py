@@ -1,0 +1,64 @@
+"""Tier credit: how much a cached block saves, by the tier it sits in, and the
+KV index as the kv_aware policy's PrefixSource.
+
+A block in L1 saves its whole prefill (credit 1.0). One in L2 must first be
+copied from host RAM, one in L3 read from the shared store, so they save less.
+The L2/L3 numbers below are placeholders until scripts/bench_tiers measures
+copy-in and load time against recompute; they live here and nowhere else
+(GatewayConfig's defaults and --kv-credit-l2/--kv-credit-l3 read them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.kvindex.index import NO_MATCH, KVIndex, PrefixMatch
+from gateway.router.policies.kv_aware import PrefixSource
+
+L1_CREDIT = 1.0
+L2_CREDIT = 0.9
+L3_CREDIT = 0.7
+
+
+@dataclass(frozen=True)
+class TierCredit:
+    l1: float = L1_CREDIT
+    l2: float = L2_CREDIT
+    l3: float = L3_CREDIT
+
+    def __post_init__(self) -> None:
+        if not all(0.0 <= w <= 1.0 for w in (self.l1, self.l2, self.l3)):
+            raise ValueError(f"tier credits must be in [0, 1], got {self}")
+
+    def of(self, match: PrefixMatch) -> float:
+        return match.l1 * self.l1 + match.l2 * self.l2 + match.l3 * self.l3
+
+
+class IndexPrefixSource:
+    """matched_blocks from the KV index where it covers the worker, else from `fallback`
+    (the gateway's own PrefixRecord: workers that publish nothing keep the old behaviour).
+
+    kv_aware asks once per candidate worker for the same chain; the first ask
+    computes every worker's match and the rest read it back, until the chain or
+    the index changes.
+    """
+
+    def __init__(self, index: KVIndex, fallback: PrefixSource, credit: TierCredit = TierCredit()):
+        self.index = index
+        self.fallback = fallback
+        self.credit = credit
+        self._chain: Sequence[int] | None = None  # held, so that `is` below cannot match a recycled id
+        self._version = -1
+        self._matches: dict[str, PrefixMatch] = {}
+
+    def matched_blocks(self, hashes: Sequence[int], url: str) -> float:
+        if not self.index.covers(url):
+            return self.fallback.matched_blocks(hashes, url)
+        return self.credit.of(self.match(hashes, url))
+
+    def match(self, hashes: Sequence[int], url: str) -> PrefixMatch:
+        if hashes is not self._chain or self.index.version != self._version:
+            self._matches = self.index.longest_prefix(hashes)
+            self._chain, self._version = hashes, self.index.version
+        return self._matches.get(url, NO_MATCH)

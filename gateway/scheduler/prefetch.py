@@ -1,0 +1,326 @@
+"""Prefetch and pin prompt prefixes on workers, bounded per worker: the executor of
+agent awareness's intents (awareness.py decides what; this decides when and
+where, and keeps the books).
+
+One `Slot` per intent key — (workflow id, node), or a client-driven agent's
+predicted call. A slot gets one worker when first wanted (the routing policy's
+choice over every healthy worker: the same cost as dispatch) and keeps it;
+`want()` hands it the newest prefix, and a prefetch is queued when that
+prefix holds at least one more full block than the slot already sent, or when
+its pin is about to lapse. Per worker at most `max_inflight` prefetches run at
+once, nearest to execution first (steps, then age), and a worker with
+`max_waiting` requests waiting (or twice `max_inflight` prefetches running, from
+any replica) gets none until that drains (the next `pump_all` retries). A slot
+never has two prefetches running: a newer prefix waits for the one in flight
+and replaces any older one queued, so token pipelining sends its increments as
+fast as the worker takes them and never builds a backlog. Every prefetch carries `-steps` as its priority.
+
+Pins: a worker names a pin after its prefix's last block, so two slots with
+the same prefix share one pin; the ledger counts holders per (worker, pin id)
+and unpins when the last lets go. Renewals stop after `max_hold_s`. A slot's newer pin replaces its older one.
+`release()` ends a slot: it unpins, drops what was queued, and a prefetch
+still running is unpinned when it lands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway.errors import WorkerCallError
+from gateway.metrics import Metrics
+from gateway.router.base import RoutingPolicy
+from gateway.router.prompts import PromptHasher
+from gateway.workers.kv_ops import TIERS, KVOps, PrefetchResult
+from gateway.workers.pool import WorkerPool
+
+log = logging.getLogger("agentgate.gateway.prefetch")
+RENEW_BEFORE_S = 2.0  # a pin this close to lapsing on a slot still wanted is renewed
+MAX_FAILURES = 3  # a slot whose prefetches failed this often stops asking
+
+
+@dataclass(frozen=True)
+class Intent:
+    key: tuple[str, str]
+    ids: list[int]
+    steps: int = 1
+    pin_ttl_s: float | None = None
+    url: str | None = None  # a fixed worker (a caller's conversation); None: route it
+    pin_only: bool = False  # pin what the worker holds, compute nothing
+    min_new_blocks: int = 1  # send only once the prefix holds this many full blocks more than the last one sent
+
+
+@dataclass
+class Slot:
+    key: tuple[str, str]
+    url: str
+    wanted: Intent | None = None  # the newest intent not sent yet
+    queued_at: float = 0.0
+    running: bool = False
+    sent_ids: list[int] = field(default_factory=list)  # the prefix of the last prefetch sent
+    resident_tokens: int = 0
+    sources: dict = field(default_factory=lambda: dict.fromkeys(TIERS, 0))
+    prefetches: int = 0
+    failures: int = 0
+    error: str | None = None
+    pin: str | None = None
+    pinned_tokens: int = 0
+    pin_since: float | None = None  # wall clock
+    pin_expires: float = 0.0  # monotonic
+    pin_held_s: float = 0.0
+    pin_refused: bool = False  # the worker's pinned capacity was full: prefetch without a pin from then on
+    released: bool = False
+
+    @property
+    def pending(self) -> bool:
+        return self.running or self.wanted is not None
+
+
+class Prefetcher:
+    def __init__(self, pool: WorkerPool, policy: RoutingPolicy, hasher: PromptHasher, kv_ops: KVOps,
+                 metrics: Metrics, *, max_inflight: int = 2, max_waiting: int = 4, max_hold_s: float = 600.0):
+        self.pool = pool
+        self.policy = policy
+        self.hasher = hasher
+        self.kv = kv_ops
+        self.metrics = metrics
+        self.max_inflight = max_inflight
+        self.max_waiting = max_waiting
+        self.max_hold_s = max_hold_s
+        self.slots: dict[tuple[str, str], Slot] = {}
+        self.inflight: dict[str, int] = {}  # url → prefetches running
+        self.queues: dict[str, set[tuple[str, str]]] = {}  # url → slot keys with a wanted intent
+        self.ledger: dict[tuple[str, str], set[tuple[str, str]]] = {}  # (url, pin id) → holding slots
+        self.tasks: set[asyncio.Task] = set()
+        self.on_change: Callable[[Slot, str, dict], None] | None = None  # (slot, "done"|"failed", detail)
+
+    # -- intents -------------------------------------------------------------------------------
+    def want(self, intent: Intent) -> Slot | None:
+        """Make sure the worker of `intent.key` holds `intent.ids` (pinned for pin_ttl_s). None when
+        there is no healthy worker or the prefix has no full block."""
+        block = self.hasher.block_size
+        if len(intent.ids) < block:
+            return self.slots.get(intent.key)
+        slot = self.slots.get(intent.key)
+        if slot is not None and slot.released:
+            return slot
+        if slot is None or not self._usable(slot.url) and not slot.running:
+            url = intent.url or self._route(intent.ids)
+            if url is None:
+                return slot
+            if slot is not None:  # its worker went away: start over on the new one
+                self._unhold(slot)
+                self._dequeue(slot)
+            slot = self.slots[intent.key] = Slot(intent.key, url)
+        if not self._worth_sending(slot, intent):
+            return slot
+        if slot.wanted is None:
+            slot.queued_at = time.monotonic()
+        slot.wanted = intent
+        if not slot.running:
+            self.queues.setdefault(slot.url, set()).add(slot.key)
+            self._pump(slot.url)
+        return slot
+
+    def _worth_sending(self, slot: Slot, intent: Intent) -> bool:
+        if slot.failures >= MAX_FAILURES:
+            return False
+        block = self.hasher.block_size
+        full = len(intent.ids) // block * block
+        sent = slot.sent_ids
+        if intent.ids[:len(sent)] != sent:  # not an extension of what was sent (rare): send it
+            return True
+        if full >= len(sent) // block * block + intent.min_new_blocks * block:
+            return True
+        if intent.pin_ttl_s is None or slot.pin_refused:
+            return False
+        if slot.pin_since is not None and time.time() - slot.pin_since > self.max_hold_s:
+            return False  # held long enough: let it lapse rather than hold memory for a call that never comes
+        return slot.pin is None and not slot.pending or slot.pin is not None and \
+            slot.pin_expires - time.monotonic() < min(RENEW_BEFORE_S, intent.pin_ttl_s / 4)
+
+    def release(self, key: tuple[str, str]) -> Slot | None:
+        """The slot's call started, or will never run: let go of its pin and queued work."""
+        slot = self.slots.get(key)
+        if slot is None or slot.released:
+            return slot
+        slot.released = True
+        slot.wanted = None
+        self._dequeue(slot)
+        if not slot.running:
+            self._unhold(slot)
+        return slot
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self.release(key)
+        self.slots.pop(key, None)
+
+    def forget_worker(self, url: str) -> None:
+        """The worker left the pool: its pins are void (KVOps forgets them too)."""
+        for (pin_url, pin_id) in [k for k in self.ledger if k[0] == url]:
+            del self.ledger[(pin_url, pin_id)]
+        for slot in self.slots.values():
+            if slot.url == url:
+                slot.pin = None
+                self._dequeue(slot)
+                slot.wanted = None
+        self.queues.pop(url, None)
+        self.kv.forget(url)
+
+    def pump_all(self) -> None:
+        """Start what waited for a busy worker to drain."""
+        for url in list(self.queues):
+            self._pump(url)
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        unpins = [self._unpin(url, pin_id) for url, pin_id in list(self.ledger)]
+        self.ledger.clear()
+        await asyncio.gather(*unpins, return_exceptions=True)
+
+    # -- routing and bounds ------------------------------------------------------------------------
+    def _route(self, ids: list[int]) -> str | None:
+        views = [w.view() for w in self.pool.healthy()]
+        if not views:
+            return None
+        return self.policy.choose(self.hasher.route_for_ids(ids), views)
+
+    def _usable(self, url: str) -> bool:
+        w = self.pool.workers.get(url)
+        return w is not None and w.healthy
+
+    def _busy(self, url: str) -> bool:
+        """Its queue is long, or prefetches pile up there (other replicas' too: /get_load counts them all;
+        the reading is up to a health period old, hence the room above our own bound)."""
+        load = self.pool.workers[url].load
+        return (load.get("num_waiting_reqs", 0) >= self.max_waiting
+                or load.get("num_prefetch_reqs", 0) >= 2 * self.max_inflight)
+
+    def _dequeue(self, slot: Slot) -> None:
+        queue = self.queues.get(slot.url)
+        if queue is not None:
+            queue.discard(slot.key)
+
+    def _pump(self, url: str) -> None:
+        queue = self.queues.get(url)
+        while queue and self.inflight.get(url, 0) < self.max_inflight:
+            if not self._usable(url):
+                for key in queue:
+                    self.slots[key].wanted = None
+                queue.clear()
+                return
+            if self._busy(url):
+                self.metrics.prefetch_deferred.inc()
+                return
+            key = min(queue, key=lambda k: (self.slots[k].wanted.steps, self.slots[k].queued_at))
+            queue.discard(key)
+            slot = self.slots[key]
+            intent, slot.wanted = slot.wanted, None
+            slot.running = True
+            slot.sent_ids = list(intent.ids)
+            self.inflight[url] = self.inflight.get(url, 0) + 1
+            task = asyncio.create_task(self._send(slot, intent), name=f"prefetch {url}")
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    # -- one prefetch --------------------------------------------------------------------------------
+    async def _send(self, slot: Slot, intent: Intent) -> None:
+        url = slot.url
+        ttl = None if slot.pin_refused else intent.pin_ttl_s
+        try:
+            worker = self.pool.workers[url]
+            if intent.pin_only:
+                pin = await self.kv.pin(worker, intent.ids, ttl_s=ttl or 1.0)
+                result = PrefetchResult(pin.pinned_tokens, {"l1": pin.pinned_tokens}, pin.pin_id)
+            else:
+                result = await self.kv.prefetch(worker, intent.ids, pin_ttl_s=ttl, priority=-intent.steps)
+        except (WorkerCallError, KeyError) as exc:
+            self._failed(slot, intent, exc)
+        else:
+            self._landed(slot, intent, result, ttl)
+        finally:
+            slot.running = False
+            self.inflight[url] = max(self.inflight.get(url, 1) - 1, 0)
+            if slot.released:
+                self._unhold(slot)
+            elif slot.wanted is not None:
+                self.queues.setdefault(slot.url, set()).add(slot.key)
+            self._pump(url)
+
+    def _landed(self, slot: Slot, intent: Intent, result: PrefetchResult, ttl: float | None) -> None:
+        first = slot.prefetches == 0
+        slot.prefetches += 1
+        slot.resident_tokens = result.resident_tokens
+        for tier in TIERS:  # later increments find the earlier ones in L1: count only what they added
+            added = int(result.sources.get(tier, 0))
+            if first or tier != "l1":
+                slot.sources[tier] += added
+                self.metrics.prefetch_tokens.inc(added, **{"from": tier})
+        self.metrics.prefetches.inc(outcome="done")
+        if result.pin_id is not None and ttl is not None:
+            self._hold(slot, result.pin_id, result.resident_tokens, ttl)
+        if not intent.pin_only:  # a policy with a memory of what went where learns the prefix is there now
+            self.policy.on_routed(self.hasher.route_for_ids(intent.ids), slot.url)
+        if self.on_change is not None:
+            self.on_change(slot, "done", {"tokens": len(intent.ids), "resident_tokens": result.resident_tokens,
+                                          "from": dict(result.sources), "pin_id": slot.pin,
+                                          "pin_ttl_s": ttl if slot.pin else None})
+
+    def _failed(self, slot: Slot, intent: Intent, exc: Exception) -> None:
+        slot.failures += 1
+        slot.error = str(exc)
+        status = getattr(exc, "status", None)
+        if status == 409 and intent.pin_ttl_s is not None:  # resident but the pinned share is full
+            slot.pin_refused = True
+        self.metrics.prefetches.inc(outcome="failed")
+        log.info("prefetch for %s on %s failed: %s", slot.key, slot.url, exc)
+        if self.on_change is not None:
+            self.on_change(slot, "failed", {"error": str(exc), "status": status})
+
+    # -- pins ------------------------------------------------------------------------------------------
+    def _hold(self, slot: Slot, pin_id: str, tokens: int, ttl: float) -> None:
+        old = slot.pin
+        self.ledger.setdefault((slot.url, pin_id), set()).add(slot.key)
+        slot.pin, slot.pinned_tokens = pin_id, max(tokens, 0)
+        slot.pin_since = slot.pin_since or time.time()
+        slot.pin_expires = time.monotonic() + ttl
+        if old is not None and old != pin_id:
+            self._let_go(slot.url, old, slot.key)
+
+    def _unhold(self, slot: Slot) -> None:
+        if slot.pin is None:
+            return
+        now = time.monotonic()
+        lapsed_ago = max(now - slot.pin_expires, 0.0)  # a pin that lapsed was held only until then
+        held = max(time.time() - lapsed_ago - (slot.pin_since or time.time()), 0.0)
+        slot.pin_held_s += held
+        self.metrics.pin_seconds.inc(held)
+        self.metrics.pin_token_seconds.inc(held * slot.pinned_tokens)
+        self._let_go(slot.url, slot.pin, slot.key)
+        slot.pin, slot.pin_since = None, None
+
+    def _let_go(self, url: str, pin_id: str, key: tuple[str, str]) -> None:
+        holders = self.ledger.get((url, pin_id))
+        if holders is None:
+            return
+        holders.discard(key)
+        if holders:
+            return
+        del self.ledger[(url, pin_id)]
+        task = asyncio.create_task(self._unpin(url, pin_id), name=f"unpin {url}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _unpin(self, url: str, pin_id: str) -> None:
+        worker = self.pool.workers.get(url)
+        if worker is None:
+            return
+        try:
+            await self.kv.unpin(worker, pin_id)
+        except WorkerCallError as exc:  # the worker's own TTL releases it anyway
+            log.info("unpin %s on %s failed: %s", pin_id, url, exc)

@@ -1,0 +1,136 @@
+"""The prefetcher on its own, against a stub KVOps: the per-worker bound and its order, a newer
+prefix replacing a queued one, busy workers, pins shared by two slots, release while in flight."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.config import GatewayConfig
+from gateway.metrics import Metrics
+from gateway.router.policies.least_load import LeastLoadPolicy
+from gateway.router.prompts import PromptHasher
+from gateway.scheduler.prefetch import Intent, Prefetcher
+from gateway.workers.kv_ops import PrefetchResult
+from gateway.workers.pool import WorkerPool
+
+pytestmark = pytest.mark.asyncio
+URL = "http://worker-a"
+
+
+class StubKV:
+    """Prefetches wait for `gate`; every pin is named `pin_id`."""
+
+    def __init__(self, pin_id: str = "p1"):
+        self.gate = asyncio.Event()
+        self.sent: list[tuple[int, int]] = []  # (tokens, priority)
+        self.unpinned: list[str] = []
+        self.pin_id = pin_id
+
+    async def prefetch(self, worker, ids, *, pin_ttl_s=None, priority=None):
+        self.sent.append((len(ids), priority))
+        await self.gate.wait()
+        return PrefetchResult(len(ids) // 16 * 16, {"l1": 0, "l2": 0, "l3": 0, "computed": len(ids)},
+                              self.pin_id if pin_ttl_s else None)
+
+    async def unpin(self, worker, pin_id=None, **_):
+        self.unpinned.append(pin_id)
+        return 1
+
+    def forget(self, url):
+        pass
+
+
+def make(kv: StubKV, *, max_inflight: int = 1, max_waiting: int = 4) -> tuple[Prefetcher, WorkerPool]:
+    pool = WorkerPool(GatewayConfig(), session=None)
+    w = pool.add(URL)
+    w.breaker.record_success()
+    return Prefetcher(pool, LeastLoadPolicy(), PromptHasher(None), kv, Metrics(), max_inflight=max_inflight,
+                      max_waiting=max_waiting), pool
+
+
+def ids(n: int) -> list[int]:
+    return list(range(100, 100 + n))
+
+
+async def settle():
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_one_worker_runs_its_bound_nearest_first_and_the_newest_prefix_wins():
+    kv = StubKV()
+    pf, _ = make(kv, max_inflight=1)
+    pf.want(Intent(("wf", "far"), ids(64), steps=2))
+    await settle()
+    pf.want(Intent(("wf", "later"), ids(48), steps=2))
+    pf.want(Intent(("wf", "near"), ids(32), steps=1))
+    pf.want(Intent(("wf", "near"), ids(40), steps=1))  # replaces the queued 32 (same block count: still queued)
+    pf.want(Intent(("wf", "near"), ids(50), steps=1))  # ...and this one, a block longer, replaces it
+    await settle()
+    assert kv.sent == [(64, -2)]  # the bound: one at a time
+    kv.gate.set()
+    await settle()
+    await settle()
+    assert kv.sent == [(64, -2), (50, -1), (48, -2)]  # nearest first; only the newest prefix of "near"
+    assert pf.slots[("wf", "near")].resident_tokens == 48 and pf.inflight[URL] == 0
+
+
+async def test_a_prefix_without_a_new_full_block_is_not_sent_again():
+    kv = StubKV()
+    kv.gate.set()
+    pf, _ = make(kv)
+    pf.want(Intent(("wf", "n"), ids(40)))
+    await settle()
+    pf.want(Intent(("wf", "n"), ids(47)))  # still two full blocks
+    pf.want(Intent(("wf", "n"), ids(10)))  # no full block at all
+    await settle()
+    assert kv.sent == [(40, -1)]
+    pf.want(Intent(("wf", "n"), ids(48)))
+    await settle()
+    assert kv.sent == [(40, -1), (48, -1)]
+
+
+async def test_a_busy_worker_gets_nothing_until_its_queue_drains():
+    kv = StubKV()
+    kv.gate.set()
+    pf, pool = make(kv, max_waiting=2)
+    pool.workers[URL].load = {"num_waiting_reqs": 2}
+    pf.want(Intent(("wf", "n"), ids(32)))
+    await settle()
+    assert kv.sent == [] and pf.metrics.prefetch_deferred.values
+    pool.workers[URL].load = {"num_waiting_reqs": 0}
+    pf.pump_all()
+    await settle()
+    assert kv.sent == [(32, -1)]
+
+
+async def test_a_pin_two_slots_share_is_unpinned_when_the_last_lets_go():
+    kv = StubKV(pin_id="shared")
+    kv.gate.set()
+    pf, _ = make(kv, max_inflight=2)
+    pf.want(Intent(("wf", "b"), ids(32), pin_ttl_s=30))
+    pf.want(Intent(("wf", "c"), ids(32), pin_ttl_s=30))
+    await settle()
+    assert pf.slots[("wf", "b")].pin == pf.slots[("wf", "c")].pin == "shared"
+    pf.release(("wf", "b"))
+    await settle()
+    assert kv.unpinned == []  # c still holds it
+    pf.release(("wf", "c"))
+    await settle()
+    assert kv.unpinned == ["shared"]
+    assert pf.slots[("wf", "c")].pin_held_s > 0
+
+
+async def test_a_slot_released_while_its_prefetch_runs_drops_the_pin_when_it_lands():
+    kv = StubKV(pin_id="late")
+    pf, _ = make(kv)
+    pf.want(Intent(("wf", "n"), ids(32), pin_ttl_s=30))
+    await settle()
+    pf.release(("wf", "n"))
+    assert kv.unpinned == []
+    kv.gate.set()
+    await settle()
+    await settle()
+    assert kv.unpinned == ["late"] and pf.slots[("wf", "n")].pin is None
