@@ -23,7 +23,7 @@ from agents.client import chat_payload
 from agents.errors import AgentGateError, ToolFailed, WorkflowFailed
 from agents.events import Event, SSEDecoder, WorkflowFinished
 from agents.state import ChatChunk, ChatResult, WorkflowPage, WorkflowState
-from agents.tools import ToolCall, ToolRunner, bind, prepare, result_payload, upstream_of
+from agents.tools import ToolCall, ToolRunner, call_tool, prepare, result_payload, upstream_of
 
 # Errors from a connection that broke after the request was sent (it may have been acted on).
 LOST = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
@@ -139,13 +139,7 @@ class AsyncClient:
 
     async def _run_tool(self, fn: Callable, call: ToolCall, failed: list) -> None:
         try:
-            args, kwargs = bind(fn, call)
-            if inspect.iscoroutinefunction(fn):
-                value = await fn(*args, **kwargs)
-            else:
-                value = await asyncio.to_thread(fn, *args, **kwargs)
-                if inspect.isawaitable(value):
-                    value = await value
+            value = await call_tool(fn, call)
         except Exception as exc:  # the user's code: cancel the workflow, so the event stream ends
             failed.append((call.node, exc))
             try:

@@ -18,7 +18,6 @@ both paths with the same code.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import time
 import uuid
@@ -30,7 +29,7 @@ import aiohttp
 from agents.async_client import AsyncClient
 from agents.errors import AgentGateError
 from agents.state import WorkflowState
-from agents.tools import ToolCall, bind, prepare, result_payload
+from agents.tools import ToolCall, call_tool, prepare, result_payload
 from gateway.api.schemas import WorkflowIn
 from gateway.planner.templating import render
 from gateway.scheduler.run import NodeState, WorkflowRun
@@ -104,14 +103,7 @@ async def _run_tool(run: WorkflowRun, node: str, fn: Callable) -> None:
     spec, state = run.node_spec(node), run.nodes[node]
     messages = tuple({"role": r, "content": render(c, run.outputs(), run.spec.inputs)} for r, c in spec.messages)
     state.status, state.started = "waiting", time.time()
-    args, kwargs = bind(fn, ToolCall(run.id, node, messages, run.outputs(), dict(run.spec.inputs)))
-    if inspect.iscoroutinefunction(fn):
-        value = await fn(*args, **kwargs)
-    else:
-        value = await asyncio.to_thread(fn, *args, **kwargs)
-        if inspect.isawaitable(value):
-            value = await value
-    value = result_payload(value)
+    value = result_payload(await call_tool(fn, ToolCall(run.id, node, messages, run.outputs(), dict(run.spec.inputs))))
     state.output = value if isinstance(value, str) else json.dumps(value)  # stored as the gateway stores it
     state.status, state.finished = "finished", time.time()
 

@@ -43,6 +43,18 @@ class ToolCall:
         return "\n\n".join(m.get("content", "") for m in self.messages)
 
 
+async def call_tool(fn: Callable, call: ToolCall) -> Any:
+    """Run a tool for an async caller: coroutine functions awaited, plain ones in a thread
+    (so a blocking tool never stalls the event loop), an awaitable they return awaited too."""
+    import asyncio
+
+    args, kwargs = bind(fn, call)
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args, **kwargs)
+    value = await asyncio.to_thread(fn, *args, **kwargs)
+    return await value if inspect.isawaitable(value) else value
+
+
 def bind(fn: Callable, call: ToolCall) -> tuple[list, dict]:
     """(args, kwargs) to call `fn` with for this call; TypeError names a parameter nothing fills."""
     named = {"call": call, "prompt": call.prompt, "messages": [dict(m) for m in call.messages],

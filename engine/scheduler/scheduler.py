@@ -127,24 +127,21 @@ class Scheduler:
         chunk of at most background_chunk tokens, so others wait one small chunk at most."""
         if busy:
             budget = min(budget, self.background_chunk)
-        running = [r for r in self.running if r.background and r.in_prefill]
-        for req in running:
-            if budget <= 0:
-                return
+
+        def take(req: Request) -> bool:
+            """Give req a chunk; whether another background chunk may follow this step."""
+            nonlocal budget
             n = min(len(req.fill_ids) - req.num_computed, budget)
             chunks.append((req, n))
             budget -= n
-            if busy:
+            return budget > 0 and not busy
+
+        for req in [r for r in self.running if r.background and r.in_prefill]:
+            if budget <= 0 or not take(req):
                 return
         while (budget > 0 and self.background and len(self.running) < self.max_running
                and sum(r.background for r in self.running) < self.max_background):
-            req = self.background[0]
-            if not self._admit(req, self.background):
-                return
-            n = min(len(req.fill_ids) - req.num_computed, budget)
-            chunks.append((req, n))
-            budget -= n
-            if busy:
+            if not self._admit(self.background[0], self.background) or not take(self.running[-1]):
                 return
 
     def _schedule_decodes(self) -> list[Request]:
