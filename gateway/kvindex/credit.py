@@ -3,9 +3,11 @@ KV index as the kv_aware policy's PrefixSource.
 
 A block in L1 saves its whole prefill (credit 1.0). One in L2 must first be
 copied from host RAM, one in L3 read from the shared store, so they save less.
-The L2/L3 numbers below are placeholders until scripts/bench_tiers measures
-copy-in and load time against recompute; they live here and nowhere else
-(GatewayConfig's defaults and --kv-credit-l2/--kv-credit-l3 read them).
+The L2/L3 numbers are 1 − (tier cost / recompute cost) per 1,000 prefix tokens as
+scripts/bench_kv.py measured them on the CPU engine (BENCHMARKS.md "KV tiers":
+0.984 and 0.979, rounded down); on a GPU, where recompute is far cheaper, set
+them again with --kv-credit-l2/--kv-credit-l3. They live here and nowhere else
+(GatewayConfig's defaults and those flags read them).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from gateway.kvindex.index import NO_MATCH, KVIndex, PrefixMatch
 from gateway.router.policies.kv_aware import PrefixSource
 
 L1_CREDIT = 1.0
-L2_CREDIT = 0.9
-L3_CREDIT = 0.7
+L2_CREDIT = 0.98
+L3_CREDIT = 0.97
 
 
 @dataclass(frozen=True)
