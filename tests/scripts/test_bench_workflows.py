@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import random
 import subprocess
 import sys
 
@@ -26,7 +27,11 @@ def test_arrival_plan_is_poisson_reproducible_and_cycles_examples():
     assert plan != bench.arrival_plan(0.5, 200, ("a", "b", "c"), seed=8)
     gaps = [y.at - x.at for x, y in zip(plan, plan[1:])]
     assert plan[0].at == 0 and all(g >= 0 for g in gaps)
-    assert 1.6 < sum(gaps) / len(gaps) < 2.4  # mean gap 1/rate
+    draws, t, times = random.Random(7), 0.0, []  # exponential gaps at this rate (mean 1/rate), seeded
+    for _ in plan:
+        times.append(t)
+        t += draws.expovariate(0.5)
+    assert [a.at for a in plan] == times
     assert [(a.example, a.variant) for a in plan[:4]] == [("a", 0), ("b", 0), ("c", 0), ("a", 1)]
     assert all(a.at == 0 for a in bench.arrival_plan(INF, 5, ("a",), seed=0))
 
