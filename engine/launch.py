@@ -1,7 +1,9 @@
-"""Waiting for a server process we started to answer GET /health."""
+"""Serving and starting servers: the event loop our HTTP servers run on, and waiting for a
+server process we started to answer GET /health."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 import urllib.request
@@ -21,3 +23,19 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{url} not healthy after {timeout:.0f}s")
+
+
+def server_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop for an HTTP server: uvloop's where it is installed (a dependency on Linux; it
+    cuts the gateway's per-request overhead, see BENCHMARKS.md "Gateway"), else asyncio's own.
+    AGENTGATE_EVENT_LOOP=asyncio forces asyncio's."""
+    import os
+
+    if os.environ.get("AGENTGATE_EVENT_LOOP", "").lower() != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()

@@ -60,6 +60,7 @@ def awareness_options(args: argparse.Namespace) -> dict:
 def run_gateway(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from engine.launch import server_loop
     from gateway.app import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -83,7 +84,7 @@ def run_gateway(args: argparse.Namespace) -> int:
           f"{len(config.worker_urls)} worker(s), redis {redis_url})", flush=True)
     try:
         web.run_app(create_app(config), host=args.host, port=args.port, print=None, access_log=None,
-                    shutdown_timeout=5)
+                    shutdown_timeout=5, loop=server_loop())
     finally:
         if private is not None:
             private.stop()

@@ -6,11 +6,17 @@ cell inherits another's cache; then `--workflows` workflows arrive on the same P
 schedule, drawn in turn from the examples of agents/examples/ (each with its own inputs).
 Configurations (CONFIGS, one line each):
 
-- agentgate      the gateway runs each workflow's DAG, kv_aware routing (the full system today);
-- round_robin    the same gateway, round-robin routing;
-- least_load     the same gateway, least-load routing;
-- sequential     no gateway: each workflow's client calls one worker's OpenAI API itself, one
-                 node at a time (agents/sequential.py), workflow i on worker i mod N.
+- agentgate         the gateway runs each workflow's DAG: kv_aware routing, prediction, prefetch and
+                    pins, workers with all three KV tiers (the full system);
+- no_prediction     the same without prediction (no prefetch, no pins)       } agent-awareness
+- no_pinning        the same, prefetching but never pinning                  } ablations, on the
+- token_pipelining  the same plus token pipelining (off by default on CPU)   } same workers
+- kv_aware_radix    kv_aware routing, no prediction, workers with their radix cache only (no L2/L3);
+- round_robin       the gateway's DAG with round-robin routing, radix cache only: what a
+                    prefix-caching server pool behind a plain router does;
+- least_load        the same with least-load routing;
+- sequential        no gateway: each workflow's client calls one worker's OpenAI API itself, one
+                    node at a time (agents/sequential.py), workflow i on worker i mod N, radix only.
 
 Reports makespan, TTFT p50/p99, e2e latency, prefix hit rate, tokens/s per worker and per
 user (definitions: scripts/bench_workflows_report.py) into the "## Workflows" section of
@@ -48,21 +54,30 @@ from scripts.benchlib import update_benchmarks_md  # noqa: E402
 @dataclass(frozen=True)
 class Config:
     """One way of serving the workflows. `gateway`: the gateway's CLI flags; None: no gateway, the
-    client calls a worker node by node. Workers are configured alike in every configuration."""
+    client calls a worker node by node. `worker`: flags added to every worker's command line (after
+    the common ones, so they win)."""
 
     name: str
     label: str
     gateway: tuple[str, ...] | None
+    worker: tuple[str, ...] = ()
 
 
+# What a deployment without agentgate has: each worker's own radix prefix cache (RadixAttention), no
+# host-RAM tier, no shared store.
+RADIX_ONLY = ("--l2-blocks", "0", "--l3", "none")
 CONFIGS = (
-    Config("agentgate", "agentgate (DAG, kv_aware)", ("--policy", "kv_aware")),
-    Config("round_robin", "gateway DAG, round_robin", ("--policy", "round_robin")),
-    Config("least_load", "gateway DAG, least_load", ("--policy", "least_load")),
-    Config("sequential", "sequential client calls, no gateway", None),
-    # When the gateway grows switches for its agent-aware features, each ablation is one line, e.g.
-    # Config("no_prefetch", "agentgate, no prediction/prefetch/pin", ("--policy", "kv_aware", "--no-prefetch")),
-    # Config("no_pipelining", "agentgate, no token pipelining", ("--policy", "kv_aware", "--no-pipelining")),
+    Config("agentgate", "agentgate (DAG, kv_aware, prediction + pins, L1/L2/L3)", ("--policy", "kv_aware")),
+    Config("no_prediction", "agentgate, no prediction/prefetch/pins", ("--policy", "kv_aware", "--no-prediction")),
+    Config("no_pinning", "agentgate, prefetch without pins", ("--policy", "kv_aware", "--no-pinning")),
+    Config("token_pipelining", "agentgate + token pipelining", ("--policy", "kv_aware", "--token-pipelining", "on")),
+    Config("kv_aware_radix", "gateway DAG, kv_aware, radix cache only",
+           ("--policy", "kv_aware", "--no-prediction"), RADIX_ONLY),
+    Config("round_robin", "gateway DAG, round_robin, radix cache only",
+           ("--policy", "round_robin", "--no-prediction"), RADIX_ONLY),
+    Config("least_load", "gateway DAG, least_load, radix cache only",
+           ("--policy", "least_load", "--no-prediction"), RADIX_ONLY),
+    Config("sequential", "sequential client calls, no gateway, radix cache only", None, RADIX_ONLY),
 )
 BASELINE = "agentgate"
 TARGETS = {"round_robin": 2.5, "sequential": 4.0}  # issue 8: agentgate's makespan this many times lower
@@ -140,7 +155,8 @@ class Stack:
             url = f"http://127.0.0.1:{port}"
             proc = self._spawn([sys.executable, "-m", "engine.worker.main", "--port", str(port), "--model-path",
                                 str(default_model_dir()), "--threads", str(self.args.threads), "--kv-memory-gb",
-                                str(self.args.kv_memory_gb), "--log-level", "warning", *extra, *self.args.worker_arg],
+                                str(self.args.kv_memory_gb), "--log-level", "warning", *extra, *self.args.worker_arg,
+                                *self.config.worker],
                                f"worker-{port}")
             wait_healthy(url, proc, timeout=300)
             _post(url + "/generate", {"text": "Hi", "sampling_params": {"max_new_tokens": 1}})  # warm-up

@@ -32,6 +32,9 @@ class NodeRecord:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
+    after_tool: bool = False  # an upstream node is an external (tool) node
+    predicted: bool = False  # the gateway predicted it and prefetched its whole knowable prefix
+    prefetch_hit: bool | None = None  # its call's cached_tokens covered that prefix (None: not settled)
 
 
 @dataclass(frozen=True)
@@ -62,14 +65,18 @@ def workflow_record(index: int, example: str, variant: int, arrival: float, end:
     """A record from a final WorkflowState (gateway or sequential) and the workflow's upstream map;
     worker URLs are renamed through `worker_names` where it has them."""
     worker_names = worker_names or {}
+    raw_nodes = (getattr(state, "raw", None) or {}).get("nodes") or {}
     nodes = []
     for node_id, info in state.nodes.items():
+        prefetch = (raw_nodes.get(node_id) or {}).get("prefetch") or {}
+        after_tool = any(state.nodes[p].type == "external" for p in upstream.get(node_id, ()) if p in state.nodes)
         ends = [state.nodes[p].finished for p in upstream.get(node_id, ()) if p in state.nodes]
         ready = arrival if not upstream.get(node_id) else (max(ends) if ends and None not in ends else None)
         first = info.started + info.ttft_s if info.started is not None and info.ttft_s is not None else None
         worker = worker_names.get(info.worker or "", info.worker or "")
         nodes.append(NodeRecord(node_id, info.type, info.status, worker, ready, info.started, first,
-                                info.finished, info.prompt_tokens, info.cached_tokens, info.completion_tokens))
+                                info.finished, info.prompt_tokens, info.cached_tokens, info.completion_tokens,
+                                after_tool, bool(prefetch.get("predicted")), prefetch.get("hit")))
     return WorkflowRecord(index, example, variant, arrival, end, state.status, state.error, tuple(nodes))
 
 
@@ -90,6 +97,9 @@ class CellSummary:
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int
+    ttft_after_tool_p50_s: float = float("nan")  # LLM calls whose input includes a tool result
+    predicted_calls: int = 0  # calls predicted (whole knowable prefix prefetched) that ran
+    prefetch_hits: int = 0  # of those, how many found that prefix cached at dispatch
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -100,6 +110,9 @@ def summarize(config: str, rate: float, records: list[WorkflowRecord], workers: 
     done = [r for r in records if r.status == "finished"]
     calls = [c for r in done for c in r.llm_calls()]
     ttfts = [c.first_token - c.ready for c in calls if c.first_token is not None and c.ready is not None]
+    after_tool = [c.first_token - c.ready for c in calls
+                  if c.after_tool and c.first_token is not None and c.ready is not None]
+    predicted = [c for c in calls if c.predicted and c.prefetch_hit is not None]
     makespan = max(r.end for r in records) - min(r.arrival for r in records) if records else float("nan")
     prompt = sum(c.prompt_tokens for c in calls)
     cached = sum(c.cached_tokens for c in calls)
@@ -110,7 +123,9 @@ def summarize(config: str, rate: float, records: list[WorkflowRecord], workers: 
         ttft_p50_s=_pct(ttfts, 50), ttft_p99_s=_pct(ttfts, 99), hit_rate=cached / prompt if prompt else 0.0,
         tps_per_worker=completion / makespan / workers if makespan > 0 else 0.0,
         tps_per_user=float(np.mean([r.completion_tokens / r.latency for r in done])) if done else 0.0,
-        prompt_tokens=prompt, cached_tokens=cached, completion_tokens=completion)
+        prompt_tokens=prompt, cached_tokens=cached, completion_tokens=completion,
+        ttft_after_tool_p50_s=_pct(after_tool, 50), predicted_calls=len(predicted),
+        prefetch_hits=sum(bool(c.prefetch_hit) for c in predicted))
 
 
 def to_json(meta: dict, summaries: list[CellSummary], records: dict[tuple[str, float], list[WorkflowRecord]],
@@ -153,15 +168,17 @@ def section(summaries: list[CellSummary], meta: dict, baseline: str, targets: di
         "starts fresh processes (Redis, workers with empty KV tiers, the gateway), so no cell inherits a cache.",
         "",
         "| arrivals | configuration | makespan s | vs " + baseline + " | e2e p50 s | e2e p99 s | TTFT p50 s | "
-        "TTFT p99 s | prefix hit | tok/s/worker | tok/s/user | failed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "TTFT p99 s | TTFT after tool p50 s | prefix hit | predicted calls hit | tok/s/worker | tok/s/user | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for rate in rates:
         base = by_cell.get((baseline, rate))
         for s in (x for x in summaries if x.rate == rate):
             ratio = f"{s.makespan_s / base.makespan_s:.2f}×" if base and base.makespan_s > 0 else "–"
+            hits = f"{s.prefetch_hits}/{s.predicted_calls}" if s.predicted_calls else "–"
             lines.append(f"| {rate_label(rate)} | {s.config} | {s.makespan_s:.1f} | {ratio} | {s.e2e_p50_s:.1f} | "
-                         f"{s.e2e_p99_s:.1f} | {s.ttft_p50_s:.2f} | {s.ttft_p99_s:.2f} | {s.hit_rate:.0%} | "
+                         f"{s.e2e_p99_s:.1f} | {s.ttft_p50_s:.2f} | {s.ttft_p99_s:.2f} | "
+                         f"{s.ttft_after_tool_p50_s:.2f} | {s.hit_rate:.0%} | {hits} | "
                          f"{s.tps_per_worker:.1f} | {s.tps_per_user:.2f} | {s.failed} |")
     top = rates[-1] if rates else None
     base = by_cell.get((baseline, top))
@@ -177,8 +194,33 @@ def section(summaries: list[CellSummary], meta: dict, baseline: str, targets: di
                                 f"{'met' if ratio >= target else 'not met'})")
         if verdicts:
             lines += ["", f"At the highest load ({rate_label(top)}), {baseline}: " + "; ".join(verdicts) + "."]
+    lines += awareness_verdicts(summaries, baseline, rates)
     lines += ["", f"![Pareto frontier]({images[0]})", "", f"![one workflow's timeline]({images[1]})", ""]
     return "\n".join(lines)
+
+
+def awareness_verdicts(summaries: list[CellSummary], baseline: str, rates: list[float],
+                       ablation: str = "no_prediction") -> list[str]:
+    """Agent awareness's targets, per arrival rate: predicted calls that hit their prefetched prefix
+    (≥ 90%), and TTFT after a tool call without prediction ÷ with it (≥ 5×)."""
+    by_cell = {(s.config, s.rate): s for s in summaries}
+    out = []
+    for rate in rates:
+        full, off = by_cell.get((baseline, rate)), by_cell.get((ablation, rate))
+        if full is None:
+            continue
+        parts = []
+        if full.predicted_calls:
+            share = full.prefetch_hits / full.predicted_calls
+            parts.append(f"{full.prefetch_hits} of {full.predicted_calls} predicted calls ({share:.0%}) hit their "
+                         f"prefetched prefix at dispatch (target ≥ 90%: {'met' if share >= 0.9 else 'not met'})")
+        if off is not None and full.ttft_after_tool_p50_s > 0 and off.ttft_after_tool_p50_s == off.ttft_after_tool_p50_s:
+            speed = off.ttft_after_tool_p50_s / full.ttft_after_tool_p50_s
+            parts.append(f"TTFT after a tool call {full.ttft_after_tool_p50_s:.2f} s vs {off.ttft_after_tool_p50_s:.2f} s "
+                         f"with {ablation}: {speed:.2f}× (target ≥ 5×: {'met' if speed >= 5 else 'not met'})")
+        if parts:
+            out += ["", f"Agent awareness at {rate_label(rate)}: " + "; ".join(parts) + "."]
+    return out
 
 
 # -- plots ----------------------------------------------------------------------------------------------------------

@@ -104,6 +104,7 @@ def run_worker(args: argparse.Namespace) -> int:
         return 2
     from aiohttp import web
 
+    from engine.launch import server_loop
     from engine.runner import Engine
     from engine.worker.server import create_app
 
@@ -136,7 +137,7 @@ def run_worker(args: argparse.Namespace) -> int:
              engine.dtype, engine.threads, engine.plan.describe(), engine.pool.num_blocks)
     print(f"agentgate worker listening on http://{args.host}:{args.port}", flush=True)
     web.run_app(app, host=args.host, port=args.port, print=None, handler_cancellation=True,
-                access_log=None, shutdown_timeout=5)
+                access_log=None, shutdown_timeout=5, loop=server_loop())
     return 0
 
 

@@ -110,9 +110,12 @@ class Lifecycle:
             await asyncio.sleep(self.config.lease_ttl_s / 3)
             try:
                 for wf_id in list(self.runs):
-                    if not await self.store.refresh(wf_id, self.owner, self.config.lease_ttl_s):
-                        log.warning("lost the lease on workflow %s; another replica runs it", wf_id)
-                        await self._drop(wf_id)
+                    # A workflow that ends while this round awaits Redis releases its lease: not lost.
+                    if wf_id in self.runs and not await self.store.refresh(wf_id, self.owner,
+                                                                            self.config.lease_ttl_s):
+                        if wf_id in self.runs:
+                            log.warning("lost the lease on workflow %s; another replica runs it", wf_id)
+                            await self._drop(wf_id)
                 await self.claim_orphans()
                 cancel, inbox = await self.store.pending_requests(list(self.runs))
                 for wf_id in sorted(cancel | inbox):  # requests whose nudge this replica missed

@@ -123,6 +123,32 @@ async def test_an_orphaned_workflow_is_taken_over_when_its_lease_expires(gateway
     assert [r.split(".")[1] for r in rids(w)] == ["a"]
 
 
+async def test_a_workflow_ending_during_a_lease_round_is_not_taken_for_a_lost_lease(gateway, fake_workers):
+    """The lease round refreshes a snapshot of the running workflows; one that finishes (and
+    releases its lease) while the round awaits Redis must not be "lost" and dropped: dropping
+    cancels its tasks, among them the one still finishing it."""
+    (w,) = await fake_workers(1, token_delay_s=0.05)
+    gw = await gateway([w.url], lease_ttl_s=0.6)
+    scheduler = gw.app[__import__("gateway.keys", fromlist=["SCHEDULER"]).SCHEDULER]
+    wf = await gw.submit({"nodes": [llm("a", "one"), {"id": "tool", "type": "external"}],
+                          "edges": [{"from": "a", "to": "tool"}]})
+    await gw.wait_node(wf, "tool", "waiting")
+    refresh, dropped = scheduler.store.refresh, []
+
+    async def ends_meanwhile(wf_id, owner, ttl_s):
+        if wf_id == wf:  # it ends while Redis answers: popped from runs, its lease released
+            scheduler.runs.pop(wf_id, None)
+            await scheduler.store.release(wf_id, owner)
+        return await refresh(wf_id, owner, ttl_s)
+
+    async def drop(wf_id):
+        dropped.append(wf_id)
+
+    scheduler.store.refresh, scheduler._drop = ends_meanwhile, drop
+    await asyncio.sleep(0.5)  # two lease rounds
+    assert dropped == []
+
+
 async def test_the_breaker_takes_a_failing_worker_out_and_health_puts_it_back(gateway, fake_workers):
     (w,) = await fake_workers(1)
     gw = await gateway([w.url])
