@@ -51,7 +51,8 @@ def chain(t: float) -> dict:
     """a → tool → b for a workflow arriving at t: a waits 1 s for a worker, b starts 1 s after the tool."""
     return {"a": llm(t + 1, t + 3, t + 5, prompt=1000, cached=0, completion=20),
             "tool": {"type": "external", "status": "finished", "timings": {"started": t + 5, "finished": t + 6}},
-            "b": llm(t + 7, t + 7.5, t + 10, prompt=1100, cached=1000, completion=30, worker="http://w:2")}
+            "b": {**llm(t + 7, t + 7.5, t + 10, prompt=1100, cached=1000, completion=30, worker="http://w:2"),
+                  "prefetch": {"predicted": True, "hit": True, "prefix_tokens": 1000}}}
 
 
 UPSTREAM = {"a": set(), "tool": {"a"}, "b": {"tool"}}
@@ -63,6 +64,8 @@ def test_records_and_summary_follow_the_documented_definitions():
     assert by["a"].ready == 100.0 and by["tool"].ready == 105 and by["b"].ready == 106
     assert by["a"].worker == "worker 1" and by["b"].worker == "http://w:2"
     assert by["a"].first_token == 103 and by["tool"].first_token is None
+    assert not by["a"].after_tool and by["b"].after_tool  # b's input is the tool's result
+    assert (by["a"].predicted, by["a"].prefetch_hit) == (False, None) and (by["b"].predicted, by["b"].prefetch_hit) == (True, True)
 
     late = report.workflow_record(1, "react", 0, 104.0, 124.0, state(chain(104)), UPSTREAM)
     failed = report.WorkflowRecord(2, "react", 1, 105.0, 130.0, "error", "boom", ())
@@ -75,13 +78,17 @@ def test_records_and_summary_follow_the_documented_definitions():
     # TTFT counts from "inputs ready": a 3 s (1 s waiting + 2 s prefill), b 1.5 s (1 s waiting + 0.5 s)
     assert s.ttft_p50_s == pytest.approx(2.25) and s.ttft_p99_s == pytest.approx(3.0)
     assert s.e2e_p50_s == pytest.approx(15.0)
+    assert s.ttft_after_tool_p50_s == pytest.approx(1.5)  # b only: a's input is no tool result
+    assert (s.predicted_calls, s.prefetch_hits) == (2, 2)  # b in both finished workflows
 
 
 def test_section_states_ratios_and_targets():
-    def cell(config, makespan):
-        return report.CellSummary(config, INF, 4, 0, makespan, 1, 2, 0.1, 0.2, 0.5, 3.0, 1.0, 10, 5, 100)
+    def cell(config, makespan, after_tool=1.0, predicted=0, hits=0):
+        return report.CellSummary(config, INF, 4, 0, makespan, 1, 2, 0.1, 0.2, 0.5, 3.0, 1.0, 10, 5, 100,
+                                  after_tool, predicted, hits)
 
-    text = report.section([cell("agentgate", 10.0), cell("round_robin", 30.0), cell("sequential", 20.0)],
+    text = report.section([cell("agentgate", 10.0, 0.25, 20, 19), cell("no_prediction", 12.0, 1.5),
+                           cell("round_robin", 30.0), cell("sequential", 20.0)],
                           {"command": "x", "when": "today", "machine": "m", "workers": 2, "threads": 1,
                            "kv_memory_gb": 1.0, "workflows": 4, "examples": ["react"], "tool_latency_s": 0.5},
                           "agentgate", {"round_robin": 2.5, "sequential": 4.0}, ("p.png", "t.png"))
@@ -90,11 +97,25 @@ def test_section_states_ratios_and_targets():
     assert "3.00× lower makespan than round_robin (target ≥ 2.5×: met)" in text
     assert "2.00× lower makespan than sequential (target ≥ 4×: not met)" in text
     assert "![Pareto frontier](p.png)" in text
+    assert "| all at once | agentgate | 10.0 | 1.00× | 1.0 | 2.0 | 0.10 | 0.20 | 0.25 | 50% | 19/20 |" in text
+    assert "19 of 20 predicted calls (95%) hit their prefetched prefix at dispatch (target ≥ 90%: met)" in text
+    assert "TTFT after a tool call 0.25 s vs 1.50 s with no_prediction: 6.00× (target ≥ 5×: met)" in text
 
 
 def test_configs_are_data_and_quick_defaults_are_small(tmp_path):
-    assert [c.name for c in bench.CONFIGS][:4] == ["agentgate", "round_robin", "least_load", "sequential"]
+    configs = {c.name: c for c in bench.CONFIGS}
+    assert {"agentgate", "no_prediction", "no_pinning", "token_pipelining", "round_robin", "least_load",
+            "sequential"} <= set(configs)
     assert all(c.gateway is None or "--policy" in c.gateway for c in bench.CONFIGS)
+    # the agent-awareness ablations differ from the full system by their one switch, on the same workers
+    for name, switch in (("no_prediction", "--no-prediction"), ("no_pinning", "--no-pinning"),
+                         ("token_pipelining", "on")):
+        assert switch in configs[name].gateway and switch not in configs["agentgate"].gateway
+        assert configs[name].worker == configs["agentgate"].worker == ()
+    # the baselines are what a deployment without agentgate has: each worker's radix cache alone
+    for name in ("round_robin", "least_load", "sequential", "kv_aware_radix"):
+        assert configs[name].worker == bench.RADIX_ONLY
+        assert configs[name].gateway is None or "--no-prediction" in configs[name].gateway
     args = bench.parse_args(["--quick"])
     assert (args.workers, args.threads, args.workflows, args.rates) == (1, 1, 2, [INF])
     assert [c.name for c in args.configs] == ["agentgate", "sequential"]
@@ -135,7 +156,8 @@ def test_from_json_redraws_plots_and_section_without_running_anything(tmp_path):
     text = (tmp_path / "bench_workflows.md").read_text()
     assert "| 0.5 wf/s | sequential |" in text and "| all at once | agentgate |" in text
     panels = bench.timeline_panels(meta, records)
-    assert [title for title, _ in panels] == ["agentgate (DAG, kv_aware)", "sequential client calls, no gateway"]
+    labels = {c.name: c.label for c in bench.CONFIGS}
+    assert [title for title, _ in panels] == [labels["agentgate"], labels["sequential"]]
     assert panels[0][1].index == panels[1][1].index == 0
 
 
