@@ -4,6 +4,7 @@ server process we started to answer GET /health."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import time
 import urllib.request
@@ -29,8 +30,6 @@ def server_loop() -> asyncio.AbstractEventLoop:
     """A new event loop for an HTTP server: uvloop's where it is installed (a dependency on Linux; it
     cuts the gateway's per-request overhead, see BENCHMARKS.md "Gateway"), else asyncio's own.
     AGENTGATE_EVENT_LOOP=asyncio forces asyncio's."""
-    import os
-
     if os.environ.get("AGENTGATE_EVENT_LOOP", "").lower() != "asyncio":
         try:
             import uvloop

@@ -111,11 +111,11 @@ class Lifecycle:
             try:
                 for wf_id in list(self.runs):
                     # A workflow that ends while this round awaits Redis releases its lease: not lost.
-                    if wf_id in self.runs and not await self.store.refresh(wf_id, self.owner,
-                                                                            self.config.lease_ttl_s):
-                        if wf_id in self.runs:
-                            log.warning("lost the lease on workflow %s; another replica runs it", wf_id)
-                            await self._drop(wf_id)
+                    if wf_id not in self.runs:
+                        continue
+                    if not await self.store.refresh(wf_id, self.owner, self.config.lease_ttl_s) and wf_id in self.runs:
+                        log.warning("lost the lease on workflow %s; another replica runs it", wf_id)
+                        await self._drop(wf_id)
                 await self.claim_orphans()
                 cancel, inbox = await self.store.pending_requests(list(self.runs))
                 for wf_id in sorted(cancel | inbox):  # requests whose nudge this replica missed

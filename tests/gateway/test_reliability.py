@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
+from gateway.keys import SCHEDULER
 from tests.gateway.support import llm
 
 pytestmark = pytest.mark.asyncio
@@ -110,7 +111,7 @@ async def test_an_orphaned_workflow_is_taken_over_when_its_lease_expires(gateway
                            "edges": [{"from": "a", "to": "tool"}]})
     await gw1.wait_node(wf, "tool", "waiting")
     # A crash: the replica's loops die without releasing its lease.
-    scheduler = gw1.app[__import__("gateway.keys", fromlist=["SCHEDULER"]).SCHEDULER]
+    scheduler = gw1.app[SCHEDULER]
     for task in scheduler._loops:
         task.cancel()
     scheduler.runs.clear()
@@ -129,7 +130,7 @@ async def test_a_workflow_ending_during_a_lease_round_is_not_taken_for_a_lost_le
     cancels its tasks, among them the one still finishing it."""
     (w,) = await fake_workers(1, token_delay_s=0.05)
     gw = await gateway([w.url], lease_ttl_s=0.6)
-    scheduler = gw.app[__import__("gateway.keys", fromlist=["SCHEDULER"]).SCHEDULER]
+    scheduler = gw.app[SCHEDULER]
     wf = await gw.submit({"nodes": [llm("a", "one"), {"id": "tool", "type": "external"}],
                           "edges": [{"from": "a", "to": "tool"}]})
     await gw.wait_node(wf, "tool", "waiting")
