@@ -210,6 +210,9 @@ class Engine:
                 continue
             t0 = time.monotonic()
             produced = 0
+            work = {"prefill": sum(n for r, n in batch.chunks if not r.background),
+                    "prefetch": sum(n for r, n in batch.chunks if r.background),
+                    "decode_rows": sum(1 + len(r.draft) for r in batch.decodes)}  # before _process moves drafts
             try:
                 logits = self.model.forward(batch.forward.to(self.device))
                 if logits.device.type != "cpu":  # sampling and verification run on the CPU
@@ -221,7 +224,7 @@ class Engine:
                     if not req.finished:
                         self._finish(req, {"type": "abort", "message": f"engine error: {exc}"})
             dt = time.monotonic() - t0
-            self.stats.record_step(produced, dt)
+            self.stats.record_step(produced, dt, **work)
 
     def _drain_inbox(self) -> None:
         self.pins.expire()

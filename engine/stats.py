@@ -48,15 +48,27 @@ class EngineStats:
     spec_verifies: int = 0
     spec_proposed: int = 0
     spec_accepted: int = 0
+    # the engine's work, step by step: what the forward passes computed and how long they took
+    steps: int = 0
+    forward_seconds: float = 0.0
+    prefill_computed: int = 0  # prompt tokens run through the model for requests
+    prefetch_computed: int = 0  # prompt tokens run through the model for background prefetches
+    decode_rows: int = 0  # one per decoding request per step (plus its draft rows when speculating)
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     e2e: Histogram = field(default_factory=lambda: Histogram(E2E_BUCKETS))
     itl: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
     _recent: deque = field(default_factory=lambda: deque(maxlen=256))  # (time, tokens generated) per step
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record_step(self, generated: int, duration: float) -> None:
+    def record_step(self, generated: int, duration: float, *, prefill: int = 0, prefetch: int = 0,
+                    decode_rows: int = 0) -> None:
         with self.lock:
             self.generation_tokens += generated
+            self.steps += 1
+            self.forward_seconds += duration
+            self.prefill_computed += prefill
+            self.prefetch_computed += prefetch
+            self.decode_rows += decode_rows
             self._recent.append((time.monotonic(), generated))
             if generated:
                 self.itl.observe(duration)

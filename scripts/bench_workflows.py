@@ -171,6 +171,17 @@ class Stack:
                                f"gateway-{port}")
             wait_healthy(self.gateway_url, proc, timeout=60)
 
+    def work(self) -> list[dict]:
+        """Each worker's work counters now (report.WORK_COUNTERS); a worker that cannot say is left out."""
+        out = []
+        for url in self.worker_urls:
+            try:
+                with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
+                    out.append(report.work_counters(r.read().decode()))
+            except OSError as exc:
+                print(f"could not read {url}/metrics: {exc}", file=sys.stderr)
+        return out
+
     def _spawn(self, cmd: list[str], name: str) -> subprocess.Popen:
         with open(self.log_dir / f"{self.config.name}-{name}.log", "ab") as log:
             proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -348,8 +359,9 @@ def main(argv=None) -> int:
                 progress.update(task, description=f"{config.name} @ {report.rate_label(rate)}")
                 cell = asyncio.run(run_cell(plan, stack, args, progress, task))
                 plans[(config.name, rate)] = stack.matmul_plans
+                work = stack.work()
             records[(config.name, rate)] = cell
-            summaries.append(report.summarize(config.name, rate, cell, args.workers))
+            summaries.append(report.summarize(config.name, rate, cell, args.workers, work))
             progress.advance(overall)
     text = write_outputs(run_meta(args, argv if argv is not None else sys.argv[1:]), summaries, records, plans,
                          args.out_dir, update_md=not args.quick and not args.no_write)

@@ -13,7 +13,8 @@ Definitions (the same for every configuration, computed from node timings and us
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +70,9 @@ def workflow_record(index: int, example: str, variant: int, arrival: float, end:
     nodes = []
     for node_id, info in state.nodes.items():
         prefetch = (raw_nodes.get(node_id) or {}).get("prefetch") or {}
-        after_tool = any(state.nodes[p].type == "external" for p in upstream.get(node_id, ()) if p in state.nodes)
-        ends = [state.nodes[p].finished for p in upstream.get(node_id, ()) if p in state.nodes]
+        parents = [state.nodes[p] for p in upstream.get(node_id, ()) if p in state.nodes]
+        after_tool = any(p.type == "external" for p in parents)
+        ends = [p.finished for p in parents]
         ready = arrival if not upstream.get(node_id) else (max(ends) if ends and None not in ends else None)
         first = info.started + info.ttft_s if info.started is not None and info.ttft_s is not None else None
         worker = worker_names.get(info.worker or "", info.worker or "")
@@ -100,13 +102,35 @@ class CellSummary:
     ttft_after_tool_p50_s: float = float("nan")  # LLM calls whose input includes a tool result
     predicted_calls: int = 0  # calls predicted (whole knowable prefix prefetched) that ran
     prefetch_hits: int = 0  # of those, how many found that prefix cached at dispatch
+    work: dict = field(default_factory=dict)  # the workers' own counters summed (WORK_COUNTERS), {} if unread
+
+
+# What the engine workers did during a cell, from their /metrics counters (summed over workers).
+WORK_COUNTERS = {
+    "agentgate:engine_forward_seconds_total": "forward_s",
+    "agentgate:prefill_computed_tokens_total": "prefill_tokens",
+    "agentgate:prefetch_computed_tokens_total": "prefetch_tokens",
+    "agentgate:decode_rows_total": "decode_rows",
+    "agentgate:engine_steps_total": "steps",
+}
+
+
+def work_counters(metrics_text: str) -> dict:
+    """WORK_COUNTERS read from one worker's Prometheus text."""
+    out = {}
+    for line in metrics_text.splitlines():
+        name, _, rest = line.partition("{")
+        if name in WORK_COUNTERS:
+            out[WORK_COUNTERS[name]] = float(rest.rsplit("}", 1)[1])
+    return out
 
 
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def summarize(config: str, rate: float, records: list[WorkflowRecord], workers: int) -> CellSummary:
+def summarize(config: str, rate: float, records: list[WorkflowRecord], workers: int,
+              work: list[dict] | None = None) -> CellSummary:
     done = [r for r in records if r.status == "finished"]
     calls = [c for r in done for c in r.llm_calls()]
     ttfts = [c.first_token - c.ready for c in calls if c.first_token is not None and c.ready is not None]
@@ -125,7 +149,9 @@ def summarize(config: str, rate: float, records: list[WorkflowRecord], workers: 
         tps_per_user=float(np.mean([r.completion_tokens / r.latency for r in done])) if done else 0.0,
         prompt_tokens=prompt, cached_tokens=cached, completion_tokens=completion,
         ttft_after_tool_p50_s=_pct(after_tool, 50), predicted_calls=len(predicted),
-        prefetch_hits=sum(bool(c.prefetch_hit) for c in predicted))
+        prefetch_hits=sum(bool(c.prefetch_hit) for c in predicted),
+        work={"workers": len(work), **{k: sum(w.get(k, 0.0) for w in work) for k in WORK_COUNTERS.values()}}
+        if work else {})
 
 
 def to_json(meta: dict, summaries: list[CellSummary], records: dict[tuple[str, float], list[WorkflowRecord]],
@@ -195,8 +221,28 @@ def section(summaries: list[CellSummary], meta: dict, baseline: str, targets: di
         if verdicts:
             lines += ["", f"At the highest load ({rate_label(top)}), {baseline}: " + "; ".join(verdicts) + "."]
     lines += awareness_verdicts(summaries, baseline, rates)
+    lines += work_table(summaries)
     lines += ["", f"![Pareto frontier]({images[0]})", "", f"![one workflow's timeline]({images[1]})", ""]
     return "\n".join(lines)
+
+
+def work_table(summaries: list[CellSummary]) -> list[str]:
+    """Where the workers' time went, per cell: forward-pass seconds and the tokens they computed."""
+    rows = [s for s in summaries if s.work]
+    if not rows:
+        return []
+    lines = ["", "What the workers computed (their /metrics counters, summed over workers): busy = forward-pass "
+             "seconds ÷ (makespan × workers); prefill = prompt tokens run for calls; prefetch = prompt tokens run "
+             "ahead of calls; decode rows = one per decoding request per step.", "",
+             "| arrivals | configuration | forward s | busy | prefill tokens | prefetch tokens | decode rows | steps |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in rows:
+        w = s.work
+        busy = w["forward_s"] / (s.makespan_s * w["workers"]) if s.makespan_s > 0 else float("nan")
+        lines.append(f"| {rate_label(s.rate)} | {s.config} | {w['forward_s']:.0f} | {busy:.0%} | "
+                     f"{w['prefill_tokens']:.0f} | {w['prefetch_tokens']:.0f} | {w['decode_rows']:.0f} | "
+                     f"{w['steps']:.0f} |")
+    return lines
 
 
 def awareness_verdicts(summaries: list[CellSummary], baseline: str, rates: list[float],
@@ -214,10 +260,10 @@ def awareness_verdicts(summaries: list[CellSummary], baseline: str, rates: list[
             share = full.prefetch_hits / full.predicted_calls
             parts.append(f"{full.prefetch_hits} of {full.predicted_calls} predicted calls ({share:.0%}) hit their "
                          f"prefetched prefix at dispatch (target ≥ 90%: {'met' if share >= 0.9 else 'not met'})")
-        if off is not None and full.ttft_after_tool_p50_s > 0 and off.ttft_after_tool_p50_s == off.ttft_after_tool_p50_s:
+        if off is not None and full.ttft_after_tool_p50_s > 0 and not math.isnan(off.ttft_after_tool_p50_s):
             speed = off.ttft_after_tool_p50_s / full.ttft_after_tool_p50_s
-            parts.append(f"TTFT after a tool call {full.ttft_after_tool_p50_s:.2f} s vs {off.ttft_after_tool_p50_s:.2f} s "
-                         f"with {ablation}: {speed:.2f}× (target ≥ 5×: {'met' if speed >= 5 else 'not met'})")
+            parts.append(f"TTFT after a tool call {full.ttft_after_tool_p50_s:.2f} s vs "
+                         f"{off.ttft_after_tool_p50_s:.2f} s with {ablation}: {speed:.2f}× (target ≥ 5×: {'met' if speed >= 5 else 'not met'})")
         if parts:
             out += ["", f"Agent awareness at {rate_label(rate)}: " + "; ".join(parts) + "."]
     return out

@@ -31,6 +31,11 @@ def render_metrics(engine: Engine, model_name: str, load: dict, usage: dict) -> 
             "sglang:cached_tokens_total": s.cached_tokens,
             "sglang:num_requests_total": s.num_requests,
             "sglang:num_aborted_requests_total": s.num_aborted,
+            "agentgate:engine_steps_total": s.steps,
+            "agentgate:engine_forward_seconds_total": round(s.forward_seconds, 6),
+            "agentgate:prefill_computed_tokens_total": s.prefill_computed,
+            "agentgate:prefetch_computed_tokens_total": s.prefetch_computed,
+            "agentgate:decode_rows_total": s.decode_rows,
         }
         hist = [s.ttft.render("sglang:time_to_first_token_seconds", labels),
                 s.e2e.render("sglang:e2e_request_latency_seconds", labels),

@@ -337,6 +337,20 @@ def test_metrics_exposes_sglang_and_agentgate_names(worker):
                  "sglang:time_to_first_token_seconds_bucket", "agentgate:kv_free_blocks"):
         assert name in text, name
     assert metric(worker, "sglang:prompt_tokens_total") > 0
+
+
+def test_work_counters_count_what_the_forward_passes_computed(worker):
+    names = ("agentgate:prefill_computed_tokens_total", "agentgate:prefetch_computed_tokens_total",
+             "agentgate:decode_rows_total", "agentgate:engine_steps_total", "agentgate:engine_forward_seconds_total")
+    before = {n: metric(worker, n) for n in names}
+    out = generate(worker, text=LONG_PROMPT + " Work counters.", max_new_tokens=6, sampling={"ignore_eos": True})
+    after = {n: metric(worker, n) for n in names}
+    meta = out["meta_info"]
+    # the prompt less its cached prefix is prefilled; tokens 2..6 take one decode row each
+    assert after[names[0]] - before[names[0]] == meta["prompt_tokens"] - meta["cached_tokens"]
+    assert after[names[1]] == before[names[1]]
+    assert after[names[2]] - before[names[2]] == 5
+    assert after[names[3]] - before[names[3]] >= 6 and after[names[4]] > before[names[4]]
     assert metric(worker, "sglang:num_requests_total") >= 1
     assert 0 <= metric(worker, "sglang:cache_hit_rate") <= 1
 

@@ -82,6 +82,26 @@ def test_records_and_summary_follow_the_documented_definitions():
     assert (s.predicted_calls, s.prefetch_hits) == (2, 2)  # b in both finished workflows
 
 
+def test_work_counters_are_read_summed_and_tabled():
+    text = ('# TYPE agentgate:engine_forward_seconds_total counter\n'
+            'agentgate:engine_forward_seconds_total{model_name="m"} 12.5\n'
+            'agentgate:prefill_computed_tokens_total{model_name="m"} 900\n'
+            'agentgate:prefetch_computed_tokens_total{model_name="m"} 300\n'
+            'agentgate:decode_rows_total{model_name="m"} 40\n'
+            'agentgate:engine_steps_total{model_name="m"} 30\n'
+            'sglang:prompt_tokens_total{model_name="m"} 5000\n')
+    one = report.work_counters(text)
+    assert one == {"forward_s": 12.5, "prefill_tokens": 900, "prefetch_tokens": 300, "decode_rows": 40, "steps": 30}
+    rec = report.WorkflowRecord(0, "react", 0, 100.0, 125.0, "finished", None, ())
+    s = report.summarize("agentgate", INF, [rec], workers=2, work=[one, {**one, "forward_s": 7.5}])
+    assert s.work["workers"] == 2 and s.work["forward_s"] == 20.0 and s.work["prefetch_tokens"] == 600
+    table = "\n".join(report.work_table([s, report.summarize("round_robin", INF, [rec], workers=2)]))
+    assert "| all at once | agentgate | 20 | 40% | 1800 | 600 | 80 | 60 |" in table  # 20 s / (25 s × 2)
+    assert "round_robin" not in table  # a cell whose workers could not be read has no row
+    again = report.from_json(json.loads(json.dumps(report.to_json({}, [s], {}, {}))))[1][0]
+    assert again.work == s.work
+
+
 def test_section_states_ratios_and_targets():
     def cell(config, makespan, after_tool=1.0, predicted=0, hits=0):
         return report.CellSummary(config, INF, 4, 0, makespan, 1, 2, 0.1, 0.2, 0.5, 3.0, 1.0, 10, 5, 100,
