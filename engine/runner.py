@@ -204,6 +204,8 @@ class Engine:
                 for req in list(self.scheduler.running) + self.scheduler.queued():
                     self._finish(req, {"type": "abort", "message": f"engine error: {exc}"})
                 continue
+            for req in self.scheduler.take_resident():
+                self._finish(req, {"type": "length", "length": 0})
             if batch is None:
                 self._wake.wait(0.05)
                 self._wake.clear()
@@ -309,8 +311,7 @@ class Engine:
         """Advance every request of the step; returns how many tokens it produced."""
         for req, n in batch.chunks:
             req.num_computed += n
-            if not req.in_prefill:
-                self.scheduler.on_prefill_done(req)
+            self.scheduler.on_prefill_chunk(req)
         plain, plain_rows, verifies, row = [], [], [], 0
         for req, n in batch.sampled:
             if req.draft:

@@ -182,6 +182,19 @@ class Stack:
                 print(f"could not read {url}/metrics: {exc}", file=sys.stderr)
         return out
 
+    def awareness(self) -> dict:
+        """The gateway's agent-awareness counters now (prediction outcomes, prefetch tokens by source,
+        wasted and saved tokens, pin-seconds), one entry per labelled series; {} without a gateway."""
+        if self.gateway_url is None:
+            return {}
+        try:
+            with urllib.request.urlopen(self.gateway_url + "/metrics", timeout=30) as r:
+                text = r.read().decode()
+        except OSError as exc:
+            print(f"could not read {self.gateway_url}/metrics: {exc}", file=sys.stderr)
+            return {}
+        return report.awareness_counters(text)
+
     def _spawn(self, cmd: list[str], name: str) -> subprocess.Popen:
         with open(self.log_dir / f"{self.config.name}-{name}.log", "ab") as log:
             proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -359,9 +372,9 @@ def main(argv=None) -> int:
                 progress.update(task, description=f"{config.name} @ {report.rate_label(rate)}")
                 cell = asyncio.run(run_cell(plan, stack, args, progress, task))
                 plans[(config.name, rate)] = stack.matmul_plans
-                work = stack.work()
+                work, awareness = stack.work(), stack.awareness()
             records[(config.name, rate)] = cell
-            summaries.append(report.summarize(config.name, rate, cell, args.workers, work))
+            summaries.append(report.summarize(config.name, rate, cell, args.workers, work, awareness))
             progress.advance(overall)
     text = write_outputs(run_meta(args, argv if argv is not None else sys.argv[1:]), summaries, records, plans,
                          args.out_dir, update_md=not args.quick and not args.no_write)

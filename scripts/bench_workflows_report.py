@@ -36,6 +36,7 @@ class NodeRecord:
     after_tool: bool = False  # an upstream node is an external (tool) node
     predicted: bool = False  # the gateway predicted it and prefetched its whole knowable prefix
     prefetch_hit: bool | None = None  # its call's cached_tokens covered that prefix (None: not settled)
+    prefetch: dict | None = None  # the gateway's prefetch record of the node, as GET /v1/workflows/{id} gave it
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def workflow_record(index: int, example: str, variant: int, arrival: float, end:
         worker = worker_names.get(info.worker or "", info.worker or "")
         nodes.append(NodeRecord(node_id, info.type, info.status, worker, ready, info.started, first,
                                 info.finished, info.prompt_tokens, info.cached_tokens, info.completion_tokens,
-                                after_tool, bool(prefetch.get("predicted")), prefetch.get("hit")))
+                                after_tool, bool(prefetch.get("predicted")), prefetch.get("hit"), prefetch or None))
     return WorkflowRecord(index, example, variant, arrival, end, state.status, state.error, tuple(nodes))
 
 
@@ -129,8 +130,21 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def awareness_counters(metrics_text: str) -> dict:
+    """The gateway's agentgate_gateway_{predictions,prefetch*,pin*} series: {"name{labels}": value}."""
+    out = {}
+    for line in metrics_text.splitlines():
+        if line.startswith(AWARENESS_SERIES):
+            series, _, value = line.rpartition(" ")
+            out[series.removeprefix("agentgate_gateway_")] = float(value)
+    return out
+
+
+AWARENESS_SERIES = ("agentgate_gateway_predictions_total", "agentgate_gateway_prefetch", "agentgate_gateway_pin_")
+
+
 def summarize(config: str, rate: float, records: list[WorkflowRecord], workers: int,
-              work: list[dict] | None = None) -> CellSummary:
+              work: list[dict] | None = None, awareness: dict | None = None) -> CellSummary:
     done = [r for r in records if r.status == "finished"]
     calls = [c for r in done for c in r.llm_calls()]
     ttfts = [c.first_token - c.ready for c in calls if c.first_token is not None and c.ready is not None]
@@ -150,8 +164,8 @@ def summarize(config: str, rate: float, records: list[WorkflowRecord], workers: 
         prompt_tokens=prompt, cached_tokens=cached, completion_tokens=completion,
         ttft_after_tool_p50_s=_pct(after_tool, 50), predicted_calls=len(predicted),
         prefetch_hits=sum(bool(c.prefetch_hit) for c in predicted),
-        work={"workers": len(work), **{k: sum(w.get(k, 0.0) for w in work) for k in WORK_COUNTERS.values()}}
-        if work else {})
+        work={"workers": len(work), **{k: sum(w.get(k, 0.0) for w in work) for k in WORK_COUNTERS.values()},
+              **({"gateway": awareness} if awareness else {})} if work else {})
 
 
 def to_json(meta: dict, summaries: list[CellSummary], records: dict[tuple[str, float], list[WorkflowRecord]],

@@ -4,7 +4,13 @@ max_batch_tokens. Requests join and leave the batch at any step.
 
 Admission (`can_admit` → `admit`) locks the longest cached prefix and
 allocates blocks for the rest of the prompt up front, so a prefill never
-stalls half-way for memory. Decode growth takes one block every block_size
+stalls half-way for memory. A prefill's full blocks go to the cache chunk by
+chunk, and a waiting request whose next uncached blocks another running
+prefill is computing right now waits for them instead of computing them a
+second time beside it (in-batch prefix sharing, as SGLang's scheduler does):
+several calls that share a long system prompt arriving together cost one
+prefill of it, not several. A call never waits for a prefetch: it takes the
+shared blocks over, and the prefetch resumes from the cache afterwards. Decode growth takes one block every block_size
 tokens; when none is left even after evicting cached blocks, the newest
 running request is preempted (its computed blocks go to the cache, it re-queues
 at the front and resumes by prefix match).
@@ -37,6 +43,7 @@ class ScheduledBatch:
 
 
 SPEC_PUSH_EMA = 0.4  # acceptance (EMA) above which a miss does not pause speculation
+SHARE_MIN_TOKENS = 32  # a shared prefix this long, being computed by a running prefill, is worth waiting for
 
 
 class Scheduler:
@@ -53,6 +60,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.background: deque[Request] = deque()  # prefetches, highest priority first
         self.running: list[Request] = []  # admitted, in admission order
+        self.resident: list[Request] = []  # queued prefetches whose prefix is wholly cached now (take_resident)
         self.num_preemptions = 0
         # Prefetch work never delays running requests by more than one small chunk per step.
         self.background_chunk = background_chunk
@@ -110,10 +118,14 @@ class Scheduler:
                 n = min(len(req.fill_ids) - req.num_computed, budget)
                 chunks.append((req, n))
                 budget -= n
-        while budget > 0 and self.waiting and len(self.running) < self.max_running:
-            req = self.waiting[0]
-            if not self._admit(req, self.waiting):
+        for req in list(self.waiting):
+            if budget <= 0 or len(self.running) >= self.max_running:
                 break
+            if self._shared_in_flight(req, foreground_only=True):
+                continue  # its prefix is being computed: admit it once that is cached
+            self._yield_shared_prefetches(req, chunks)
+            if not self._admit(req, self.waiting):
+                break  # no memory: first come, first served
             n = min(len(req.fill_ids) - req.num_computed, budget)
             chunks.append((req, n))
             budget -= n
@@ -131,7 +143,10 @@ class Scheduler:
         def take(req: Request) -> bool:
             """Give req a chunk; whether another background chunk may follow this step."""
             nonlocal budget
-            n = min(len(req.fill_ids) - req.num_computed, budget)
+            left = len(req.fill_ids) - req.num_computed
+            n = left if left <= budget else budget // self.bs * self.bs  # whole blocks: stepping aside loses none
+            if n == 0:
+                return False
             chunks.append((req, n))
             budget -= n
             return budget > 0 and not busy
@@ -139,10 +154,64 @@ class Scheduler:
         for req in [r for r in self.running if r.background and r.in_prefill]:
             if budget <= 0 or not take(req):
                 return
-        while (budget > 0 and self.background and len(self.running) < self.max_running
-               and sum(r.background for r in self.running) < self.max_background):
-            if not self._admit(self.background[0], self.background) or not take(self.running[-1]):
+        for req in list(self.background):
+            if (budget <= 0 or len(self.running) >= self.max_running
+                    or sum(r.background for r in self.running) >= self.max_background):
                 return
+            if self._shared_in_flight(req, foreground_only=False):
+                continue
+            if self.cache.match_prefix(req.fill_ids, req.salt).num_tokens >= len(req.fill_ids) // self.bs * self.bs:
+                if not any(r is req for r in self.resident):
+                    self.resident.append(req)  # others computed it meanwhile: done without a step
+                continue
+            if not self._admit(req, self.background) or not take(self.running[-1]):
+                return
+
+    def take_resident(self) -> list[Request]:
+        """Queued prefetches found wholly cached while scheduling: the caller finishes them."""
+        out, self.resident = self.resident, []
+        return out
+
+    # -- in-batch prefix sharing --------------------------------------------------------------
+    def _common_tokens(self, a: Request, b: Request) -> int:
+        """Full blocks at the start of both requests' fill ids that are equal, in tokens."""
+        if a.salt != b.salt:
+            return 0
+        bs, n = self.bs, min(len(a.fill_ids), len(b.fill_ids)) // self.bs * self.bs
+        x, y = a.fill_ids, b.fill_ids
+        i = 0
+        while i < n and x[i:i + bs] == y[i:i + bs]:
+            i += bs
+        return i
+
+    def _uncached_start(self, req: Request) -> int:
+        """Tokens of req's prompt the cache (and what staging brought up) already holds."""
+        return max(self.cache.match_prefix(req.fill_ids[:-1], req.salt).num_tokens, len(req.staged) * self.bs)
+
+    def _shared_in_flight(self, req: Request, *, foreground_only: bool) -> bool:
+        """Whether a running prefill is computing at least SHARE_MIN_TOKENS of the blocks req
+        would compute next (then req waits a step: those blocks reach the cache chunk by chunk)."""
+        others = [r for r in self.running if r.in_prefill and not (foreground_only and r.background)]
+        if not others:
+            return False
+        start = None
+        for r in others:
+            common = self._common_tokens(req, r)
+            if common - r.num_computed // self.bs * self.bs < SHARE_MIN_TOKENS:
+                continue  # little or nothing of it left to compute there
+            start = self._uncached_start(req) if start is None else start
+            if common - start >= SHARE_MIN_TOKENS:
+                return True
+        return False
+
+    def _yield_shared_prefetches(self, req: Request, chunks: list[tuple[Request, int]]) -> None:
+        """A call about to be admitted takes over what running prefetches would compute of its prefix:
+        they step aside (their computed blocks stay cached) and resume from the cache after it."""
+        for r in [r for r in self.running if r.background and r.in_prefill]:
+            if any(c is r for c, _ in chunks):
+                continue  # already in this step's batch
+            if self._common_tokens(req, r) - r.num_computed // self.bs * self.bs >= SHARE_MIN_TOKENS:
+                self._preempt(r)
 
     def _schedule_decodes(self) -> list[Request]:
         decodes = []
@@ -215,20 +284,24 @@ class Scheduler:
         for victim in order:
             if victim is exclude:
                 continue
-            self.running.remove(victim)
-            self._cache_computed(victim)
-            self.cache.release(victim.blocks)
-            victim.blocks = []
-            # Resume later by prefilling everything it has (prompt + output so far).
-            victim.fill_ids = victim.all_ids
-            victim.num_computed = 0
-            victim.draft = []
-            victim.status = Status.WAITING
-            victim.num_preemptions += 1
+            self._preempt(victim)
             self.num_preemptions += 1
-            (self.background if victim.background else self.waiting).appendleft(victim)
             return victim
         return None
+
+    def _preempt(self, victim: Request) -> None:
+        """Back to the front of its queue; its computed blocks stay in the cache for its resumption."""
+        self.running.remove(victim)
+        self._cache_computed(victim)
+        self.cache.release(victim.blocks)
+        victim.blocks = []
+        # Resume later by prefilling everything it has (prompt + output so far).
+        victim.fill_ids = victim.all_ids
+        victim.num_computed = 0
+        victim.draft = []
+        victim.status = Status.WAITING
+        victim.num_preemptions += 1
+        (self.background if victim.background else self.waiting).appendleft(victim)
 
     def _admit(self, req: Request, queue: deque[Request]) -> bool:
         # Match at most len-1 tokens: the last prompt token must run to give logits.
@@ -243,7 +316,7 @@ class Scheduler:
         req.num_computed = match.num_tokens
         if req.num_preemptions == 0:
             req.cached_tokens = match.num_tokens
-        queue.popleft()
+        queue.remove(req)
         req.status = Status.RUNNING
         self.running.append(req)
         return True
@@ -256,8 +329,9 @@ class Scheduler:
         if full:
             self.cache.insert(req.all_ids[:full], req.blocks, req.salt)
 
-    def on_prefill_done(self, req: Request) -> None:
-        """The prompt's K/V is complete: share its full blocks with later requests now."""
+    def on_prefill_chunk(self, req: Request) -> None:
+        """Another chunk of the prompt is computed: share its full blocks with later requests now
+        (before the whole prompt is done, so requests waiting on a shared prefix can start)."""
         self._cache_computed(req)
 
     # -- batch construction ---------------------------------------------------------------

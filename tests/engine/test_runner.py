@@ -147,10 +147,21 @@ def test_prefix_cache_on_and_off_give_identical_greedy_outputs(engine_fp32, engi
     assert all(o.cached_tokens == 0 for o in off)
 
 
-def test_a_concurrent_batch_sharing_an_uncached_prefix_matches_the_reference(engine_fp32, prompts, reference):
+def computed_tokens(engine: Engine) -> int:
+    with engine.stats.lock:
+        return engine.stats.prefill_computed + engine.stats.prefetch_computed
+
+
+def test_a_concurrent_batch_sharing_an_uncached_prefix_matches_the_reference(engine_fp32, prompts, reference,
+                                                                             prefix_ids):
     flush(engine_fp32)
+    before = computed_tokens(engine_fp32)
     together = generate(engine_fp32, prompts, greedy(16))
     assert ids_of(together) == expected(reference, prompts)
+    # In-batch sharing: the shared prefix was computed once; every other request found it cached.
+    shared = len(prefix_ids) // BS * BS
+    assert sorted(o.cached_tokens >= shared for o in together) == [False] + [True] * (len(prompts) - 1)
+    assert computed_tokens(engine_fp32) - before == sum(len(p) - o.cached_tokens for p, o in zip(prompts, together))
     # And once more, now that the prefix is cached by the batch above.
     assert ids_of(generate(engine_fp32, prompts[::-1], greedy(16))) == expected(reference, prompts[::-1])
 
@@ -183,6 +194,28 @@ def test_stored_events_use_the_shared_block_hashes(engine_fp32, prompts):
     # Everything computed (prompt + all but the last output token) is announced, in chain order.
     computed = prompt + out.output_ids[:-1]
     assert stored == block_hashes(computed, BS)
+
+
+def test_a_call_takes_over_a_running_prefetch_of_its_prefix_and_nothing_is_computed_twice(
+        engine_chunked, prompts, short_prompts, reference, prefix_ids):
+    """engine_chunked steps 32 tokens at a time, and a busy step gives a prefetch one such chunk:
+    the prefetch of the prefix is still running when the call that starts with it arrives."""
+    flush(engine_chunked)
+    before = computed_tokens(engine_chunked)
+    prefetched_before = engine_chunked.stats.prefetch_computed
+    busy = submit(engine_chunked, short_prompts[1], greedy(40, ignore_eos=True))  # keeps every step busy
+    fetched = engine_chunked.prefetch(prefix_ids)
+    deadline = time.monotonic() + 60
+    while engine_chunked.stats.prefetch_computed == prefetched_before and not fetched.done():
+        assert time.monotonic() < deadline
+        time.sleep(0.005)  # the prefetch has computed its first chunk (or is done already)
+    (call,) = generate(engine_chunked, [prompts[4]], greedy(16))
+    result = fetched.result(120)
+    busy.wait()
+    assert call.output_ids == reference[tuple(prompts[4])]
+    assert result["resident_tokens"] == len(prefix_ids) // BS * BS
+    # Every token of the call's prompt and of the busy request's prompt was computed exactly once.
+    assert computed_tokens(engine_chunked) - before == len(prompts[4]) + len(short_prompts[1])
 
 
 # -- chunked prefill -------------------------------------------------------------------------------------
