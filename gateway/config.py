@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.kvindex.credit import L2_CREDIT, L3_CREDIT
+from gateway.kvindex.credit import L2_CREDIT, L3_CREDIT, RECENT_S
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class GatewayConfig:
     kvindex_registry_interval_s: float = 1.0
     kv_credit_l2: float = L2_CREDIT
     kv_credit_l3: float = L3_CREDIT
+    kv_recent_s: float = RECENT_S  # a prefix sent to a worker this recently counts as cached there (0 = off)
     # Agent awareness (gateway/scheduler/awareness.py). The three switches are the ablations:
     # prediction off = no prefetch, pins or pipelining at all; pinning off = prefetch without pins
     # (and no caller pins during tool calls); token_pipelining "on" | "off" | "auto" (auto: the

@@ -9,7 +9,7 @@ import socket
 import sys
 
 from gateway.config import GatewayConfig
-from gateway.kvindex.credit import L2_CREDIT, L3_CREDIT
+from gateway.kvindex.credit import L2_CREDIT, L3_CREDIT, RECENT_S
 from gateway.router.registry import POLICIES
 
 
@@ -28,6 +28,9 @@ def add_gateway_args(p: argparse.ArgumentParser) -> None:
                         "(default: kvindex:{hostname}:{port})")
     p.add_argument("--kv-credit-l2", type=float, default=L2_CREDIT, help="routing credit of an L2 block (L1 = 1)")
     p.add_argument("--kv-credit-l3", type=float, default=L3_CREDIT, help="routing credit of an L3 block (L1 = 1)")
+    p.add_argument("--kv-recent-s", type=float, default=RECENT_S,
+                   help="kv_aware: a prefix sent to a worker this many seconds ago or less counts as cached there "
+                        "before its KV events arrive (0 = the KV index alone)")
     p.add_argument("--log-level", default="info")
     aware = p.add_argument_group("agent awareness (prediction, prefetch, pins, token pipelining)")
     aware.add_argument("--no-prediction", dest="prediction", action="store_false",
@@ -79,6 +82,7 @@ def run_gateway(args: argparse.Namespace) -> int:
                            max_body_bytes=int(args.max_body_mb * 1024 * 1024),
                            kvindex_group=args.kvindex_group or f"kvindex:{socket.gethostname()}:{args.port}",
                            kv_credit_l2=args.kv_credit_l2, kv_credit_l3=args.kv_credit_l3,
+                           kv_recent_s=max(args.kv_recent_s, 0.0),
                            **awareness_options(args))
     print(f"agentgate gateway listening on http://{args.host}:{args.port} (policy {args.policy}, "
           f"{len(config.worker_urls)} worker(s), redis {redis_url})", flush=True)

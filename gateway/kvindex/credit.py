@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.kvindex.index import NO_MATCH, KVIndex, PrefixMatch
-from gateway.router.policies.kv_aware import PrefixSource
+from gateway.router.prefix_record import PrefixRecord
 
 L1_CREDIT = 1.0
 L2_CREDIT = 0.98
@@ -37,19 +37,27 @@ class TierCredit:
         return match.l1 * self.l1 + match.l2 * self.l2 + match.l3 * self.l3
 
 
+RECENT_S = 30.0  # a prefix sent to a worker this recently counts as cached there, indexed yet or not
+
+
 class IndexPrefixSource:
     """matched_blocks from the KV index where it covers the worker, else from `fallback`
     (the gateway's own PrefixRecord: workers that publish nothing keep the old behaviour).
+    Where the index covers the worker, what the record says was sent there within
+    `recent_s` counts too (full credit): the index learns of a prefix only once it is
+    computed, and a call that shares a prefix being prefilled belongs on the same worker.
 
     kv_aware asks once per candidate worker for the same chain; the first ask
     computes every worker's match and the rest read it back, until the chain or
     the index changes.
     """
 
-    def __init__(self, index: KVIndex, fallback: PrefixSource, credit: TierCredit = TierCredit()):
+    def __init__(self, index: KVIndex, fallback: PrefixRecord, credit: TierCredit = TierCredit(),
+                 recent_s: float = RECENT_S):
         self.index = index
         self.fallback = fallback
         self.credit = credit
+        self.recent_s = recent_s
         self._chain: Sequence[int] | None = None  # held, so that `is` below cannot match a recycled id
         self._version = -1
         self._matches: dict[str, PrefixMatch] = {}
@@ -57,7 +65,10 @@ class IndexPrefixSource:
     def matched_blocks(self, hashes: Sequence[int], url: str) -> float:
         if not self.index.covers(url):
             return self.fallback.matched_blocks(hashes, url)
-        return self.credit.of(self.match(hashes, url))
+        indexed = self.credit.of(self.match(hashes, url))
+        if self.recent_s <= 0:
+            return indexed
+        return max(indexed, self.fallback.matched_blocks(hashes, url, max_age_s=self.recent_s))
 
     def match(self, hashes: Sequence[int], url: str) -> PrefixMatch:
         if hashes is not self._chain or self.index.version != self._version:

@@ -115,6 +115,8 @@ class Prefetcher:
                 self._unhold(slot)
                 self._dequeue(slot)
             slot = self.slots[intent.key] = Slot(intent.key, url)
+            if intent.url is None:  # routed: the next call or prefetch with this prefix goes the same way
+                self.policy.on_routed(self.hasher.route_for_ids(intent.ids), url)
         if not self._worth_sending(slot, intent):
             return slot
         if slot.wanted is None:

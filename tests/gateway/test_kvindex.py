@@ -14,6 +14,7 @@ from gateway.kvindex.credit import IndexPrefixSource, TierCredit
 from gateway.kvindex.index import KVIndex, PrefixMatch
 from gateway.router.base import RouteRequest, WorkerView
 from gateway.router.policies.kv_aware import KVAwarePolicy
+from gateway.router.prefix_record import PrefixRecord
 
 A, B, C = "http://a", "http://b", "http://c"
 
@@ -101,6 +102,31 @@ def test_index_credit_and_fallback_in_kv_aware_routing():
     assert policy.prefix.matched_blocks(req.block_hashes, C) == 10
     with pytest.raises(ValueError):
         TierCredit(l2=1.5)
+
+
+def test_a_prefix_sent_moments_ago_counts_until_the_index_has_it():
+    """The index learns a prefix once it is computed; meanwhile a second call sharing a prefix that is
+    being prefilled on A goes to A too (computed once there), not to idle B."""
+    index = index_with((A, ""), (B, ""))
+    now = [100.0]
+    policy = KVAwarePolicy()
+    policy.record = PrefixRecord(clock=lambda: now[0])
+    policy.prefix = IndexPrefixSource(index, policy.record, recent_s=30.0)
+    hashes = block_hashes(list(range(3000, 3320)), 16)  # 20 blocks
+    req = RouteRequest(prompt_tokens=320, block_hashes=tuple(hashes))
+    policy.on_routed(req, A)
+    assert index.longest_prefix(hashes) == {}
+    assert policy.prefix.matched_blocks(req.block_hashes, A) == 20
+    assert policy.choose(req, [WorkerView(A, in_flight=1), WorkerView(B)]) == A
+    now[0] += 31  # long enough ago: only the index speaks, and it says nothing
+    assert policy.prefix.matched_blocks(req.block_hashes, A) == 0
+    assert policy.choose(req, [WorkerView(A, in_flight=1), WorkerView(B)]) == B
+    index.apply(B, "", "stored", "l2", hashes[:10])  # where the index has more, the index wins
+    policy.on_routed(RouteRequest(prompt_tokens=64, block_hashes=tuple(hashes[:4])), B)
+    assert policy.prefix.matched_blocks(req.block_hashes, B) == pytest.approx(10 * 0.98)
+    off = IndexPrefixSource(index, policy.record, recent_s=0)
+    policy.on_routed(req, A)
+    assert off.matched_blocks(req.block_hashes, A) == 0
 
 
 def test_lookup_in_a_10k_block_index_takes_microseconds():
