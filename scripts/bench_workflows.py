@@ -66,11 +66,18 @@ class Config:
 # What a deployment without agentgate has: each worker's own radix prefix cache (RadixAttention), no
 # host-RAM tier, no shared store.
 RADIX_ONLY = ("--l2-blocks", "0", "--l3", "none")
+# The full system's workers also speculate (n-gram prompt lookup: exact, and agent calls copy a lot);
+# the ablations keep it so each differs from agentgate by its one switch, and no_speculation shows its share.
+SPEC = ("--speculative-algorithm", "ngram")
 CONFIGS = (
-    Config("agentgate", "agentgate (DAG, kv_aware, prediction + pins, L1/L2/L3)", ("--policy", "kv_aware")),
-    Config("no_prediction", "agentgate, no prediction/prefetch/pins", ("--policy", "kv_aware", "--no-prediction")),
-    Config("no_pinning", "agentgate, prefetch without pins", ("--policy", "kv_aware", "--no-pinning")),
-    Config("token_pipelining", "agentgate + token pipelining", ("--policy", "kv_aware", "--token-pipelining", "on")),
+    Config("agentgate", "agentgate (DAG, kv_aware, prediction + pins, L1/L2/L3, n-gram speculation)",
+           ("--policy", "kv_aware"), SPEC),
+    Config("no_speculation", "agentgate without speculation", ("--policy", "kv_aware")),
+    Config("no_prediction", "agentgate, no prediction/prefetch/pins", ("--policy", "kv_aware", "--no-prediction"),
+           SPEC),
+    Config("no_pinning", "agentgate, prefetch without pins", ("--policy", "kv_aware", "--no-pinning"), SPEC),
+    Config("token_pipelining", "agentgate + token pipelining", ("--policy", "kv_aware", "--token-pipelining", "on"),
+           SPEC),
     Config("kv_aware_radix", "gateway DAG, kv_aware, radix cache only",
            ("--policy", "kv_aware", "--no-prediction"), RADIX_ONLY),
     Config("round_robin", "gateway DAG, round_robin, radix cache only",

@@ -131,7 +131,10 @@ def test_configs_are_data_and_quick_defaults_are_small(tmp_path):
     for name, switch in (("no_prediction", "--no-prediction"), ("no_pinning", "--no-pinning"),
                          ("token_pipelining", "on")):
         assert switch in configs[name].gateway and switch not in configs["agentgate"].gateway
-        assert configs[name].worker == configs["agentgate"].worker == ()
+        assert configs[name].worker == configs["agentgate"].worker == bench.SPEC
+    # speculation is its own ablation: the same gateway, workers without it
+    assert configs["no_speculation"].gateway == configs["agentgate"].gateway
+    assert configs["no_speculation"].worker == ()
     # the baselines are what a deployment without agentgate has: each worker's radix cache alone
     for name in ("round_robin", "least_load", "sequential", "kv_aware_radix"):
         assert configs[name].worker == bench.RADIX_ONLY
