@@ -85,7 +85,7 @@ class Engine:
         self.speculator = make_speculator(cfg.speculative_algorithm)
         self.scheduler = Scheduler(self.pool, self.cache, cfg.max_batch_tokens, cfg.max_running_requests,
                                    self.speculator, cfg.speculative_num_draft_tokens, cfg.prefetch_chunk_tokens,
-                                   cfg.max_background_running)
+                                   cfg.max_background_running, row_cost=self.plan.relative_cost)
         self._staging: dict[str, Request] = {}  # rid -> request waiting for its L3 blocks
         self.tokenizer = Tokenizer(cfg.model_path)
         self.context_length = cfg.context_length or mc.max_position

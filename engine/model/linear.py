@@ -28,9 +28,25 @@ _BUCKETS = (1, 8, 16, 32, 64, 128)  # a step with M rows uses the plan of the ne
 class MatmulPlan:
     """Which backend each row-count bucket uses: 'numpy' or 'torch'."""
 
-    def __init__(self, choice: dict[int, str] | None = None, threads: int | None = None):
+    def __init__(self, choice: dict[int, str] | None = None, threads: int | None = None,
+                 times: dict[int, float] | None = None):
         self.choice = choice or {b: "torch" for b in _BUCKETS}
         self.threads = threads or torch.get_num_threads()
+        self.times = times or {}  # bucket → seconds of one layer's projections in its chosen mode (probed)
+
+    def relative_cost(self, m: int) -> float:
+        """What a step of m rows costs against a step of one row, from the probe's timings
+        (interpolated between buckets); without timings (GPU, a forced backend) rows are nearly free."""
+        if m <= 1:
+            return 1.0
+        if not self.times or 1 not in self.times:
+            return 1.0 + 0.02 * (m - 1)
+        points = sorted(self.times.items())
+        base = self.times[1]
+        for (m0, t0), (m1, t1) in zip(points, points[1:]):
+            if m <= m1:
+                return (t0 + (t1 - t0) * (m - m0) / (m1 - m0)) / base
+        return points[-1][1] * m / points[-1][0] / base
 
     def backend(self, m: int) -> str:
         for b in _BUCKETS:
@@ -52,7 +68,7 @@ class MatmulPlan:
             return cls({b: forced for b in _BUCKETS}, threads)
         # the projection shapes of one SmolLM2 layer, [in, out]
         weights = [torch.randn(576, 960), torch.randn(576, 576), torch.randn(576, 3072), torch.randn(1536, 576)]
-        choice = {}
+        choice, timings = {}, {}
         for m in _BUCKETS:
             xs = [torch.randn(m, w.shape[0]) for w in weights]
             pairs = [(x.numpy(), w.numpy()) for x, w in zip(xs, weights)]
@@ -61,13 +77,14 @@ class MatmulPlan:
             torch.set_num_threads(1)
             t_numpy = _time(lambda: [x @ w for x, w in pairs])
             choice[m] = "numpy" if t_numpy < t_torch else "torch"
+            timings[m] = {"numpy": t_numpy, "torch": t_torch}
         # numpy only below the first size where torch wins: one crossover, no flapping
         crossed = False
         for m in _BUCKETS:
             crossed = crossed or choice[m] == "torch"
             if crossed:
                 choice[m] = "torch"
-        return cls(choice, threads)
+        return cls(choice, threads, {m: timings[m][choice[m]] for m in _BUCKETS})
 
     def describe(self) -> str:
         return ",".join(f"m<={b}:{c}" for b, c in self.choice.items())

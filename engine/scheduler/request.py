@@ -104,6 +104,8 @@ class Request:
     spec_accepted: int = 0
     spec_misses: int = 0  # consecutive verifies that accepted nothing
     spec_ema: float = 0.5  # recent fraction of drafts accepted
+    spec_hits: float = 0.0  # decayed counts of draft tokens accepted, and of verifies that rejected one:
+    spec_rejects: float = 0.0  # the per-token acceptance estimate behind the draft length (scheduler)
     spec_cooldown: int = 0  # decode steps to wait before proposing again
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ at the front and resumes by prefix match).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -43,14 +44,18 @@ class ScheduledBatch:
 
 
 SPEC_PUSH_EMA = 0.4  # acceptance (EMA) above which a miss does not pause speculation
+SPEC_DECAY = 0.8  # per verify: how fast the acceptance estimate forgets
 SHARE_MIN_TOKENS = 32  # a shared prefix this long, being computed by a running prefill, is worth waiting for
 
 
 class Scheduler:
     def __init__(self, pool: KVPool, cache: RadixCache, max_batch_tokens: int, max_running: int,
                  speculator: Speculator | None = None, max_draft: int = 0, background_chunk: int = 128,
-                 max_background: int = 2):
+                 max_background: int = 2, row_cost: Callable[[int], float] | None = None):
         self.speculator = speculator
+        # what a step of m rows costs against one row (MatmulPlan.relative_cost): the draft length
+        # is chosen to give the most tokens per unit of that cost
+        self.row_cost = row_cost or (lambda m: 1.0)
         self.max_draft = max_draft if speculator is not None else 0
         self.pool = pool
         self.cache = cache
@@ -264,19 +269,33 @@ class Scheduler:
         req.spec_proposed += proposed
         req.spec_accepted += accepted
         req.draft = []
-        # Recent acceptance decides how hard to push: inside copied text a miss is a
-        # passing divergence; in free text misses are the rule, and each costs about
-        # one extra decode step, so proposing backs off exponentially.
+        # The draft length that gives the most tokens per unit of step cost, for the
+        # per-token acceptance recent verifies suggest (accepted drafts are successes,
+        # a rejection ends a run: the geometric estimate). Inside copied text a miss is
+        # a passing divergence; in free text misses are the rule, and where no length
+        # pays for its extra rows, proposing backs off exponentially.
         req.spec_ema = 0.5 * req.spec_ema + 0.5 * (accepted / proposed)
-        if accepted == proposed:
-            req.spec_k = min(self.max_draft, 2 * max(req.spec_k, 1))
-        else:
-            req.spec_k = max(4, min(self.max_draft, accepted + 2))
-        if accepted == 0 and req.spec_ema < SPEC_PUSH_EMA:
+        req.spec_hits = SPEC_DECAY * req.spec_hits + accepted
+        req.spec_rejects = SPEC_DECAY * req.spec_rejects + (accepted < proposed)
+        p = (req.spec_hits + 1.0) / (req.spec_hits + req.spec_rejects + 2.0)
+        req.spec_k, gain = self.best_draft_length(p)
+        if gain < 1.0 or accepted == 0 and req.spec_ema < SPEC_PUSH_EMA:
             req.spec_misses += 1
             req.spec_cooldown = min(64, 2 ** (req.spec_misses + 1))
+            req.spec_k = min(req.spec_k, 2)  # the probe after the pause is a short one
         elif accepted:
             req.spec_misses = 0
+
+    def best_draft_length(self, p: float) -> tuple[int, float]:
+        """(k, gain): the draft length in 1..max_draft with the most expected tokens per step cost,
+        (1 + p + … + p^k) / cost(1 + k), and that gain over plain decoding."""
+        best, gain, expected = 1, 0.0, 1.0
+        for k in range(1, self.max_draft + 1):
+            expected += p ** k
+            g = expected / self.row_cost(1 + k)
+            if g > gain:
+                best, gain = k, g
+        return best, gain
 
     def _preempt_newest(self, exclude: Request) -> Request | None:
         """Preempt a prefetch if one runs, else the newest request."""
