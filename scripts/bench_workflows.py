@@ -180,27 +180,14 @@ class Stack:
 
     def work(self) -> list[dict]:
         """Each worker's work counters now (report.WORK_COUNTERS); a worker that cannot say is left out."""
-        out = []
-        for url in self.worker_urls:
-            try:
-                with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
-                    out.append(report.work_counters(r.read().decode()))
-            except OSError as exc:
-                print(f"could not read {url}/metrics: {exc}", file=sys.stderr)
-        return out
+        texts = [_metrics_text(url) for url in self.worker_urls]
+        return [report.work_counters(t) for t in texts if t is not None]
 
     def awareness(self) -> dict:
         """The gateway's agent-awareness counters now (prediction outcomes, prefetch tokens by source,
         wasted and saved tokens, pin-seconds), one entry per labelled series; {} without a gateway."""
-        if self.gateway_url is None:
-            return {}
-        try:
-            with urllib.request.urlopen(self.gateway_url + "/metrics", timeout=30) as r:
-                text = r.read().decode()
-        except OSError as exc:
-            print(f"could not read {self.gateway_url}/metrics: {exc}", file=sys.stderr)
-            return {}
-        return report.awareness_counters(text)
+        text = _metrics_text(self.gateway_url) if self.gateway_url is not None else None
+        return report.awareness_counters(text) if text is not None else {}
 
     def _spawn(self, cmd: list[str], name: str) -> subprocess.Popen:
         with open(self.log_dir / f"{self.config.name}-{name}.log", "ab") as log:
@@ -229,6 +216,16 @@ def _post(url: str, body: dict) -> None:
 def _get(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=60) as r:
         return json.loads(r.read())
+
+
+def _metrics_text(url: str) -> str | None:
+    """GET url/metrics; None (said on stderr) when it cannot be read."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
+            return r.read().decode()
+    except OSError as exc:
+        print(f"could not read {url}/metrics: {exc}", file=sys.stderr)
+        return None
 
 
 def _terminate(proc: subprocess.Popen) -> None:

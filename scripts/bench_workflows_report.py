@@ -116,31 +116,33 @@ WORK_COUNTERS = {
 }
 
 
-def work_counters(metrics_text: str) -> dict:
-    """WORK_COUNTERS read from one worker's Prometheus text."""
+def prometheus_series(metrics_text: str) -> dict[str, float]:
+    """Every sample of a Prometheus text exposition: {"name{labels}": value}."""
     out = {}
     for line in metrics_text.splitlines():
-        name, _, rest = line.partition("{")
-        if name in WORK_COUNTERS:
-            out[WORK_COUNTERS[name]] = float(rest.rsplit("}", 1)[1])
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            out[series] = float(value)
     return out
 
 
-def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
+def work_counters(metrics_text: str) -> dict:
+    """WORK_COUNTERS read from one worker's Prometheus text."""
+    return {WORK_COUNTERS[name]: value for series, value in prometheus_series(metrics_text).items()
+            if (name := series.partition("{")[0]) in WORK_COUNTERS}
+
+
+AWARENESS_SERIES = ("agentgate_gateway_predictions_total", "agentgate_gateway_prefetch", "agentgate_gateway_pin_")
 
 
 def awareness_counters(metrics_text: str) -> dict:
     """The gateway's agentgate_gateway_{predictions,prefetch*,pin*} series: {"name{labels}": value}."""
-    out = {}
-    for line in metrics_text.splitlines():
-        if line.startswith(AWARENESS_SERIES):
-            series, _, value = line.rpartition(" ")
-            out[series.removeprefix("agentgate_gateway_")] = float(value)
-    return out
+    return {series.removeprefix("agentgate_gateway_"): value
+            for series, value in prometheus_series(metrics_text).items() if series.startswith(AWARENESS_SERIES)}
 
 
-AWARENESS_SERIES = ("agentgate_gateway_predictions_total", "agentgate_gateway_prefetch", "agentgate_gateway_pin_")
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
 
 
 def summarize(config: str, rate: float, records: list[WorkflowRecord], workers: int,
@@ -276,8 +278,10 @@ def awareness_verdicts(summaries: list[CellSummary], baseline: str, rates: list[
                          f"prefetched prefix at dispatch (target ≥ 90%: {'met' if share >= 0.9 else 'not met'})")
         if off is not None and full.ttft_after_tool_p50_s > 0 and not math.isnan(off.ttft_after_tool_p50_s):
             speed = off.ttft_after_tool_p50_s / full.ttft_after_tool_p50_s
+            verdict = "met" if speed >= 5 else "not met"
             parts.append(f"TTFT after a tool call {full.ttft_after_tool_p50_s:.2f} s vs "
-                         f"{off.ttft_after_tool_p50_s:.2f} s with {ablation}: {speed:.2f}× (target ≥ 5×: {'met' if speed >= 5 else 'not met'})")
+                         f"{off.ttft_after_tool_p50_s:.2f} s with {ablation}: {speed:.2f}× "
+                         f"(target ≥ 5×: {verdict})")
         if parts:
             out += ["", f"Agent awareness at {rate_label(rate)}: " + "; ".join(parts) + "."]
     return out

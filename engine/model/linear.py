@@ -39,7 +39,7 @@ class MatmulPlan:
         (interpolated between buckets); without timings (GPU, a forced backend) rows are nearly free."""
         if m <= 1:
             return 1.0
-        if not self.times or 1 not in self.times:
+        if 1 not in self.times:
             return 1.0 + 0.02 * (m - 1)
         points = sorted(self.times.items())
         base = self.times[1]

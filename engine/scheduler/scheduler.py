@@ -10,10 +10,11 @@ prefill is computing right now waits for them instead of computing them a
 second time beside it (in-batch prefix sharing, as SGLang's scheduler does):
 several calls that share a long system prompt arriving together cost one
 prefill of it, not several. A call never waits for a prefetch: it takes the
-shared blocks over, and the prefetch resumes from the cache afterwards. Decode growth takes one block every block_size
-tokens; when none is left even after evicting cached blocks, the newest
-running request is preempted (its computed blocks go to the cache, it re-queues
-at the front and resumes by prefix match).
+shared blocks over, and the prefetch resumes from the cache afterwards.
+Decode growth takes one block every block_size tokens; when none is left even
+after evicting cached blocks, the newest running request is preempted (its
+computed blocks go to the cache, it re-queues at the front and resumes by
+prefix match).
 """
 
 from __future__ import annotations
@@ -166,8 +167,7 @@ class Scheduler:
             if self._shared_in_flight(req, foreground_only=False):
                 continue
             if self.cache.match_prefix(req.fill_ids, req.salt).num_tokens >= len(req.fill_ids) // self.bs * self.bs:
-                if not any(r is req for r in self.resident):
-                    self.resident.append(req)  # others computed it meanwhile: done without a step
+                self.resident.append(req)  # others computed it meanwhile: done without a step
                 continue
             if not self._admit(req, self.background) or not take(self.running[-1]):
                 return
@@ -178,16 +178,17 @@ class Scheduler:
         return out
 
     # -- in-batch prefix sharing --------------------------------------------------------------
-    def _common_tokens(self, a: Request, b: Request) -> int:
-        """Full blocks at the start of both requests' fill ids that are equal, in tokens."""
-        if a.salt != b.salt:
-            return 0
-        bs, n = self.bs, min(len(a.fill_ids), len(b.fill_ids)) // self.bs * self.bs
-        x, y = a.fill_ids, b.fill_ids
-        i = 0
-        while i < n and x[i:i + bs] == y[i:i + bs]:
-            i += bs
-        return i
+    def _shared(self, req: Request, running: Request) -> tuple[int, int]:
+        """(common, left): tokens of the full blocks at the start of req's fill ids that equal a running
+        prefill's, and how many of those it has yet to compute."""
+        if req.salt != running.salt:
+            return 0, 0
+        bs, n = self.bs, min(len(req.fill_ids), len(running.fill_ids)) // self.bs * self.bs
+        x, y = req.fill_ids, running.fill_ids
+        common = 0
+        while common < n and x[common:common + bs] == y[common:common + bs]:
+            common += bs
+        return common, common - running.num_computed // bs * bs
 
     def _uncached_start(self, req: Request) -> int:
         """Tokens of req's prompt the cache (and what staging brought up) already holds."""
@@ -201,8 +202,8 @@ class Scheduler:
             return False
         start = None
         for r in others:
-            common = self._common_tokens(req, r)
-            if common - r.num_computed // self.bs * self.bs < SHARE_MIN_TOKENS:
+            common, left = self._shared(req, r)
+            if left < SHARE_MIN_TOKENS:
                 continue  # little or nothing of it left to compute there
             start = self._uncached_start(req) if start is None else start
             if common - start >= SHARE_MIN_TOKENS:
@@ -215,7 +216,7 @@ class Scheduler:
         for r in [r for r in self.running if r.background and r.in_prefill]:
             if any(c is r for c, _ in chunks):
                 continue  # already in this step's batch
-            if self._common_tokens(req, r) - r.num_computed // self.bs * self.bs >= SHARE_MIN_TOKENS:
+            if self._shared(req, r)[1] >= SHARE_MIN_TOKENS:
                 self._preempt(r)
 
     def _schedule_decodes(self) -> list[Request]:
