@@ -44,6 +44,24 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
+def decode_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One query row per sequence against its gathered context, as two batched matmuls.
+
+    q [B, Hq, 1, d]; k, v [B, Hkv, L, d]; mask [B, 1, 1, L] (True = may attend) → [B, Hq, 1, d].
+    Why not SDPA: torch's CPU kernel for a one-row query costs 5–10× this in bf16 (measured on
+    an AVX-512 EPYC: 10.2 vs 1.1 ms per layer at B=8, L=1024), which made batched decode barely
+    faster than one request at a time. Query heads are grouped by their KV head (head i reads KV
+    head i // group, as enable_gqa does), so K/V are never repeated; softmax runs in fp32.
+    """
+    B, Hq, _, d = q.shape
+    Hkv, L = k.shape[1], k.shape[2]
+    qg = q.reshape(B, Hkv, Hq // Hkv, d)  # [B, Hkv, group, d]
+    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * d ** -0.5  # [B, Hkv, group, L]
+    scores.masked_fill_(~mask, float("-inf"))  # mask broadcasts over [Hkv, group]
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    return torch.matmul(probs, v).reshape(B, Hq, 1, d)  # [B, Hkv, group, d] → [B, Hq, 1, d]
+
+
 class LlamaModel:
     def __init__(self, cfg: ModelConfig, weights: ModelWeights, pool: KVPool, dtype: torch.dtype,
                  plan: MatmulPlan | None = None):
@@ -101,8 +119,11 @@ class LlamaModel:
             shape = (B, -1, *kv_shape)  # [B, nb_max·bs, Hkv, d]
             kd = k_pool.index_select(0, tables).view(shape).transpose(1, 2)  # [B, Hkv, nb_max·bs, d]
             vd = v_pool.index_select(0, tables).view(shape).transpose(1, 2)
-            o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=b.decode_mask, enable_gqa=True)  # [B, Hq, 1, d]
-            out[:B] = o.reshape(B, self.q_size)
+            if qd.device.type == "cpu":
+                o = decode_attention_cpu(qd, kd, vd, b.decode_mask)
+            else:
+                o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=b.decode_mask, enable_gqa=True)
+            out[:B] = o.reshape(B, self.q_size)  # o [B, Hq, 1, d]
         for seg in b.prefills:
             n = seg.end - seg.start
             qs = q[seg.start:seg.end].transpose(0, 1).unsqueeze(0)  # [1, Hq, n, d]
