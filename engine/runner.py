@@ -1,5 +1,6 @@
 """Engine: owns the model, the KV pool, the radix cache and the scheduler, and
-runs model steps in its own thread (never on an event loop).
+runs model steps in its own thread (never on an event loop), the one thread
+that runs its torch work (engine/compute.py).
 
 Other threads talk to it only through `submit`, `abort` and `call`; results
 come back through each request's sink, called from the engine thread.
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from engine.compute import ComputeThread
 from engine.config import EngineConfig, ModelConfig, choose_dtype
 from engine.errors import BadRequestError, ConflictError, ContextLengthError
 from engine.kvcache.events import EventLog
@@ -72,16 +74,20 @@ class Engine:
         self.dtype = choose_dtype(cfg.dtype, cfg.device)
         self.device = cfg.device
         self.threads = cfg.threads or os.cpu_count() or 1
-        self.plan = configure_threads(self.threads, self.dtype, self.device, cfg.matmul_backend)
-        weights = load_weights(cfg.model_path, self.model_config, self.dtype, self.device)
         mc = self.model_config
-        self.pool = KVPool(cfg.num_blocks(mc, self.dtype), cfg.block_size, mc.num_layers, mc.num_kv_heads,
-                           mc.head_dim, self.dtype, self.device)
+        # every torch op of the engine runs on this one thread, the model's set-up included (engine/compute.py)
+        self._compute = ComputeThread("engine")
+        try:
+            self.plan, weights, self.pool = self._compute.run(self._build_compute, cfg, mc).result()
+        except BaseException:
+            self._compute.close()
+            raise
         self.events = EventLog()
         self.cache = RadixCache(self.pool, self.events, enabled=cfg.enable_prefix_cache)
         self.tiers = self._make_tiers(cfg, mc)
         self.pins = PinTable(self.cache, int(cfg.max_pinned_fraction * self.pool.num_blocks))
-        self.model = LlamaModel(mc, weights, self.pool, self.dtype, self.plan)
+        self.model = self._compute.run(LlamaModel, mc, weights, self.pool, self.dtype, self.plan).result()
+        del weights
         self.speculator = make_speculator(cfg.speculative_algorithm)
         self.scheduler = Scheduler(self.pool, self.cache, cfg.max_batch_tokens, cfg.max_running_requests,
                                    self.speculator, cfg.speculative_num_draft_tokens, cfg.prefetch_chunk_tokens,
@@ -123,16 +129,22 @@ class Engine:
         return self.tiers.store.id if self.tiers.store is not None else ""
 
     # -- lifecycle -------------------------------------------------------------------------
+    def _build_compute(self, cfg: EngineConfig, mc: ModelConfig) -> tuple[MatmulPlan, Any, KVPool]:
+        plan = configure_threads(self.threads, self.dtype, self.device, cfg.matmul_backend)
+        weights = load_weights(cfg.model_path, mc, self.dtype, self.device)
+        pool = KVPool(cfg.num_blocks(mc, self.dtype), cfg.block_size, mc.num_layers, mc.num_kv_heads, mc.head_dim,
+                      self.dtype, self.device)
+        return plan, weights, pool
+
     def start(self) -> "Engine":
-        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
-        self._thread.start()
+        self._loop_done = self._compute.run(self._loop)
+        self._thread = self._compute.thread
         return self
 
     def stop(self) -> None:
         self._stop = True
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._compute.close()
         self.tiers.close()
 
     # -- thread-safe API -------------------------------------------------------------------

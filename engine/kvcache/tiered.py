@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 
+from engine.compute import single_threaded_torch
 from engine.kvcache.events import EventLog
 from engine.kvcache.host import HostEntry, HostPool
 from engine.kvcache.pool import KVPool
@@ -69,8 +70,8 @@ class TieredCache:
         self.l3_write_through = l3_write_through
         self.stats = TierStats()
         self.block_shape = tuple(self.pool.k.shape[:1] + self.pool.k.shape[2:])  # [layers, bs, kvh, d]
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="kv-l3-read") if store else None
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="kv-l3-write") if store else None
+        self._reader = ThreadPoolExecutor(1, "kv-l3-read", single_threaded_torch) if store else None
+        self._writer = ThreadPoolExecutor(1, "kv-l3-write", single_threaded_torch) if store else None
         radix.listener = self
 
     @property
