@@ -110,7 +110,8 @@ async def health_generate(request: web.Request) -> web.Response:
 async def server_info(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     usage = engine.kv_usage()
-    weights_gb = sum(p.numel() * p.element_size() for p in _weight_tensors(engine)) / 2**30
+    stored = {t.data_ptr(): t for t in _weight_tensors(engine)}  # a tied LM head shares the embedding
+    weights_gb = sum(t.numel() * t.element_size() for t in stored.values()) / 2**30
     info = dict(request.app[SERVER_ARGS])
     info.update({
         "status": "ready",
@@ -140,9 +141,9 @@ async def server_info(request: web.Request) -> web.Response:
 def _weight_tensors(engine: Engine):
     m = engine.model
     yield m.w.embed
-    yield m.lm_head.wt
+    yield m.lm_head.weight
     for lin in m.layers:
-        yield from (lin.qkv.wt, lin.o.wt, lin.gate_up.wt, lin.down.wt)
+        yield from (lin.qkv.weight, lin.o.weight, lin.gate_up.weight, lin.down.weight)
 
 
 async def model_info(request: web.Request) -> web.Response:
