@@ -24,6 +24,11 @@ BENCHMARKS.md, docs/pareto.png and docs/timeline.png.
 
   .venv/bin/python scripts/bench_workflows.py                 # the full run: about 80 min on 2 quiet cores
   .venv/bin/python scripts/bench_workflows.py --quick         # smoke run, outputs in a temp dir
+
+With --background-rate R, other tenants' chat calls (unique ~--background-tokens-token prompts) arrive
+at R per second during every cell and compete with the workflows for KV memory: the case pins exist
+for (a tool call's wait is when an idle conversation gets evicted). That run writes the section
+"Workflows under memory pressure" and docs/*_pressure.* instead.
 """
 
 from __future__ import annotations
@@ -108,6 +113,24 @@ def arrival_plan(rate: float, count: int, examples: tuple[str, ...], seed: int) 
         if rate != float("inf"):
             t += rng.expovariate(rate)
     return plan
+
+
+# Other tenants (--background-rate): unrelated chat calls that compete with the workflows for KV memory.
+BACKGROUND_INFLIGHT = 8  # at most this many in flight; a later arrival waits for a slot (the load stays bounded)
+BACKGROUND_MAX_TOKENS = 16
+LOG_LINE_TOKENS = 31  # one line of background_prompt, as SmolLM2's tokenizer counts it
+SERVICES = ("auth", "billing", "search", "storage", "gateway", "scheduler")
+
+
+def background_prompt(index: int, tokens: int, rng: random.Random) -> str:
+    """Another tenant's request: summarize about `tokens` tokens of service logs. The first line is unique,
+    so no two share a cached block beyond the chat template's first one."""
+    lines = [f"Ticket {index:06d}-{rng.randrange(10**6):06d}: summarize these service logs in one sentence."]
+    for _ in range(max(tokens // LOG_LINE_TOKENS, 1)):
+        lines.append(f"{rng.randrange(24):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d} "
+                     f"host-{rng.randrange(1000):03d} svc={rng.choice(SERVICES)} latency_ms={rng.randrange(5000)} "
+                     f"status={rng.choice((200, 200, 200, 404, 500, 503))}")
+    return "\n".join(lines)
 
 
 # -- processes ---------------------------------------------------------------------------------------------------
@@ -294,11 +317,62 @@ async def run_cell(plan: list[Arrival], stack: Stack, args, progress, task) -> l
         return report.workflow_record(arrival.index, arrival.example, arrival.variant, arrived, time.time(), state,
                                       upstream_of(wf.to_dict()), names)
 
+    stop = asyncio.Event()
+    tenants = asyncio.create_task(background_load(args, clients, stop)) if args.background_rate > 0 else None
     try:
-        return list(await asyncio.gather(*(one(a, wf) for a, wf in zip(plan, workflows))))
+        records = list(await asyncio.gather(*(one(a, wf) for a, wf in zip(plan, workflows))))
+        stop.set()
+        return records, (await tenants if tenants is not None else {})
     finally:
+        stop.set()
+        if tenants is not None and not tenants.done():
+            tenants.cancel()
         for client in clients:
             await client.close()
+
+
+async def background_load(args, clients, stop: asyncio.Event) -> dict:
+    """Other tenants' chat calls, Poisson at args.background_rate per second, until `stop`: each a unique
+    log-summary prompt (background_prompt), spread over the clients in turn, at most BACKGROUND_INFLIGHT in
+    flight. Calls still running at `stop` are cancelled (their connections close, so the workers free
+    their KV). Returns what happened to them."""
+    from agents.errors import AgentGateError
+
+    rng = random.Random(args.seed + 1)
+    slots = asyncio.Semaphore(BACKGROUND_INFLIGHT)
+    stats = {"sent": 0, "finished": 0, "failed": 0, "cancelled": 0, "prompt_tokens": 0, "cached_tokens": 0}
+    running: set[asyncio.Task] = set()
+
+    async def call(prompt: str, client) -> None:
+        try:
+            result = await client.chat(prompt, max_tokens=BACKGROUND_MAX_TOKENS, temperature=0.0)
+            stats["finished"] += 1
+            stats["prompt_tokens"] += result.usage.get("prompt_tokens", 0)
+            stats["cached_tokens"] += result.cached_tokens
+        except AgentGateError:
+            stats["failed"] += 1
+        finally:
+            slots.release()
+
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), rng.expovariate(args.background_rate))
+            break
+        except asyncio.TimeoutError:
+            pass
+        await slots.acquire()
+        if stop.is_set():
+            break
+        prompt = background_prompt(stats["sent"], args.background_tokens, rng)
+        task = asyncio.create_task(call(prompt, clients[stats["sent"] % len(clients)]))
+        running.add(task)
+        task.add_done_callback(running.discard)
+        stats["sent"] += 1
+    stats["cancelled"] = sum(not task.done() for task in running)  # a done one may still await its discard
+    for task in list(running):
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
+    return stats
 
 
 # -- the run ----------------------------------------------------------------------------------------------------------
@@ -319,6 +393,11 @@ def parse_args(argv=None):
                                                     "(default all; quick code_edit)")
     p.add_argument("--tool-latency", type=float, default=None, help="seconds each tool call takes (default 0.5; "
                                                                     "quick 0)")
+    p.add_argument("--background-rate", type=float, default=0.0,
+                   help="other tenants' chat calls per second during each cell: unrelated prompts that compete "
+                        "for KV memory (default 0: none). With it the results go to the section 'Workflows under "
+                        "memory pressure' and to *_pressure files")
+    p.add_argument("--background-tokens", type=int, default=800, help="prompt length of each background call")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", default=None, help="where the plots and results go (default docs/; quick: a temp dir); "
                                                    "BENCHMARKS.md is updated only when it is docs/")
@@ -335,6 +414,8 @@ def parse_args(argv=None):
     args.tool_latency = args.tool_latency if args.tool_latency is not None else (0.0 if quick else 0.5)
     if quick and not any(a.startswith("--matmul-backend") for a in args.worker_arg):
         args.worker_arg.append("--matmul-backend=numpy")  # skips the start-up probe (~3 s of CPU per worker)
+    if args.background_rate < 0 or args.background_tokens < 1:
+        p.error("--background-rate must be >= 0 and --background-tokens >= 1")
     known = {c.name: c for c in CONFIGS}
     unknown = [c for c in args.configs.split(",") if c not in known] + [e for e in args.examples if e not in EXAMPLES]
     if unknown:
@@ -374,11 +455,11 @@ def main(argv=None) -> int:
             task = progress.add_task(f"{config.name} @ {report.rate_label(rate)}: starting", total=len(plan))
             with Stack(args, config, flags, log_dir) as stack:
                 progress.update(task, description=f"{config.name} @ {report.rate_label(rate)}")
-                cell = asyncio.run(run_cell(plan, stack, args, progress, task))
+                cell, background = asyncio.run(run_cell(plan, stack, args, progress, task))
                 plans[(config.name, rate)] = stack.matmul_plans
                 work, awareness = stack.work(), stack.awareness()
             records[(config.name, rate)] = cell
-            summaries.append(report.summarize(config.name, rate, cell, args.workers, work, awareness))
+            summaries.append(report.summarize(config.name, rate, cell, args.workers, work, awareness, background))
             progress.advance(overall)
     text = write_outputs(run_meta(args, argv if argv is not None else sys.argv[1:]), summaries, records, plans,
                          args.out_dir, update_md=not args.quick and not args.no_write)
@@ -397,25 +478,29 @@ def run_meta(args, argv) -> dict:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores", "workers": args.workers,
             "threads": args.threads, "kv_memory_gb": args.kv_memory_gb, "workflows": args.workflows,
             "examples": list(args.examples), "tool_latency_s": args.tool_latency, "rates": args.rates,
-            "configs": [c.name for c in args.configs], "worker_args": args.worker_arg, "seed": args.seed}
+            "configs": [c.name for c in args.configs], "worker_args": args.worker_arg, "seed": args.seed,
+            "background_rate": args.background_rate, "background_tokens": args.background_tokens}
 
 
 def write_outputs(meta: dict, summaries, records, plans, out_dir: Path, update_md: bool) -> str:
     """The plots, the results JSON and the markdown section into out_dir (and BENCHMARKS.md if asked)."""
     labels = {c.name: c.label for c in CONFIGS}
-    pareto, timeline = out_dir / "pareto.png", out_dir / "timeline.png"
+    pressure = meta.get("background_rate", 0) > 0  # a run with other tenants has its own files and section
+    suffix = "_pressure" if pressure else ""
+    pareto, timeline = out_dir / f"pareto{suffix}.png", out_dir / f"timeline{suffix}.png"
     report.plot_pareto(summaries, labels, pareto)
     report.plot_timeline(timeline_panels(meta, records), timeline)
-    (out_dir / "bench_workflows.json").write_text(json.dumps(report.to_json(meta, summaries, records, plans),
-                                                             indent=1))
+    (out_dir / f"bench_workflows{suffix}.json").write_text(
+        json.dumps(report.to_json(meta, summaries, records, plans), indent=1))
     in_docs = out_dir.resolve() == (ROOT / "docs").resolve()
-    images = ("docs/pareto.png", "docs/timeline.png") if in_docs else (str(pareto), str(timeline))
+    images = (f"docs/{pareto.name}", f"docs/{timeline.name}") if in_docs else (str(pareto), str(timeline))
     targets = {k: v for k, v in TARGETS.items() if k in meta["configs"]}
     baseline = BASELINE if BASELINE in meta["configs"] else meta["configs"][0]
-    text = report.section(summaries, meta, baseline, targets, images)
-    (out_dir / "bench_workflows.md").write_text(text)
+    title = "## Workflows under memory pressure" if pressure else "## Workflows"
+    text = report.section(summaries, meta, baseline, targets, images, title)
+    (out_dir / f"bench_workflows{suffix}.md").write_text(text)
     if update_md and in_docs:  # BENCHMARKS.md links the plots in docs/, never a temp dir
-        update_benchmarks_md("## Workflows", text)
+        update_benchmarks_md(title, text)
     return text
 
 

@@ -104,6 +104,7 @@ class CellSummary:
     predicted_calls: int = 0  # calls predicted (whole knowable prefix prefetched) that ran
     prefetch_hits: int = 0  # of those, how many found that prefix cached at dispatch
     work: dict = field(default_factory=dict)  # the workers' own counters summed (WORK_COUNTERS), {} if unread
+    background: dict = field(default_factory=dict)  # other tenants' calls during the cell (sent, finished, ...)
 
 
 # What the engine workers did during a cell, from their /metrics counters (summed over workers).
@@ -146,7 +147,8 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def summarize(config: str, rate: float, records: list[WorkflowRecord], workers: int,
-              work: list[dict] | None = None, awareness: dict | None = None) -> CellSummary:
+              work: list[dict] | None = None, awareness: dict | None = None,
+              background: dict | None = None) -> CellSummary:
     done = [r for r in records if r.status == "finished"]
     calls = [c for r in done for c in r.llm_calls()]
     ttfts = [c.first_token - c.ready for c in calls if c.first_token is not None and c.ready is not None]
@@ -167,7 +169,8 @@ def summarize(config: str, rate: float, records: list[WorkflowRecord], workers: 
         ttft_after_tool_p50_s=_pct(after_tool, 50), predicted_calls=len(predicted),
         prefetch_hits=sum(bool(c.prefetch_hit) for c in predicted),
         work={"workers": len(work), **{k: sum(w.get(k, 0.0) for w in work) for k in WORK_COUNTERS.values()},
-              **({"gateway": awareness} if awareness else {})} if work else {})
+              **({"gateway": awareness} if awareness else {})} if work else {},
+        background=dict(background or {}))
 
 
 def to_json(meta: dict, summaries: list[CellSummary], records: dict[tuple[str, float], list[WorkflowRecord]],
@@ -196,18 +199,20 @@ def rate_label(rate: float) -> str:
 
 
 def section(summaries: list[CellSummary], meta: dict, baseline: str, targets: dict[str, float],
-            images: tuple[str, str]) -> str:
-    """The "## Workflows" section: one table row per (rate, configuration), ratios against `baseline`."""
+            images: tuple[str, str], title: str = "## Workflows") -> str:
+    """The workflows section: one table row per (rate, configuration), ratios against `baseline`."""
     by_cell = {(s.config, s.rate): s for s in summaries}
     rates = sorted({s.rate for s in summaries})
+    worker_args = f" Every worker also ran with `{' '.join(meta['worker_args'])}`." if meta.get("worker_args") else ""
     lines = [
-        "## Workflows",
+        title,
         "",
         f"`{meta['command']}`, {meta['when']}, {meta['machine']}. {meta['workers']} engine worker(s) × "
         f"{meta['threads']} thread(s), KV pool {meta['kv_memory_gb']} GiB each; {meta['workflows']} workflows per "
         f"cell drawn in turn from {', '.join(meta['examples'])} (different inputs each), open-loop Poisson "
         f"arrivals (same schedule for every configuration); tools take {meta['tool_latency_s']} s. Every cell "
-        "starts fresh processes (Redis, workers with empty KV tiers, the gateway), so no cell inherits a cache.",
+        "starts fresh processes (Redis, workers with empty KV tiers, the gateway), so no cell inherits a cache."
+        + worker_args + background_note(summaries, meta),
         "",
         "| arrivals | configuration | makespan s | vs " + baseline + " | e2e p50 s | e2e p99 s | TTFT p50 s | "
         "TTFT p99 s | TTFT after tool p50 s | prefix hit | predicted calls hit | tok/s/worker | tok/s/user | failed |",
@@ -242,6 +247,17 @@ def section(summaries: list[CellSummary], meta: dict, baseline: str, targets: di
     return "\n".join(lines)
 
 
+def background_note(summaries: list[CellSummary], meta: dict) -> str:
+    """What other tenants sent during each cell (bench_workflows --background-rate); '' without them."""
+    if not meta.get("background_rate"):
+        return ""
+    done = "; ".join(f"{s.config} @ {rate_label(s.rate)} {s.background.get('finished', 0)} of "
+                     f"{s.background.get('sent', 0)}" for s in summaries if s.background)
+    return (f" Other tenants' chat calls arrive at {meta['background_rate']:g}/s during every cell (Poisson; each a "
+            f"unique ~{meta['background_tokens']}-token prompt, 16 tokens out, at most 8 in flight) and compete for "
+            f"KV memory; they are not in the table's numbers. Finished of sent: {done}.")
+
+
 def work_table(summaries: list[CellSummary]) -> list[str]:
     """Where the workers' time went, per cell: forward-pass seconds and the tokens they computed."""
     rows = [s for s in summaries if s.work]
@@ -262,13 +278,15 @@ def work_table(summaries: list[CellSummary]) -> list[str]:
 
 
 def awareness_verdicts(summaries: list[CellSummary], baseline: str, rates: list[float],
-                       ablation: str = "no_prediction") -> list[str]:
+                       ablations: tuple[str, ...] = ("no_prediction", "kv_aware_radix")) -> list[str]:
     """Agent awareness's targets, per arrival rate: predicted calls that hit their prefetched prefix
-    (≥ 90%), and TTFT after a tool call without prediction ÷ with it (≥ 5×)."""
+    (≥ 90%), and TTFT after a tool call without prediction ÷ with it (≥ 5×), against each ablation
+    present: no_prediction (the same workers and tiers, no prefetch or pins) and kv_aware_radix (no
+    prediction and no L2/L3: each worker's radix cache alone, as a plain prefix-caching pool has)."""
     by_cell = {(s.config, s.rate): s for s in summaries}
     out = []
     for rate in rates:
-        full, off = by_cell.get((baseline, rate)), by_cell.get((ablation, rate))
+        full = by_cell.get((baseline, rate))
         if full is None:
             continue
         parts = []
@@ -276,7 +294,10 @@ def awareness_verdicts(summaries: list[CellSummary], baseline: str, rates: list[
             share = full.prefetch_hits / full.predicted_calls
             parts.append(f"{full.prefetch_hits} of {full.predicted_calls} predicted calls ({share:.0%}) hit their "
                          f"prefetched prefix at dispatch (target ≥ 90%: {'met' if share >= 0.9 else 'not met'})")
-        if off is not None and full.ttft_after_tool_p50_s > 0 and not math.isnan(off.ttft_after_tool_p50_s):
+        for ablation in ablations:
+            off = by_cell.get((ablation, rate))
+            if off is None or not full.ttft_after_tool_p50_s > 0 or math.isnan(off.ttft_after_tool_p50_s):
+                continue
             speed = off.ttft_after_tool_p50_s / full.ttft_after_tool_p50_s
             verdict = "met" if speed >= 5 else "not met"
             parts.append(f"TTFT after a tool call {full.ttft_after_tool_p50_s:.2f} s vs "

@@ -8,14 +8,16 @@ is unrolled into a workflow the gateway runs, up to `steps` rounds:
        └──────(Final Answer)─────────────────────────────────────────────────────┘
 
 `think_k` is an LLM call; `act_k` is a tool node the client runs (it parses the action,
-calls the tool, and returns the transcript so far, observation included); an edge leaves a
+calls the tool, and returns the observation); an edge leaves a
 think node toward the next act only while the model has not written "Final Answer:", and
 toward `finish` once it has — so the rest of the loop is skipped, as a real agent stops.
 `answer` forces an answer when the step budget runs out; `finish` extracts it.
 
-Every think step sends the same long system prompt (tool schemas, rules, worked examples)
-followed by the growing transcript, so each step's prompt starts with the previous one:
-the prefix cache, and routing that knows where it lives, pay off here.
+The loop is a chat, as agents send it: the long system prompt (tool schemas, rules, worked
+examples), the question, then each step's output as an assistant turn and its observation as
+the next user turn. So each step's prompt is the previous prompt plus that step's output plus
+the observation, and only the observation is new: the prefix cache (which keeps a call's
+output too), routing that knows where it lives, and a pin held through the tool call pay off.
 
     agentgate run agents/examples/react.py [--quick] [--input question="..."]
 """
@@ -110,18 +112,25 @@ QUESTIONS = (
 )
 
 
-def _step_prompt(k: int) -> str:
-    transcript = "" if k == 1 else "{{act_%d}}" % (k - 1)
-    return "Question: {{inputs.question}}\n\n" + transcript + "Continue with your next Thought."
+FIRST_TURN = "Question: {{inputs.question}}\n\nBegin with your first Thought."
+NEXT_TURN = "Observation: {{act_%d}}\n\nContinue with your next Thought."
+LAST_TURN = "Observation: {{act_%d}}\n\nYou have used all your tool calls. Write your Final Answer now."
+
+
+def _conversation(k: int, last_turn: str = NEXT_TURN) -> list[tuple[str, str]]:
+    """The chat before think_k: the question, then each earlier step's output as the assistant's turn
+    and its observation as the user's next turn (last_turn words the final one)."""
+    turns = [("user", FIRST_TURN)]
+    for j in range(1, k):
+        turns += [("assistant", "{{think_%d}}" % j), ("user", (NEXT_TURN if j < k - 1 else last_turn) % j)]
+    return turns
 
 
 def _make_act(k: int):
-    """The tool node after think_k: run its action; the result is the whole transcript so far."""
+    """The tool node after think_k: run the action that step wrote; the result is the observation."""
 
     def act(call) -> str:
-        before = call.outputs.get(f"act_{k - 1}", "")
-        step = call.outputs[f"think_{k}"].strip()
-        return f"{before}{step}\nObservation: {observe(step, call.inputs['question'])}\n"
+        return observe(call.outputs[f"think_{k}"].strip(), call.inputs["question"])
 
     act.__name__ = f"act_{k}"
     return act
@@ -142,14 +151,13 @@ def build(quick: bool = False, variant: int = 0, steps: int | None = None) -> Wo
     think_tokens, answer_tokens = (24, 24) if quick else (64, 96)
     wf = Workflow(TEMPLATE, inputs={"question": QUESTIONS[variant % len(QUESTIONS)]})
     for k in range(1, steps + 1):
-        think = wf.llm(f"think_{k}", _step_prompt(k), system=SYSTEM, max_tokens=think_tokens,
+        think = wf.llm(f"think_{k}", messages=_conversation(k), system=SYSTEM, max_tokens=think_tokens,
                        stop=["\nObservation:"])
         if k > 1:
             wf.edge(f"act_{k - 1}", think)
         wf.external(f"act_{k}", _make_act(k))
         wf.edge(think, f"act_{k}", when=~contains(FINAL_ANSWER))
-    answer = wf.llm("answer", "Question: {{inputs.question}}\n\n{{act_%d}}You have used all your tool calls. "
-                              "Write your Final Answer now." % steps, system=SYSTEM, max_tokens=answer_tokens)
+    answer = wf.llm("answer", messages=_conversation(steps + 1, LAST_TURN), system=SYSTEM, max_tokens=answer_tokens)
     wf.external("finish", _finish)
     for k in range(1, steps + 1):
         wf.edge(f"think_{k}", "finish", when=contains(FINAL_ANSWER))

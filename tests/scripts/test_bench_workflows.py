@@ -211,3 +211,93 @@ def test_quick_run_writes_the_table_plots_and_results(tmp_path):
     assert (tmp_path / "bench_workflows.md").read_text().startswith("## Workflows")
     after = hashlib.sha256(md.read_bytes()).hexdigest() if md.exists() else None
     assert before == after, "a quick run must not touch BENCHMARKS.md"
+
+
+def test_background_prompts_are_unrelated_and_about_the_asked_length():
+    from engine.model.prepare import default_model_dir
+    from engine.tokenizer import Tokenizer
+
+    rng = random.Random(3)
+    prompts = [bench.background_prompt(i, 800, rng) for i in range(20)]
+    assert len({p.splitlines()[0] for p in prompts}) == 20  # each differs from its first line on
+    tok = Tokenizer(str(default_model_dir()))
+    sizes = [len(tok.encode(p)) for p in prompts]
+    assert all(700 <= n <= 900 for n in sizes), sizes
+    again = random.Random(3)
+    assert [bench.background_prompt(i, 800, again) for i in range(20)] == prompts  # seeded
+
+
+class _Tenant:
+    """A stand-in for AsyncClient.chat: counts calls in flight; every fifth one fails."""
+
+    def __init__(self):
+        self.in_flight = self.most = self.calls = 0
+
+    async def chat(self, prompt, **sampling):
+        import asyncio
+
+        from agents.errors import AgentGateError
+        from agents.state import ChatResult
+
+        self.calls += 1
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            await asyncio.sleep(0.05)
+            if self.calls % 5 == 0:
+                raise AgentGateError("overloaded")
+            return ChatResult("ok", "stop", {"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 2}})
+        finally:
+            self.in_flight -= 1
+
+
+def test_background_load_is_bounded_accounts_for_every_call_and_stops():
+    import argparse
+    import asyncio
+
+    async def drive():
+        tenants = [_Tenant(), _Tenant()]
+        stop = asyncio.Event()
+        args = argparse.Namespace(seed=0, background_rate=400.0, background_tokens=40)
+        task = asyncio.create_task(bench.background_load(args, tenants, stop))
+        await asyncio.sleep(0.4)
+        stop.set()
+        return tenants, await asyncio.wait_for(task, 5)
+
+    tenants, stats = asyncio.run(drive())
+    assert stats["sent"] == stats["finished"] + stats["failed"] + stats["cancelled"] > 10
+    assert stats["failed"] > 0 and stats["prompt_tokens"] == 10 * stats["finished"]
+    assert stats["cached_tokens"] == 2 * stats["finished"]
+    assert sum(t.most for t in tenants) <= bench.BACKGROUND_INFLIGHT  # 400/s offered, 8 in flight at most
+    assert abs(tenants[0].calls - tenants[1].calls) <= 1  # spread over the clients in turn
+    assert all(t.in_flight == 0 for t in tenants)  # nothing left running after stop
+
+
+def test_pressure_section_names_the_tenants_and_compares_with_the_radix_pool(tmp_path, monkeypatch):
+    def cell(config, after_tool, background):
+        return report.CellSummary(config, 0.1, 4, 0, 50.0, 1, 2, 0.1, 0.2, 0.5, 3.0, 1.0, 10, 5, 100,
+                                  after_tool, background=background)
+
+    meta = {"command": "x --background-rate 0.5", "when": "today", "machine": "m", "workers": 2, "threads": 1,
+            "kv_memory_gb": 0.1, "workflows": 4, "examples": ["react"], "tool_latency_s": 5.0,
+            "worker_args": ["--l2-blocks=0"], "background_rate": 0.5, "background_tokens": 800}
+    text = report.section([cell("agentgate", 0.4, {"sent": 30, "finished": 29}),
+                           cell("no_prediction", 0.8, {"sent": 31, "finished": 31}),
+                           cell("kv_aware_radix", 2.4, {"sent": 30, "finished": 30})],
+                          meta, "agentgate", {}, ("p.png", "t.png"), "## Workflows under memory pressure")
+    assert text.startswith("## Workflows under memory pressure\n")
+    assert "arrive at 0.5/s during every cell" in text and "~800-token prompt" in text
+    assert "agentgate @ 0.1 wf/s 29 of 30" in text and "Every worker also ran with `--l2-blocks=0`" in text
+    assert "0.40 s vs 0.80 s with no_prediction: 2.00× (target ≥ 5×: not met)" in text
+    assert "0.40 s vs 2.40 s with kv_aware_radix: 6.00× (target ≥ 5×: met)" in text
+    # the two sections live side by side in BENCHMARKS.md: writing one leaves the other alone
+    from scripts import benchlib
+
+    monkeypatch.setattr(benchlib, "ROOT", tmp_path)
+    (tmp_path / "BENCHMARKS.md").write_text("# B\n\n## Workflows under memory pressure\n\nold pressure\n")
+    benchlib.update_benchmarks_md("## Workflows", "## Workflows\n\nplain\n")
+    benchlib.update_benchmarks_md("## Workflows under memory pressure", text)
+    benchlib.update_benchmarks_md("## Workflows", "## Workflows\n\nplain again\n")
+    out = (tmp_path / "BENCHMARKS.md").read_text()
+    assert out.count("## Workflows\n") == 1 and "plain again" in out and "plain\n" not in out.replace("plain again", "")
+    assert out.count("## Workflows under memory pressure\n") == 1 and "old pressure" not in out
