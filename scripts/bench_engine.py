@@ -287,7 +287,7 @@ def main() -> int:
         if results[role] is None:
             return 1
     section = write_report(results["ours"], results["hf"], args)
-    update_benchmarks_md(heading(args) + "\n", section)
+    update_benchmarks_md(heading(args), section)
     plot(results["ours"], results["hf"], args)
     print(section)
     return 0

@@ -13,7 +13,7 @@ def update_benchmarks_md(heading: str, section: str) -> None:
     """Replace the section that starts with `heading` (or append it), leaving the others alone."""
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else PREAMBLE
-    start = text.find(heading + "\n")  # the whole heading line: "## Workflows" must not match a longer one
+    start = text.find(heading.rstrip("\n") + "\n")  # the whole line: "## Workflows" must not match a longer one
     if start >= 0:
         end = text.find("\n## ", start + 1)
         text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
