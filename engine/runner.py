@@ -102,8 +102,8 @@ class Engine:
         self._active: set[str] = set()
         self._active_lock = threading.Lock()
         self._detok: dict[str, IncrementalDetokenizer] = {}
+        self._loop_future: Future | None = None
         self._rng = random.Random(cfg.seed)
-        self._thread: threading.Thread | None = None
 
     def _make_tiers(self, cfg: EngineConfig, mc: ModelConfig) -> TieredCache:
         """L2 and L3 as configured; an L3 location that cannot be written leaves the
@@ -137,9 +137,13 @@ class Engine:
         return plan, weights, pool
 
     def start(self) -> "Engine":
-        self._loop_done = self._compute.run(self._loop)
-        self._thread = self._compute.thread
+        self._loop_future = self._compute.run(self._loop)
         return self
+
+    @property
+    def alive(self) -> bool:
+        """Whether the loop runs: started, and neither stopped nor ended by an error."""
+        return self._loop_future is not None and not self._loop_future.done()
 
     def stop(self) -> None:
         self._stop = True

@@ -375,7 +375,7 @@ def test_a_finished_request_sharing_a_prefix_with_a_running_one_does_not_break_a
         big = submit(engine, list(range(3000, 3000 + 8 * BS)), greedy(8, ignore_eos=True))  # 8 blocks
         deadline = time.monotonic() + 120
         while not (long.done.is_set() and big.done.is_set()) and time.monotonic() < deadline:
-            assert engine._thread.is_alive(), "the engine thread died"
+            assert engine.alive, "the engine thread died"
             time.sleep(0.1)
         assert long.wait().completion_tokens == 60 and big.wait().completion_tokens == 8
     finally:
@@ -390,4 +390,4 @@ def test_a_call_whose_caller_gave_up_does_not_stop_the_engine(engine_fp32):
     assert abandoned.cancel()
     blocker.result(timeout=30)
     assert engine_fp32.call(lambda: 42).result(timeout=30) == 42
-    assert engine_fp32._thread.is_alive()
+    assert engine_fp32.alive
