@@ -141,6 +141,10 @@ class Engine:
         return self
 
     @property
+    def started(self) -> bool:
+        return self._loop_future is not None
+
+    @property
     def alive(self) -> bool:
         """Whether the loop runs: started, and neither stopped nor ended by an error."""
         return self._loop_future is not None and not self._loop_future.done()

@@ -78,7 +78,7 @@ def create_app(engine: Engine, server_args: dict) -> web.Application:
 
 async def _engine_lifecycle(app: web.Application):
     engine = app[ENGINE]
-    if engine._thread is None:
+    if not engine.started:
         engine.start()
     yield
     engine.stop()
@@ -87,8 +87,7 @@ async def _engine_lifecycle(app: web.Application):
 # -- info ----------------------------------------------------------------------------------
 async def health(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    alive = engine._thread is not None and engine._thread.is_alive()
-    return web.Response(status=200 if alive else 503)
+    return web.Response(status=200 if engine.alive else 503)
 
 
 async def health_generate(request: web.Request) -> web.Response:
