@@ -78,7 +78,7 @@ class Engine:
         # every torch op of the engine runs on this one thread, the model's set-up included (engine/compute.py)
         self._compute = ComputeThread("engine")
         try:
-            self.plan, weights, self.pool = self._compute.run(self._build_compute, cfg, mc).result()
+            self.plan, self.pool, self.model = self._compute.run(self._build_compute, cfg, mc).result()
         except BaseException:
             self._compute.close()
             raise
@@ -86,8 +86,6 @@ class Engine:
         self.cache = RadixCache(self.pool, self.events, enabled=cfg.enable_prefix_cache)
         self.tiers = self._make_tiers(cfg, mc)
         self.pins = PinTable(self.cache, int(cfg.max_pinned_fraction * self.pool.num_blocks))
-        self.model = self._compute.run(LlamaModel, mc, weights, self.pool, self.dtype, self.plan).result()
-        del weights
         self.speculator = make_speculator(cfg.speculative_algorithm)
         self.scheduler = Scheduler(self.pool, self.cache, cfg.max_batch_tokens, cfg.max_running_requests,
                                    self.speculator, cfg.speculative_num_draft_tokens, cfg.prefetch_chunk_tokens,
@@ -129,12 +127,13 @@ class Engine:
         return self.tiers.store.id if self.tiers.store is not None else ""
 
     # -- lifecycle -------------------------------------------------------------------------
-    def _build_compute(self, cfg: EngineConfig, mc: ModelConfig) -> tuple[MatmulPlan, Any, KVPool]:
+    def _build_compute(self, cfg: EngineConfig, mc: ModelConfig) -> tuple[MatmulPlan, KVPool, LlamaModel]:
+        """The matmul plan, the KV pool and the model: the engine's torch set-up, run on its compute thread."""
         plan = configure_threads(self.threads, self.dtype, self.device, cfg.matmul_backend)
         weights = load_weights(cfg.model_path, mc, self.dtype, self.device)
         pool = KVPool(cfg.num_blocks(mc, self.dtype), cfg.block_size, mc.num_layers, mc.num_kv_heads, mc.head_dim,
                       self.dtype, self.device)
-        return plan, weights, pool
+        return plan, pool, LlamaModel(mc, weights, pool, self.dtype, plan)
 
     def start(self) -> "Engine":
         self._loop_future = self._compute.run(self._loop)

@@ -283,7 +283,7 @@ def slowed(fn, seconds: float):
     return tool
 
 
-async def run_cell(plan: list[Arrival], stack: Stack, args, progress, task) -> list:
+async def run_cell(plan: list[Arrival], stack: Stack, args, progress, task) -> tuple[list, dict]:
     from agents.async_client import AsyncClient
     from agents.errors import AgentGateError
     from agents.sequential import run_sequential
@@ -479,7 +479,8 @@ def run_meta(args, argv) -> dict:
             "threads": args.threads, "kv_memory_gb": args.kv_memory_gb, "workflows": args.workflows,
             "examples": list(args.examples), "tool_latency_s": args.tool_latency, "rates": args.rates,
             "configs": [c.name for c in args.configs], "worker_args": args.worker_arg, "seed": args.seed,
-            "background_rate": args.background_rate, "background_tokens": args.background_tokens}
+            "background_rate": args.background_rate, "background_tokens": args.background_tokens,
+            "background_max_tokens": BACKGROUND_MAX_TOKENS, "background_inflight": BACKGROUND_INFLIGHT}
 
 
 def write_outputs(meta: dict, summaries, records, plans, out_dir: Path, update_md: bool) -> str:

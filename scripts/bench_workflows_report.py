@@ -254,7 +254,8 @@ def background_note(summaries: list[CellSummary], meta: dict) -> str:
     done = "; ".join(f"{s.config} @ {rate_label(s.rate)} {s.background.get('finished', 0)} of "
                      f"{s.background.get('sent', 0)}" for s in summaries if s.background)
     return (f" Other tenants' chat calls arrive at {meta['background_rate']:g}/s during every cell (Poisson; each a "
-            f"unique ~{meta['background_tokens']}-token prompt, 16 tokens out, at most 8 in flight) and compete for "
+            f"unique ~{meta['background_tokens']}-token prompt, {meta['background_max_tokens']} tokens out, at most "
+            f"{meta['background_inflight']} in flight) and compete for "
             f"KV memory; they are not in the table's numbers. Finished of sent: {done}.")
 
 

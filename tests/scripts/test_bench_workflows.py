@@ -280,13 +280,14 @@ def test_pressure_section_names_the_tenants_and_compares_with_the_radix_pool(tmp
 
     meta = {"command": "x --background-rate 0.5", "when": "today", "machine": "m", "workers": 2, "threads": 1,
             "kv_memory_gb": 0.1, "workflows": 4, "examples": ["react"], "tool_latency_s": 5.0,
-            "worker_args": ["--l2-blocks=0"], "background_rate": 0.5, "background_tokens": 800}
+            "worker_args": ["--l2-blocks=0"], "background_rate": 0.5, "background_tokens": 800,
+            "background_max_tokens": 16, "background_inflight": 8}
     text = report.section([cell("agentgate", 0.4, {"sent": 30, "finished": 29}),
                            cell("no_prediction", 0.8, {"sent": 31, "finished": 31}),
                            cell("kv_aware_radix", 2.4, {"sent": 30, "finished": 30})],
                           meta, "agentgate", {}, ("p.png", "t.png"), "## Workflows under memory pressure")
     assert text.startswith("## Workflows under memory pressure\n")
-    assert "arrive at 0.5/s during every cell" in text and "~800-token prompt" in text
+    assert "arrive at 0.5/s during every cell" in text and "~800-token prompt, 16 tokens out, at most 8" in text
     assert "agentgate @ 0.1 wf/s 29 of 30" in text and "Every worker also ran with `--l2-blocks=0`" in text
     assert "0.40 s vs 0.80 s with no_prediction: 2.00× (target ≥ 5×: not met)" in text
     assert "0.40 s vs 2.40 s with kv_aware_radix: 6.00× (target ≥ 5×: met)" in text
