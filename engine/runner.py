@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from engine.compute import ComputeThread
-from engine.config import EngineConfig, ModelConfig, choose_dtype
+from engine.config import EngineConfig, ModelConfig, choose_dtype, default_batch_tokens
 from engine.errors import BadRequestError, ConflictError, ContextLengthError
 from engine.kvcache.events import EventLog
 from engine.kvcache.hashing import block_hashes
@@ -87,9 +87,11 @@ class Engine:
         self.tiers = self._make_tiers(cfg, mc)
         self.pins = PinTable(self.cache, int(cfg.max_pinned_fraction * self.pool.num_blocks))
         self.speculator = make_speculator(cfg.speculative_algorithm)
-        self.scheduler = Scheduler(self.pool, self.cache, cfg.max_batch_tokens, cfg.max_running_requests,
+        self.max_batch_tokens = cfg.max_batch_tokens or default_batch_tokens(self.device, self.threads)
+        self.scheduler = Scheduler(self.pool, self.cache, self.max_batch_tokens, cfg.max_running_requests,
                                    self.speculator, cfg.speculative_num_draft_tokens, cfg.prefetch_chunk_tokens,
-                                   cfg.max_background_running, row_cost=self.plan.relative_cost)
+                                   cfg.max_background_running, row_cost=self.plan.relative_cost,
+                                   low_priority_chunk=cfg.low_priority_chunk_tokens)
         self._staging: dict[str, Request] = {}  # rid -> request waiting for its L3 blocks
         self.tokenizer = Tokenizer(cfg.model_path)
         self.context_length = cfg.context_length or mc.max_position

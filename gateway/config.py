@@ -28,6 +28,10 @@ class GatewayConfig:
     # Where the tokenizer used for prefix hashing lives; None = ask the workers (/get_model_info).
     tokenizer_path: str | None = None
     key_prefix: str = "ag"
+    # Workflow calls (dispatched nodes and calls tagged with agent_hints) reach the workers with SGLang's
+    # `priority` = this + the workflow's own priority, so they run ahead of plain calls (no priority = 0)
+    # and the workers' prefetches (negative); a call that sets its own priority keeps it. 0: no precedence.
+    workflow_priority: int = 1
     # KV index (gateway/kvindex): this replica's consumer group on the workers' event streams ("" = one
     # of its own, removed on stop), how often the worker registry is read, and the routing credit of a
     # block cached in L2 / L3 relative to L1.

@@ -31,6 +31,9 @@ def add_gateway_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-recent-s", type=float, default=RECENT_S,
                    help="kv_aware: a prefix sent to a worker this many seconds ago or less counts as cached there "
                         "before its KV events arrive (0 = the KV index alone)")
+    p.add_argument("--workflow-priority", type=int, default=1,
+                   help="worker priority (SGLang's, higher first) of workflow calls and agent_hints-tagged calls, "
+                        "plus the workflow's own; plain calls keep theirs (none = 0); 0 = no precedence")
     p.add_argument("--log-level", default="info")
     aware = p.add_argument_group("agent awareness (prediction, prefetch, pins, token pipelining)")
     aware.add_argument("--no-prediction", dest="prediction", action="store_false",
@@ -82,7 +85,7 @@ def run_gateway(args: argparse.Namespace) -> int:
                            max_body_bytes=int(args.max_body_mb * 1024 * 1024),
                            kvindex_group=args.kvindex_group or f"kvindex:{socket.gethostname()}:{args.port}",
                            kv_credit_l2=args.kv_credit_l2, kv_credit_l3=args.kv_credit_l3,
-                           kv_recent_s=max(args.kv_recent_s, 0.0),
+                           kv_recent_s=max(args.kv_recent_s, 0.0), workflow_priority=args.workflow_priority,
                            **awareness_options(args))
     print(f"agentgate gateway listening on http://{args.host}:{args.port} (policy {args.policy}, "
           f"{len(config.worker_urls)} worker(s), redis {redis_url})", flush=True)

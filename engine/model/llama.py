@@ -54,7 +54,7 @@ def decode_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
     head i // group, as enable_gqa does), so K/V are never repeated; softmax runs in fp32.
     """
     B, Hq, _, d = q.shape
-    Hkv, L = k.shape[1], k.shape[2]
+    Hkv = k.shape[1]
     qg = q.reshape(B, Hkv, Hq // Hkv, d)  # [B, Hkv, group, d]
     scores = torch.matmul(qg, k.transpose(-1, -2)).float() * d ** -0.5  # [B, Hkv, group, L]
     scores.masked_fill_(~mask, float("-inf"))  # mask broadcasts over [Hkv, group]

@@ -12,9 +12,17 @@ several calls that share a long system prompt arriving together cost one
 prefill of it, not several. A call never waits for a prefetch: it takes the
 shared blocks over, and the prefetch resumes from the cache afterwards.
 Decode growth takes one block every block_size tokens; when none is left even
-after evicting cached blocks, the newest running request is preempted (its
-computed blocks go to the cache, it re-queues at the front and resumes by
-prefix match).
+after evicting cached blocks, a running request is preempted — a prefetch
+first, then the lowest priority, newest first (its computed blocks go to the
+cache, it re-queues at the front of its priority and resumes by prefix match).
+
+Priorities (SGLang's `priority`: higher runs first, 0 by default): waiting
+calls are admitted highest first, a call that finds no memory preempts running
+calls of lower priority, and while any call of a higher priority is present,
+lower ones prefill at most `low_priority_chunk` tokens per step between them,
+so a latency-critical call (a workflow resuming after a tool) never waits
+behind whole chunks of other tenants' long prompts, and its decode steps stay
+short.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 
@@ -52,7 +61,8 @@ SHARE_MIN_TOKENS = 32  # a shared prefix this long, being computed by a running 
 class Scheduler:
     def __init__(self, pool: KVPool, cache: RadixCache, max_batch_tokens: int, max_running: int,
                  speculator: Speculator | None = None, max_draft: int = 0, background_chunk: int = 128,
-                 max_background: int = 2, row_cost: Callable[[int], float] | None = None):
+                 max_background: int = 2, row_cost: Callable[[int], float] | None = None,
+                 low_priority_chunk: int = 128):
         self.speculator = speculator
         # what a step of m rows costs against one row (MatmulPlan.relative_cost): the draft length
         # is chosen to give the most tokens per unit of that cost
@@ -71,16 +81,25 @@ class Scheduler:
         # Prefetch work never delays running requests by more than one small chunk per step.
         self.background_chunk = background_chunk
         self.max_background = max_background
+        # Calls below the highest priority present prefill at most this many tokens per step between them.
+        self.low_priority_chunk = low_priority_chunk
 
     # -- queue -------------------------------------------------------------------------
     def add(self, req: Request) -> None:
-        if not req.background:
-            self.waiting.append(req)
-            return
-        i = len(self.background)
-        while i > 0 and self.background[i - 1].priority < req.priority:
+        """Queue a request behind every one of its priority or higher (first come, first served within)."""
+        queue = self.background if req.background else self.waiting
+        i = len(queue)
+        while i > 0 and queue[i - 1].priority < req.priority:
             i -= 1
-        self.background.insert(i, req)
+        queue.insert(i, req)
+
+    def _requeue(self, req: Request) -> None:
+        """A preempted request goes back in front of every queued one of its priority or lower."""
+        queue = self.background if req.background else self.waiting
+        i = 0
+        while i < len(queue) and queue[i].priority > req.priority:
+            i += 1
+        queue.insert(i, req)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self.background)
@@ -117,24 +136,35 @@ class Scheduler:
             req.draft = req.draft[:max(0, budget)]
             budget -= len(req.draft)
         chunks: list[tuple[Request, int]] = []
-        for req in self.running:  # continue chunked prefills first, oldest first
+        top = max((r.priority for r in chain(self.waiting, self.running) if not r.background), default=0)
+        low = self.low_priority_chunk  # what calls below `top` may prefill this step, together
+
+        def chunk(req: Request) -> int:
+            nonlocal budget, low
+            n = min(len(req.fill_ids) - req.num_computed, budget if req.priority >= top else min(budget, low))
+            if req.priority < top:
+                low -= n
+            budget -= n
+            return n
+
+        prefilling = [r for r in self.running if r.in_prefill and r not in decodes and not r.background]
+        for req in sorted(prefilling, key=lambda r: -r.priority):  # continue chunked prefills first, oldest first
             if budget <= 0:
                 break
-            if req.in_prefill and req not in decodes and not req.background:
-                n = min(len(req.fill_ids) - req.num_computed, budget)
+            n = chunk(req)
+            if n:
                 chunks.append((req, n))
-                budget -= n
         for req in list(self.waiting):
-            if budget <= 0 or len(self.running) >= self.max_running:
+            if budget <= 0 or req.priority < top and low <= 0:
+                break
+            if len(self.running) >= self.max_running and not self._make_room(req, 0, decodes, chunks):
                 break
             if self._shared_in_flight(req, foreground_only=True):
                 continue  # its prefix is being computed: admit it once that is cached
             self._yield_shared_prefetches(req, chunks)
-            if not self._admit(req, self.waiting):
-                break  # no memory: first come, first served
-            n = min(len(req.fill_ids) - req.num_computed, budget)
-            chunks.append((req, n))
-            budget -= n
+            if not self._admit(req, self.waiting, (decodes, chunks)):
+                break  # no memory: first come, first served within a priority
+            chunks.append((req, chunk(req)))
         self._schedule_background(chunks, budget, busy=bool(decodes or chunks or self.waiting))
         if not decodes and not chunks:
             return None
@@ -196,8 +226,10 @@ class Scheduler:
 
     def _shared_in_flight(self, req: Request, *, foreground_only: bool) -> bool:
         """Whether a running prefill is computing at least SHARE_MIN_TOKENS of the blocks req
-        would compute next (then req waits a step: those blocks reach the cache chunk by chunk)."""
-        others = [r for r in self.running if r.in_prefill and not (foreground_only and r.background)]
+        would compute next (then req waits a step: those blocks reach the cache chunk by chunk).
+        A call never waits on one of a lower priority: that one prefills in small chunks beside it."""
+        others = [r for r in self.running if r.in_prefill
+                  and (not foreground_only or not r.background and r.priority >= req.priority)]
         if not others:
             return False
         start = None
@@ -298,16 +330,36 @@ class Scheduler:
                 best, gain = k, g
         return best, gain
 
+    def _victims(self) -> list[Request]:
+        """Running requests in the order they give way: prefetches, then the lowest priority, newest first."""
+        return sorted(reversed(self.running), key=lambda r: (not r.background, r.priority))  # stable
+
     def _preempt_newest(self, exclude: Request) -> Request | None:
-        """Preempt a prefetch if one runs, else the newest request."""
-        order = sorted(reversed(self.running), key=lambda r: not r.background)  # stable: newest first within
-        for victim in order:
-            if victim is exclude:
+        """For `exclude`'s decode: preempt a prefetch if one runs, else the newest request of the lowest
+        priority, never one of a higher priority than `exclude`."""
+        for victim in self._victims():
+            if victim is exclude or not victim.background and victim.priority > exclude.priority:
                 continue
             self._preempt(victim)
             self.num_preemptions += 1
             return victim
         return None
+
+    def _make_room(self, req: Request, need: int, decodes: list[Request], chunks: list[tuple[Request, int]]) -> bool:
+        """For req's admission: preempt running prefetches, then calls of a lower priority than req, lowest
+        and newest first, until `need` blocks can be allocated and a running slot is free; whether that
+        worked. A victim decoding this step leaves `decodes`; one in this step's `chunks` stays (its rows
+        are planned)."""
+        for victim in self._victims():
+            if self.cache.can_allocate(need) and len(self.running) < self.max_running:
+                return True
+            if not victim.background and victim.priority >= req.priority or any(c is victim for c, _ in chunks):
+                continue
+            self._preempt(victim)
+            self.num_preemptions += 1
+            if victim in decodes:
+                decodes.remove(victim)
+        return self.cache.can_allocate(need) and len(self.running) < self.max_running
 
     def _preempt(self, victim: Request) -> None:
         """Back to the front of its queue; its computed blocks stay in the cache for its resumption."""
@@ -321,14 +373,17 @@ class Scheduler:
         victim.draft = []
         victim.status = Status.WAITING
         victim.num_preemptions += 1
-        (self.background if victim.background else self.waiting).appendleft(victim)
+        self._requeue(victim)
 
-    def _admit(self, req: Request, queue: deque[Request]) -> bool:
+    def _admit(self, req: Request, queue: deque[Request],
+               step: tuple[list[Request], list[tuple[Request, int]]] | None = None) -> bool:
+        """Lock req's cached prefix and allocate the rest of its prompt; with `step` (this step's decodes
+        and chunks: a call's admission), lower-priority calls give way if memory is short."""
         # Match at most len-1 tokens: the last prompt token must run to give logits.
         match = self.cache.match_prefix(req.fill_ids[:-1], req.salt)
         need = -(-len(req.fill_ids) // self.bs) - len(match.blocks)
         self.cache.lock(match.blocks)  # lock first, so eviction below cannot take them
-        if not self.cache.can_allocate(need):
+        if not self.cache.can_allocate(need) and (step is None or not self._make_room(req, need, *step)):
             self.cache.release(match.blocks)
             return False
         req.blocks = match.blocks + self.cache.allocate(need)

@@ -28,7 +28,7 @@ SERVER_ARGS = web.AppKey("server_args", dict)
 
 async def run_request(engine: Engine, prompt_ids: list[int], params: SamplingParams, *, rid: str | None = None,
                       salt: str | None = None, return_logprob: bool = False,
-                      top_logprobs_num: int = 0) -> AsyncIterator[StepOutput]:
+                      top_logprobs_num: int = 0, priority: int | None = None) -> AsyncIterator[StepOutput]:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[StepOutput] = asyncio.Queue()
 
@@ -36,7 +36,7 @@ async def run_request(engine: Engine, prompt_ids: list[int], params: SamplingPar
         loop.call_soon_threadsafe(queue.put_nowait, out)
 
     req = Request(rid=rid or uuid.uuid4().hex, prompt_ids=prompt_ids, params=params, sink=sink, salt=salt,
-                  return_logprob=return_logprob, top_logprobs_num=top_logprobs_num)
+                  return_logprob=return_logprob, top_logprobs_num=top_logprobs_num, priority=priority or 0)
     engine.submit(req)  # raises a 400 for what can never run
     finished = False
     try:

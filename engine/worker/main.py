@@ -22,9 +22,13 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
                    help="compute dtype; auto = bf16 only on CPUs with native bf16, else fp32")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for the model (0 = all cores)")
     p.add_argument("--device", default="cpu", help="cpu (default), or cuda[:N]: the engine on a GPU (bf16 by default)")
-    p.add_argument("--max-batch-tokens", "--chunked-prefill-size", dest="max_batch_tokens", type=int, default=2048,
-                   help="tokens per forward step (decode tokens + prefill chunk)")
+    p.add_argument("--max-batch-tokens", "--chunked-prefill-size", dest="max_batch_tokens", type=int, default=0,
+                   help="tokens per forward step (decode tokens + prefill chunks); 0 = 256 per CPU thread "
+                        "(steps near 0.5 s), 2048 on a GPU")
     p.add_argument("--max-running-requests", type=int, default=64)
+    p.add_argument("--low-priority-chunk-tokens", type=int, default=128,
+                   help="while a call of a higher priority (the request's `priority`, higher first) is present, "
+                        "calls below it prefill at most this many tokens per step between them")
     p.add_argument("--max-total-tokens", "--kv-pool-tokens", dest="kv_pool_tokens", type=int, default=0,
                    help="KV pool size in tokens (0 = from --kv-memory-gb)")
     p.add_argument("--kv-memory-gb", type=float, default=2.0)
@@ -83,6 +87,7 @@ def engine_config(args: argparse.Namespace):
         l2_blocks=args.l2_blocks, l2_write_through=args.l2_write == "through", l3=_l3_spec(args.l3),
         l3_max_gb=args.l3_max_gb, l3_write_through=args.l3_write == "through",
         max_pinned_fraction=args.max_pinned_fraction, prefetch_chunk_tokens=args.prefetch_chunk_tokens,
+        low_priority_chunk_tokens=args.low_priority_chunk_tokens,
     )
 
 
@@ -111,9 +116,10 @@ def run_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log = logging.getLogger("agentgate.worker")
     cfg = engine_config(args)
-    if cfg.max_batch_tokens < 1 or cfg.max_running_requests < 1 or cfg.speculative_num_draft_tokens < 1:
-        print("--max-batch-tokens, --max-running-requests and --speculative-num-draft-tokens must be at least 1",
-              file=sys.stderr)
+    if cfg.max_batch_tokens < 0 or min(cfg.max_running_requests, cfg.speculative_num_draft_tokens,
+                                       cfg.low_priority_chunk_tokens) < 1:
+        print("--max-running-requests, --speculative-num-draft-tokens and --low-priority-chunk-tokens must be at "
+              "least 1, --max-batch-tokens at least 0 (0 = the device's default)", file=sys.stderr)
         return 2
     if not 0 <= cfg.max_pinned_fraction <= 1 or cfg.prefetch_chunk_tokens < 1 or cfg.l3_max_gb <= 0:
         print("--max-pinned-fraction must be in [0, 1]; --prefetch-chunk-tokens and --l3-max-gb must be positive",

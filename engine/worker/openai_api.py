@@ -88,7 +88,7 @@ def _start(engine, prompts: list[list[int]], params_for, n: int, body, top_logpr
             rids.append(rid)
             streams.append(run_request(engine, prompt, p, rid=rid, salt=body.cache_salt,
                                        return_logprob=top_logprobs is not None,
-                                       top_logprobs_num=top_logprobs or 0))
+                                       top_logprobs_num=top_logprobs or 0, priority=body.priority))
     return streams, rids
 
 

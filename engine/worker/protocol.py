@@ -119,6 +119,7 @@ class _OpenAICommon(BaseModel):
     user: str | None = None
     rid: str | None = None
     cache_salt: str | None = None
+    priority: int | None = None  # SGLang's: higher runs first; none = 0
     agent_hints: dict | None = None  # the gateway's; a worker accepts and ignores it
     response_format: dict | None = None
 

@@ -117,6 +117,7 @@ async def server_info(request: web.Request) -> web.Response:
         "backend": "agentgate-engine",
         "version": VERSION,
         "page_size": engine.pool.block_size,
+        "chunked_prefill_size": engine.max_batch_tokens,  # as resolved (the flag's 0 = the device's default)
         "max_total_num_tokens": engine.pool.num_blocks * engine.pool.block_size,
         "max_req_input_len": engine.context_length - 1,
         "context_length": engine.context_length,
@@ -260,7 +261,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     items = _expand_batch(engine, req)
     incremental = request.app[SERVER_ARGS].get("incremental_streaming_output", False)
     streams = [run_request(engine, ids, params, rid=rid, salt=req.cache_salt, return_logprob=req.return_logprob,
-                           top_logprobs_num=req.top_logprobs_num) for rid, ids, params in items]
+                           top_logprobs_num=req.top_logprobs_num, priority=req.priority) for rid, ids, params in items]
     is_batch = len(items) > 1 or isinstance(req.text, list) or (req.input_ids and isinstance(req.input_ids[0], list))
     if not req.stream:
         results = await collect_all(engine, streams, [rid for rid, _, _ in items])

@@ -51,6 +51,7 @@ from gateway.scheduler.run import WorkflowRun
 from gateway.state.learning import LearningStore
 from gateway.state.prefetch_log import PrefetchLog
 from gateway.state.store import WorkflowStore
+from gateway.tasks import cancel_and_wait
 from gateway.workers.kv_ops import KVOps
 from gateway.workers.pool import WorkerPool
 
@@ -90,10 +91,7 @@ class Awareness:
         self._tick = asyncio.create_task(self._tick_loop(), name="awareness-tick")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._tick, *self._background) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait([self._tick, *self._background])
         await self.prefetcher.close()
 
     # -- scheduler hooks ----------------------------------------------------------------------------

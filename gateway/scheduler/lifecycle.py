@@ -35,6 +35,7 @@ from gateway.metrics import Metrics
 from gateway.scheduler.run import TERMINAL, WorkflowRun
 from gateway.state.store import WorkflowStore
 from gateway.state.templates import TemplateStore
+from gateway.tasks import cancel_and_wait
 from gateway.workers.pool import WorkerPool
 
 log = logging.getLogger("agentgate.gateway")
@@ -69,9 +70,7 @@ class Lifecycle:
 
     async def stop(self) -> None:
         """Stop running without touching stored state: unfinished nodes resume elsewhere or on restart."""
-        for task in self._loops:
-            task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await cancel_and_wait(self._loops)
         for wf_id in list(self.runs):
             await self._drop(wf_id)
             await self.store.release(wf_id, self.owner)
@@ -79,10 +78,7 @@ class Lifecycle:
     async def _drop(self, wf_id: str) -> None:
         """Forget a workflow locally: cancel its calls (the workers abort them when the stream closes)."""
         self.runs.pop(wf_id, None)
-        tasks = [t for (w, _), t in self.tasks.items() if w == wf_id]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait([t for (w, _), t in self.tasks.items() if w == wf_id])
         ready = getattr(self, "ready", {})
         for key in [k for k in ready if k[0] == wf_id]:
             del ready[key]

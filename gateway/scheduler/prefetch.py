@@ -34,6 +34,7 @@ from gateway.errors import WorkerCallError
 from gateway.metrics import Metrics
 from gateway.router.base import RoutingPolicy
 from gateway.router.prompts import PromptHasher
+from gateway.tasks import cancel_and_wait
 from gateway.workers.kv_ops import TIERS, KVOps, PrefetchResult
 from gateway.workers.pool import WorkerPool
 
@@ -178,9 +179,7 @@ class Prefetcher:
             self._pump(url)
 
     async def close(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await cancel_and_wait(list(self.tasks))
         unpins = [self._unpin(url, pin_id) for url, pin_id in list(self.ledger)]
         self.ledger.clear()
         await asyncio.gather(*unpins, return_exceptions=True)

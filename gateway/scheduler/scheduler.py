@@ -172,7 +172,8 @@ class Scheduler(Lifecycle):
                 if self.awareness is not None:
                     self.awareness.on_call_started(run, node)
 
-            body = chat_body(spec, messages, state.rid, worker.model_info.get("served_model_name"))
+            body = chat_body(spec, messages, state.rid, worker.model_info.get("served_model_name"),
+                             self.config.workflow_priority + run.spec.priority)
             result = await run_chat(worker.client, body, on_delta, on_first)
         except WorkerCallError as exc:
             self._release(run, url)

@@ -40,6 +40,7 @@ from gateway.router.prompts import THREAD_THRESHOLD_CHARS
 from gateway.scheduler.awareness import Awareness
 from gateway.scheduler.prefetch import Intent
 from gateway.state.templates import TemplateStore
+from gateway.tasks import cancel_and_wait
 
 MAX_AGENTS = 10_000
 MIN_CALLS_FOR_STATIC = 2
@@ -166,6 +167,4 @@ class TaggedCalls:
         await learning.save_static_prefix(call.template, call.node, shared, calls + 1)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks))

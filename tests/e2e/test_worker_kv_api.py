@@ -82,8 +82,9 @@ def test_non_json_bodies_get_a_400(worker, path):
     assert status == 400
 
 
-def test_server_info_reports_the_tiers(worker):
+def test_server_info_reports_the_tiers_and_the_step_size(worker):
     status, info = http_json("GET", worker + "/get_server_info")
     assert status == 200
+    assert info["chunked_prefill_size"] == 2 * 256  # --max-batch-tokens not given: 256 per CPU thread
     tiers = info["kv_tiers"]
     assert tiers["l2_blocks"] > 0 and tiers["l3"].startswith("dir:") and tiers["l3_error"] is None

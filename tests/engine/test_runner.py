@@ -251,6 +251,25 @@ def test_a_tiny_pool_with_a_shared_prefix_completes_identically(engine_tiny, eng
     assert ids_of(got) == want
 
 
+def test_mixed_priorities_give_every_request_the_tokens_it_gets_alone(engine_tiny, engine_chunked, engine_fp32,
+                                                                     medium_prompts, prompts, short_prompts,
+                                                                     reference):
+    # Tiny pool: higher-priority calls preempt lower ones for memory; the preempted resume by prefix match.
+    params = greedy(24, ignore_eos=True)
+    want = ids_of(generate(engine_fp32, medium_prompts, params))
+    flush(engine_tiny)
+    watchers = [submit(engine_tiny, p, params, priority=i % 2 * 3) for i, p in enumerate(medium_prompts)]
+    assert ids_of(w.wait() for w in watchers) == want
+    # Lower priorities prefill 8 tokens a step beside the higher ones: chunks that end mid-block.
+    engine_chunked.call(lambda: setattr(engine_chunked.scheduler, "low_priority_chunk", 8)).result(timeout=60)
+    try:
+        mixed = [prompts[2], short_prompts[0], prompts[3], short_prompts[1]]
+        watchers = [submit(engine_chunked, p, greedy(16), priority=-i) for i, p in enumerate(mixed)]
+        assert ids_of(w.wait() for w in watchers) == expected(reference, mixed)
+    finally:
+        engine_chunked.call(lambda: setattr(engine_chunked.scheduler, "low_priority_chunk", 128)).result(timeout=60)
+
+
 def test_a_request_that_can_never_fit_is_a_400(engine_tiny, engine_fp32):
     before = engine_tiny.num_active()
     with pytest.raises(BadRequestError) as info:

@@ -181,13 +181,16 @@ async def test_token_pipelining_prefills_the_growing_prompt(start, fake_workers)
 
     sent, final, body = await run(True)
     assert len(sent) >= 3 and all(len(x) < len(y) for x, y in zip(sent, sent[1:]))
-    assert len(final) - len(sent[-1]) < 40  # by the time a finished, little of b's prompt was left
     assert body["nodes"]["b"]["prefetch"]["pipelined"]
     prefetcher = gw.app[AWARENESS].prefetcher
     await until(lambda: not any(s.pending for s in prefetcher.slots.values()))  # the last increment has landed
-    sent, final, _ = await run(False)
+    off, off_final, _ = await run(False)
     # Off: only the static prefix is sent (a pin renewal on a slow machine resends the same ids), never a's tokens.
-    assert sent and all(ids == sent[0] for ids in sent) and len(final) - len(sent[0]) > 100
+    static = len(off[0])
+    assert all(ids == off[0] for ids in off) and len(off_final) - static > 100
+    # On: by the time a finished, most of its output in b's prompt was prefilled. Not all: increments go
+    # every few blocks, one in flight per node, and b's dispatch drops one still queued behind it.
+    assert len(sent[-1]) - static >= (len(final) - static) / 2
 
 
 async def test_pipelining_off_overrides_the_workflow(start, fake_workers):

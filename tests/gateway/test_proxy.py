@@ -31,7 +31,12 @@ async def test_chat_passthrough_keeps_usage_and_strips_agent_hints(gateway, fake
     assert body["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
     sent = w.calls[-1].body
     assert "agent_hints" not in sent and sent["messages"] == CHAT["messages"]
+    assert sent["priority"] == 1 + 3  # an agent's call: GatewayConfig.workflow_priority + its hint
     status, body, _ = await gw.call("POST", "/v1/chat/completions", CHAT)
+    assert "priority" not in w.calls[-1].body  # a plain call goes as sent
+    await gw.call("POST", "/v1/chat/completions", {**CHAT, "priority": -2}, headers={
+        "Content-Type": "application/json", "x-agent-template": "react"})
+    assert w.calls[-1].body["priority"] == -2  # a call's own priority stands
     assert body["usage"]["prompt_tokens_details"]["cached_tokens"] > 0  # the worker's number, untouched
     status, err, _ = await gw.call("POST", "/v1/chat/completions", {**CHAT, "agent_hints": {"priority": "high"}})
     assert status == 400 and err["error"]["param"] == "agent_hints"
