@@ -87,11 +87,13 @@ class Engine:
         self.tiers = self._make_tiers(cfg, mc)
         self.pins = PinTable(self.cache, int(cfg.max_pinned_fraction * self.pool.num_blocks))
         self.speculator = make_speculator(cfg.speculative_algorithm)
-        self.max_batch_tokens = cfg.max_batch_tokens or default_batch_tokens(self.device, self.threads)
-        self.scheduler = Scheduler(self.pool, self.cache, self.max_batch_tokens, cfg.max_running_requests,
+        step, solo = ((cfg.max_batch_tokens, cfg.max_batch_tokens) if cfg.max_batch_tokens
+                      else default_batch_tokens(self.device, self.threads))
+        self.max_batch_tokens = step
+        self.scheduler = Scheduler(self.pool, self.cache, step, cfg.max_running_requests,
                                    self.speculator, cfg.speculative_num_draft_tokens, cfg.prefetch_chunk_tokens,
                                    cfg.max_background_running, row_cost=self.plan.relative_cost,
-                                   low_priority_chunk=cfg.low_priority_chunk_tokens)
+                                   low_priority_chunk=cfg.low_priority_chunk_tokens, solo_batch_tokens=solo)
         self._staging: dict[str, Request] = {}  # rid -> request waiting for its L3 blocks
         self.tokenizer = Tokenizer(cfg.model_path)
         self.context_length = cfg.context_length or mc.max_position

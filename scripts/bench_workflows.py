@@ -7,13 +7,17 @@ schedule, drawn in turn from the examples of agents/examples/ (each with its own
 Configurations (CONFIGS, one line each):
 
 - agentgate         the gateway runs each workflow's DAG: kv_aware routing, prediction, prefetch and
-                    pins, workers with all three KV tiers (the full system);
+                    pins, workflow calls at a priority above other tenants' calls, workers with all
+                    three KV tiers and n-gram speculation (the full system);
+- no_speculation    the same, workers without speculation                    }
 - no_prediction     the same without prediction (no prefetch, no pins)       } agent-awareness
 - no_pinning        the same, prefetching but never pinning                  } ablations, on the
-- token_pipelining  the same plus token pipelining (off by default on CPU)   } same workers
-- kv_aware_radix    kv_aware routing, no prediction, workers with their radix cache only (no L2/L3);
-- round_robin       the gateway's DAG with round-robin routing, radix cache only: what a
-                    prefix-caching server pool behind a plain router does;
+- no_priority       the same, workflow calls at the tenants' priority        } same workers
+- token_pipelining  the same plus token pipelining (off by default on CPU)   }
+- kv_aware_radix    kv_aware routing, no prediction, no priorities, workers with their radix cache
+                    only (no L2/L3, no speculation);
+- round_robin       the gateway's DAG with round-robin routing, no priorities, radix cache only: what
+                    a prefix-caching server pool behind a plain router does;
 - least_load        the same with least-load routing;
 - sequential        no gateway: each workflow's client calls one worker's OpenAI API itself, one
                     node at a time (agents/sequential.py), workflow i on worker i mod N, radix only.
@@ -69,8 +73,9 @@ class Config:
 
 
 # What a deployment without agentgate has: each worker's own radix prefix cache (RadixAttention), no
-# host-RAM tier, no shared store.
+# host-RAM tier, no shared store; a plain router does not know a workflow's calls from other tenants'.
 RADIX_ONLY = ("--l2-blocks", "0", "--l3", "none")
+PLAIN = ("--no-prediction", "--workflow-priority", "0")
 # The full system's workers also speculate (n-gram prompt lookup: exact, and agent calls copy a lot);
 # the ablations keep it so each differs from agentgate by its one switch, and no_speculation shows its share.
 SPEC = ("--speculative-algorithm", "ngram")
@@ -81,14 +86,15 @@ CONFIGS = (
     Config("no_prediction", "agentgate, no prediction/prefetch/pins", ("--policy", "kv_aware", "--no-prediction"),
            SPEC),
     Config("no_pinning", "agentgate, prefetch without pins", ("--policy", "kv_aware", "--no-pinning"), SPEC),
+    Config("no_priority", "agentgate, workflow calls at the tenants' priority",
+           ("--policy", "kv_aware", "--workflow-priority", "0"), SPEC),
     Config("token_pipelining", "agentgate + token pipelining", ("--policy", "kv_aware", "--token-pipelining", "on"),
            SPEC),
-    Config("kv_aware_radix", "gateway DAG, kv_aware, radix cache only",
-           ("--policy", "kv_aware", "--no-prediction"), RADIX_ONLY),
-    Config("round_robin", "gateway DAG, round_robin, radix cache only",
-           ("--policy", "round_robin", "--no-prediction"), RADIX_ONLY),
-    Config("least_load", "gateway DAG, least_load, radix cache only",
-           ("--policy", "least_load", "--no-prediction"), RADIX_ONLY),
+    Config("kv_aware_radix", "gateway DAG, kv_aware, radix cache only", ("--policy", "kv_aware", *PLAIN), RADIX_ONLY),
+    Config("round_robin", "gateway DAG, round_robin, radix cache only", ("--policy", "round_robin", *PLAIN),
+           RADIX_ONLY),
+    Config("least_load", "gateway DAG, least_load, radix cache only", ("--policy", "least_load", *PLAIN),
+           RADIX_ONLY),
     Config("sequential", "sequential client calls, no gateway, radix cache only", None, RADIX_ONLY),
 )
 BASELINE = "agentgate"

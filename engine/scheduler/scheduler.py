@@ -62,7 +62,7 @@ class Scheduler:
     def __init__(self, pool: KVPool, cache: RadixCache, max_batch_tokens: int, max_running: int,
                  speculator: Speculator | None = None, max_draft: int = 0, background_chunk: int = 128,
                  max_background: int = 2, row_cost: Callable[[int], float] | None = None,
-                 low_priority_chunk: int = 128):
+                 low_priority_chunk: int = 128, solo_batch_tokens: int = 0):
         self.speculator = speculator
         # what a step of m rows costs against one row (MatmulPlan.relative_cost): the draft length
         # is chosen to give the most tokens per unit of that cost
@@ -72,6 +72,8 @@ class Scheduler:
         self.cache = cache
         self.bs = pool.block_size
         self.max_batch_tokens = max_batch_tokens
+        # A prefill with no other request in the engine (nothing to delay) may take steps this long.
+        self.solo_batch_tokens = max(solo_batch_tokens, max_batch_tokens)
         self.max_running = max_running
         self.waiting: deque[Request] = deque()
         self.background: deque[Request] = deque()  # prefetches, highest priority first
@@ -131,7 +133,8 @@ class Scheduler:
     # -- one step ----------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch | None:
         decodes = self._schedule_decodes()
-        budget = self.max_batch_tokens - len(decodes)
+        alone = len(self.running) + len(self.waiting) + len(self.background) == 1 and not decodes
+        budget = (self.solo_batch_tokens if alone else self.max_batch_tokens) - len(decodes)
         for req in decodes:  # drafts ride along while the step has room
             req.draft = req.draft[:max(0, budget)]
             budget -= len(req.draft)

@@ -24,7 +24,7 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), or cuda[:N]: the engine on a GPU (bf16 by default)")
     p.add_argument("--max-batch-tokens", "--chunked-prefill-size", dest="max_batch_tokens", type=int, default=0,
                    help="tokens per forward step (decode tokens + prefill chunks); 0 = 256 per CPU thread "
-                        "(steps near 0.5 s), 2048 on a GPU")
+                        "(steps near 0.5 s; 2048 for a prefill alone in the engine), 2048 on a GPU")
     p.add_argument("--max-running-requests", type=int, default=64)
     p.add_argument("--low-priority-chunk-tokens", type=int, default=128,
                    help="while a call of a higher priority (the request's `priority`, higher first) is present, "

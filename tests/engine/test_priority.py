@@ -15,9 +15,10 @@ from engine.scheduler.scheduler import Scheduler
 BS = 16
 
 
-def scheduler(blocks: int = 256, max_batch_tokens: int = 1024, low_chunk: int = 64) -> Scheduler:
+def scheduler(blocks: int = 256, max_batch_tokens: int = 1024, low_chunk: int = 64, solo: int = 0) -> Scheduler:
     pool = KVPool(blocks, BS, num_layers=1, num_kv_heads=1, head_dim=2, dtype=torch.float32, device="cpu")
-    return Scheduler(pool, RadixCache(pool), max_batch_tokens, max_running=64, low_priority_chunk=low_chunk)
+    return Scheduler(pool, RadixCache(pool), max_batch_tokens, max_running=64, low_priority_chunk=low_chunk,
+                     solo_batch_tokens=solo)
 
 
 def request(rid: str, n: int, priority: int = 0, first: int = 0) -> Request:
@@ -127,5 +128,13 @@ def test_a_call_waits_for_a_prefill_of_its_prefix_of_its_own_priority_but_not_fo
 def test_the_default_step_is_short_on_a_cpu_and_sglang_sized_on_a_gpu():
     from engine.config import default_batch_tokens
 
-    assert default_batch_tokens("cpu", 1) == 256 and default_batch_tokens("cpu", 2) == 512
-    assert default_batch_tokens("cuda:0", 2) == 2048
+    assert default_batch_tokens("cpu", 1) == (256, 2048) and default_batch_tokens("cpu", 2) == (512, 2048)
+    assert default_batch_tokens("cuda:0", 2) == (2048, 2048)
+
+
+def test_a_prefill_alone_in_the_engine_takes_the_long_step_and_shortens_once_another_request_comes():
+    s = scheduler(max_batch_tokens=256, solo=2048)
+    s.add(request("long", 3000))
+    assert step(s) == [("long", 2048)]  # nobody to delay
+    s.add(request("short", 40, first=5000))
+    assert step(s) == [("long", 256)]  # someone waits: short steps again

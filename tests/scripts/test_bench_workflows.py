@@ -129,7 +129,7 @@ def test_configs_are_data_and_quick_defaults_are_small(tmp_path):
     assert all(c.gateway is None or "--policy" in c.gateway for c in bench.CONFIGS)
     # the agent-awareness ablations differ from the full system by their one switch, on the same workers
     for name, switch in (("no_prediction", "--no-prediction"), ("no_pinning", "--no-pinning"),
-                         ("token_pipelining", "on")):
+                         ("token_pipelining", "on"), ("no_priority", "--workflow-priority")):
         assert switch in configs[name].gateway and switch not in configs["agentgate"].gateway
         assert configs[name].worker == configs["agentgate"].worker == bench.SPEC
     # speculation is its own ablation: the same gateway, workers without it
@@ -138,6 +138,9 @@ def test_configs_are_data_and_quick_defaults_are_small(tmp_path):
     # the baselines are what a deployment without agentgate has: each worker's radix cache alone
     for name in ("round_robin", "least_load", "sequential", "kv_aware_radix"):
         assert configs[name].worker == bench.RADIX_ONLY
+        # behind a plain router a workflow's calls are like anyone's: no priority above other tenants
+        gateway = configs[name].gateway
+        assert gateway is None or gateway[gateway.index("--workflow-priority") + 1] == "0"
         assert configs[name].gateway is None or "--no-prediction" in configs[name].gateway
     args = bench.parse_args(["--quick"])
     assert (args.workers, args.threads, args.workflows, args.rates) == (1, 1, 2, [INF])
