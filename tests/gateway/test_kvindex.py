@@ -4,8 +4,6 @@ count the leading run per worker and per tier, L3 stores are shared, credit is t
 from __future__ import annotations
 
 import random
-import statistics
-import time
 
 import pytest
 
@@ -129,8 +127,9 @@ def test_a_prefix_sent_moments_ago_counts_until_the_index_has_it():
     assert off.matched_blocks(req.block_hashes, A) == 0
 
 
-def test_lookup_in_a_10k_block_index_takes_microseconds():
-    """125-block chains (2,000 tokens) against 8 workers holding 10k+ blocks between them."""
+def test_lookup_in_a_10k_block_index_finds_every_workers_run_by_tier():
+    """125-block chains (2,000 tokens) against 8 workers holding 10k+ blocks between them; the odd ones
+    share an L3 store. (How fast a look-up is: scripts/bench_kv.py, "index look-up".)"""
     rng = random.Random(0)
     index = index_with(*[(f"http://w{i}", "dir:/s" if i % 2 else "") for i in range(8)])
     chains = [[rng.getrandbits(63) for _ in range(125)] for _ in range(80)]
@@ -140,11 +139,9 @@ def test_lookup_in_a_10k_block_index_takes_microseconds():
         index.apply(url, "", "stored", "l2", chain[100:])
         index.apply(url, "dir:/s", "stored", "l3", chain[:50])
     assert index.stats()["blocks"] == 10_000
-    timings = []
-    for chain in chains:
-        t0 = time.perf_counter()
-        got = index.longest_prefix(chain)
-        timings.append(time.perf_counter() - t0)
-        assert max(m.blocks for m in got.values()) == 125
-    median_us = statistics.median(timings) * 1e6
-    assert median_us < 2_000, f"median lookup {median_us:.0f} µs"  # ~100 µs here; generous for loaded CI
+    for n, chain in enumerate(chains):
+        owner = f"http://w{n % 8}"
+        want = {f"http://w{i}": PrefixMatch(50, 0, 0, 50) for i in range(1, 8, 2)}  # the shared store's 50
+        want[owner] = PrefixMatch(125, 100, 25, 0)  # its own copy in L1 and L2 comes first
+        assert index.longest_prefix(chain) == want
+    assert index.longest_prefix([rng.getrandbits(63)] + chains[0]) == {}  # a run starts at the first block
