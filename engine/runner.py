@@ -89,7 +89,6 @@ class Engine:
         self.speculator = make_speculator(cfg.speculative_algorithm)
         step, solo = ((cfg.max_batch_tokens, cfg.max_batch_tokens) if cfg.max_batch_tokens
                       else default_batch_tokens(self.device, self.threads))
-        self.max_batch_tokens = step
         self.scheduler = Scheduler(self.pool, self.cache, step, cfg.max_running_requests,
                                    self.speculator, cfg.speculative_num_draft_tokens, cfg.prefetch_chunk_tokens,
                                    cfg.max_background_running, row_cost=self.plan.relative_cost,

@@ -87,19 +87,12 @@ class Scheduler:
         self.low_priority_chunk = low_priority_chunk
 
     # -- queue -------------------------------------------------------------------------
-    def add(self, req: Request) -> None:
-        """Queue a request behind every one of its priority or higher (first come, first served within)."""
-        queue = self.background if req.background else self.waiting
-        i = len(queue)
-        while i > 0 and queue[i - 1].priority < req.priority:
-            i -= 1
-        queue.insert(i, req)
-
-    def _requeue(self, req: Request) -> None:
-        """A preempted request goes back in front of every queued one of its priority or lower."""
+    def add(self, req: Request, *, front: bool = False) -> None:
+        """Queue a request behind every one of a higher priority: among its own priority last (first come,
+        first served), or first with `front` (a preempted request resumes before those that came after it)."""
         queue = self.background if req.background else self.waiting
         i = 0
-        while i < len(queue) and queue[i].priority > req.priority:
+        while i < len(queue) and (queue[i].priority > req.priority or not front and queue[i].priority == req.priority):
             i += 1
         queue.insert(i, req)
 
@@ -353,8 +346,11 @@ class Scheduler:
         and newest first, until `need` blocks can be allocated and a running slot is free; whether that
         worked. A victim decoding this step leaves `decodes`; one in this step's `chunks` stays (its rows
         are planned)."""
+        def fits() -> bool:
+            return self.cache.can_allocate(need) and len(self.running) < self.max_running
+
         for victim in self._victims():
-            if self.cache.can_allocate(need) and len(self.running) < self.max_running:
+            if fits():
                 return True
             if not victim.background and victim.priority >= req.priority or any(c is victim for c, _ in chunks):
                 continue
@@ -362,7 +358,7 @@ class Scheduler:
             self.num_preemptions += 1
             if victim in decodes:
                 decodes.remove(victim)
-        return self.cache.can_allocate(need) and len(self.running) < self.max_running
+        return fits()
 
     def _preempt(self, victim: Request) -> None:
         """Back to the front of its queue; its computed blocks stay in the cache for its resumption."""
@@ -376,7 +372,7 @@ class Scheduler:
         victim.draft = []
         victim.status = Status.WAITING
         victim.num_preemptions += 1
-        self._requeue(victim)
+        self.add(victim, front=True)
 
     def _admit(self, req: Request, queue: deque[Request],
                step: tuple[list[Request], list[tuple[Request, int]]] | None = None) -> bool:

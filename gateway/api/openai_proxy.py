@@ -24,6 +24,7 @@ from gateway.errors import NoWorkerError, WorkerCallError
 from gateway.keys import CONFIG, HASHER, METRICS, POLICY, POOL, TEMPLATES
 from gateway.router.base import RouteRequest
 from gateway.scheduler.awareness_ctx import TAGGED
+from gateway.scheduler.executor import with_priority
 from gateway.workers.http1 import Response
 
 log = logging.getLogger("agentgate.gateway")
@@ -88,10 +89,8 @@ async def proxy(request: web.Request, path: str) -> web.StreamResponse:
                                                      hints.pin_ttl_s)
         except (OSError, RedisError) as exc:  # learning is best effort; the call itself goes on
             log.warning("could not record a template transition: %s", exc)
-    if hints is not None and "priority" not in body:  # an agent's call: ahead of plain ones, as workflow calls
-        priority = request.app[CONFIG].workflow_priority + (hints.priority or 0)
-        if priority:
-            body["priority"] = priority
+    if hints is not None:  # an agent's call: ahead of plain ones, as workflow calls are
+        with_priority(body, request.app[CONFIG].workflow_priority + (hints.priority or 0))
     pool, policy, metrics = request.app[POOL], request.app[POLICY], request.app[METRICS]
     needs_prefix = policy.uses_prefix and len(pool.healthy()) > 1
     route = await route_request(request, path, body) if needs_prefix else RouteRequest(prompt_tokens=0)

@@ -28,12 +28,17 @@ def render_messages(spec: NodeSpec, outputs: dict[str, str], inputs: dict) -> li
     return [{"role": role, "content": render(content, outputs, inputs)} for role, content in spec.messages]
 
 
-def chat_body(spec: NodeSpec, messages: list[dict], rid: str, model: str | None, priority: int = 0) -> dict:
-    """priority: the worker priority (GatewayConfig.workflow_priority); sent when not 0, unless the node sets one."""
-    body = {**spec.params, "messages": messages, "max_tokens": spec.max_tokens, "stream": True,
-            "stream_options": {"include_usage": True}, "rid": rid}
+def with_priority(body: dict, priority: int) -> None:
+    """Give a worker call SGLang's `priority` (GatewayConfig.workflow_priority + the workflow's or hint's own)
+    unless the call sets its own; 0 is the workers' default, so it is not sent."""
     if priority:
         body.setdefault("priority", priority)
+
+
+def chat_body(spec: NodeSpec, messages: list[dict], rid: str, model: str | None, priority: int = 0) -> dict:
+    body = {**spec.params, "messages": messages, "max_tokens": spec.max_tokens, "stream": True,
+            "stream_options": {"include_usage": True}, "rid": rid}
+    with_priority(body, priority)
     if spec.params.get("temperature") is None:
         body["temperature"] = 0.0  # workflows are reproducible unless a node asks otherwise
     body["model"] = spec.model or model or "default"

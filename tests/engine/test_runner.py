@@ -261,13 +261,15 @@ def test_mixed_priorities_give_every_request_the_tokens_it_gets_alone(engine_tin
     watchers = [submit(engine_tiny, p, params, priority=i % 2 * 3) for i, p in enumerate(medium_prompts)]
     assert ids_of(w.wait() for w in watchers) == want
     # Lower priorities prefill 8 tokens a step beside the higher ones: chunks that end mid-block.
-    engine_chunked.call(lambda: setattr(engine_chunked.scheduler, "low_priority_chunk", 8)).result(timeout=60)
+    scheduler = engine_chunked.scheduler
+    chunk = scheduler.low_priority_chunk
+    engine_chunked.call(lambda: setattr(scheduler, "low_priority_chunk", 8)).result(timeout=60)
     try:
         mixed = [prompts[2], short_prompts[0], prompts[3], short_prompts[1]]
         watchers = [submit(engine_chunked, p, greedy(16), priority=-i) for i, p in enumerate(mixed)]
         assert ids_of(w.wait() for w in watchers) == expected(reference, mixed)
     finally:
-        engine_chunked.call(lambda: setattr(engine_chunked.scheduler, "low_priority_chunk", 128)).result(timeout=60)
+        engine_chunked.call(lambda: setattr(scheduler, "low_priority_chunk", chunk)).result(timeout=60)
 
 
 def test_a_request_that_can_never_fit_is_a_400(engine_tiny, engine_fp32):
