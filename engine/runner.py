@@ -116,7 +116,8 @@ class Engine:
         store, self.l3_error = None, None
         if cfg.enable_prefix_cache and cfg.l3 not in ("", "none"):
             dtype_name = str(self.dtype).removeprefix("torch.")
-            namespace = f"{os.path.basename(cfg.model_path.rstrip('/'))}-{dtype_name}-b{cfg.block_size}"
+            # "hm": blocks hold K/V head-major (engine/kvcache/pool.py); another layout never shares a directory
+            namespace = f"{os.path.basename(cfg.model_path.rstrip('/'))}-{dtype_name}-b{cfg.block_size}-hm"
             try:
                 store = make_store(cfg.l3, namespace, int(cfg.l3_max_gb * (1 << 30)))
             except OSError as exc:

@@ -2,7 +2,7 @@
 
 Blocks arrive here when L1 evicts them (write-back) or when they are cached
 (write-through), and go back to L1 by copy instead of recompute. Layout
-[slots, layers, block_size, kv_heads, head_dim] keeps each block contiguous,
+[slots, layers, kv_heads, block_size, head_dim] keeps each block contiguous,
 so a block moves to L3 or back to L1 as one slice. LRU among all entries; the
 tensors are allocated with torch.empty, so untouched slots cost no RAM.
 """
@@ -23,7 +23,7 @@ class HostEntry(NamedTuple):
 
 class Evicted(NamedTuple):
     entry: HostEntry
-    k: torch.Tensor | None  # [layers, block_size, kv_heads, head_dim], a copy (when asked for)
+    k: torch.Tensor | None  # [layers, kv_heads, block_size, head_dim], a copy (when asked for)
     v: torch.Tensor | None
 
 
@@ -31,7 +31,7 @@ class HostPool:
     def __init__(self, num_blocks: int, num_layers: int, block_size: int, num_kv_heads: int, head_dim: int,
                  dtype: torch.dtype, pin_memory: bool = False):
         self.num_blocks = num_blocks
-        shape = (num_blocks, num_layers, block_size, num_kv_heads, head_dim)
+        shape = (num_blocks, num_layers, num_kv_heads, block_size, head_dim)
         # pinned (page-locked) when L1 is on a GPU, so copies in and out run at full PCIe speed
         self.k = torch.empty(shape, dtype=dtype, pin_memory=pin_memory)
         self.v = torch.empty(shape, dtype=dtype, pin_memory=pin_memory)

@@ -39,7 +39,7 @@ class StoredBlock(NamedTuple):
     hash: int
     parent: int | None
     tokens: tuple[int, ...]
-    k: torch.Tensor  # [layers, block_size, kv_heads, head_dim]
+    k: torch.Tensor  # [layers, kv_heads, block_size, head_dim]
     v: torch.Tensor
 
 

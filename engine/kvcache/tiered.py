@@ -69,7 +69,7 @@ class TieredCache:
         self.l2_write_through = l2_write_through
         self.l3_write_through = l3_write_through
         self.stats = TierStats()
-        self.block_shape = tuple(self.pool.k.shape[:1] + self.pool.k.shape[2:])  # [layers, bs, kvh, d]
+        self.block_shape = self.pool.block_shape  # [layers, kvh, bs, d]
         self._reader = ThreadPoolExecutor(1, "kv-l3-read", single_threaded_torch) if store else None
         self._writer = ThreadPoolExecutor(1, "kv-l3-write", single_threaded_torch) if store else None
         radix.listener = self
@@ -106,7 +106,8 @@ class TieredCache:
     def _gather(self, blocks: list[CachedBlock]) -> tuple[torch.Tensor, torch.Tensor]:
         """Host copies of these L1 blocks' K/V, [layers, n, ...]."""
         idx = self._index([b.block for b in blocks])
-        return self.pool.k.index_select(1, idx).to("cpu"), self.pool.v.index_select(1, idx).to("cpu")
+        k, v = self.pool.read(idx)
+        return k.to("cpu"), v.to("cpu")
 
     def _to_l2(self, blocks: list[CachedBlock]) -> None:
         fresh = [b for b in blocks if b.hash not in self.host]
@@ -117,8 +118,8 @@ class TieredCache:
             return
         idx = self._index([b.block for b in fresh])
         spill = self.store is not None and not self.l3_write_through
-        evicted = self.host.put([HostEntry(b.hash, b.parent, b.tokens) for b in fresh], self.pool.k[:, idx],
-                                self.pool.v[:, idx], keep_copies=spill)
+        evicted = self.host.put([HostEntry(b.hash, b.parent, b.tokens) for b in fresh], *self.pool.read(idx),
+                                keep_copies=spill)
         with self.stats.lock:
             self.stats.demoted_l2 += len(fresh)
         if evicted:
@@ -232,8 +233,8 @@ class TieredCache:
             return [], counts
         idx = self._index(new)
         dev = self.pool.k.device
-        self.pool.k[:, idx] = torch.stack([k for _, k, _ in usable], dim=1).to(dev, non_blocking=True)
-        self.pool.v[:, idx] = torch.stack([v for _, _, v in usable], dim=1).to(dev, non_blocking=True)
+        self.pool.write(idx, torch.stack([k for _, k, _ in usable], dim=1).to(dev, non_blocking=True),
+                        torch.stack([v for _, _, v in usable], dim=1).to(dev, non_blocking=True))
         bs = self.pool.block_size
         table = held + new
         # insert() may swap a block for one another request cached meanwhile: read the table back

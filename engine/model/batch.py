@@ -1,8 +1,9 @@
 """ForwardBatch: the plain data one model step reads, built by the scheduler.
 
-Tokens of all sequences are packed along one axis T. Decode tokens (one per
-sequence) come first, rows [0, num_decode); prefill chunks follow as segments.
-Every token's K/V is written to its pool slot before attention reads the pool.
+Tokens of all sequences are packed along one axis T. Sequences with a few query
+rows each (a decode: 1; a verify: 1 + drafts) form one ShortGroup, attended
+together in two batched matmuls; prompt chunks follow as segments. Every token's
+K/V is written to its pool slot before attention reads the pool.
 """
 
 from __future__ import annotations
@@ -22,14 +23,27 @@ class PrefillSegment:
 
 
 @dataclass
+class ShortGroup:
+    """B sequences with at most n query rows each, padded to [B, n] queries over [B, nb_max] blocks.
+    Every query sees the columns before `mask_from`; `hide` masks the rest (causality, padding).
+    A padded query repeats its sequence's last row (same mask, so no row is all -inf); only
+    `src` → `dst` results are kept."""
+
+    rows: torch.Tensor  # [B, n] long: packed-batch row of each query
+    tables: torch.Tensor  # [B, nb_max] long: block ids (padding points at block 0)
+    mask_from: int
+    hide: torch.Tensor  # [B, n, nb_max·block_size - mask_from] bool, True = may not attend
+    src: torch.Tensor  # [Q] long: flat indices into [B·n] of the real queries
+    dst: torch.Tensor  # [Q] long: their packed-batch rows
+
+
+@dataclass
 class ForwardBatch:
     input_ids: torch.Tensor  # [T] long
     positions: torch.Tensor  # [T] long
     write_slots: torch.Tensor  # [T] long: pool slot of each token's K/V
-    num_decode: int
-    decode_tables: torch.Tensor | None  # [B, nb_max] block ids (padding points at block 0)
-    decode_mask: torch.Tensor | None  # [B, 1, 1, nb_max·block_size] bool, True = may attend
-    prefills: list[PrefillSegment]
+    short: ShortGroup | None  # decodes and verifies
+    prefills: list[PrefillSegment]  # prompt chunks
     logit_rows: torch.Tensor  # [R] long: rows whose next-token logits are needed
 
     @property
@@ -45,8 +59,10 @@ class ForwardBatch:
             return t.to(device, non_blocking=True) if t is not None else None
 
         segs = [PrefillSegment(s.start, s.end, s.prefix_len, mv(s.ctx_blocks), mv(s.mask)) for s in self.prefills]
-        return ForwardBatch(mv(self.input_ids), mv(self.positions), mv(self.write_slots), self.num_decode,
-                            mv(self.decode_tables), mv(self.decode_mask), segs, mv(self.logit_rows))
+        g = self.short
+        short = ShortGroup(mv(g.rows), mv(g.tables), g.mask_from, mv(g.hide), mv(g.src), mv(g.dst)) if g else None
+        return ForwardBatch(mv(self.input_ids), mv(self.positions), mv(self.write_slots), short, segs,
+                            mv(self.logit_rows))
 
 
 def build_prefill_segment(start: int, n: int, prefix_len: int, blocks: list[int], block_size: int) -> PrefillSegment:
@@ -59,13 +75,26 @@ def build_prefill_segment(start: int, n: int, prefix_len: int, blocks: list[int]
     return PrefillSegment(start, start + n, prefix_len, torch.tensor(blocks[:nb], dtype=torch.long), mask)
 
 
-def build_decode_meta(tables: list[list[int]], lens: list[int], block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad block tables to [B, nb_max] with a [B, 1, 1, nb_max·block_size] mask
-    that admits each sequence's first lens[i] tokens."""
-    nb_max = max(-(-n // block_size) for n in lens)
-    padded = torch.zeros(len(tables), nb_max, dtype=torch.long)
-    for i, (table, n) in enumerate(zip(tables, lens)):
-        nb = -(-n // block_size)
-        padded[i, :nb] = torch.tensor(table[:nb], dtype=torch.long)
-    mask = torch.arange(nb_max * block_size)[None, :] < torch.tensor(lens)[:, None]  # [B, nb_max·bs]
-    return padded, mask[:, None, None, :]
+def build_short_group(seqs: list[tuple[int, int, int, list[int]]], block_size: int) -> ShortGroup:
+    """seqs: (first row in the packed batch, query rows n, context length after them, block table).
+    Query j of a sequence sits at position ctx - n + j and attends to positions ≤ its own."""
+    B = len(seqs)
+    n_max = max(n for _, n, _, _ in seqs)
+    nb_max = max(-(-ctx // block_size) for _, _, ctx, _ in seqs)
+    rows = torch.empty(B, n_max, dtype=torch.long)
+    tables = torch.zeros(B, nb_max, dtype=torch.long)
+    last = torch.empty(B, n_max, dtype=torch.long)  # position of each (padded) query
+    src: list[int] = []
+    dst: list[int] = []
+    for i, (row, n, ctx, table) in enumerate(seqs):
+        j = torch.arange(n_max).clamp(max=n - 1)
+        rows[i] = row + j
+        last[i] = ctx - n + j
+        nb = -(-ctx // block_size)
+        tables[i, :nb] = torch.tensor(table[:nb], dtype=torch.long)
+        src.extend(range(i * n_max, i * n_max + n))
+        dst.extend(range(row, row + n))
+    mask_from = int(last.min()) + 1  # every query sees the columns before this one
+    hide = torch.arange(mask_from, nb_max * block_size)[None, None, :] > last[:, :, None]
+    return ShortGroup(rows, tables, mask_from, hide, torch.tensor(src, dtype=torch.long),
+                      torch.tensor(dst, dtype=torch.long))

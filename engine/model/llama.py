@@ -44,22 +44,29 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
-def decode_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """One query row per sequence against its gathered context, as two batched matmuls.
+def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_from: int,
+                    hide: torch.Tensor) -> torch.Tensor:
+    """A few query rows per sequence against its gathered context, as two batched matmuls.
 
-    q [B, Hq, 1, d]; k, v [B, Hkv, L, d]; mask [B, 1, 1, L] (True = may attend) → [B, Hq, 1, d].
-    Why not SDPA: torch's CPU kernel for a one-row query costs 5–10× this in bf16 (measured on
-    an AVX-512 EPYC: 10.2 vs 1.1 ms per layer at B=8, L=1024), which made batched decode barely
-    faster than one request at a time. Query heads are grouped by their KV head (head i reads KV
-    head i // group, as enable_gqa does), so K/V are never repeated; softmax runs in fp32.
+    q [B, n, Hq, d]; k, v [Hkv, B, L, d] (contiguous, as the head-major pool gathers them);
+    every query sees columns [0, mask_from), hide [B, n, L - mask_from] (True = may not) rules
+    the rest → [B, n, Hq, d]. Query heads are grouped by their KV head (head i reads KV head
+    i // group, as enable_gqa does), so K/V are never repeated and each (KV head, sequence) pair
+    is one [group·n, d] × [d, L] product. The scores stay in q's dtype (the matmul rounds to it
+    anyway) and torch's softmax computes in fp32 inside and rounds once, so the elementwise
+    passes read half the bytes an fp32 copy would; the mask touches only the columns it can hide.
+    Why not SDPA: torch's CPU kernel for a few query rows costs 2–10× this in bf16 (measured on
+    an AVX-512 EPYC, one thread: 10.2 vs 1.1 ms per layer at B=8, L=1024, one row each).
     """
-    B, Hq, _, d = q.shape
-    Hkv = k.shape[1]
-    qg = q.reshape(B, Hkv, Hq // Hkv, d)  # [B, Hkv, group, d]
-    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * d ** -0.5  # [B, Hkv, group, L]
-    scores.masked_fill_(~mask, float("-inf"))  # mask broadcasts over [Hkv, group]
-    probs = torch.softmax(scores, dim=-1).to(v.dtype)
-    return torch.matmul(probs, v).reshape(B, Hq, 1, d)  # [B, Hkv, group, d] → [B, Hq, 1, d]
+    B, n, Hq, d = q.shape
+    Hkv = k.shape[0]
+    group = Hq // Hkv
+    qg = (q * d ** -0.5).view(B, n, Hkv, group, d).permute(2, 0, 3, 1, 4).reshape(Hkv, B, group * n, d)
+    scores = torch.matmul(qg, k.transpose(-1, -2))  # [Hkv, B, group·n, L]
+    scores.view(Hkv, B, group, n, -1)[..., mask_from:].masked_fill_(hide[None, :, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.matmul(probs, v)  # [Hkv, B, group·n, d]
+    return out.view(Hkv, B, group, n, d).permute(1, 3, 0, 2, 4).reshape(B, n, Hq, d)
 
 
 class LlamaModel:
@@ -96,10 +103,10 @@ class LlamaModel:
             q = apply_rope(q.view(T, cfg.num_heads, cfg.head_dim), cos, sin)  # [T, Hq, d]
             k = apply_rope(k.view(T, cfg.num_kv_heads, cfg.head_dim), cos, sin)  # [T, Hkv, d]
             v = v.view(T, cfg.num_kv_heads, cfg.head_dim)  # [T, Hkv, d]
-            k_flat, v_flat = self.pool.flat(layer_idx)  # [blocks·bs, Hkv, d]
-            k_flat.index_copy_(0, b.write_slots, k)
-            v_flat.index_copy_(0, b.write_slots, v)
-            attn = self._attention(q, k, v, self.pool.k[layer_idx], self.pool.v[layer_idx], b)  # [T, Hq·d]
+            k_flat, v_flat = self.pool.flat(layer_idx)  # [Hkv, blocks·bs, d]
+            k_flat.index_copy_(1, b.write_slots, k.transpose(0, 1))
+            v_flat.index_copy_(1, b.write_slots, v.transpose(0, 1))
+            attn = self._attention(q, k, v, layer_idx, b)  # [T, Hq·d]
             x = x + lin.o(attn, mode)
             h = rms_norm(x, w.post_norm, cfg.rms_norm_eps)
             gate, up = lin.gate_up(h, mode).chunk(2, dim=-1)  # [T, inter] each
@@ -107,23 +114,17 @@ class LlamaModel:
         h = rms_norm(x[b.logit_rows], self.w.norm, cfg.rms_norm_eps)  # [R, H]
         return self.lm_head(h, mode).float()  # [R, vocab]
 
-    def _attention(self, q, k, v, k_pool, v_pool, b: ForwardBatch) -> torch.Tensor:
-        # k_pool, v_pool: [blocks, bs, Hkv, d]; whole blocks are gathered per sequence
+    def _attention(self, q, k, v, layer: int, b: ForwardBatch) -> torch.Tensor:
+        # q [T, Hq, d]; k, v [T, Hkv, d] (this step's tokens, already in the pool too)
         T = q.shape[0]
-        kv_shape = k_pool.shape[2:]  # [Hkv, d]
         out = torch.empty(T, self.q_size, dtype=q.dtype, device=q.device)
-        B = b.num_decode
-        if B:
-            qd = q[:B].unsqueeze(2)  # [B, Hq, 1, d]
-            tables = b.decode_tables.view(-1)
-            shape = (B, -1, *kv_shape)  # [B, nb_max·bs, Hkv, d]
-            kd = k_pool.index_select(0, tables).view(shape).transpose(1, 2)  # [B, Hkv, nb_max·bs, d]
-            vd = v_pool.index_select(0, tables).view(shape).transpose(1, 2)
-            if qd.device.type == "cpu":
-                o = decode_attention_cpu(qd, kd, vd, b.decode_mask)
-            else:
-                o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=b.decode_mask, enable_gqa=True)
-            out[:B] = o.reshape(B, self.q_size)  # o [B, Hq, 1, d]
+        g = b.short
+        if g is not None:
+            B, n = g.rows.shape
+            kd, vd = self.pool.gather(layer, g.tables.view(-1))  # [Hkv, B·nb_max·bs, d]
+            kd, vd = kd.view(kd.shape[0], B, -1, kd.shape[-1]), vd.view(vd.shape[0], B, -1, vd.shape[-1])
+            o = short_attention(q[g.rows.view(-1)].view(B, n, *q.shape[1:]), kd, vd, g.mask_from, g.hide)
+            out[g.dst] = o.reshape(B * n, self.q_size)[g.src]
         for seg in b.prefills:
             n = seg.end - seg.start
             qs = q[seg.start:seg.end].transpose(0, 1).unsqueeze(0)  # [1, Hq, n, d]
@@ -132,10 +133,10 @@ class LlamaModel:
                 vs = v[seg.start:seg.end].transpose(0, 1).unsqueeze(0)
                 o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)
             else:
-                ks = k_pool.index_select(0, seg.ctx_blocks).view(-1, *kv_shape).transpose(0, 1).unsqueeze(0)
-                vs = v_pool.index_select(0, seg.ctx_blocks).view(-1, *kv_shape).transpose(0, 1).unsqueeze(0)
-                # ks, vs [1, Hkv, nb·bs, d]; the mask hides slots past the context
-                o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=seg.mask, enable_gqa=True)
+                ks, vs = self.pool.gather(layer, seg.ctx_blocks)  # [Hkv, nb·bs, d]
+                # the mask hides slots past the context
+                o = F.scaled_dot_product_attention(qs, ks.unsqueeze(0), vs.unsqueeze(0), attn_mask=seg.mask,
+                                                   enable_gqa=True)
             out[seg.start:seg.end] = o[0].transpose(0, 1).reshape(n, self.q_size)  # [n, Hq·d]
         return out
 

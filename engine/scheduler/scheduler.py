@@ -36,7 +36,7 @@ import torch
 
 from engine.kvcache.pool import KVPool
 from engine.kvcache.radix import RadixCache
-from engine.model.batch import ForwardBatch, build_decode_meta, build_prefill_segment
+from engine.model.batch import ForwardBatch, build_prefill_segment, build_short_group
 from engine.scheduler.request import Request, Status
 from engine.spec.base import Speculator
 
@@ -420,17 +420,18 @@ class Scheduler:
             positions.append(pos)
             write.append(self.pool.slots(req.blocks, pos + 1, pos))
         prefills, sampled, logit_rows = [], [(r, 1) for r in plain], list(range(len(plain)))
+        short = [(row, 1, req.num_computed + 1, req.blocks) for row, req in enumerate(plain)]
         row = len(plain)
         for req in decodes:
             if not req.draft:
                 continue
-            # verify segment: [last token] + drafts, every row's logits wanted
+            # verify: [last token] + drafts, every row's logits wanted
             pos, n = req.num_computed, 1 + len(req.draft)
             ids.append(req.all_ids[pos])
             ids.extend(req.draft)
             positions.extend(range(pos, pos + n))
             write.append(self.pool.slots(req.blocks, pos + n, pos))
-            prefills.append(build_prefill_segment(row, n, pos, req.blocks, self.bs))
+            short.append((row, n, pos + n, req.blocks))
             sampled.append((req, n))
             logit_rows.extend(range(row, row + n))
             row += n
@@ -444,15 +445,11 @@ class Scheduler:
             if start + n == len(req.fill_ids):  # last chunk: its final row gives the next token
                 sampled.append((req, 1))
                 logit_rows.append(row - 1)
-        tables, mask = (build_decode_meta([r.blocks for r in plain], [r.num_computed + 1 for r in plain], self.bs)
-                        if plain else (None, None))
         forward = ForwardBatch(
             input_ids=torch.tensor(ids, dtype=torch.long),
             positions=torch.tensor(positions, dtype=torch.long),
             write_slots=torch.cat(write),
-            num_decode=len(plain),
-            decode_tables=tables,
-            decode_mask=mask,
+            short=build_short_group(short, self.bs) if short else None,
             prefills=prefills,
             logit_rows=torch.tensor(logit_rows, dtype=torch.long),
         )

@@ -13,12 +13,12 @@ from engine.kvcache.host import HostEntry, HostPool
 from engine.kvcache.store import DirStore, decode_block, encode_block, make_store
 
 LAYERS, BS, KVH, D = 2, 4, 1, 3
-SHAPE = (LAYERS, BS, KVH, D)
+SHAPE = (LAYERS, KVH, BS, D)
 
 
 def kv(n: int, base: float = 0.0, dtype=torch.float32):
-    """K/V for n blocks in L1's layout [layers, n, bs, kvh, d], every block distinct."""
-    k = torch.arange(LAYERS * n * BS * KVH * D, dtype=torch.float32).view(LAYERS, n, BS, KVH, D) + base
+    """K/V for n blocks in the tiers' layout [layers, n, kvh, bs, d], every block distinct."""
+    k = torch.arange(LAYERS * n * KVH * BS * D, dtype=torch.float32).view(LAYERS, n, KVH, BS, D) + base
     return k.to(dtype), (-k).to(dtype)
 
 

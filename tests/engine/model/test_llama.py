@@ -8,7 +8,7 @@ import torch
 
 from engine.config import ModelConfig
 from engine.kvcache.pool import KVPool
-from engine.model.batch import ForwardBatch, build_decode_meta, build_prefill_segment
+from engine.model.batch import ForwardBatch, build_prefill_segment, build_short_group
 from engine.model.linear import MatmulPlan
 from engine.model.llama import LlamaModel
 from engine.model.weights import load_weights
@@ -63,7 +63,7 @@ class Model:
             input_ids=torch.tensor(ids[start:]),
             positions=torch.arange(start, len(ids)),
             write_slots=self.pool.slots(self.blocks, len(ids), start),
-            num_decode=0, decode_tables=None, decode_mask=None,
+            short=None,
             prefills=[build_prefill_segment(0, n, start, self.blocks, BS)],
             logit_rows=torch.arange(n) if all_logits else torch.tensor([n - 1]),
         )
@@ -72,11 +72,10 @@ class Model:
     def decode(self, ids: list[int]) -> torch.Tensor:
         """Run the last token of ids as a one-sequence decode step."""
         pos = len(ids) - 1
-        tables, mask = build_decode_meta([self.blocks], [len(ids)], BS)
         batch = ForwardBatch(
             input_ids=torch.tensor([ids[-1]]), positions=torch.tensor([pos]),
-            write_slots=self.pool.slots(self.blocks, pos + 1, pos), num_decode=1,
-            decode_tables=tables, decode_mask=mask, prefills=[], logit_rows=torch.tensor([0]))
+            write_slots=self.pool.slots(self.blocks, pos + 1, pos),
+            short=build_short_group([(0, 1, len(ids), self.blocks)], BS), prefills=[], logit_rows=torch.tensor([0]))
         return self.model.forward(batch)
 
 
@@ -120,24 +119,3 @@ def test_engine_greedy_generation_equals_hf_generate(engine_fp32, hf_model, prom
     (got,) = generate(engine_fp32, [prompt_ids], greedy(n))
     assert len(expected) == n  # the prompt does not end at EOS, so all 16 tokens are compared
     assert got.output_ids == expected
-
-
-@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-def test_cpu_decode_attention_equals_sdpa_with_gqa_and_padding(dtype, atol):
-    from engine.model.llama import decode_attention_cpu
-
-    gen = torch.Generator().manual_seed(0)
-    B, Hq, Hkv, L, d = 3, 9, 3, 40, 64
-    q = torch.randn(B, Hq, 1, d, generator=gen).to(dtype)
-    k = torch.randn(B, Hkv, L, d, generator=gen).to(dtype)
-    v = torch.randn(B, Hkv, L, d, generator=gen).to(dtype)
-    lengths = torch.tensor([40, 17, 1])  # rows of different context lengths, padded to L
-    mask = (torch.arange(L)[None, :] < lengths[:, None]).view(B, 1, 1, L)
-    want = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
-                                                            enable_gqa=True)
-    got = decode_attention_cpu(q, k, v, mask)
-    assert got.shape == (B, Hq, 1, d) and got.dtype == dtype
-    torch.testing.assert_close(got.float(), want, atol=atol, rtol=atol)
-    # the row that sees one position returns that position's value for every query head of its group
-    torch.testing.assert_close(got[2, :, 0].float(), v[2].float().repeat_interleave(Hq // Hkv, 0)[:, 0], atol=atol,
-                               rtol=atol)
