@@ -44,15 +44,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
-def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_from: int,
-                    hide: torch.Tensor) -> torch.Tensor:
-    """A few query rows per sequence against its gathered context, as two batched matmuls.
+def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_from: int, hide: torch.Tensor,
+                    shared: list[tuple[int, int, torch.Tensor, torch.Tensor]] = ()) -> torch.Tensor:
+    """A few query rows per sequence against its gathered context, as batched matmuls.
 
     q [B, n, Hq, d]; k, v [Hkv, B, L, d] (contiguous, as the head-major pool gathers them);
     every query sees columns [0, mask_from), hide [B, n, L - mask_from] (True = may not) rules
     the rest → [B, n, Hq, d]. Query heads are grouped by their KV head (head i reads KV head
     i // group, as enable_gqa does), so K/V are never repeated and each (KV head, sequence) pair
-    is one [group·n, d] × [d, L] product. The scores stay in q's dtype (the matmul rounds to it
+    is one [group·n, d] × [d, L] product. `shared`: (start, end, ks, vs [Hkv, Ls, d]) per prefix
+    that sequences [start, end) share ahead of their own k, v: it is read once for all m of them
+    (one [m·group·n, d] × [d, Ls] product), their scores over it and over their own columns go
+    through one softmax, and the two products add. The scores stay in q's dtype (the matmul rounds to it
     anyway) and torch's softmax computes in fp32 inside and rounds once, so the elementwise
     passes read half the bytes an fp32 copy would; the mask touches only the columns it can hide.
     Why not SDPA: torch's CPU kernel for a few query rows costs 2–10× this in bf16 (measured on
@@ -64,8 +67,14 @@ def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_from
     qg = (q * d ** -0.5).view(B, n, Hkv, group, d).permute(2, 0, 3, 1, 4).reshape(Hkv, B, group * n, d)
     scores = torch.matmul(qg, k.transpose(-1, -2))  # [Hkv, B, group·n, L]
     scores.view(Hkv, B, group, n, -1)[..., mask_from:].masked_fill_(hide[None, :, None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    out = torch.matmul(probs, v)  # [Hkv, B, group·n, d]
+    out = torch.matmul(torch.softmax(scores, dim=-1), v)  # [Hkv, B, group·n, d]; members' redone below
+    rows = group * n
+    for a, b, ks, vs in shared:
+        m, Ls = b - a, ks.shape[1]
+        over_shared = torch.matmul(qg[:, a:b].reshape(Hkv, m * rows, d), ks.transpose(-1, -2))
+        probs = torch.softmax(torch.cat([over_shared.view(Hkv, m, rows, Ls), scores[:, a:b]], dim=-1), dim=-1)
+        o = torch.matmul(probs[..., :Ls].reshape(Hkv, m * rows, Ls), vs).view(Hkv, m, rows, d)
+        out[:, a:b] = o.add_(torch.matmul(probs[..., Ls:], v[:, a:b]))
     return out.view(Hkv, B, group, n, d).permute(1, 3, 0, 2, 4).reshape(B, n, Hq, d)
 
 
@@ -123,8 +132,10 @@ class LlamaModel:
             B, n = g.rows.shape
             kd, vd = self.pool.gather(layer, g.tables.view(-1))  # [Hkv, B·nb_max·bs, d]
             kd, vd = kd.view(kd.shape[0], B, -1, kd.shape[-1]), vd.view(vd.shape[0], B, -1, vd.shape[-1])
-            o = short_attention(q[g.rows.view(-1)].view(B, n, *q.shape[1:]), kd, vd, g.mask_from, g.hide)
-            out[g.dst] = o.reshape(B * n, self.q_size)[g.src]
+            shared = [(p.start, p.end, *self.pool.gather(layer, p.blocks)) for p in g.shared]
+            qs = q.index_select(0, g.rows.view(-1)).view(B, n, *q.shape[1:])
+            o = short_attention(qs, kd, vd, g.mask_from, g.hide, shared)  # [B, n, Hq, d]
+            out.index_copy_(0, g.dst, o.reshape(B * n, self.q_size).index_select(0, g.src))
         for seg in b.prefills:
             n = seg.end - seg.start
             qs = q[seg.start:seg.end].transpose(0, 1).unsqueeze(0)  # [1, Hq, n, d]

@@ -166,6 +166,28 @@ def test_a_concurrent_batch_sharing_an_uncached_prefix_matches_the_reference(eng
     assert ids_of(generate(engine_fp32, prompts[::-1], greedy(16))) == expected(reference, prompts[::-1])
 
 
+def test_decodes_reading_a_shared_prefix_once_give_the_reference_tokens(engine_fp32, prompts, reference,
+                                                                         monkeypatch):
+    import engine.model.batch as batch
+    import engine.scheduler.scheduler as scheduler
+
+    shared_steps = []
+    real = scheduler.build_short_group
+
+    def spy(seqs, block_size, share=True):
+        group = real(seqs, block_size, share)
+        shared_steps.append(sum(p.end - p.start for p in group.shared))
+        return group
+
+    monkeypatch.setattr(batch, "MIN_SHARED_BLOCKS", 2)  # the test prefix is a few blocks; the default wants more
+    monkeypatch.setattr(scheduler, "build_short_group", spy)
+    flush(engine_fp32)
+    generate(engine_fp32, prompts[:1], greedy(1))  # cache the prefix: the batch below shares its blocks
+    together = generate(engine_fp32, prompts, greedy(16))
+    assert ids_of(together) == expected(reference, prompts)
+    assert max(shared_steps) >= 3  # steps where several sequences read the prefix through the shared path
+
+
 def test_cached_tokens_counts_the_reused_block_aligned_prefix(engine_fp32, prompts, prefix_ids):
     flush(engine_fp32)
     (first,) = generate(engine_fp32, [prompts[0]], greedy(8))
