@@ -3,7 +3,9 @@
 weights, same dtype, same thread count, measured in one run.
 
 Each system runs in its own subprocess (so peak RSS is its own):
-  decode tok/s at batch 1 and batch 8, prefill tok/s (1,500-token prompt),
+  decode tok/s at batch 1 and batch 8 (short prompts), decode tok/s of 8 requests
+  that share a 1,500-token prefix (as an agent's calls share a system prompt; each
+  has its own 40-token tail), prefill tok/s (1,500-token prompt),
   TTFT cold vs warm for a 1,500-token shared prefix (agentgate only: HF has no
   cross-request cache, so its TTFT for the same prompt is the cold one), peak RSS.
 
@@ -34,6 +36,14 @@ PREFIX_TOKENS = 1500
 TAIL_TOKENS = 40
 SHORT_PROMPT = 32
 KV_POOL_GB = 0.5  # the engine's fixed KV pool, counted in its RSS (HF allocates per request)
+SHARED_BATCH = 8
+SHARED_REPS = 3  # at most: HF prefills all 8 prompts twice per repetition
+
+
+def shared_prompts(corpus, rep: int) -> list[list[int]]:
+    """SHARED_BATCH prompts: one PREFIX_TOKENS-token prefix, a different TAIL_TOKENS-token tail each."""
+    prefix = corpus(PREFIX_TOKENS, 4000 + rep)
+    return [prefix + corpus(TAIL_TOKENS, 5000 + 10 * rep + i) for i in range(SHARED_BATCH)]
 
 
 def corpus_ids(tokenizer_encode, n: int, seed: int) -> list[int]:
@@ -103,6 +113,17 @@ def run_ours(args) -> dict:
             rates.append(sum(r["tokens"] - 1 for r in res) / (end - first))
         out[f"decode_b{batch}"] = statistics.median(rates)
         progress(f"agentgate decode batch {batch}: {out[f'decode_b{batch}']:.1f} tok/s")
+    rates = []
+    for rep in range(min(args.reps, SHARED_REPS)):
+        flush()
+        prompts = shared_prompts(lambda n, seed: corpus_ids(enc, n, seed), rep)
+        generate([prompts[0][:PREFIX_TOKENS]], 1)  # the shared prefix is cached, as a system prompt would be
+        res = generate(prompts, args.new_tokens)
+        first = max(r["ttft"] for r in res)
+        rates.append(sum(r["tokens"] - 1 for r in res) / (max(r["end"] for r in res) - first))
+    out["decode_shared"] = statistics.median(rates)
+    progress(f"agentgate decode, {SHARED_BATCH} sharing a {PREFIX_TOKENS}-token prefix: "
+             f"{out['decode_shared']:.1f} tok/s")
     prefill, cold, warm = [], [], []
     for rep in range(args.reps):
         flush()
@@ -159,6 +180,15 @@ def run_hf(args) -> dict:
             rates.append(batch * (args.new_tokens - 1) / (tn - t1))
         out[f"decode_b{batch}"] = statistics.median(rates)
         progress(f"HF decode batch {batch}: {out[f'decode_b{batch}']:.1f} tok/s")
+    rates = []
+    for rep in range(min(args.reps, SHARED_REPS)):
+        ids = torch.tensor(shared_prompts(lambda n, seed: corpus_ids(enc, n, seed), rep))
+        t1 = timed_generate(ids, 1)
+        tn = timed_generate(ids, args.new_tokens)
+        rates.append(SHARED_BATCH * (args.new_tokens - 1) / (tn - t1))
+    out["decode_shared"] = statistics.median(rates)
+    progress(f"HF decode, {SHARED_BATCH} × {PREFIX_TOKENS + TAIL_TOKENS}-token prompts: "
+             f"{out['decode_shared']:.1f} tok/s")
     prefill, cold = [], []
     for rep in range(args.reps):
         ids = torch.tensor([corpus_ids(enc, PREFIX_TOKENS, 1000 + rep) + corpus_ids(enc, TAIL_TOKENS, 2000 + rep)])
@@ -193,6 +223,8 @@ def write_report(ours: dict, hf: dict, args) -> str:
     rows = [
         ("decode tok/s, batch 1", "decode_b1", "{:.1f}", True),
         ("decode tok/s, batch 8", "decode_b8", "{:.1f}", True),
+        (f"decode tok/s, {SHARED_BATCH} requests sharing a {PREFIX_TOKENS}-token prefix", "decode_shared", "{:.1f}",
+         True),
         (f"prefill tok/s ({PREFIX_TOKENS + TAIL_TOKENS}-token prompt)", "prefill", "{:.0f}", True),
         (f"TTFT cold, {PREFIX_TOKENS}-token prefix + {TAIL_TOKENS} (s)", "ttft_cold", "{:.2f}", False),
         (f"TTFT warm, same prefix, new {TAIL_TOKENS}-token tail (s)", "ttft_warm", "{:.3f}", False),
@@ -242,7 +274,8 @@ def plot(ours: dict, hf: dict, args) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    keys = [("decode_b1", "decode b1"), ("decode_b8", "decode b8")]
+    keys = [("decode_b1", "decode b1"), ("decode_b8", "decode b8"),
+            ("decode_shared", f"b{SHARED_BATCH}, shared\nprefix")]
     ax = axes[0]
     xs = range(len(keys))
     ax.bar([x - 0.2 for x in xs], [ours[k] for k, _ in keys], 0.4, label="agentgate")
