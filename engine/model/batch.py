@@ -4,8 +4,8 @@ Tokens of all sequences are packed along one axis T. Sequences with a few query
 rows each (a decode: 1; a verify: 1 + drafts) form one ShortGroup, attended
 together in batched matmuls, a prefix that several of them share (the same pool
 blocks: a system prompt, a conversation) read once for all of them; prompt
-chunks follow as segments. Every token's
-K/V is written to its pool slot before attention reads the pool.
+chunks follow as segments. Every token's K/V is written to its pool slot before
+attention reads the pool.
 """
 
 from __future__ import annotations

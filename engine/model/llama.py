@@ -55,9 +55,10 @@ def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_from
     is one [group·n, d] × [d, L] product. `shared`: (start, end, ks, vs [Hkv, Ls, d]) per prefix
     that sequences [start, end) share ahead of their own k, v: it is read once for all m of them
     (one [m·group·n, d] × [d, Ls] product), their scores over it and over their own columns go
-    through one softmax, and the two products add. The scores stay in q's dtype (the matmul rounds to it
-    anyway) and torch's softmax computes in fp32 inside and rounds once, so the elementwise
-    passes read half the bytes an fp32 copy would; the mask touches only the columns it can hide.
+    through one softmax, and the two products add. The scores stay in q's dtype (the matmul
+    rounds to it anyway) and torch's softmax computes in fp32 inside and rounds once, so the
+    elementwise passes read half the bytes an fp32 copy would; the mask touches only the
+    columns it can hide.
     Why not SDPA: torch's CPU kernel for a few query rows costs 2–10× this in bf16 (measured on
     an AVX-512 EPYC, one thread: 10.2 vs 1.1 ms per layer at B=8, L=1024, one row each).
     """
@@ -67,7 +68,7 @@ def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_from
     qg = (q * d ** -0.5).view(B, n, Hkv, group, d).permute(2, 0, 3, 1, 4).reshape(Hkv, B, group * n, d)
     scores = torch.matmul(qg, k.transpose(-1, -2))  # [Hkv, B, group·n, L]
     scores.view(Hkv, B, group, n, -1)[..., mask_from:].masked_fill_(hide[None, :, None], float("-inf"))
-    out = torch.matmul(torch.softmax(scores, dim=-1), v)  # [Hkv, B, group·n, d]; members' redone below
+    out = torch.matmul(torch.softmax(scores, dim=-1), v)  # [Hkv, B, group·n, d]; sharers' redone below
     rows = group * n
     for a, b, ks, vs in shared:
         m, Ls = b - a, ks.shape[1]
