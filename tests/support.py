@@ -185,3 +185,22 @@ def http_json(method: str, url: str, body=None, *, raw: bytes | None = None, tim
         return status, json.loads(payload) if payload else None
     except ValueError:
         return status, payload.decode(errors="replace")
+
+
+def record_shared_prefix_reads(monkeypatch, min_blocks: int) -> list[int]:
+    """Lower the engine's shared-prefix threshold to min_blocks and record, per step it builds,
+    how many decoding sequences read a prefix through the shared path."""
+    import engine.model.batch as batch
+    import engine.scheduler.scheduler as scheduler
+
+    counts: list[int] = []
+    real = scheduler.build_short_group
+
+    def spy(seqs, block_size, share=True):
+        group = real(seqs, block_size, share)
+        counts.append(sum(p.end - p.start for p in group.shared))
+        return group
+
+    monkeypatch.setattr(batch, "MIN_SHARED_BLOCKS", min_blocks)
+    monkeypatch.setattr(scheduler, "build_short_group", spy)
+    return counts

@@ -12,7 +12,7 @@ from engine.errors import BadRequestError, ContextLengthError
 from engine.kvcache.hashing import block_hashes
 from engine.runner import Engine
 from engine.scheduler.request import SamplingParams
-from tests.support import engine_state, generate, greedy, submit, wait_idle
+from tests.support import engine_state, generate, greedy, record_shared_prefix_reads, submit, wait_idle
 
 pytestmark = pytest.mark.slow
 
@@ -168,19 +168,7 @@ def test_a_concurrent_batch_sharing_an_uncached_prefix_matches_the_reference(eng
 
 def test_decodes_reading_a_shared_prefix_once_give_the_reference_tokens(engine_fp32, prompts, reference,
                                                                          monkeypatch):
-    import engine.model.batch as batch
-    import engine.scheduler.scheduler as scheduler
-
-    shared_steps = []
-    real = scheduler.build_short_group
-
-    def spy(seqs, block_size, share=True):
-        group = real(seqs, block_size, share)
-        shared_steps.append(sum(p.end - p.start for p in group.shared))
-        return group
-
-    monkeypatch.setattr(batch, "MIN_SHARED_BLOCKS", 2)  # the test prefix is a few blocks; the default wants more
-    monkeypatch.setattr(scheduler, "build_short_group", spy)
+    shared_steps = record_shared_prefix_reads(monkeypatch, 2)  # the test prefix is a few blocks
     flush(engine_fp32)
     generate(engine_fp32, prompts[:1], greedy(1))  # cache the prefix: the batch below shares its blocks
     together = generate(engine_fp32, prompts, greedy(16))

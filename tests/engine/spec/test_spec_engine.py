@@ -9,7 +9,7 @@ import json
 import pytest
 
 from engine.scheduler.request import SamplingParams
-from tests.support import generate, greedy, wait_idle
+from tests.support import generate, greedy, record_shared_prefix_reads, wait_idle
 
 pytestmark = pytest.mark.slow
 
@@ -128,23 +128,11 @@ def test_a_tiny_pool_preempts_speculating_requests_without_changing_a_token(make
 
 
 def test_verifies_reading_a_shared_prefix_once_give_the_plain_tokens(engines, tokenizer, monkeypatch):
-    import engine.model.batch as batch
-    import engine.scheduler.scheduler as scheduler
-
     plain, spec = engines
     system = tokenizer.encode("You are a precise assistant. When asked to repeat or rewrite something, you copy it "
                               "exactly, character for character, and add nothing before or after it.\n")
     prompts = [system + p for p in prompt_ids_of(tokenizer)]
-    shared_steps = []
-    real = scheduler.build_short_group
-
-    def spy(seqs, block_size, share=True):
-        group = real(seqs, block_size, share)
-        shared_steps.append(sum(p.end - p.start for p in group.shared))
-        return group
-
-    monkeypatch.setattr(batch, "MIN_SHARED_BLOCKS", 1)  # the system prompt above is only a few blocks
-    monkeypatch.setattr(scheduler, "build_short_group", spy)
+    shared_steps = record_shared_prefix_reads(monkeypatch, 1)  # the system prompt above is only a few blocks
     alone = [generate(plain, [p], greedy(48, ignore_eos=True))[0].output_ids for p in prompts]
     generate(spec, prompts[:1], greedy(1))  # the system prompt is cached: the batch below shares its blocks
     together = generate(spec, prompts, greedy(48, ignore_eos=True))
