@@ -144,9 +144,10 @@ def build_short_group(seqs: list[tuple[int, int, int, list[int]]], block_size: i
     last = torch.empty(B, n_max, dtype=torch.long)  # own column of each (padded) query
     src: list[int] = []
     dst: list[int] = []
+    query = torch.arange(n_max)
     for slot, i in enumerate(order):
         row, n, ctx, table = seqs[i]
-        j = torch.arange(n_max).clamp(max=n - 1)
+        j = query.clamp(max=n - 1)
         rows[slot] = row + j
         last[slot] = ctx - n + j - skip[i] * block_size
         nb = -(-ctx // block_size)

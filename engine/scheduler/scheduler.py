@@ -413,19 +413,9 @@ class Scheduler:
         ids: list[int] = []
         positions: list[int] = []
         write: list[torch.Tensor] = []
-        plain = [r for r in decodes if not r.draft]
-        for req in plain:
-            pos = req.num_computed
-            ids.append(req.all_ids[pos])
-            positions.append(pos)
-            write.append(self.pool.slots(req.blocks, pos + 1, pos))
-        prefills, sampled, logit_rows = [], [(r, 1) for r in plain], list(range(len(plain)))
-        short = [(row, 1, req.num_computed + 1, req.blocks) for row, req in enumerate(plain)]
-        row = len(plain)
+        prefills, sampled, logit_rows, short, row = [], [], [], [], 0
         for req in decodes:
-            if not req.draft:
-                continue
-            # verify: [last token] + drafts, every row's logits wanted
+            # a decode: its last token; a verify: that token + its drafts, every row's logits wanted
             pos, n = req.num_computed, 1 + len(req.draft)
             ids.append(req.all_ids[pos])
             ids.extend(req.draft)
