@@ -334,6 +334,7 @@ class Engine:
         """Advance every request of the step; returns how many tokens it produced."""
         for req, n in batch.chunks:
             req.num_computed += n
+            req.prefilled += n
             self.scheduler.on_prefill_chunk(req)
         plain, plain_rows, verifies, row = [], [], [], 0
         for req, n in batch.sampled:
@@ -509,8 +510,9 @@ class Engine:
                  priority: int = 0) -> Future:
         """Make the full blocks of token_ids resident in L1: promote from L2, load
         from L3, compute the rest with a background prefill. Resolves to
-        {resident_tokens, from: {l1, l2, l3, computed}} plus, when pinned, {pin_id,
-        pinned_tokens, expires_in_s}; a pin beyond the cap fails it with a 409."""
+        {resident_tokens, from: {l1, l2, l3, computed}} (computed: by this prefetch
+        itself) plus, when pinned, {pin_id, pinned_tokens, expires_in_s}; a pin
+        beyond the cap fails it with a 409."""
         bs = self.cfg.block_size
         ids = list(token_ids[:len(token_ids) // bs * bs])
         fut: Future = Future()
@@ -528,7 +530,11 @@ class Engine:
             resident = self.cache.match_prefix(ids, salt).num_tokens
             src = {"l1": req.tier_tokens.get("l1", 0), "l2": req.tier_tokens.get("l2", 0),
                    "l3": req.tier_tokens.get("l3", 0)}
-            src["computed"] = max(0, resident - sum(src.values()))
+            # The rest is resident because this prefetch computed it, or because a call computed it
+            # while the prefetch waited or stepped aside (found in L1 when it resumed).
+            rest = max(0, resident - sum(src.values()))
+            src["computed"] = min(req.prefilled, rest)
+            src["l1"] += rest - src["computed"]
             result = {"resident_tokens": resident, "from": src}
             if pin_ttl_s:
                 try:

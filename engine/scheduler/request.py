@@ -83,6 +83,7 @@ class Request:
     output_ids: list[int] = field(default_factory=list)
     blocks: list[int] = field(default_factory=list)  # block table; matched prefix first
     num_computed: int = 0  # tokens whose K/V is in the pool
+    prefilled: int = 0  # prompt tokens this request ran through the model itself (not found cached)
     fill_ids: list[int] = field(default_factory=list)  # tokens to prefill (prompt, or all tokens after preemption)
     cached_tokens: int = 0
     tier_tokens: dict[str, int] = field(default_factory=dict)  # prompt tokens copied in from "l2" / "l3"

@@ -224,6 +224,9 @@ def test_a_call_takes_over_a_running_prefetch_of_its_prefix_and_nothing_is_compu
     busy.wait()
     assert call.output_ids == reference[tuple(prompts[4])]
     assert result["resident_tokens"] == len(prefix_ids) // BS * BS
+    # The prefetch reports what it computed itself; the blocks the call computed meanwhile count as found in L1.
+    assert result["from"]["computed"] == engine_chunked.stats.prefetch_computed - prefetched_before
+    assert sum(result["from"].values()) == result["resident_tokens"]
     # Every token of the call's prompt and of the busy request's prompt was computed exactly once.
     assert computed_tokens(engine_chunked) - before == len(prompts[4]) + len(short_prompts[1])
 
