@@ -134,6 +134,9 @@ class Engine:
     def _build_compute(self, cfg: EngineConfig, mc: ModelConfig) -> tuple[MatmulPlan, KVPool, LlamaModel]:
         """The matmul plan, the KV pool and the model: the engine's torch set-up, run on its compute thread."""
         plan = configure_threads(self.threads, self.dtype, self.device, cfg.matmul_backend)
+        h, q, kv = mc.hidden_size, mc.num_heads * mc.head_dim, mc.num_kv_heads * mc.head_dim
+        layer = h * (q + 2 * kv) + q * h + 3 * h * mc.intermediate_size  # one layer's projection weights
+        plan.layers = mc.num_layers + mc.vocab_size * h / layer  # the LM head counted in layer units
         weights = load_weights(cfg.model_path, mc, self.dtype, self.device)
         pool = KVPool(cfg.num_blocks(mc, self.dtype), cfg.block_size, mc.num_layers, mc.num_kv_heads, mc.head_dim,
                       self.dtype, self.device)
@@ -242,6 +245,8 @@ class Engine:
                 logits = self.model.forward(batch.forward.to(self.device))
                 if logits.device.type != "cpu":  # sampling and verification run on the CPU
                     logits = logits.cpu()
+                if batch.forward.num_tokens == 1:  # what extra rows are weighed against (draft lengths)
+                    self.plan.observe_step(time.monotonic() - t0)
                 produced = self._process(batch, logits)
             except Exception as exc:  # one bad step must not take the worker down
                 log.exception("engine step failed")

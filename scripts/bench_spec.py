@@ -97,12 +97,13 @@ def run_config(args) -> dict:
     return results
 
 
-NOTE = ('Why copy-heavy stays below 3×: on this CPU a verify step of 9 rows costs about 1.8–2.3× a one-row '
+NOTE = ('Why copy-heavy stays below 3×: on this CPU a verify step of 9 rows costs about 2.2–2.5× a one-row '
         'decode step (the one-row step is a bandwidth-bound GEMV, more rows a compute-bound GEMM; on a GPU the '
         'same verify costs about one step), and the 135M model copies verbatim for only the first ~100–170 '
         'tokens before it drifts, so proposals from the prompt stop matching. The draft length is chosen per '
-        'request for the most expected tokens per unit of step cost (acceptance estimated from recent verifies, '
-        'row costs from the start-up matmul probe), so partly-copying text such as the code edit still gains and '
+        'request for the most expected tokens per unit of step cost (acceptance estimated from recent verifies; '
+        'what extra rows add from the start-up matmul probe, weighed against the one-row step time the engine '
+        'measures), so partly-copying text such as the code edit still gains and '
         'free-form chat, where no draft length pays, backs off exponentially (no regression).')
 
 

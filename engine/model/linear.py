@@ -11,6 +11,11 @@ batch-8 step took 495 ms with both at 2 threads, 159 ms with torch at 1).
 So each forward step runs in one mode, chosen by its token count from a plan
 that `MatmulPlan.probe` measures on this machine at start-up:
   numpy — projections on OpenBLAS (all threads), torch ops on 1 thread;
+  gemv  — the same, one OpenBLAS matrix-vector product per row: OpenBLAS
+          leaves its GEMV kernel for a packing GEMM at two rows, and on the
+          AVX-512 EPYC of 2026-12-05 one layer's projections took 100 µs for
+          one row, 523 µs for two (407 µs for eight), so a 2–4-row speculative
+          verify cost twice a decode step; as rows of GEMVs, 200–400 µs;
   torch — everything on torch with all threads.
 Non-fp32 or non-CPU weights always use torch.
 """
@@ -23,42 +28,64 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-_BUCKETS = (1, 8, 16, 32, 64, 128)  # a step with M rows uses the plan of the nearest bucket at or above M
+_BUCKETS = (1, 2, 3, 4, 8, 16, 32, 64, 128)  # a step with M rows uses the plan of the nearest bucket at or above M
+_GEMV_MAX_ROWS = 4  # beyond this many rows a GEMM beats one GEMV per row wherever measured
+_SMALL = tuple(b for b in _BUCKETS if 1 < b <= _GEMV_MAX_ROWS)
+_OPENBLAS = ("numpy", "gemv")  # the modes whose projections run on OpenBLAS (torch on 1 thread beside them)
 
 
 class MatmulPlan:
-    """Which backend each row-count bucket uses: 'numpy' or 'torch'."""
+    """Which backend each row-count bucket uses: 'numpy', 'gemv' or 'torch'."""
 
     def __init__(self, choice: dict[int, str] | None = None, threads: int | None = None,
                  times: dict[int, float] | None = None):
         self.choice = choice or {b: "torch" for b in _BUCKETS}
         self.threads = threads or torch.get_num_threads()
         self.times = times or {}  # bucket → seconds of one layer's projections in its chosen mode (probed)
+        # The projections are a small part of a decode step on a CPU (attention, norms, the LM head and Python
+        # are the rest: 2.4 of 17 ms in fp32 at 2 threads), so a row's cost is weighed against a whole step:
+        # `layers` = how many layer-sized projections a step runs (its layers + the LM head in layer units),
+        # `step_s` = what a one-row step really takes (the engine measures it, see observe_step).
+        self.layers = 0.0
+        self.step_s: float | None = None
+
+    def observe_step(self, seconds: float) -> None:
+        """A one-row step's forward time: the baseline extra rows are weighed against (a moving average)."""
+        self.step_s = seconds if self.step_s is None else 0.9 * self.step_s + 0.1 * seconds
+
+    def projection_time(self, m: int) -> float:
+        """One layer's projections for m rows, from the probe (interpolated between buckets)."""
+        points = sorted(self.times.items())
+        for (m0, t0), (m1, t1) in zip(points, points[1:]):
+            if m <= m1:
+                return t0 + (t1 - t0) * (max(m, m0) - m0) / (m1 - m0)
+        return points[-1][1] * m / points[-1][0]
 
     def relative_cost(self, m: int) -> float:
-        """What a step of m rows costs against a step of one row, from the probe's timings
-        (interpolated between buckets); without timings (GPU, a forced backend) rows are nearly free."""
+        """What a step of m rows costs against a step of one row: one row's step plus the extra rows'
+        projections (the probe's timings × layers), over one row's step. Before a one-row step has been
+        timed (or without `layers`), the projections alone; without timings (GPU, a forced backend) rows
+        are nearly free."""
         if m <= 1:
             return 1.0
         if 1 not in self.times:
             return 1.0 + 0.02 * (m - 1)
-        points = sorted(self.times.items())
-        base = self.times[1]
-        for (m0, t0), (m1, t1) in zip(points, points[1:]):
-            if m <= m1:
-                return (t0 + (t1 - t0) * (m - m0) / (m1 - m0)) / base
-        return points[-1][1] * m / points[-1][0] / base
+        extra = self.projection_time(m) - self.times[1]
+        if self.step_s is None or not self.layers:
+            return 1.0 + extra / self.times[1]
+        return 1.0 + self.layers * extra / self.step_s
 
     def backend(self, m: int) -> str:
-        for b in _BUCKETS:
+        buckets = sorted(self.choice)
+        for b in buckets:
             if m <= b:
                 return self.choice[b]
-        return self.choice[_BUCKETS[-1]]
+        return self.choice[buckets[-1]]
 
     def enter(self, m: int) -> str:
         """Set torch's thread count for a step of m rows and return its mode."""
         mode = self.backend(m)
-        torch.set_num_threads(1 if mode == "numpy" else self.threads)
+        torch.set_num_threads(1 if mode in _OPENBLAS else self.threads)
         return mode
 
     @classmethod
@@ -74,14 +101,15 @@ class MatmulPlan:
             xs = [torch.randn(m, w.shape[0]) for w in weights]
             pairs = [(x.numpy(), w.numpy()) for x, w in zip(xs, weights)]
             torch.set_num_threads(threads)
-            t_torch = _time(lambda: [torch.mm(x, w) for x, w in zip(xs, weights)])
+            timings[m] = {"torch": _time(lambda: [torch.mm(x, w) for x, w in zip(xs, weights)])}
             torch.set_num_threads(1)
-            t_numpy = _time(lambda: [x @ w for x, w in pairs])
-            choice[m] = "numpy" if t_numpy < t_torch else "torch"
-            timings[m] = {"numpy": t_numpy, "torch": t_torch}
-        # numpy only below the first size where torch wins: one crossover, no flapping
+            timings[m]["numpy"] = _time(lambda: [x @ w for x, w in pairs])
+            if m in _SMALL:
+                timings[m]["gemv"] = _time(lambda: [_gemv_rows(x, w) for x, w in pairs])
+            choice[m] = min(timings[m], key=timings[m].get)
+        # from eight rows up, OpenBLAS only below the first size where torch wins: one crossover, no flapping
         crossed = False
-        for m in _BUCKETS:
+        for m in (b for b in _BUCKETS if b > _GEMV_MAX_ROWS):
             crossed = crossed or choice[m] == "torch"
             if crossed:
                 choice[m] = "torch"
@@ -89,6 +117,14 @@ class MatmulPlan:
 
     def describe(self) -> str:
         return ",".join(f"m<={b}:{c}" for b, c in self.choice.items())
+
+
+def _gemv_rows(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x [M, in] @ w [in, out] as M matrix-vector products (OpenBLAS's GEMV kernel for each row)."""
+    out = np.empty((x.shape[0], w.shape[1]), dtype=np.result_type(x, w))
+    for i in range(x.shape[0]):
+        np.matmul(x[i], w, out=out[i])
+    return out
 
 
 def _time(fn, reps: int = 15) -> float:
@@ -127,4 +163,6 @@ class Linear:
             return F.linear(x, self.w)
         if mode == "numpy":
             return torch.from_numpy(np.matmul(x.contiguous().numpy(), self.wt_np))
+        if mode == "gemv":
+            return torch.from_numpy(_gemv_rows(x.contiguous().numpy(), self.wt_np))
         return torch.mm(x, self.wt)

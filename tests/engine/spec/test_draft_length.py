@@ -31,3 +31,17 @@ def test_relative_cost_without_timings_is_nearly_flat_and_beyond_the_buckets_lin
     assert MatmulPlan().relative_cost(9) == pytest.approx(1.16)
     plan = MatmulPlan({1: "numpy", 8: "torch"}, 2, {1: 1.0, 8: 2.0})
     assert plan.relative_cost(16) == pytest.approx(4.0)
+
+
+def test_extra_rows_are_weighed_against_a_measured_one_row_step():
+    plan = MatmulPlan({1: "numpy", 8: "numpy"}, 2, {1: 1e-4, 8: 4e-4})
+    plan.layers = 38.0
+    assert plan.relative_cost(8) == pytest.approx(4.0)  # no step timed yet: the projections alone
+    k_projections = scheduler(plan.relative_cost).best_draft_length(0.48)[0]
+    plan.observe_step(0.019)
+    # a whole step is 19 ms, of which 38 layer-sized projections of 0.1 ms: 7 more rows add 38 × 0.3 ms
+    assert plan.relative_cost(8) == pytest.approx(1 + 38 * 3e-4 / 0.019)
+    plan.observe_step(0.029)  # a moving average of one-row steps
+    assert plan.step_s == pytest.approx(0.9 * 0.019 + 0.1 * 0.029)
+    # rows that cost less than the projections alone suggested make longer drafts pay
+    assert scheduler(plan.relative_cost).best_draft_length(0.48)[0] > k_projections
