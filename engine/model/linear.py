@@ -16,6 +16,9 @@ that `MatmulPlan.probe` measures on this machine at start-up:
           AVX-512 EPYC of 2026-12-05 one layer's projections took 100 µs for
           one row, 523 µs for two (407 µs for eight), so a 2–4-row speculative
           verify cost twice a decode step; as rows of GEMVs, 200–400 µs;
+  pad8  — numpy with the rows padded by zeros to a multiple of eight: the same
+          OpenBLAS took 988 µs for six rows and 474 µs for eight (the LM head
+          8.6 against 4.7 ms), so a batch of 5–7 decodes ran at half speed;
   torch — everything on torch with all threads.
 Non-fp32 or non-CPU weights always use torch.
 """
@@ -28,10 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-_BUCKETS = (1, 2, 3, 4, 8, 16, 32, 64, 128)  # a step with M rows uses the plan of the nearest bucket at or above M
+# A step with M rows uses the plan of the nearest bucket at or above M: every row count up to 16 (OpenBLAS's
+# speed jumps between neighbours there), then powers of two.
+_BUCKETS = (*range(1, 17), 32, 64, 128)
 _GEMV_MAX_ROWS = 4  # beyond this many rows a GEMM beats one GEMV per row wherever measured
-_SMALL = tuple(b for b in _BUCKETS if 1 < b <= _GEMV_MAX_ROWS)
-_OPENBLAS = ("numpy", "gemv")  # the modes whose projections run on OpenBLAS (torch on 1 thread beside them)
+_OPENBLAS = ("numpy", "gemv", "pad8")  # the modes whose projections run on OpenBLAS (torch on 1 thread beside them)
 
 
 class MatmulPlan:
@@ -104,8 +108,10 @@ class MatmulPlan:
             timings[m] = {"torch": _time(lambda: [torch.mm(x, w) for x, w in zip(xs, weights)])}
             torch.set_num_threads(1)
             timings[m]["numpy"] = _time(lambda: [x @ w for x, w in pairs])
-            if m in _SMALL:
+            if 1 < m <= _GEMV_MAX_ROWS:
                 timings[m]["gemv"] = _time(lambda: [_gemv_rows(x, w) for x, w in pairs])
+            elif m > _GEMV_MAX_ROWS and m % 8:
+                timings[m]["pad8"] = _time(lambda: [_padded(x, w) for x, w in pairs])
             choice[m] = min(timings[m], key=timings[m].get)
         # from eight rows up, OpenBLAS only below the first size where torch wins: one crossover, no flapping
         crossed = False
@@ -117,6 +123,14 @@ class MatmulPlan:
 
     def describe(self) -> str:
         return ",".join(f"m<={b}:{c}" for b, c in self.choice.items())
+
+
+def _padded(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x [M, in] @ w [in, out] with M padded by zero rows to a multiple of 8; the first M rows of the product."""
+    m = x.shape[0]
+    rows = np.zeros((-(-m // 8) * 8, x.shape[1]), dtype=x.dtype)
+    rows[:m] = x
+    return (rows @ w)[:m]
 
 
 def _gemv_rows(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -165,4 +179,6 @@ class Linear:
             return torch.from_numpy(np.matmul(x.contiguous().numpy(), self.wt_np))
         if mode == "gemv":
             return torch.from_numpy(_gemv_rows(x.contiguous().numpy(), self.wt_np))
+        if mode == "pad8":
+            return torch.from_numpy(_padded(x.contiguous().numpy(), self.wt_np))
         return torch.mm(x, self.wt)

@@ -13,8 +13,9 @@ def test_every_mode_gives_the_same_product_and_gemv_rows_equal_one_row_steps():
     lin = Linear(torch.randn(300, 64))  # [out, in], fp32 on the CPU: kept as W.T for OpenBLAS
     x = torch.randn(3, 64)
     want = x @ lin.weight
-    for mode in ("numpy", "gemv", "torch"):
+    for mode in ("numpy", "gemv", "pad8", "torch"):
         assert torch.allclose(lin(x, mode), want, atol=1e-4)
+    assert lin(torch.randn(13, 64), "pad8").shape == (13, 300)  # padded to 16 rows inside, 13 out
     # one GEMV per row: each row is exactly what a one-row (decode) step computes for it
     rows = lin(x, "gemv")
     for i in range(3):
@@ -24,9 +25,9 @@ def test_every_mode_gives_the_same_product_and_gemv_rows_equal_one_row_steps():
 def test_the_probe_times_and_plans_every_bucket():
     plan = MatmulPlan.probe(torch.float32, "cpu", threads=1)
     assert set(plan.choice) == set(plan.times) == set(_BUCKETS)
-    assert all(c in ("numpy", "torch") for b, c in plan.choice.items() if b == 1 or b > 4)
-    assert all(c in ("numpy", "gemv", "torch") for c in plan.choice.values())
-    assert plan.backend(2) == plan.choice[2] and plan.backend(5) == plan.choice[8]
+    for b, c in plan.choice.items():  # one GEMV per row only for a few rows; padding only where it adds rows
+        assert c in ("numpy", "torch", *(("gemv",) if 1 < b <= 4 else ()), *(("pad8",) if b > 4 and b % 8 else ()))
+    assert plan.backend(2) == plan.choice[2] and plan.backend(20) == plan.choice[32]
     assert plan.backend(10_000) == plan.choice[128]
     # a plan over fewer buckets (older callers, tests) looks up the nearest bucket at or above
     assert MatmulPlan({1: "numpy", 8: "torch"}, 1).backend(2) == "torch"
