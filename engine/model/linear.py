@@ -39,7 +39,7 @@ _OPENBLAS = ("numpy", "gemv", "pad8")  # the modes whose projections run on Open
 
 
 class MatmulPlan:
-    """Which backend each row-count bucket uses: 'numpy', 'gemv' or 'torch'."""
+    """Which backend each row-count bucket uses: 'numpy', 'gemv', 'pad8' or 'torch'."""
 
     def __init__(self, choice: dict[int, str] | None = None, threads: int | None = None,
                  times: dict[int, float] | None = None):
