@@ -14,7 +14,7 @@ that `MatmulPlan.probe` measures on this machine at start-up:
   gemv  — the same, one OpenBLAS matrix-vector product per row: OpenBLAS
           leaves its GEMV kernel for a packing GEMM at two rows, and on the
           AVX-512 EPYC of 2026-12-05 one layer's projections took 100 µs for
-          one row, 523 µs for two (407 µs for eight), so a 2–4-row speculative
+          one row, 523 µs for two (474 µs for eight), so a 2–4-row speculative
           verify cost twice a decode step; as rows of GEMVs, 200–400 µs;
   pad8  — numpy with the rows padded by zeros to a multiple of eight: the same
           OpenBLAS took 988 µs for six rows and 474 µs for eight (the LM head
@@ -35,7 +35,6 @@ import torch.nn.functional as F
 # speed jumps between neighbours there), then powers of two.
 _BUCKETS = (*range(1, 17), 32, 64, 128)
 _GEMV_MAX_ROWS = 4  # beyond this many rows a GEMM beats one GEMV per row wherever measured
-_OPENBLAS = ("numpy", "gemv", "pad8")  # the modes whose projections run on OpenBLAS (torch on 1 thread beside them)
 
 
 class MatmulPlan:
@@ -62,7 +61,7 @@ class MatmulPlan:
         points = sorted(self.times.items())
         for (m0, t0), (m1, t1) in zip(points, points[1:]):
             if m <= m1:
-                return t0 + (t1 - t0) * (max(m, m0) - m0) / (m1 - m0)
+                return t0 + (t1 - t0) * (m - m0) / (m1 - m0)
         return points[-1][1] * m / points[-1][0]
 
     def relative_cost(self, m: int) -> float:
@@ -107,13 +106,12 @@ class MatmulPlan:
             torch.set_num_threads(threads)
             timings[m] = {"torch": _time(lambda: [torch.mm(x, w) for x, w in zip(xs, weights)])}
             torch.set_num_threads(1)
-            timings[m]["numpy"] = _time(lambda: [x @ w for x, w in pairs])
-            if 1 < m <= _GEMV_MAX_ROWS:
-                timings[m]["gemv"] = _time(lambda: [_gemv_rows(x, w) for x, w in pairs])
-            elif m > _GEMV_MAX_ROWS and m % 8:
-                timings[m]["pad8"] = _time(lambda: [_padded(x, w) for x, w in pairs])
+            modes = ["numpy", *(["gemv"] if 1 < m <= _GEMV_MAX_ROWS else []),
+                     *(["pad8"] if m > _GEMV_MAX_ROWS and m % 8 else [])]
+            for mode in modes:
+                timings[m][mode] = _time(lambda: [_OPENBLAS[mode](x, w) for x, w in pairs])
             choice[m] = min(timings[m], key=timings[m].get)
-        # from eight rows up, OpenBLAS only below the first size where torch wins: one crossover, no flapping
+        # past the GEMV sizes, OpenBLAS only below the first size where torch wins: one crossover, no flapping
         crossed = False
         for m in (b for b in _BUCKETS if b > _GEMV_MAX_ROWS):
             crossed = crossed or choice[m] == "torch"
@@ -139,6 +137,10 @@ def _gemv_rows(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     for i in range(x.shape[0]):
         np.matmul(x[i], w, out=out[i])
     return out
+
+
+# the modes whose projections run on OpenBLAS (torch on 1 thread beside them): x [M, in] @ w [in, out]
+_OPENBLAS = {"numpy": np.matmul, "gemv": _gemv_rows, "pad8": _padded}
 
 
 def _time(fn, reps: int = 15) -> float:
@@ -175,10 +177,6 @@ class Linear:
         # x [M, in] -> [M, out]
         if self.w is not None:
             return F.linear(x, self.w)
-        if mode == "numpy":
-            return torch.from_numpy(np.matmul(x.contiguous().numpy(), self.wt_np))
-        if mode == "gemv":
-            return torch.from_numpy(_gemv_rows(x.contiguous().numpy(), self.wt_np))
-        if mode == "pad8":
-            return torch.from_numpy(_padded(x.contiguous().numpy(), self.wt_np))
+        if mode in _OPENBLAS:
+            return torch.from_numpy(_OPENBLAS[mode](x.contiguous().numpy(), self.wt_np))
         return torch.mm(x, self.wt)
