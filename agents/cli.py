@@ -2,7 +2,7 @@
 
   agentgate worker ...       an SGLang-compatible CPU engine worker (--backend sglang: an SGLang GPU server)
   agentgate gateway ...      the gateway (workflows, OpenAI proxy) in front of workers
-  agentgate up ...           Redis + one engine worker + the gateway on localhost, until Ctrl-C
+  agentgate up ...           Redis + engine worker(s) sharing the cores + the gateway on localhost, until Ctrl-C
   agentgate prepare-model    convert the shipped GGUF to safetensors (once)
   agentgate run FILE         submit a workflow (.py or .json), show live progress, outputs, cache stats
 """
@@ -23,27 +23,35 @@ def cmd_up(args: argparse.Namespace) -> int:
     from engine.model.prepare import prepare_default_model
     from engine.redis_server import RedisServer
 
+    if args.workers < 1 or args.threads < 0:
+        print("agentgate up: --workers must be at least 1 and --threads at least 0", file=sys.stderr)
+        return 2
     model = args.model_path or str(prepare_default_model())
     redis = None
     redis_url = os.environ.get("REDIS_URL")
     if not redis_url:
         redis = RedisServer(args.redis_port).start()
         redis_url = redis.url
-    worker_url = f"http://{args.host}:{args.worker_port}"
-    cmd = [sys.executable, "-m", "engine.worker.main", "--host", args.host, "--port", str(args.worker_port),
-           "--model-path", model, "--threads", str(args.threads)]
-    worker = subprocess.Popen(cmd, env={**os.environ, "REDIS_URL": redis_url})
-    procs = [worker]
+    worker_urls, procs = [], []
     try:
-        wait_healthy(worker_url, worker, timeout=300)
+        for i in range(args.workers):  # one at a time: each measures its matmul plan at start-up
+            port = args.worker_port + i
+            cmd = [sys.executable, "-m", "engine.worker.main", "--host", args.host, "--port", str(port),
+                   "--model-path", model, "--workers-per-host", str(args.workers)]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            procs.append(subprocess.Popen(cmd, env={**os.environ, "REDIS_URL": redis_url}))
+            worker_urls.append(f"http://{args.host}:{port}")
+            wait_healthy(worker_urls[-1], procs[-1], timeout=300)
         gateway_url = f"http://{args.host}:{args.gateway_port}"
         gateway = subprocess.Popen([sys.executable, "-m", "gateway.main", "--host", args.host, "--port",
-                                    str(args.gateway_port), "--redis-url", redis_url, "--worker-urls", worker_url],
+                                    str(args.gateway_port), "--redis-url", redis_url, "--worker-urls", *worker_urls],
                                    env={**os.environ, "REDIS_URL": redis_url})
         procs.append(gateway)
         wait_healthy(gateway_url, gateway, timeout=60)
         print(f"redis   {redis_url}")
-        print(f"worker  {worker_url}   (SGLang API: /generate, /v1/chat/completions, /metrics)")
+        for url in worker_urls:
+            print(f"worker  {url}   (SGLang API: /generate, /v1/chat/completions, /metrics)")
         print(f"gateway {gateway_url}   (/v1/workflows, /v1/chat/completions, /metrics)")
         print("Ctrl-C stops everything.", flush=True)
         stop = []
@@ -78,12 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     gw = sub.add_parser("gateway", help="run the gateway in front of SGLang-API workers")
     add_gateway_args(gw)
     gw.set_defaults(func=run_gateway)
-    up = sub.add_parser("up", help="start Redis + one engine worker + the gateway on localhost")
+    up = sub.add_parser("up", help="start Redis + engine worker(s) + the gateway on localhost")
     up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--worker-port", type=int, default=30000)
+    up.add_argument("--worker-port", type=int, default=30000, help="the first worker's port; the next ones follow it")
+    up.add_argument("--workers", type=int, default=1, help="engine workers on this host; they share its cores")
     up.add_argument("--gateway-port", type=int, default=8000)
     up.add_argument("--redis-port", type=int, default=None)
-    up.add_argument("--threads", type=int, default=0)
+    up.add_argument("--threads", type=int, default=0,
+                    help="threads per worker (0: the host's cores / --workers, or OMP_NUM_THREADS)")
     up.add_argument("--model-path", default=None)
     up.set_defaults(func=cmd_up)
     prep = sub.add_parser("prepare-model", help="convert the shipped GGUF to safetensors once")

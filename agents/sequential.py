@@ -1,10 +1,19 @@
-"""Run a workflow without the gateway: one node at a time against one OpenAI-compatible endpoint.
+"""Run a workflow without the gateway: the agent's own loop against one OpenAI-compatible endpoint.
 
 This is what an agent does today without agentgate: a loop in its own code that renders a
-prompt, calls the model, waits for the whole answer, runs a tool, then moves on. Nothing runs
-in parallel, no call starts before the previous one ends, and every call goes to the one base
-URL the agent was given (a worker, or any OpenAI-compatible server). The workflow benchmark
-measures it as its baseline; it also runs a workflow against a bare worker while debugging.
+prompt, calls the model, waits for the whole answer, runs a tool, then moves on. Every call
+goes to the one base URL the agent was given (a worker, a router such as sglang-router, or
+any OpenAI-compatible server). Two loops:
+
+- `run_sequential`: one node at a time, no call starts before the previous one ends (the
+  simplest agent loop);
+- `run_client_side`: every node as soon as its inputs exist, calls and tools of one ready set
+  at once (an asyncio agent that knows its own graph, the way LangGraph runs parallel
+  branches). Behind sglang-router's cache_aware policy this is the strongest client-driven
+  peer: the router sees single requests and routes each by its prefix.
+
+The workflow benchmark measures both as baselines; they also run a workflow against a bare
+worker while debugging.
 
 The semantics are the gateway's own, imported rather than re-implemented: the DAG with its
 readiness and skip rules (gateway/scheduler/run.py), `{{ref}}` rendering and edge conditions.
@@ -37,58 +46,88 @@ from gateway.scheduler.run import NodeState, WorkflowRun
 DEFAULT_MAX_TOKENS = 128  # the gateway's default for nodes that name none
 
 
-async def run_sequential(workflow, base_url: str, *, tools: Mapping[str, Callable] | None = None,
-                         inputs: Mapping[str, Any] | None = None, client: AsyncClient | None = None,
-                         default_max_tokens: int = DEFAULT_MAX_TOKENS, model: str = "default") -> WorkflowState:
-    """Run every node of `workflow` in turn against `base_url` (its /v1/chat/completions, streamed), the
-    external nodes through their callables as `Client.run` would; the final state. A call or tool that
-    fails ends the workflow "failed" with the cause in `error` (nothing is retried)."""
+async def run_sequential(workflow, base_url: str, **kwargs) -> WorkflowState:
+    """Run every node of `workflow` in turn against `base_url`: `run_client_side` with one node at a time."""
+    return await run_client_side(workflow, base_url, parallel=False, **kwargs)
+
+
+async def run_client_side(workflow, base_url: str, *, parallel: bool = True,
+                          tools: Mapping[str, Callable] | None = None, inputs: Mapping[str, Any] | None = None,
+                          client: AsyncClient | None = None, default_max_tokens: int = DEFAULT_MAX_TOKENS,
+                          model: str = "default", stream: bool = True) -> WorkflowState:
+    """Run `workflow` against `base_url` (its /v1/chat/completions; streamed unless `stream` is False), the
+    external nodes through their callables as `Client.run` would; the final state. With `parallel`, every
+    ready node starts at once; without, one node at a time, the first in topological order first. A call or
+    tool that fails ends the workflow "failed" with the cause in `error` (nothing is retried); calls still
+    running then are cancelled."""
     payload, callables = prepare(workflow, tools, inputs)
     spec = WorkflowIn.model_validate(payload).to_spec(default_max_tokens)
-    run = WorkflowRun("seq-" + uuid.uuid4().hex[:16], spec, time.time())
+    run = WorkflowRun(("par-" if parallel else "seq-") + uuid.uuid4().hex[:16], spec, time.time())
     own = client is None
     client = client or AsyncClient(base_url, timeout=600.0)
     position = {node: i for i, node in enumerate(run.order)}
     queue: list[str] = []
+    running: dict[asyncio.Task, str] = {}
     error: str | None = None
+
+    async def one(node: str) -> None:
+        if run.node_spec(node).kind == "external":
+            try:
+                await _run_tool(run, node, callables[node])
+            except Exception as exc:  # the user's code: the run ends and reports why
+                raise _NodeFailed(f"tool for node '{node}' raised {exc!r}") from exc
+        else:
+            try:
+                await _run_llm(run, node, client, model, stream)
+            except (AgentGateError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                raise _NodeFailed(f"node '{node}' failed: {exc!r}") from exc
+
     try:
         while True:
             ready, _skipped = run.advance()
             queue = sorted(queue + ready, key=position.__getitem__)
-            if not queue:
+            while queue and (parallel or not running):
+                node = queue.pop(0)
+                running[asyncio.create_task(one(node))] = node
+            if not running:
                 break
-            node = queue.pop(0)
-            if run.node_spec(node).kind == "external":
-                try:
-                    await _run_tool(run, node, callables[node])
-                except Exception as exc:  # the user's code: the run ends and reports why
-                    error = f"tool for node '{node}' raised {exc!r}"
-            else:
-                try:
-                    await _run_llm(run, node, client, model)
-                except (AgentGateError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-                    error = f"node '{node}' failed: {exc!r}"
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(done, key=lambda t: position[running[t]]):
+                node = running.pop(task)
+                if task.exception() is not None and error is None:
+                    error = str(task.exception())
+                    run.nodes[node].status, run.nodes[node].error = "failed", error
+                    run.nodes[node].finished = time.time()
             if error is not None:
-                run.nodes[node].status, run.nodes[node].error = "failed", error
-                run.nodes[node].finished = time.time()
                 break
     finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         if own:
             await client.close()
     status = "finished" if error is None and run.is_complete() else "failed"
     if status == "failed":
         for state in run.nodes.values():
-            if state.status in ("pending", "ready"):
+            if state.status in ("pending", "ready", "running", "waiting"):
                 state.status = "cancelled"
     return WorkflowState.from_json(_state_json(run, status, error))
 
 
-async def _run_llm(run: WorkflowRun, node: str, client: AsyncClient, model: str) -> None:
+class _NodeFailed(Exception):
+    """A node's call or tool failed; the message says which and why."""
+
+
+async def _run_llm(run: WorkflowRun, node: str, client: AsyncClient, model: str, stream: bool = True) -> None:
     spec, state = run.node_spec(node), run.nodes[node]
     messages = [{"role": r, "content": render(c, run.outputs(), run.spec.inputs)} for r, c in spec.messages]
     sampling = {"temperature": 0.0, **spec.params, "max_tokens": spec.max_tokens}  # greedy unless asked, as the gateway
     state.status, state.attempts, state.worker = "running", state.attempts + 1, client.base_url
     state.started = time.time()
+    if not stream:  # one answer: no first-token time to record
+        result = await client.chat(messages, model=spec.model or model, **sampling)
+        state.status, state.output, state.usage, state.finished = "finished", result.text, result.usage, time.time()
+        return
     text, usage = [], None
     async for chunk in client.chat_stream(messages, model=spec.model or model, **sampling):
         if chunk.text:

@@ -142,6 +142,7 @@ class EngineConfig:
     prefetch_chunk_tokens: int = 128  # most prefetch tokens per step while others decode
     max_background_running: int = 2  # prefetches prefilling at once
     low_priority_chunk_tokens: int = 128  # most prefill tokens per step for calls below the top priority
+    step_trace: str = ""  # a file to append each step's make-up to (engine/trace.py); "": none
 
     def num_blocks(self, model: ModelConfig, dtype: torch.dtype) -> int:
         if self.kv_pool_tokens > 0:

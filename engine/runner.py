@@ -23,6 +23,7 @@ import torch
 from engine.compute import ComputeThread
 from engine.config import EngineConfig, ModelConfig, choose_dtype, default_batch_tokens
 from engine.errors import BadRequestError, ConflictError, ContextLengthError
+from engine.hostshare import choose_threads
 from engine.kvcache.events import EventLog
 from engine.kvcache.hashing import block_hashes
 from engine.kvcache.host import HostPool
@@ -41,6 +42,7 @@ from engine.scheduler.request import Request, SamplingParams, Status, StepOutput
 from engine.scheduler.scheduler import ScheduledBatch, Scheduler
 from engine.stats import EngineStats
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
+from engine.trace import StepTrace
 
 log = logging.getLogger("agentgate.engine")
 
@@ -73,7 +75,7 @@ class Engine:
             raise ValueError(f"--device {cfg.device}: torch sees no CUDA device here")
         self.dtype = choose_dtype(cfg.dtype, cfg.device)
         self.device = cfg.device
-        self.threads = cfg.threads or os.cpu_count() or 1
+        self.threads = cfg.threads or choose_threads().threads  # 0: OMP_NUM_THREADS, else the cores
         mc = self.model_config
         # every torch op of the engine runs on this one thread, the model's set-up included (engine/compute.py)
         self._compute = ComputeThread("engine")
@@ -105,6 +107,7 @@ class Engine:
         self._detok: dict[str, IncrementalDetokenizer] = {}
         self._loop_future: Future | None = None
         self._rng = random.Random(cfg.seed)
+        self.trace = StepTrace(cfg.step_trace) if cfg.step_trace else None
 
     def _make_tiers(self, cfg: EngineConfig, mc: ModelConfig) -> TieredCache:
         """L2 and L3 as configured; an L3 location that cannot be written leaves the
@@ -160,6 +163,8 @@ class Engine:
         self._wake.set()
         self._compute.close()
         self.tiers.close()
+        if self.trace is not None:
+            self.trace.close()
 
     # -- thread-safe API -------------------------------------------------------------------
     def validate(self, prompt_ids: list[int], max_new_tokens: int) -> None:
@@ -216,6 +221,19 @@ class Engine:
         self._wake.set()
         return fut
 
+    def set_threads(self, threads: int) -> Future:
+        """Run every step from the next one on `threads` CPU threads (the host's share for this worker
+        changed: engine/hostshare.py). The matmul plan keeps the modes it measured at start-up."""
+        def apply() -> int:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(threads, user_api="blas")
+            torch.set_num_threads(threads)
+            self.plan.threads = self.threads = threads
+            return threads
+
+        return self.call(apply)
+
     def num_active(self) -> int:
         return len(self._active)
 
@@ -241,6 +259,7 @@ class Engine:
             work = {"prefill": sum(n for r, n in batch.chunks if not r.background),
                     "prefetch": sum(n for r, n in batch.chunks if r.background),
                     "decode_rows": sum(1 + len(r.draft) for r in batch.decodes)}  # before _process moves drafts
+            make_up = self.trace.describe(batch) if self.trace is not None else None
             try:
                 logits = self.model.forward(batch.forward.to(self.device))
                 if logits.device.type != "cpu":  # sampling and verification run on the CPU
@@ -255,6 +274,8 @@ class Engine:
                         self._finish(req, {"type": "abort", "message": f"engine error: {exc}"})
             dt = time.monotonic() - t0
             self.stats.record_step(produced, dt, **work)
+            if self.trace is not None:
+                self.trace.step(dt, work, make_up)
 
     def _drain_inbox(self) -> None:
         self.pins.expire()
@@ -265,6 +286,8 @@ class Engine:
                 return
             if kind == "add":
                 payload.status = Status.WAITING
+                if self.trace is not None:
+                    self.trace.arrive(payload.rid, len(payload.prompt_ids), payload.priority, payload.background)
                 with self.stats.lock:
                     self.stats.num_requests += 1
                     self.stats.prompt_tokens += len(payload.prompt_ids)

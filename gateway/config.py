@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from gateway.kvindex.credit import L2_CREDIT, L3_CREDIT, RECENT_S
 
 
+DEFAULT_WORKER_SLOTS = 64  # a worker's calls at once until its own limit is read (the engine's default)
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     worker_urls: tuple[str, ...] = ()
@@ -18,8 +21,10 @@ class GatewayConfig:
     health_interval_s: float = 1.0
     breaker_failures: int = 3
     breaker_cooldown_s: float = 2.0
-    # Concurrent calls the gateway keeps on one worker (its own calls plus what /get_load reports).
-    worker_concurrency: int = 8
+    # Concurrent calls the gateway keeps on one worker (its own calls plus what /get_load reports). 0: as
+    # many as the worker runs at once (its /get_server_info max_running_requests; DEFAULT_WORKER_SLOTS until
+    # known). Holding calls back below that only staggers a ready set that the worker would batch together.
+    worker_concurrency: int = 0
     # A replica owns the workflows it runs through a Redis lease; an expired lease lets another take over.
     lease_ttl_s: float = 10.0
     request_timeout_s: float = 600.0

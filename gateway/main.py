@@ -21,7 +21,8 @@ def add_gateway_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default="kv_aware", choices=sorted(POLICIES))
     p.add_argument("--tokenizer-path", default=None,
                    help="model dir with tokenizer.json (default: the one the workers report)")
-    p.add_argument("--worker-concurrency", type=int, default=8)
+    p.add_argument("--worker-concurrency", type=int, default=0,
+                   help="calls in flight per worker (0: the worker's own max_running_requests)")
     p.add_argument("--max-body-mb", type=float, default=8.0)
     p.add_argument("--kvindex-group", default=None,
                    help="this replica's consumer group on the KV event streams "

@@ -20,7 +20,11 @@ Configurations (CONFIGS, one line each):
                     a prefix-caching server pool behind a plain router does;
 - least_load        the same with least-load routing;
 - sequential        no gateway: each workflow's client calls one worker's OpenAI API itself, one
-                    node at a time (agents/sequential.py), workflow i on worker i mod N, radix only.
+                    node at a time (agents/sequential.py), workflow i on worker i mod N, radix only;
+- sglang_router     no gateway: the peer agentgate exists to beat. Each workflow's client runs its own
+                    DAG (agents/sequential.run_client_side: every ready node at once) through the real
+                    sglang-router (PyPI sglang-router, --policy cache_aware) over the same workers with
+                    the same flags as agentgate's (tiers, speculation): only the layer in front differs.
 
 Reports makespan, TTFT p50/p99, e2e latency, prefix hit rate, tokens/s per worker and per
 user (definitions: scripts/bench_workflows_report.py) into the "## Workflows" section of
@@ -64,12 +68,13 @@ from scripts.benchlib import update_benchmarks_md  # noqa: E402
 class Config:
     """One way of serving the workflows. `gateway`: the gateway's CLI flags; None: no gateway, the
     client calls a worker node by node. `worker`: flags added to every worker's command line (after
-    the common ones, so they win)."""
+    the common ones, so they win over those; --worker-arg comes last and wins over both)."""
 
     name: str
     label: str
     gateway: tuple[str, ...] | None
     worker: tuple[str, ...] = ()
+    router: tuple[str, ...] | None = None  # sglang-router's flags: the clients run their DAGs through it
 
 
 # What a deployment without agentgate has: each worker's own radix prefix cache (RadixAttention), no
@@ -96,10 +101,13 @@ CONFIGS = (
     Config("least_load", "gateway DAG, least_load, radix cache only", ("--policy", "least_load", *PLAIN),
            RADIX_ONLY),
     Config("sequential", "sequential client calls, no gateway, radix cache only", None, RADIX_ONLY),
+    Config("sglang_router", "client-driven DAGs through sglang-router (cache_aware), same workers", None, SPEC,
+           router=("--policy", "cache_aware")),
 )
 BASELINE = "agentgate"
-TARGETS = {"round_robin": 2.5, "sequential": 4.0}  # issue 8: agentgate's makespan this many times lower
-EXAMPLES = ("react", "map_reduce", "multi_agent", "code_edit")
+# agentgate's makespan this many times lower: the peer it exists to beat (≥ 1.25×), and issue 8's targets
+TARGETS = {"sglang_router": 1.25, "round_robin": 2.5, "sequential": 4.0}
+EXAMPLES = ("react", "map_reduce", "multi_agent", "code_edit", "diamond")
 
 
 @dataclass(frozen=True)
@@ -161,6 +169,7 @@ class Stack:
         self.procs: list[subprocess.Popen] = []
         self.worker_urls: list[str] = []
         self.gateway_url: str | None = None
+        self.router_url: str | None = None
         self.redis = None
         self.matmul_plans: list = []  # what each worker measured at start-up (it varies with the machine's load)
 
@@ -186,18 +195,22 @@ class Stack:
             extra += ["--redis-url", self.redis.url]
         if "--l3" in self.flags:
             extra += ["--l3", f"dir:{self.tmp / 'kv-l3'}"]
-        for _ in range(self.args.workers):  # one at a time: each measures its matmul plan at start-up
+        for i in range(self.args.workers):  # one at a time: each measures its matmul plan at start-up
             port = free_port()
             url = f"http://127.0.0.1:{port}"
+            trace = (["--step-trace", str(Path(self.args.trace_dir) / f"{self.config.name}-worker{i + 1}.jsonl")]
+                     if self.args.trace_dir else [])
             proc = self._spawn([sys.executable, "-m", "engine.worker.main", "--port", str(port), "--model-path",
                                 str(default_model_dir()), "--threads", str(self.args.threads), "--kv-memory-gb",
-                                str(self.args.kv_memory_gb), "--log-level", "warning", *extra, *self.args.worker_arg,
-                                *self.config.worker],
+                                str(self.args.kv_memory_gb), "--log-level", "warning", *extra, *trace, *self.config.worker,
+                                *self.args.worker_arg],
                                f"worker-{port}")
             wait_healthy(url, proc, timeout=300)
             _post(url + "/generate", {"text": "Hi", "sampling_params": {"max_new_tokens": 1}})  # warm-up
             self.worker_urls.append(url)
             self.matmul_plans.append(_get(url + "/get_server_info").get("matmul_plan"))
+        if self.config.router is not None:
+            self.router_url = start_sglang_router(self, self.worker_urls, self.config.router)
         if self.config.gateway is not None:
             port = free_port()
             self.gateway_url = f"http://127.0.0.1:{port}"
@@ -207,14 +220,28 @@ class Stack:
                                f"gateway-{port}")
             wait_healthy(self.gateway_url, proc, timeout=60)
 
+    def mark(self) -> None:
+        """Count work from now on: work() and awareness() subtract what the counters say now (a warm-up's)."""
+        self._work0, self._awareness0 = self._work(), self._awareness()
+
     def work(self) -> list[dict]:
-        """Each worker's work counters now (report.WORK_COUNTERS); a worker that cannot say is left out."""
-        texts = [_metrics_text(url) for url in self.worker_urls]
-        return [report.work_counters(t) for t in texts if t is not None]
+        """Each worker's work counters since mark() (report.WORK_COUNTERS); a worker that cannot say is left
+        out."""
+        before = getattr(self, "_work0", {})
+        return [{k: v - before.get(url, {}).get(k, 0.0) for k, v in counters.items()}
+                for url, counters in self._work().items()]
 
     def awareness(self) -> dict:
-        """The gateway's agent-awareness counters now (prediction outcomes, prefetch tokens by source,
-        wasted and saved tokens, pin-seconds), one entry per labelled series; {} without a gateway."""
+        """The gateway's agent-awareness counters since mark() (prediction outcomes, prefetch tokens by
+        source, wasted and saved tokens, pin-seconds), one entry per labelled series; {} without a gateway."""
+        before = getattr(self, "_awareness0", {})
+        return {k: v - before.get(k, 0.0) for k, v in self._awareness().items()}
+
+    def _work(self) -> dict[str, dict]:
+        texts = {url: _metrics_text(url) for url in self.worker_urls}
+        return {url: report.work_counters(t) for url, t in texts.items() if t is not None}
+
+    def _awareness(self) -> dict:
         text = _metrics_text(self.gateway_url) if self.gateway_url is not None else None
         return report.awareness_counters(text) if text is not None else {}
 
@@ -233,6 +260,29 @@ class Stack:
             self.redis.stop()
             self.redis = None
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+ROUTER_START_TIMEOUT_S = 120
+
+
+def start_sglang_router(stack: Stack, worker_urls: list[str], flags: tuple[str, ...]) -> str:
+    """The real sglang-router (its Rust binary, from PyPI sglang-router) in front of `worker_urls`; its URL
+    once it has registered every worker (it reads their /get_server_info and /get_model_info)."""
+    from engine.launch import wait_healthy
+    from engine.redis_server import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = stack._spawn([sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port",
+                         str(port), "--worker-urls", *worker_urls, "--log-level", "warn", "--prometheus-host",
+                         "127.0.0.1", "--prometheus-port", str(free_port()), *flags], f"router-{port}")
+    wait_healthy(url, proc, timeout=ROUTER_START_TIMEOUT_S)
+    deadline = time.monotonic() + ROUTER_START_TIMEOUT_S
+    while len(_get(url + "/workers").get("workers") or ()) < len(worker_urls):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sglang-router at {url} did not register {len(worker_urls)} workers")
+        time.sleep(0.5)
+    return url
 
 
 def _post(url: str, body: dict) -> None:
@@ -292,15 +342,18 @@ def slowed(fn, seconds: float):
 async def run_cell(plan: list[Arrival], stack: Stack, args, progress, task) -> tuple[list, dict]:
     from agents.async_client import AsyncClient
     from agents.errors import AgentGateError
-    from agents.sequential import run_sequential
     from agents.tools import upstream_of
 
     workflows = [build(a, args.quick) for a in plan]  # built before the clock starts
     names = {url: f"worker {i + 1}" for i, url in enumerate(stack.worker_urls)}  # ports change from cell to cell
-    if stack.gateway_url is not None:
-        clients = [AsyncClient(stack.gateway_url, timeout=600.0)]
+    if stack.gateway_url is not None or stack.router_url is not None:
+        clients = [AsyncClient(stack.gateway_url or stack.router_url, timeout=600.0)]
     else:
         clients = [AsyncClient(u, timeout=600.0) for u in stack.worker_urls]
+    if args.warm:  # a service that has run these agents before: their shared prompts are cached somewhere
+        warmups = [Arrival(len(plan) + i, 0.0, example, len(plan) + i) for i, example in enumerate(args.examples)]
+        await asyncio.gather(*(drive(stack, clients, w, build(w, quick=True), {}) for w in warmups))
+    stack.mark()  # the cell's work counts from here
     t0 = time.time()
 
     async def one(arrival: Arrival, wf):
@@ -308,11 +361,7 @@ async def run_cell(plan: list[Arrival], stack: Stack, args, progress, task) -> t
         arrived = t0 + arrival.at
         tools = {node: slowed(fn, args.tool_latency) for node, fn in wf.tools.items()}
         try:
-            if stack.gateway_url is not None:
-                state = await clients[0].run(wf, tools=tools)
-            else:
-                client = clients[arrival.index % len(clients)]
-                state = await run_sequential(wf, client.base_url, tools=tools, client=client)
+            state = await drive(stack, clients, arrival, wf, tools)
         except AgentGateError as exc:  # counted as failed in the table, the cause kept in the results JSON
             state = None
             error = f"{type(exc).__name__}: {exc}"
@@ -335,6 +384,19 @@ async def run_cell(plan: list[Arrival], stack: Stack, args, progress, task) -> t
             tenants.cancel()
         for client in clients:
             await client.close()
+
+
+async def drive(stack: Stack, clients: list, arrival: Arrival, wf, tools: dict):
+    """Run one workflow the configuration's way: submitted to the gateway, or the client's own loop through
+    sglang-router (every ready node at once) or against one worker (one node at a time)."""
+    from agents.sequential import run_client_side, run_sequential
+
+    if stack.gateway_url is not None:
+        return await clients[0].run(wf, tools=tools)
+    if stack.router_url is not None:
+        return await run_client_side(wf, stack.router_url, tools=tools, client=clients[0])
+    client = clients[arrival.index % len(clients)]
+    return await run_sequential(wf, client.base_url, tools=tools, client=client)
 
 
 async def background_load(args, clients, stop: asyncio.Event) -> dict:
@@ -387,7 +449,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke run: 1 worker × 1 thread, agentgate + sequential, "
                                                         "2 small code-edit workflows at once; outputs in a temp dir")
     p.add_argument("--workers", type=int, default=None, help="engine workers (default 2; quick 1)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads per worker")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads per worker (0: the cores shared among the workers, at least 1)")
     p.add_argument("--kv-memory-gb", type=float, default=1.0, help="KV pool per worker")
     p.add_argument("--worker-arg", action="append", default=[], help="extra flag for every worker (repeatable)")
     p.add_argument("--configs", default=None, help=f"comma-separated, of {', '.join(c.name for c in CONFIGS)} "
@@ -404,6 +467,12 @@ def parse_args(argv=None):
                         "for KV memory (default 0: none). With it the results go to the section 'Workflows under "
                         "memory pressure' and to *_pressure files")
     p.add_argument("--background-tokens", type=int, default=800, help="prompt length of each background call")
+    p.add_argument("--warm", action="store_true",
+                   help="before each cell's clock starts, run one quick workflow of each example the cell's own way "
+                        "(a service that has served these agents before: their shared prompts are cached); the "
+                        "work counters count from after it")
+    p.add_argument("--trace-dir", default=None, metavar="DIR",
+                   help="each worker writes its step trace (engine/trace.py) to DIR/CONFIG-workerN.jsonl")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", default=None, help="where the plots and results go (default docs/; quick: a temp dir); "
                                                    "BENCHMARKS.md is updated only when it is docs/")
@@ -413,6 +482,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     quick = args.quick
     args.workers = args.workers or (1 if quick else 2)
+    # co-located workers share the cores (quick: one thread, beside whatever else runs the smoke test)
+    args.threads = args.threads or (1 if quick else max(1, (os.cpu_count() or 1) // args.workers))
     args.configs = (args.configs or ("agentgate,sequential" if quick else ",".join(c.name for c in CONFIGS)))
     args.rates = [float(r) for r in (args.rates or ("inf" if quick else "0.03,0.06,inf")).split(",")]
     args.workflows = args.workflows or (2 if quick else 12)
@@ -486,7 +557,8 @@ def run_meta(args, argv) -> dict:
             "examples": list(args.examples), "tool_latency_s": args.tool_latency, "rates": args.rates,
             "configs": [c.name for c in args.configs], "worker_args": args.worker_arg, "seed": args.seed,
             "background_rate": args.background_rate, "background_tokens": args.background_tokens,
-            "background_max_tokens": BACKGROUND_MAX_TOKENS, "background_inflight": BACKGROUND_INFLIGHT}
+            "background_max_tokens": BACKGROUND_MAX_TOKENS, "background_inflight": BACKGROUND_INFLIGHT,
+            "warm": args.warm}
 
 
 def write_outputs(meta: dict, summaries, records, plans, out_dir: Path, update_md: bool) -> str:

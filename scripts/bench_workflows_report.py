@@ -211,7 +211,10 @@ def section(summaries: list[CellSummary], meta: dict, baseline: str, targets: di
         f"{meta['threads']} thread(s), KV pool {meta['kv_memory_gb']} GiB each; {meta['workflows']} workflows per "
         f"cell drawn in turn from {', '.join(meta['examples'])} (different inputs each), open-loop Poisson "
         f"arrivals (same schedule for every configuration); tools take {meta['tool_latency_s']} s. Every cell "
-        "starts fresh processes (Redis, workers with empty KV tiers, the gateway), so no cell inherits a cache."
+        "starts fresh processes (Redis, workers with empty KV tiers, the gateway), so no cell inherits a cache"
+        + ("; then, before its clock starts, one quick workflow of each example runs the configuration's own way "
+           "(warm: the agents' shared prompts are cached, as in a service that has run them before), and the "
+           "work counters count from after it." if meta.get("warm") else ".")
         + worker_args + background_note(summaries, meta),
         "",
         "| arrivals | configuration | makespan s | vs " + baseline + " | e2e p50 s | e2e p99 s | TTFT p50 s | "

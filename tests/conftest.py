@@ -16,6 +16,16 @@ import pytest
 from tests.support import ENGINE_DEFAULTS, start_worker, stop_worker
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_host_registry(tmp_path_factory):
+    """The suite's workers share cores with each other, not with workers a developer runs beside it: they
+    register in a host registry of their own (engine/hostshare.py)."""
+    import os
+
+    os.environ["AGENTGATE_HOST_REGISTRY"] = str(tmp_path_factory.mktemp("host-registry"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
     """The prepared embedded model (converted from the shipped GGUF on first use)."""

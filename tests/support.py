@@ -141,16 +141,19 @@ class WorkerProcess(NamedTuple):
         return self.log_path.read_text(errors="replace")[-chars:]
 
 
-def start_worker(model_dir: Path, log_dir: Path, *extra_args: str) -> WorkerProcess:
-    """Launch `python -m engine.worker.main` on a free port and wait for /health."""
+def start_worker(model_dir: Path, log_dir: Path, *extra_args: str, threads: int | None = 2,
+                 env: dict | None = None) -> WorkerProcess:
+    """Launch `python -m engine.worker.main` on a free port and wait for /health. threads=None passes no
+    --threads (the worker picks its share of the host); `env` replaces the process environment."""
     port = free_port()
     log_path = log_dir / f"worker-{port}.log"
     cmd = [sys.executable, "-m", "engine.worker.main", "--port", str(port), "--model-path", str(model_dir),
-           "--dtype", "float32", "--threads", "2", "--kv-memory-gb", "0.25", *extra_args]
+           "--dtype", "float32", "--kv-memory-gb", "0.25", *(["--threads", str(threads)] if threads else []),
+           *extra_args]
     if "--l3" not in extra_args:  # never the user's cache dir
         cmd += ["--l3", f"dir:{log_dir / 'l3'}"]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     worker = WorkerProcess(f"http://127.0.0.1:{port}", proc, log_path)
     deadline = time.monotonic() + WORKER_START_TIMEOUT_S
     while not _healthy(worker.url):

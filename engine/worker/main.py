@@ -4,6 +4,7 @@ the Engine, serve the app until SIGINT/SIGTERM."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -20,7 +21,12 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="compute dtype; auto = bf16 only on CPUs with native bf16, else fp32")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for the model (0 = all cores)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for the model (0: OMP_NUM_THREADS if set, else this worker's share of the host's "
+                        "cores: cores / --workers-per-host, or shared with the workers already running here)")
+    p.add_argument("--workers-per-host", type=int, default=0,
+                   help="how many workers share this host's cores (0: $AGENTGATE_WORKERS_PER_HOST, else counted "
+                        "from the host registry); sets the default --threads")
     p.add_argument("--device", default="cpu", help="cpu (default), or cuda[:N]: the engine on a GPU (bf16 by default)")
     p.add_argument("--max-batch-tokens", "--chunked-prefill-size", dest="max_batch_tokens", type=int, default=0,
                    help="tokens per forward step (decode tokens + prefill chunks); 0 = 256 per CPU thread "
@@ -56,8 +62,11 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
     tiers.add_argument("--max-pinned-fraction", type=float, default=0.5,
                        help="most of the L1 pool that pins may hold; a pin beyond it gets 409")
     tiers.add_argument("--prefetch-chunk-tokens", type=int, default=128,
-                       help="most prefetch tokens prefilled per step while other requests run")
+                       help="most prefetch tokens prefilled per step while other requests run (0: prefetches "
+                            "compute only in steps that nothing else needs)")
     p.add_argument("--random-seed", type=int, default=0)
+    p.add_argument("--step-trace", default="", metavar="FILE",
+                   help="append one JSON line per engine step and per arriving request to FILE (engine/trace.py)")
     p.add_argument("--log-level", default="info")
     add_publish_args(p)
     p.add_argument("--backend", choices=["agentgate", "sglang"], default="agentgate",
@@ -87,7 +96,7 @@ def engine_config(args: argparse.Namespace):
         l2_blocks=args.l2_blocks, l2_write_through=args.l2_write == "through", l3=_l3_spec(args.l3),
         l3_max_gb=args.l3_max_gb, l3_write_through=args.l3_write == "through",
         max_pinned_fraction=args.max_pinned_fraction, prefetch_chunk_tokens=args.prefetch_chunk_tokens,
-        low_priority_chunk_tokens=args.low_priority_chunk_tokens,
+        low_priority_chunk_tokens=args.low_priority_chunk_tokens, step_trace=args.step_trace,
     )
 
 
@@ -109,8 +118,10 @@ def run_worker(args: argparse.Namespace) -> int:
         return 2
     from aiohttp import web
 
+    from engine.hostshare import HostRegistry, choose_threads
     from engine.launch import server_loop
     from engine.runner import Engine
+    from engine.worker.host_threads import attach_host_share
     from engine.worker.server import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -121,10 +132,17 @@ def run_worker(args: argparse.Namespace) -> int:
         print("--max-running-requests, --speculative-num-draft-tokens and --low-priority-chunk-tokens must be at "
               "least 1, --max-batch-tokens at least 0 (0 = the device's default)", file=sys.stderr)
         return 2
-    if not 0 <= cfg.max_pinned_fraction <= 1 or cfg.prefetch_chunk_tokens < 1 or cfg.l3_max_gb <= 0:
-        print("--max-pinned-fraction must be in [0, 1]; --prefetch-chunk-tokens and --l3-max-gb must be positive",
-              file=sys.stderr)
+    if not 0 <= cfg.max_pinned_fraction <= 1 or cfg.prefetch_chunk_tokens < 0 or cfg.l3_max_gb <= 0:
+        print("--max-pinned-fraction must be in [0, 1]; --prefetch-chunk-tokens must be at least 0 and --l3-max-gb "
+              "positive", file=sys.stderr)
         return 2
+    registry = HostRegistry()
+    try:
+        choice = choose_threads(args.threads, args.workers_per_host, registry=registry)
+    except ValueError as exc:
+        print(f"agentgate worker: {exc}", file=sys.stderr)
+        return 2
+    cfg = dataclasses.replace(cfg, threads=choice.threads)
     t0 = time.monotonic()
     try:
         engine = Engine(cfg)
@@ -135,12 +153,13 @@ def run_worker(args: argparse.Namespace) -> int:
     server_args.update(model_path=cfg.model_path, served_model_name=cfg.served_model_name,
                        page_size=cfg.block_size,
                        speculative_algorithm=None if cfg.speculative_algorithm == "none" else "NGRAM",
-                       disable_radix_cache=not cfg.enable_prefix_cache)
+                       disable_radix_cache=not cfg.enable_prefix_cache, threads_source=choice.source)
     app = create_app(engine, server_args)
     setup_publishing(app, engine, args)  # exits with a message when --redis-url does not answer
+    attach_host_share(app, engine, registry, choice, args.port)
     app["started"] = time.time()
-    log.info("engine ready in %.1fs: dtype=%s threads=%d matmul=%s kv_blocks=%d", time.monotonic() - t0,
-             engine.dtype, engine.threads, engine.plan.describe(), engine.pool.num_blocks)
+    log.info("engine ready in %.1fs: dtype=%s threads=%d (%s) matmul=%s kv_blocks=%d", time.monotonic() - t0,
+             engine.dtype, engine.threads, choice.source, engine.plan.describe(), engine.pool.num_blocks)
     print(f"agentgate worker listening on http://{args.host}:{args.port}", flush=True)
     web.run_app(app, host=args.host, port=args.port, print=None, handler_cancellation=True,
                 access_log=None, shutdown_timeout=5, loop=server_loop())

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from gateway.config import GatewayConfig
+from gateway.config import DEFAULT_WORKER_SLOTS, GatewayConfig
 from gateway.errors import WorkerCallError
 from gateway.router.base import WorkerView
 from gateway.workers.breaker import CircuitBreaker
@@ -69,7 +69,7 @@ class WorkerPool:
             breaker = CircuitBreaker(self.config.breaker_failures, self.config.breaker_cooldown_s)
             breaker.record_failure(hard=True)  # out until its first probe passes
             breaker.opened_at -= self.config.breaker_cooldown_s  # ...which may run at once
-            self.workers[url] = WorkerState(client, breaker, self.config.worker_concurrency)
+            self.workers[url] = WorkerState(client, breaker, self.config.worker_concurrency or DEFAULT_WORKER_SLOTS)
         return self.workers[url]
 
     def remove(self, url: str) -> None:
@@ -99,7 +99,7 @@ class WorkerPool:
                     w.server_info = await w.client.get_json("/get_server_info")
                     limit = w.server_info.get("max_running_requests")
                     if isinstance(limit, int) and limit > 0:
-                        w.capacity = min(self.config.worker_concurrency, limit)
+                        w.capacity = min(self.config.worker_concurrency or limit, limit)
                 w.load = await w.client.get_load()
             except WorkerCallError as exc:
                 log.info("worker %s is up but its info/load did not come: %s", w.url, exc)

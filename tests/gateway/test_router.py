@@ -58,12 +58,23 @@ def test_kv_aware_sends_a_shared_long_prefix_to_the_worker_that_holds_it():
         assert policy.choose(follow, views(*loads)) == chosen
 
 
-def test_kv_aware_weighs_load_against_a_short_prefix():
-    policy = KVAwarePolicy(load_weight=64)
-    short = req_for(list(range(40)))  # 2 full blocks
+def test_kv_aware_keeps_a_prefix_on_its_holder_until_the_holder_is_clearly_busier():
+    policy = KVAwarePolicy(load_weight=64, balance_slack=4)
+    short = req_for(list(range(40)))  # 2 full blocks: 32 of 40 tokens held by A, past the affinity threshold
     policy.on_routed(short, A)
     assert policy.choose(short, views(0, 0)) == A
-    assert policy.choose(short, views(3, 0)) == B  # 3 × 64 load > 32 cached tokens
+    assert policy.choose(short, views(4, 0)) == A  # within the slack: it batches with what shares its prefix
+    assert policy.choose(short, views(5, 0)) == B  # beyond it, cost decides: 5 × 64 load > 32 cached tokens
+    assert policy.choose(short, views(5, 1)) == A  # the slack is counted from the least-loaded candidate
+
+
+def test_kv_aware_without_affinity_weighs_load_against_a_short_prefix():
+    policy = KVAwarePolicy(load_weight=64)
+    prompt = req_for(list(range(40)) + list(range(500, 540)))  # 80 tokens, 2 blocks held by A: under half
+    policy.on_routed(req_for(list(range(40))), A)
+    assert policy.holder(prompt, views(0, 0)) is None
+    assert policy.choose(prompt, views(0, 0)) == A
+    assert policy.choose(prompt, views(1, 0)) == B  # 64 load > 32 cached tokens
 
 
 def test_kv_aware_spreads_unrelated_prompts_over_idle_workers():

@@ -1,13 +1,26 @@
-"""kv_aware: the worker where the call is cheapest, counting its cached prefix.
+"""kv_aware: the worker that holds the call's prefix, unless that one is clearly busier;
+else the worker where the call is cheapest.
 
-cost(w) = uncached_prefill_tokens(w) × prefill_weight + load(w) × load_weight.
-uncached_prefill_tokens = prompt tokens minus the tokens of the longest leading
-run of the prompt's block hashes that `w` holds. Until the KV index (worker KV
-events in Redis) exists, "holds" means "this gateway sent that prefix there"
-(PrefixRecord); a KV index plugs in through the same `matched_blocks(hashes, url)`
-look-up, tier credit included. load(w) is the requests on w, each worth
-`load_weight` prefill tokens (a running decode slows a prefill by about that).
-Ties go to the least-loaded worker, then rotate, so equal workers share the work.
+1. Affinity. The worker whose own KV pool (L1) holds the longest leading run of the
+   prompt's block hashes — or that was sent that prefix within the last few seconds,
+   so it is being computed there — gets the call when that run covers at least
+   `affinity_threshold` of the prompt, as long as it carries at most `balance_slack`
+   requests more than the least-loaded candidate. Calls that share a prefix meet on
+   one worker, where they batch together over one copy of it: one prefill, one block
+   of memory per shared block, and one read of it per decode step for all of them
+   (the engine's shared-prefix attention). Spread over workers by load alone, each
+   worker loads its own copy (an L3 read or a recompute) and reads it once per call
+   per step: more work for the same tokens. SGLang's cache_aware router does the same
+   on an approximate tree of what it routed; here "holds" comes from the workers' KV
+   events where they publish them.
+2. Cost, when no worker has such affinity (or the holder is clearly busier):
+   cost(w) = uncached_prefill_tokens(w) × prefill_weight + load(w) × load_weight.
+   uncached = prompt tokens minus the tokens of the leading run of the prompt's block
+   hashes that `w` can serve, each block credited by its tier (L1 whole, L2/L3 a
+   little less: gateway/kvindex/credit.py); without a KV index, the gateway's record
+   of what it sent where (PrefixRecord). load(w) is the requests on w, each worth
+   `load_weight` prefill tokens (a running decode slows a prefill by about that).
+   Ties go to the least-loaded worker, then rotate, so equal workers share the work.
 """
 
 from __future__ import annotations
@@ -18,9 +31,14 @@ from typing import Protocol
 from gateway.router.base import RouteRequest, RoutingPolicy, WorkerView
 from gateway.router.prefix_record import PrefixRecord
 
+AFFINITY_THRESHOLD = 0.5  # of the prompt's tokens
+BALANCE_SLACK = 4  # requests above the least-loaded candidate that a holder may carry and still get the call
+
 
 class PrefixSource(Protocol):
     def matched_blocks(self, hashes: Sequence[int], url: str) -> float: ...
+
+    def resident_blocks(self, hashes: Sequence[int], url: str) -> int: ...
 
 
 class KVAwarePolicy(RoutingPolicy):
@@ -28,11 +46,14 @@ class KVAwarePolicy(RoutingPolicy):
     uses_prefix = True
 
     def __init__(self, prefix: PrefixSource | None = None, *, prefill_weight: float = 1.0,
-                 load_weight: float = 64.0):
+                 load_weight: float = 64.0, affinity_threshold: float = AFFINITY_THRESHOLD,
+                 balance_slack: int = BALANCE_SLACK):
         self.record = PrefixRecord()
         self.prefix = prefix or self.record
         self.prefill_weight = prefill_weight
         self.load_weight = load_weight
+        self.affinity_threshold = affinity_threshold
+        self.balance_slack = balance_slack
         self._turn = 0
 
     def cost(self, req: RouteRequest, w: WorkerView) -> float:
@@ -40,8 +61,23 @@ class KVAwarePolicy(RoutingPolicy):
         uncached = max(req.prompt_tokens - cached, 0)
         return uncached * self.prefill_weight + w.load * self.load_weight
 
+    def holder(self, req: RouteRequest, workers: Sequence[WorkerView]) -> str | None:
+        """The worker with affinity for `req` (step 1 above), or None."""
+        if not req.block_hashes or req.prompt_tokens <= 0:
+            return None
+        resident = {w.url: self.prefix.resident_blocks(req.block_hashes, w.url) for w in workers}
+        best = max(workers, key=lambda w: (resident[w.url], -w.load))
+        if resident[best.url] * req.block_size < self.affinity_threshold * req.prompt_tokens:
+            return None
+        if best.load - min(w.load for w in workers) > self.balance_slack:
+            return None
+        return best.url
+
     def choose(self, req: RouteRequest, workers: Sequence[WorkerView]) -> str:
         self._turn += 1
+        url = self.holder(req, workers) if len(workers) > 1 else None
+        if url is not None:
+            return url
         ordered = sorted(workers, key=lambda w: w.url)
         n = len(ordered)
         best = min(range(n), key=lambda i: (self.cost(req, ordered[i]), ordered[i].load, (i - self._turn) % n))
