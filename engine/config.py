@@ -105,6 +105,19 @@ GPU_STEP_TOKENS = 2048
 SOLO_STEP_TOKENS = 2048
 
 
+# Prefetch prefill tokens a step may carry beside other requests' work (--prefetch-chunk-tokens). On a GPU a
+# decode step is bound by reading the weights, and a 128-token chunk rides along nearly free (SGLang mixes
+# chunked prefill into decode batches for that reason). On a CPU one prefill token costs about what a whole
+# decode row does, so a 128-token chunk made a decode step ~3x longer and every running call waited for it:
+# there a prefetch computes only in steps that nothing else needs (0), and restores from L2/L3 regardless.
+GPU_PREFETCH_CHUNK_TOKENS = 128
+CPU_PREFETCH_CHUNK_TOKENS = 0
+
+
+def default_prefetch_chunk(device: str) -> int:
+    return GPU_PREFETCH_CHUNK_TOKENS if str(device).startswith("cuda") else CPU_PREFETCH_CHUNK_TOKENS
+
+
 def default_batch_tokens(device: str, threads: int) -> tuple[int, int]:
     """(tokens per step, tokens per step for a prefill alone in the engine) when --max-batch-tokens is not given."""
     if str(device).startswith("cuda"):
@@ -139,7 +152,7 @@ class EngineConfig:
     l3_max_gb: float = 8.0
     l3_write_through: bool = True  # write blocks to L3 when cached (default), or only when L2 drops them
     max_pinned_fraction: float = 0.5  # of the L1 pool
-    prefetch_chunk_tokens: int = 128  # most prefetch tokens per step while others decode
+    prefetch_chunk_tokens: int = -1  # most prefetch tokens per step beside others' work; -1: the device's default
     max_background_running: int = 2  # prefetches prefilling at once
     low_priority_chunk_tokens: int = 128  # most prefill tokens per step for calls below the top priority
     step_trace: str = ""  # a file to append each step's make-up to (engine/trace.py); "": none

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from engine.compute import ComputeThread
-from engine.config import EngineConfig, ModelConfig, choose_dtype, default_batch_tokens
+from engine.config import EngineConfig, ModelConfig, choose_dtype, default_batch_tokens, default_prefetch_chunk
 from engine.errors import BadRequestError, ConflictError, ContextLengthError
 from engine.hostshare import choose_threads
 from engine.kvcache.events import EventLog
@@ -92,7 +92,9 @@ class Engine:
         step, solo = ((cfg.max_batch_tokens, cfg.max_batch_tokens) if cfg.max_batch_tokens
                       else default_batch_tokens(self.device, self.threads))
         self.scheduler = Scheduler(self.pool, self.cache, step, cfg.max_running_requests,
-                                   self.speculator, cfg.speculative_num_draft_tokens, cfg.prefetch_chunk_tokens,
+                                   self.speculator, cfg.speculative_num_draft_tokens,
+                                   cfg.prefetch_chunk_tokens if cfg.prefetch_chunk_tokens >= 0
+                                   else default_prefetch_chunk(self.device),
                                    cfg.max_background_running, row_cost=self.plan.relative_cost,
                                    low_priority_chunk=cfg.low_priority_chunk_tokens, solo_batch_tokens=solo)
         self._staging: dict[str, Request] = {}  # rid -> request waiting for its L3 blocks

@@ -35,8 +35,9 @@ class GatewayConfig:
     key_prefix: str = "ag"
     # Workflow calls (dispatched nodes and calls tagged with agent_hints) reach the workers with SGLang's
     # `priority` = this + the workflow's own priority, so they run ahead of plain calls (no priority = 0)
-    # and the workers' prefetches (negative); a call that sets its own priority keeps it. 0: no precedence.
-    workflow_priority: int = 1
+    # and the workers' prefetches (negative); a call that sets its own priority keeps it. 0: no precedence,
+    # the default: BENCHMARKS.md "Workflows" measured no gain from 1 (the with_priority configuration).
+    workflow_priority: int = 0
     # KV index (gateway/kvindex): this replica's consumer group on the workers' event streams ("" = one
     # of its own, removed on stop), how often the worker registry is read, and the routing credit of a
     # block cached in L2 / L3 relative to L1.

@@ -32,9 +32,10 @@ def add_gateway_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-recent-s", type=float, default=RECENT_S,
                    help="kv_aware: a prefix sent to a worker this many seconds ago or less counts as cached there "
                         "before its KV events arrive (0 = the KV index alone)")
-    p.add_argument("--workflow-priority", type=int, default=1,
+    p.add_argument("--workflow-priority", type=int, default=0,
                    help="worker priority (SGLang's, higher first) of workflow calls and agent_hints-tagged calls, "
-                        "plus the workflow's own; plain calls keep theirs (none = 0); 0 = no precedence")
+                        "plus the workflow's own; plain calls keep theirs (none = 0); 0 = no precedence (the "
+                        "default: bench_workflows measured no gain from 1 against sglang-router)")
     p.add_argument("--log-level", default="info")
     aware = p.add_argument_group("agent awareness (prediction, prefetch, pins, token pipelining)")
     aware.add_argument("--no-prediction", dest="prediction", action="store_false",

@@ -7,12 +7,12 @@ schedule, drawn in turn from the examples of agents/examples/ (each with its own
 Configurations (CONFIGS, one line each):
 
 - agentgate         the gateway runs each workflow's DAG: kv_aware routing, prediction, prefetch and
-                    pins, workflow calls at a priority above other tenants' calls, workers with all
-                    three KV tiers and n-gram speculation (the full system);
+                    pins, workers with all three KV tiers and n-gram speculation (the full system, as
+                    the gateway's defaults have it);
 - no_speculation    the same, workers without speculation                    }
 - no_prediction     the same without prediction (no prefetch, no pins)       } agent-awareness
 - no_pinning        the same, prefetching but never pinning                  } ablations, on the
-- no_priority       the same, workflow calls at the tenants' priority        } same workers
+- with_priority     the same, workflow calls at priority 1 above the tenants'  } same workers
 - token_pipelining  the same plus token pipelining (off by default on CPU)   }
 - kv_aware_radix    kv_aware routing, no prediction, no priorities, workers with their radix cache
                     only (no L2/L3, no speculation);
@@ -91,8 +91,8 @@ CONFIGS = (
     Config("no_prediction", "agentgate, no prediction/prefetch/pins", ("--policy", "kv_aware", "--no-prediction"),
            SPEC),
     Config("no_pinning", "agentgate, prefetch without pins", ("--policy", "kv_aware", "--no-pinning"), SPEC),
-    Config("no_priority", "agentgate, workflow calls at the tenants' priority",
-           ("--policy", "kv_aware", "--workflow-priority", "0"), SPEC),
+    Config("with_priority", "agentgate, workflow calls at priority 1 above other tenants'",
+           ("--policy", "kv_aware", "--workflow-priority", "1"), SPEC),
     Config("token_pipelining", "agentgate + token pipelining", ("--policy", "kv_aware", "--token-pipelining", "on"),
            SPEC),
     Config("kv_aware_radix", "gateway DAG, kv_aware, radix cache only", ("--policy", "kv_aware", *PLAIN), RADIX_ONLY),

@@ -61,9 +61,10 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
                        help="write blocks to L3 as soon as they are cached (through) or when L2 drops them (back)")
     tiers.add_argument("--max-pinned-fraction", type=float, default=0.5,
                        help="most of the L1 pool that pins may hold; a pin beyond it gets 409")
-    tiers.add_argument("--prefetch-chunk-tokens", type=int, default=128,
-                       help="most prefetch tokens prefilled per step while other requests run (0: prefetches "
-                            "compute only in steps that nothing else needs)")
+    tiers.add_argument("--prefetch-chunk-tokens", type=int, default=-1,
+                       help="most prefetch tokens prefilled per step beside other requests' work (0: prefetches "
+                            "compute only in steps that nothing else needs; -1: the device's default, 0 on a CPU "
+                            "and 128 on a GPU)")
     p.add_argument("--random-seed", type=int, default=0)
     p.add_argument("--step-trace", default="", metavar="FILE",
                    help="append one JSON line per engine step and per arriving request to FILE (engine/trace.py)")
@@ -132,9 +133,9 @@ def run_worker(args: argparse.Namespace) -> int:
         print("--max-running-requests, --speculative-num-draft-tokens and --low-priority-chunk-tokens must be at "
               "least 1, --max-batch-tokens at least 0 (0 = the device's default)", file=sys.stderr)
         return 2
-    if not 0 <= cfg.max_pinned_fraction <= 1 or cfg.prefetch_chunk_tokens < 0 or cfg.l3_max_gb <= 0:
-        print("--max-pinned-fraction must be in [0, 1]; --prefetch-chunk-tokens must be at least 0 and --l3-max-gb "
-              "positive", file=sys.stderr)
+    if not 0 <= cfg.max_pinned_fraction <= 1 or cfg.prefetch_chunk_tokens < -1 or cfg.l3_max_gb <= 0:
+        print("--max-pinned-fraction must be in [0, 1]; --prefetch-chunk-tokens must be at least -1 and "
+              "--l3-max-gb positive", file=sys.stderr)
         return 2
     registry = HostRegistry()
     try:

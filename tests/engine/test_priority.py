@@ -138,3 +138,20 @@ def test_a_prefill_alone_in_the_engine_takes_the_long_step_and_shortens_once_ano
     assert step(s) == [("long", 2048)]  # nobody to delay
     s.add(request("short", 40, first=5000))
     assert step(s) == [("long", 256)]  # someone waits: short steps again
+
+
+def test_with_no_chunk_for_busy_steps_a_prefetch_computes_only_in_steps_nothing_else_needs():
+    pool = KVPool(256, BS, num_layers=1, num_kv_heads=1, head_dim=2, dtype=torch.float32, device="cpu")
+    s = Scheduler(pool, RadixCache(pool), 1024, max_running=64, background_chunk=0)  # the CPU default
+    call = request("call", 40)
+    s.add(call)
+    s.add(Request(rid="prefetch", prompt_ids=list(range(1000, 1200)), params=SamplingParams(max_new_tokens=0),
+                  background=True, priority=-1))
+    assert step(s) == [("call", 40)]  # the call's prefill: the prefetch waits
+    for _ in range(3):  # the call decodes: steps that carry no prefetch chunk at all
+        batch = s.schedule()
+        assert [r.rid for r in batch.decodes] == ["call"] and batch.chunks == []
+        call.num_computed += 1
+        call.output_ids.append(7)
+    s.remove(call)
+    assert step(s) == [("prefetch", 200)]  # idle: the whole budget

@@ -85,7 +85,7 @@ def engine_no_cache(make_engine):
 
 @pytest.fixture(scope="module")
 def engine_chunked(make_engine):
-    engine = make_engine(max_batch_tokens=32)
+    engine = make_engine(max_batch_tokens=32, prefetch_chunk_tokens=32)  # busy steps carry prefetch chunks too
     yield engine
     engine.stop()
 

@@ -34,7 +34,9 @@ def l3_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def engine_a(make_engine, l3_dir):
     """Small L1, an L2 of 256 blocks, L3 in a temp dir."""
-    return make_engine(kv_pool_tokens=POOL_TOKENS, l2_blocks=256, l3=f"dir:{l3_dir}", max_pinned_fraction=0.5)
+    # prefetch chunks ride along other requests' steps (the GPU default), so exactness is tested on that path
+    return make_engine(kv_pool_tokens=POOL_TOKENS, l2_blocks=256, l3=f"dir:{l3_dir}", max_pinned_fraction=0.5,
+                       prefetch_chunk_tokens=128)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ async def sse_chunks(gw, path: str, body: dict) -> list:
 
 async def test_chat_passthrough_keeps_usage_and_strips_agent_hints(gateway, fake_workers):
     (w,) = await fake_workers(1)
-    gw = await gateway([w.url])
+    gw = await gateway([w.url], workflow_priority=1)
     status, body, _ = await gw.call("POST", "/v1/chat/completions", {**CHAT, "agent_hints": {
         "workflow_id": "wf-1", "node_id": "n", "priority": 3}}, headers={
         "Content-Type": "application/json", "x-agent-id": "planner", "x-agent-template": "react"})

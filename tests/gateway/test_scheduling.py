@@ -28,13 +28,13 @@ async def test_the_longest_remaining_critical_path_goes_first(gateway, fake_work
 
 async def test_workflow_calls_carry_the_worker_priority_of_their_workflow(gateway, fake_workers):
     (w,) = await fake_workers(1)
-    gw = await gateway([w.url])
+    gw = await gateway([w.url], workflow_priority=1)
     runs = [await gw.submit({"priority": p, "nodes": [llm("a", f"p {p}", max_tokens=2)]}) for p in (0, 4)]
     for wf in runs:
         assert (await gw.wait(wf))["status"] == "finished"
     assert sorted(c.body["priority"] for c in w.calls) == [1, 5]  # GatewayConfig.workflow_priority + the workflow's
     await gw.stop()
-    gw = await gateway([w.url], workflow_priority=0)
+    gw = await gateway([w.url])  # the default: 0
     assert (await gw.wait(await gw.submit({"nodes": [llm("a", "p 0", max_tokens=2)]})))["status"] == "finished"
     assert "priority" not in w.calls[-1].body  # no precedence: sent as a plain call
 

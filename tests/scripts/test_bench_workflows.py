@@ -129,7 +129,7 @@ def test_configs_are_data_and_quick_defaults_are_small(tmp_path):
     assert all(c.gateway is None or "--policy" in c.gateway for c in bench.CONFIGS)
     # the agent-awareness ablations differ from the full system by their one switch, on the same workers
     for name, switch in (("no_prediction", "--no-prediction"), ("no_pinning", "--no-pinning"),
-                         ("token_pipelining", "on"), ("no_priority", "--workflow-priority")):
+                         ("token_pipelining", "on"), ("with_priority", "--workflow-priority")):
         assert switch in configs[name].gateway and switch not in configs["agentgate"].gateway
         assert configs[name].worker == configs["agentgate"].worker == bench.SPEC
     # speculation is its own ablation: the same gateway, workers without it
