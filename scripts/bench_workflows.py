@@ -471,8 +471,13 @@ def parse_args(argv=None):
                    help="before each cell's clock starts, run one quick workflow of each example the cell's own way "
                         "(a service that has served these agents before: their shared prompts are cached); the "
                         "work counters count from after it")
+    p.add_argument("--section", choices=sorted(SECTIONS), default=None,
+                   help="the BENCHMARKS.md section (and docs/ file suffix) this run writes (default: main, or "
+                        "pressure with --background-rate)")
     p.add_argument("--trace-dir", default=None, metavar="DIR",
                    help="each worker writes its step trace (engine/trace.py) to DIR/CONFIG-workerN.jsonl")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run every cell this many times, the configurations taking turns; each row is the median run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", default=None, help="where the plots and results go (default docs/; quick: a temp dir); "
                                                    "BENCHMARKS.md is updated only when it is docs/")
@@ -491,6 +496,8 @@ def parse_args(argv=None):
     args.tool_latency = args.tool_latency if args.tool_latency is not None else (0.0 if quick else 0.5)
     if quick and not any(a.startswith("--matmul-backend") for a in args.worker_arg):
         args.worker_arg.append("--matmul-backend=numpy")  # skips the start-up probe (~3 s of CPU per worker)
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
     if args.background_rate < 0 or args.background_tokens < 1:
         p.error("--background-rate must be >= 0 and --background-tokens >= 1")
     known = {c.name: c for c in CONFIGS}
@@ -525,7 +532,8 @@ def main(argv=None) -> int:
     summaries, records, plans = [], {}, {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
-        cells = [(c, r) for c in args.configs for r in args.rates]
+        cells = [(c, r) for _ in range(args.repeats) for c in args.configs for r in args.rates]  # repeats take turns
+        runs: dict[tuple[str, float], list] = {}
         overall = progress.add_task("cells", total=len(cells))
         for config, rate in cells:
             plan = arrival_plan(rate, args.workflows, args.examples, args.seed)
@@ -533,11 +541,14 @@ def main(argv=None) -> int:
             with Stack(args, config, flags, log_dir) as stack:
                 progress.update(task, description=f"{config.name} @ {report.rate_label(rate)}")
                 cell, background = asyncio.run(run_cell(plan, stack, args, progress, task))
-                plans[(config.name, rate)] = stack.matmul_plans
                 work, awareness = stack.work(), stack.awareness()
-            records[(config.name, rate)] = cell
-            summaries.append(report.summarize(config.name, rate, cell, args.workers, work, awareness, background))
+            summary = report.summarize(config.name, rate, cell, args.workers, work, awareness, background)
+            runs.setdefault((config.name, rate), []).append((summary, cell, stack.matmul_plans))
             progress.advance(overall)
+        for key, results in runs.items():  # one run per cell: itself; several: the median run's, all makespans
+            chosen = report.median_runs([s for s, _, _ in results]) if args.repeats > 1 else results[0][0]
+            _, records[key], plans[key] = next(r for r in results if r[0].makespan_s == chosen.makespan_s)
+            summaries.append(chosen)
     text = write_outputs(run_meta(args, argv if argv is not None else sys.argv[1:]), summaries, records, plans,
                          args.out_dir, update_md=not args.quick and not args.no_write)
     print(text)
@@ -558,14 +569,19 @@ def run_meta(args, argv) -> dict:
             "configs": [c.name for c in args.configs], "worker_args": args.worker_arg, "seed": args.seed,
             "background_rate": args.background_rate, "background_tokens": args.background_tokens,
             "background_max_tokens": BACKGROUND_MAX_TOKENS, "background_inflight": BACKGROUND_INFLIGHT,
-            "warm": args.warm}
+            "warm": args.warm, "section": args.section, "repeats": args.repeats}
+
+
+# --section: the BENCHMARKS.md heading a run writes and the suffix of its files in docs/
+SECTIONS = {"main": ("## Workflows", ""), "pressure": ("## Workflows under memory pressure", "_pressure"),
+            "router": ("## Workflows against sglang-router", "_router")}
 
 
 def write_outputs(meta: dict, summaries, records, plans, out_dir: Path, update_md: bool) -> str:
     """The plots, the results JSON and the markdown section into out_dir (and BENCHMARKS.md if asked)."""
     labels = {c.name: c.label for c in CONFIGS}
     pressure = meta.get("background_rate", 0) > 0  # a run with other tenants has its own files and section
-    suffix = "_pressure" if pressure else ""
+    title, suffix = SECTIONS[meta.get("section") or ("pressure" if pressure else "main")]
     pareto, timeline = out_dir / f"pareto{suffix}.png", out_dir / f"timeline{suffix}.png"
     report.plot_pareto(summaries, labels, pareto)
     report.plot_timeline(timeline_panels(meta, records), timeline)
@@ -575,7 +591,6 @@ def write_outputs(meta: dict, summaries, records, plans, out_dir: Path, update_m
     images = (f"docs/{pareto.name}", f"docs/{timeline.name}") if in_docs else (str(pareto), str(timeline))
     targets = {k: v for k, v in TARGETS.items() if k in meta["configs"]}
     baseline = BASELINE if BASELINE in meta["configs"] else meta["configs"][0]
-    title = "## Workflows under memory pressure" if pressure else "## Workflows"
     text = report.section(summaries, meta, baseline, targets, images, title)
     (out_dir / f"bench_workflows{suffix}.md").write_text(text)
     if update_md and in_docs:  # BENCHMARKS.md links the plots in docs/, never a temp dir

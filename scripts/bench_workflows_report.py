@@ -14,7 +14,7 @@ Definitions (the same for every configuration, computed from node timings and us
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +105,14 @@ class CellSummary:
     prefetch_hits: int = 0  # of those, how many found that prefix cached at dispatch
     work: dict = field(default_factory=dict)  # the workers' own counters summed (WORK_COUNTERS), {} if unread
     background: dict = field(default_factory=dict)  # other tenants' calls during the cell (sent, finished, ...)
+    makespan_runs: tuple = ()  # with repeats (--repeats): every run's makespan; this summary is the median run's
+
+
+def median_runs(runs: list["CellSummary"]) -> "CellSummary":
+    """One cell run several times: the run with the median makespan (the lower middle one of an even
+    count), carrying every run's makespan."""
+    ordered = sorted(runs, key=lambda s: s.makespan_s)
+    return replace(ordered[(len(ordered) - 1) // 2], makespan_runs=tuple(round(s.makespan_s, 2) for s in runs))
 
 
 # What the engine workers did during a cell, from their /metrics counters (summed over workers).
@@ -221,6 +229,9 @@ def section(summaries: list[CellSummary], meta: dict, baseline: str, targets: di
         "TTFT p99 s | TTFT after tool p50 s | prefix hit | predicted calls hit | tok/s/worker | tok/s/user | failed |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if any(s.makespan_runs for s in summaries):
+        lines[2] += (f" Each cell ran {max(len(s.makespan_runs) for s in summaries)} times, the configurations taking "
+                     "turns; a row is its median run (by makespan), and every run's makespan is listed below the table.")
     for rate in rates:
         base = by_cell.get((baseline, rate))
         for s in (x for x in summaries if x.rate == rate):
@@ -230,6 +241,10 @@ def section(summaries: list[CellSummary], meta: dict, baseline: str, targets: di
                          f"{s.e2e_p99_s:.1f} | {s.ttft_p50_s:.2f} | {s.ttft_p99_s:.2f} | "
                          f"{s.ttft_after_tool_p50_s:.2f} | {s.hit_rate:.0%} | {hits} | "
                          f"{s.tps_per_worker:.1f} | {s.tps_per_user:.2f} | {s.failed} |")
+    if any(s.makespan_runs for s in summaries):
+        lines += ["", "Makespans of every run: " + "; ".join(
+            f"{s.config} @ {rate_label(s.rate)} " + ", ".join(f"{m:.1f}" for m in s.makespan_runs)
+            for s in summaries if s.makespan_runs) + " s."]
     top = rates[-1] if rates else None
     base = by_cell.get((baseline, top))
     lines += ["", "Makespan ratio = configuration ÷ " + baseline + " (higher: " + baseline + " is faster). "
@@ -244,6 +259,12 @@ def section(summaries: list[CellSummary], meta: dict, baseline: str, targets: di
                                 f"{'met' if ratio >= target else 'not met'})")
         if verdicts:
             lines += ["", f"At the highest load ({rate_label(top)}), {baseline}: " + "; ".join(verdicts) + "."]
+        peer = by_cell.get(("sglang_router", top))
+        if peer is not None and base.work and peer.work and peer.work.get("forward_s"):
+            ratio = base.work["forward_s"] / peer.work["forward_s"]
+            lines += ["", f"Engine work at {rate_label(top)}: {baseline} {base.work['forward_s']:.1f} forward-seconds "
+                      f"for {base.completion_tokens} completion tokens, sglang_router {peer.work['forward_s']:.1f} for "
+                      f"{peer.completion_tokens} ({ratio:.2f}×; target ≤ 1: {'met' if ratio <= 1 else 'not met'})."]
     lines += awareness_verdicts(summaries, baseline, rates)
     lines += work_table(summaries)
     lines += ["", f"![Pareto frontier]({images[0]})", "", f"![one workflow's timeline]({images[1]})", ""]

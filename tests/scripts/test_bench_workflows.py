@@ -122,6 +122,30 @@ def test_section_states_ratios_and_targets():
     assert "TTFT after a tool call 0.25 s vs 1.50 s with no_prediction: 6.00× (target ≥ 5×: met)" in text
 
 
+def test_repeats_report_the_median_run_every_makespan_and_the_engine_work_against_the_router():
+    def cell(config, makespan, forward_s):
+        return report.CellSummary(config, INF, 4, 0, makespan, 1, 2, 0.1, 0.2, 0.5, 3.0, 1.0, 10, 5, 100,
+                                  work={"workers": 2, "forward_s": forward_s, "prefill_tokens": 0,
+                                        "prefetch_tokens": 0, "decode_rows": 0, "steps": 0})
+
+    ours = report.median_runs([cell("agentgate", 11.0, 9.0), cell("agentgate", 9.0, 8.0),
+                               cell("agentgate", 10.0, 8.5), cell("agentgate", 12.0, 9.5)])
+    assert ours.makespan_s == 10.0 and ours.work["forward_s"] == 8.5  # the lower middle of four, whole
+    assert ours.makespan_runs == (11.0, 9.0, 10.0, 12.0)  # in the order they ran
+    peer = report.median_runs([cell("sglang_router", 13.0, 10.0), cell("sglang_router", 14.0, 9.0),
+                               cell("sglang_router", 12.5, 11.0)])
+    assert peer.makespan_s == 13.0
+    text = report.section([ours, peer], {"command": "x", "when": "today", "machine": "m", "workers": 2, "threads": 1,
+                                         "kv_memory_gb": 1.0, "workflows": 4, "examples": ["diamond"],
+                                         "tool_latency_s": 0.0}, "agentgate", {"sglang_router": 1.25},
+                          ("p.png", "t.png"))
+    assert "Each cell ran 4 times, the configurations taking turns" in text
+    assert "agentgate @ all at once 11.0, 9.0, 10.0, 12.0; sglang_router @ all at once 13.0, 14.0, 12.5 s." in text
+    assert "1.30× lower makespan than sglang_router (target ≥ 1.25×: met)" in text
+    assert ("agentgate 8.5 forward-seconds for 100 completion tokens, sglang_router 10.0 for 100 (0.85×; "
+            "target ≤ 1: met)") in text
+
+
 def test_configs_are_data_and_quick_defaults_are_small(tmp_path):
     configs = {c.name: c for c in bench.CONFIGS}
     assert {"agentgate", "no_prediction", "no_pinning", "token_pipelining", "round_robin", "least_load",
