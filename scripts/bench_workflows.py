@@ -354,6 +354,8 @@ async def run_cell(plan: list[Arrival], stack: Stack, args, progress, task) -> t
         warmups = [Arrival(len(plan) + i, 0.0, example, len(plan) + i) for i, example in enumerate(args.examples)]
         await asyncio.gather(*(drive(stack, clients, w, build(w, quick=True), {}) for w in warmups))
     stack.mark()  # the cell's work counts from here
+    if args.trace_dir:  # where scripts/step_trace_report.py starts reading this cell's step traces
+        (Path(args.trace_dir) / f"{stack.config.name}.start").write_text(repr(time.time()))
     t0 = time.time()
 
     async def one(arrival: Arrival, wf):
@@ -553,6 +555,11 @@ def main(argv=None) -> int:
                          args.out_dir, update_md=not args.quick and not args.no_write)
     print(text)
     console.print(f"plots and results in {args.out_dir}")
+    if args.trace_dir:
+        from scripts import step_trace_report
+
+        console.print(step_trace_report.render(step_trace_report.load(Path(args.trace_dir)), 0.0, {
+            p.stem: float(p.read_text()) for p in Path(args.trace_dir).glob("*.start")}))
     failed = sum(s.failed for s in summaries)
     if failed:
         console.print(f"[red]{failed} workflow(s) failed[/red]; see the logs in {log_dir} and the results JSON")

@@ -329,3 +329,27 @@ def test_pressure_section_names_the_tenants_and_compares_with_the_radix_pool(tmp
     out = (tmp_path / "BENCHMARKS.md").read_text()
     assert out.count("## Workflows\n") == 1 and "plain again" in out and "plain\n" not in out.replace("plain again", "")
     assert out.count("## Workflows under memory pressure\n") == 1 and "old pressure" not in out
+
+
+def test_step_trace_report_sorts_steps_by_kind_and_calls_by_node(tmp_path):
+    from scripts import step_trace_report as trace
+
+    def step(t, prefill=0, prefetch=0, decodes=()):
+        return {"ev": "step", "t": t, "dt": 0.1, "prefill": prefill, "prefetch": prefetch, "rows": 1,
+                "decodes": [[rid, 100, drafts] for rid, drafts in decodes], "chunks": []}
+
+    events = [{"ev": "arrive", "t": 1.0, "rid": "warm-up", "prompt": 1, "priority": 0, "background": False},
+              step(1.5, prefill=40),  # before the cell's start: skipped
+              {"ev": "arrive", "t": 2.0, "rid": "wf-ab.plan.1", "prompt": 900, "priority": 0, "background": False},
+              {"ev": "arrive", "t": 2.0, "rid": "prefetch-1", "prompt": 800, "priority": -1, "background": True},
+              step(2.1, prefill=30), step(2.2, decodes=[("wf-ab.plan.1", 0)]),
+              step(2.3, prefetch=64, decodes=[("wf-ab.plan.1", 3)]), step(2.4, prefill=16, decodes=[("x", 0)]),
+              step(2.5, prefetch=32)]
+    (tmp_path / "agentgate-worker1.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    (tmp_path / "agentgate.start").write_text("1.9")
+    s = trace.summarize(trace.load(tmp_path)["agentgate"], start=1.9)
+    assert s["steps"] == 5 and s["decode_rows"] == 1 + 4 + 1
+    assert {k: v[0] for k, v in s["kinds"].items()} == {"decode": 1, "mixed": 1, "prefill": 1, "prefetch+decode": 1,
+                                                        "prefetch": 1}
+    assert s["rows_per_decode_step"] == 2.0 and s["arrivals"]["worker1"] == {"plan": 1, "prefetch": 1}
+    assert trace.main([str(tmp_path)]) == 0
