@@ -11,7 +11,9 @@ engine instead: /get_server_info says "backend": "agentgate-engine" and
 reports cached_tokens(_details) like SGLang; max_new_tokens 0 is a prefill-only
 call unless `reject_zero_max_new_tokens`.
 Replies are `reply(messages_or_prompt)`; `token_delay_s` paces streamed tokens;
-`fail_with` makes calls fail (500, or a dropped connection); cached_tokens
+`fail_with` makes calls fail (500, a dropped connection, "hang": accepted and never
+answered, "stall": the first token and then nothing); `refuse_when` answers 400 with
+a message, as a worker refusing a request's values does; cached_tokens
 counts the prompt's longest prefix (in 4-char "tokens") seen before.
 """
 
@@ -47,7 +49,8 @@ def default_reply(prompt) -> str:
 class FakeWorker:
     reply: Callable = default_reply
     token_delay_s: float = 0.0
-    fail_with: str | None = None  # None | "500" | "drop"
+    fail_with: str | None = None  # None | "500" | "drop" | "hang" | "stall"
+    refuse_when: Callable[[dict], str | None] | None = None  # body → the 400's message, or None to serve it
     fail_when: Callable[[dict], bool] | None = None  # which calls fail_with applies to (default: all)
     model_path: str = "/nonexistent/fake-model"
     calls: list[Call] = field(default_factory=list)
@@ -121,8 +124,19 @@ class FakeWorker:
         body = await request.json()
         call = Call(request.path, body, time.monotonic())
         self.calls.append(call)
+        refusal = self.refuse_when(body) if self.refuse_when is not None else None
+        if refusal is not None:
+            call.end = time.monotonic()
+            raise web.HTTPBadRequest(text=orjson.dumps({"error": {"message": refusal, "type": "BadRequestError",
+                                                                  "code": 400}}).decode(),
+                                     content_type="application/json")
         if self.fail_when is not None and not self.fail_when(body):
             return call, body
+        if self.fail_with == "hang":  # accepted, never answered: only the client's own timeout ends it
+            try:
+                await asyncio.Event().wait()
+            finally:
+                call.end = time.monotonic()
         if self.fail_with == "500":
             call.end = time.monotonic()
             raise web.HTTPInternalServerError(text='{"error": {"message": "boom"}}', content_type="application/json")
@@ -141,6 +155,8 @@ class FakeWorker:
                 if self.fail_with == "drop":  # died mid-stream
                     request.transport.close()
                     return resp
+                if self.fail_with == "stall" and i == 1 and (self.fail_when is None or self.fail_when(call.body)):
+                    await asyncio.Event().wait()  # the first token went out; the rest never comes
                 await resp.write(b"data: " + orjson.dumps(make_chunk(i, piece)) + b"\n\n")
             if final is not None:
                 await resp.write(b"data: " + orjson.dumps(final) + b"\n\n")
