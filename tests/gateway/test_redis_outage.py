@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from gateway.keys import POOL, SCHEDULER
+from gateway.keys import METRICS, POOL, SCHEDULER
 from tests.gateway.redis_chaos import ChaosRedis
 from tests.gateway.support import GatewayHandle, fast_config, llm
 
@@ -30,9 +30,10 @@ def chaos_redis():
 
 @pytest_asyncio.fixture
 async def chaos_gateway(chaos_redis, fake_workers):
-    workers = await fake_workers(2, token_delay_s=0.02)
+    workers = await fake_workers(2, token_delay_s=0.05)
     config = replace(fast_config(chaos_redis.url, [w.url for w in workers]), key_prefix="t" + uuid.uuid4().hex[:8])
     gw = await GatewayHandle(config).start()
+    gw.fake_workers = workers
     yield gw
     await gw.stop()
 
@@ -59,6 +60,7 @@ async def get_while_up(gw, wf_id: str, rounds: int = 300) -> dict:
 async def run_through(gw, fault) -> None:
     ids = [await gw.submit(workflow(i)) for i in range(WORKFLOWS)]
     await asyncio.sleep(0.3)  # calls in flight, some workflows part-way
+    assert any(w.running() for w in gw.fake_workers), "the load ended before the outage"
     await fault()
     for i, wf_id in enumerate(ids):
         body = await get_while_up(gw, wf_id)
@@ -84,13 +86,16 @@ async def test_every_workflow_finishes_after_a_redis_restart(chaos_gateway, chao
 
     async def restart():
         chaos_redis.kill()
-        await asyncio.sleep(1.0)
-        live, ready, body = await probes(gw)
-        assert live == 200 and ready == 503 and "redis" in body["error"]["message"].lower(), body
-        await asyncio.sleep(2.0)  # about 3 s down in all
-        chaos_redis.start()
+        try:
+            await asyncio.sleep(1.0)
+            live, ready, body = await probes(gw)
+            assert live == 200 and ready == 503 and "redis" in body["error"]["message"].lower(), body
+            await asyncio.sleep(2.0)  # about 3 s down in all
+        finally:
+            chaos_redis.start()
 
     await run_through(gw, restart)
+    assert gw.app[METRICS].state_retries.values, "no state write was retried"
     live, ready, body = await probes(gw)
     assert (live, ready) == (200, 200), body
 
@@ -100,11 +105,13 @@ async def test_every_workflow_finishes_after_redis_is_paused(chaos_gateway, chao
 
     async def pause():
         chaos_redis.pause()
-        await asyncio.sleep(3.0)
-        live, ready, body = await probes(gw)
-        assert live == 200 and ready == 503, body
-        await asyncio.sleep(5.0)  # about 8 s stalled in all
-        chaos_redis.resume()
+        try:
+            await asyncio.sleep(3.0)
+            live, ready, body = await probes(gw)
+            assert live == 200 and ready == 503, body
+            await asyncio.sleep(5.0)  # about 8 s stalled in all
+        finally:
+            chaos_redis.resume()
 
     await run_through(gw, pause)
 
