@@ -40,9 +40,9 @@ class Call:
 
 
 def default_reply(prompt) -> str:
-    if isinstance(prompt, list):
-        prompt = prompt[-1]["content"] if prompt else ""
-    return f"echo: {prompt}"
+    if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):  # chat messages
+        prompt = _text(prompt[-1].get("content")) if prompt else ""
+    return f"echo: {prompt}"  # a completion's prompt: text, or token ids as they came
 
 
 @dataclass
@@ -172,7 +172,7 @@ class FakeWorker:
         call, body = await self._begin(request)
         messages = body["messages"]
         text = self.reply(messages)
-        usage = self._usage("".join(m["content"] for m in messages), text)
+        usage = self._usage("".join(_text(m.get("content")) for m in messages), text)
         env = {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": "fake-model"}
         if not body.get("stream"):
             if self.token_delay_s:
@@ -258,6 +258,13 @@ class FakeWorker:
         if self.pins.pop(body.get("pin_id"), None) is None:
             return web.json_response({"error": {"message": "no such pin"}}, status=404)
         return web.json_response({"pin_id": body["pin_id"], "unpinned": True})
+
+
+def _text(content) -> str:
+    """A message's text, from a string or OpenAI content parts (as a worker reads it)."""
+    if isinstance(content, list):
+        return "".join(p.get("text") or "" for p in content if p.get("type") == "text")
+    return content or ""
 
 
 def _pieces(text: str) -> list[str]:

@@ -39,7 +39,7 @@ async def test_a_stream_that_stalls_after_its_first_token_is_retried_elsewhere(g
     stalls = lambda body: "stall" in body["messages"][0]["content"]  # noqa: E731
     workers = await fake_workers(2, fail_with="stall", fail_when=stalls, reply=lambda m: "one two three four")
     gw = await gateway([w.url for w in workers], inter_token_timeout_s=0.5, first_token_timeout_s=5)
-    wf = await gw.submit({"nodes": [llm("a", "no stall here")]})
+    wf = await gw.submit({"nodes": [llm("a", "a plain one")]})
     assert (await gw.wait(wf))["status"] == "finished"
     wf = await gw.submit({"nodes": [llm("s", "stall", max_retries=1)]})
     body = await gw.wait(wf, timeout=20)
