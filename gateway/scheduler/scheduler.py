@@ -9,11 +9,16 @@ it has waited, so no workflow starves under load; then the workflow that has had
 fewer calls dispatched so far (fair share: equal work interleaves across
 workflows); then first come. No healthy worker: nodes wait, never fail.
 
-Failure: a retryable call failure puts the node back in the ready set, excluding
-the workers that failed it while others exist, up to `max_retries`; past that the
-workflow fails with the cause and its other calls are aborted. Every state change
-is written to Redis before it is acted on (state/store.py); ownership of a
-workflow is a lease there, so a restarted gateway or another replica resumes it.
+Failure: a retryable call failure (connection, 5xx, no first token or a stall
+between tokens in time) puts the node back in the ready set, excluding the workers
+that failed it while others exist, up to `max_retries`; past that the workflow
+fails with the cause (a worker's refusal keeps the worker's message) and its other
+calls are aborted. Every state change is written to Redis before it is acted on
+(state/store.py), through the journal that waits out Redis outages
+(state/journal.py); ownership of a workflow is a lease there, so a restarted
+gateway or another replica resumes it. A dispatched node's worker slot is a
+`NodeCall` (ownership.py) that its task gives back however it ends, and every
+task runs under `Lifecycle.guarded`, so no fault strands a slot or a workflow.
 """
 
 from __future__ import annotations
