@@ -174,7 +174,7 @@ async def _relay_stream(request: web.Request, resp: Response, pool: WorkerPool, 
                 else f"stream broken: {exc!r}"
             log.warning("stream from %s: %s", url, what)
             pool.record_failure(url, WorkerCallError(url, what, timed_out=stalled))
-            err = ServiceUnavailableError(f"worker {what}", code="worker_failed")
+            err = ServiceUnavailableError(f"worker {what}")  # code: its status, which SDKs map to a type
             await out.write(b"data: " + orjson.dumps(err.to_json()) + b"\n\ndata: [DONE]\n\n")
             break
         if timeouts is not None:
