@@ -108,6 +108,7 @@ class Lifecycle:
         self.tasks[(run.id, node)] = task
 
         def done(t: asyncio.Task) -> None:
+            coro.close()  # a task cancelled before it ran never started `coro`: end it quietly
             if call is not None:
                 call.release()
             if self.tasks.get((run.id, node)) is t:

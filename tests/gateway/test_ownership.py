@@ -120,3 +120,23 @@ async def wait_released(gw, rounds: int = 200) -> None:
         if not scheduler.tasks and not scheduler.runs and not any(w.in_flight for w in pool.workers.values()):
             return
         await asyncio.sleep(0.01)
+
+
+async def test_a_node_task_cancelled_before_it_ever_ran_still_gives_its_slot_back(gateway, fake_workers):
+    """A cancel can reach a node's task before its first step (a workflow cancelled or dropped in the
+    same loop turn as the dispatch): no `finally` inside the task runs then, the done callback does."""
+    from gateway.planner.spec import NodeSpec, WorkflowSpec
+    from gateway.scheduler.ownership import NodeCall
+    from gateway.scheduler.run import WorkflowRun
+
+    (w,) = await fake_workers(1)
+    gw = await gateway([w.url])
+    scheduler, pool = gw.app[SCHEDULER], gw.app[POOL]
+    run = WorkflowRun("wf-never-ran", WorkflowSpec(nodes=(NodeSpec("a"),)), 0.0)
+    call = NodeCall(pool, run, "a", w.url)
+    assert pool.workers[w.url].in_flight == 1 and run.running == 1
+    scheduler.track(run, "a", asyncio.sleep(30), call)
+    scheduler.tasks[(run.id, "a")].cancel()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert pool.workers[w.url].in_flight == 0 and run.running == 0 and scheduler.tasks == {}
