@@ -80,3 +80,18 @@ async def test_a_hung_proxied_stream_is_cut_and_its_worker_blamed(gateway, fake_
     _, health, _ = await gw.call("GET", "/health")
     assert health["workers"][hung.url]["in_flight"] == 0 and health["workers"][good.url]["in_flight"] == 0
     assert hung.calls and len(good.calls) == 2
+
+
+async def test_stream_timeouts_default_by_worker_kind_unless_configured(gateway, fake_workers):
+    from gateway.keys import POOL
+    from gateway.workers.client import StreamTimeouts
+    from gateway.workers.pool import STREAM_TIMEOUTS
+
+    (engine,) = await fake_workers(1, kv_api=True)  # says "backend": "agentgate-engine", as the CPU engine does
+    (other,) = await fake_workers(1)
+    pool = (await gateway([engine.url, other.url])).app[POOL]
+    assert pool.stream_timeouts(pool.workers[engine.url]) == STREAM_TIMEOUTS["agentgate-engine"]
+    assert pool.stream_timeouts(pool.workers[other.url]) == STREAM_TIMEOUTS[None]
+    assert STREAM_TIMEOUTS["agentgate-engine"].first_token_s > STREAM_TIMEOUTS[None].first_token_s
+    pool = (await gateway([engine.url], first_token_timeout_s=2.0)).app[POOL]
+    assert pool.stream_timeouts(pool.workers[engine.url]) == StreamTimeouts(2.0, 60.0)
