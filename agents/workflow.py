@@ -80,8 +80,9 @@ def json_path(path: str, value: Any = _UNSET) -> Condition:
 
 def never() -> Condition:
     """A condition no output meets. An edge with it orders two nodes but never makes the target run
-    (see `Workflow.only_if`)."""
-    return Condition("regex", "(?!)")
+    (see `Workflow.only_if`). Every output contains "", so the negation holds for none (and needs
+    no regex: the gateway runs regexes on RE2, which has no lookaround such as `(?!)`)."""
+    return Condition("contains", "", negate=True)
 
 
 @dataclass(frozen=True, eq=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
 
@@ -38,8 +39,11 @@ class Tokenizer:
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
         if self._template is None:
             raise BadRequestError("this model has no chat template; use /v1/completions or /generate")
-        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                     bos_token=self.bos_token, eos_token=self.eos_token, **kwargs)
+        try:
+            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                         bos_token=self.bos_token, eos_token=self.eos_token, **kwargs)
+        except (TemplateError, TypeError, ValueError) as exc:  # messages the template cannot render: the caller's
+            raise BadRequestError(f"chat template: {exc}", param="messages") from None
 
 
 def _token_str(tok) -> str:

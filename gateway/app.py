@@ -15,7 +15,9 @@ import logging
 
 import aiohttp
 from aiohttp import web
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway.api import openai_proxy, system, templates, workflows
@@ -59,7 +61,16 @@ async def _session(app: web.Application):
 
 
 async def _redis(app: web.Application):
-    redis = Redis.from_url(app[CONFIG].redis_url, decode_responses=True)
+    """One bounded pool: past `redis_max_connections` a command waits for a free connection (up to
+    redis_pool_timeout_s) rather than failing with "Too many connections"; a command that gets no
+    answer in redis_timeout_s fails (a paused Redis) and is tried once more on a fresh connection (one
+    that a restart closed). Waiting out longer outages is the scheduler's job (state/journal.py)."""
+    config = app[CONFIG]
+    pool = BlockingConnectionPool.from_url(
+        config.redis_url, max_connections=config.redis_max_connections, timeout=config.redis_pool_timeout_s,
+        socket_timeout=config.redis_timeout_s, socket_connect_timeout=config.redis_timeout_s,
+        retry=Retry(NoBackoff(), 1), decode_responses=True)
+    redis = Redis.from_pool(pool)
     app[REDIS] = redis
     app[STORE] = WorkflowStore(redis, app[CONFIG].key_prefix)
     app[TEMPLATES] = TemplateStore(redis, app[CONFIG].key_prefix)

@@ -27,7 +27,20 @@ class GatewayConfig:
     worker_concurrency: int = 0
     # A replica owns the workflows it runs through a Redis lease; an expired lease lets another take over.
     lease_ttl_s: float = 10.0
+    # A worker call that is not streamed must answer within this; a streamed one is bounded by the two
+    # below instead (None: the worker kind's default, workers/pool.py STREAM_TIMEOUTS).
     request_timeout_s: float = 600.0
+    first_token_timeout_s: float | None = None
+    inter_token_timeout_s: float | None = None
+    # Redis: at most `redis_max_connections` connections (a command waits up to `redis_pool_timeout_s` for
+    # one), each command up to `redis_timeout_s`. The scheduler's state writes are retried with backoff for
+    # up to `redis_retry_s` (an outage that long is waited out); token events are buffered meanwhile, at
+    # most `redis_buffer_events` (more are dropped; each node's output is in its node_finished event anyway).
+    redis_max_connections: int = 128
+    redis_pool_timeout_s: float = 30.0
+    redis_timeout_s: float = 5.0
+    redis_retry_s: float = 60.0
+    redis_buffer_events: int = 10_000
     default_max_tokens: int = 128
     retry_after_s: int = 1
     # Where the tokenizer used for prefix hashing lives; None = ask the workers (/get_model_info).

@@ -37,6 +37,25 @@ def add_gateway_args(p: argparse.ArgumentParser) -> None:
                         "plus the workflow's own; plain calls keep theirs (none = 0); 0 = no precedence (the "
                         "default: bench_workflows measured no gain from 1 against sglang-router)")
     p.add_argument("--log-level", default="info")
+    faults = p.add_argument_group("faults (Redis outages, hung workers)")
+    faults.add_argument("--redis-max-connections", type=int, default=128,
+                        help="Redis connection pool size; past it a command waits for a free connection")
+    faults.add_argument("--redis-pool-timeout", type=float, default=30.0,
+                        help="seconds a Redis command waits for a free connection before it fails")
+    faults.add_argument("--redis-timeout", type=float, default=5.0, help="seconds one Redis command may take")
+    faults.add_argument("--redis-retry", type=float, default=60.0,
+                        help="seconds workflow state writes are retried through a Redis outage; past it the "
+                             "workflow is resumed from Redis once it is back")
+    faults.add_argument("--redis-buffer-events", type=int, default=10_000,
+                        help="token events held back while Redis is away (more are dropped from the event stream)")
+    faults.add_argument("--request-timeout", type=float, default=600.0,
+                        help="seconds a worker has to answer a call that is not streamed")
+    faults.add_argument("--first-token-timeout", type=float, default=None,
+                        help="seconds a worker has for a streamed call's first token (default: by worker kind, "
+                             "180 for the embedded CPU engine, 60 for others); then it is retried elsewhere")
+    faults.add_argument("--inter-token-timeout", type=float, default=None,
+                        help="seconds a worker may pause between two tokens of a streamed call (default: by "
+                             "worker kind, 60 for the embedded CPU engine, 30 for others)")
     aware = p.add_argument_group("agent awareness (prediction, prefetch, pins, token pipelining)")
     aware.add_argument("--no-prediction", dest="prediction", action="store_false",
                        help="ablation: no prediction at all (no prefetch, no pins, no token pipelining)")
@@ -57,6 +76,14 @@ def add_gateway_args(p: argparse.ArgumentParser) -> None:
                        help="seconds a tool call is expected to take before any was measured")
 
 
+def fault_options(args: argparse.Namespace) -> dict:
+    """GatewayConfig fields from the fault-handling flags."""
+    return dict(redis_max_connections=args.redis_max_connections, redis_pool_timeout_s=args.redis_pool_timeout,
+                redis_timeout_s=args.redis_timeout, redis_retry_s=args.redis_retry,
+                redis_buffer_events=args.redis_buffer_events, request_timeout_s=args.request_timeout,
+                first_token_timeout_s=args.first_token_timeout, inter_token_timeout_s=args.inter_token_timeout)
+
+
 def awareness_options(args: argparse.Namespace) -> dict:
     """GatewayConfig fields from the agent-awareness flags."""
     return dict(prediction=args.prediction, pinning=args.pinning, token_pipelining=args.token_pipelining,
@@ -75,6 +102,11 @@ def run_gateway(args: argparse.Namespace) -> int:
     if not (0 <= args.kv_credit_l2 <= 1 and 0 <= args.kv_credit_l3 <= 1):
         print("--kv-credit-l2 and --kv-credit-l3 must be in [0, 1]", file=sys.stderr)
         return 2
+    if args.redis_max_connections < 1 or any(v is not None and v <= 0 for v in (
+            args.redis_pool_timeout, args.redis_timeout, args.redis_retry, args.request_timeout,
+            args.first_token_timeout, args.inter_token_timeout)):
+        print("--redis-max-connections must be at least 1 and every timeout positive", file=sys.stderr)
+        return 2
     redis_url = args.redis_url or os.environ.get("REDIS_URL")
     private = None
     if not redis_url:
@@ -88,7 +120,7 @@ def run_gateway(args: argparse.Namespace) -> int:
                            kvindex_group=args.kvindex_group or f"kvindex:{socket.gethostname()}:{args.port}",
                            kv_credit_l2=args.kv_credit_l2, kv_credit_l3=args.kv_credit_l3,
                            kv_recent_s=max(args.kv_recent_s, 0.0), workflow_priority=args.workflow_priority,
-                           **awareness_options(args))
+                           **awareness_options(args), **fault_options(args))
     print(f"agentgate gateway listening on http://{args.host}:{args.port} (policy {args.policy}, "
           f"{len(config.worker_urls)} worker(s), redis {redis_url})", flush=True)
     try:

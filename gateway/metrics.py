@@ -73,6 +73,11 @@ class Metrics:
         self.cached_tokens = Counter("agentgate_gateway_cached_tokens_total",
                                      "Prompt tokens the workers served from their prefix cache")
         self.routed = Counter("agentgate_gateway_routed_total", "Calls routed, by worker")
+        # Redis outages survived (gateway/state/journal.py).
+        self.state_retries = Counter("agentgate_gateway_state_write_retries_total",
+                                     "State writes to Redis retried after a failure")
+        self.events_dropped = Counter("agentgate_gateway_events_dropped_total",
+                                      "Token events dropped because the outage buffer was full")
         # Agent awareness (gateway/scheduler/awareness.py, prefetch.py, tagged.py).
         self.predictions = Counter("agentgate_gateway_predictions_total",
                                    "Predicted calls whose prefix was prefetched, by source (workflow|client) and "

@@ -8,9 +8,10 @@ import time
 
 import orjson
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from engine.errors import AgentGateError, BadRequestError, error_body
-from gateway.errors import NoWorkerError, PayloadTooLargeError
+from gateway.errors import NoWorkerError, PayloadTooLargeError, StateUnavailableError
 from gateway.keys import CONFIG, METRICS
 
 log = logging.getLogger("agentgate.gateway")
@@ -58,9 +59,15 @@ async def error_middleware(request: web.Request, handler):
         resp = await handler(request)
         status = resp.status
         return resp
-    except NoWorkerError as exc:
+    except (NoWorkerError, StateUnavailableError) as exc:
         status = exc.status
         return json_response(exc.to_json(), status=exc.status, headers={"Retry-After": str(exc.retry_after)})
+    except RedisError as exc:  # a read that Redis did not answer: the client may ask again
+        log.warning("%s %s: Redis: %s", request.method, request.path, exc)
+        err = StateUnavailableError(f"the state store (Redis) is unavailable: {exc}",
+                                    retry_after=request.app[CONFIG].retry_after_s)
+        status = err.status
+        return json_response(err.to_json(), status=err.status, headers={"Retry-After": str(err.retry_after)})
     except AgentGateError as exc:
         status = exc.status
         return json_response(exc.to_json(), status=exc.status)

@@ -1,12 +1,15 @@
 """OpenAI-compatible calls and SGLang /generate, routed to a worker and passed through.
 
-The body is forwarded as the client sent it, minus `agent_hints` (which may also
-come as `x-agent-*` headers; neither reaches the worker). Responses — JSON or
-SSE — are relayed byte for byte, so the worker's `usage` (with
-prompt_tokens_details.cached_tokens) reaches the client untouched. A call that
-cannot connect, gets a 5xx, or whose JSON reply breaks off is retried on another
-worker (nothing was relayed yet); once streaming has begun, a broken worker ends
-the stream with an error event.
+The body is checked first (forwarded.py: a malformed one is the client's 400,
+never a worker's failure), then forwarded as the client sent it, minus
+`agent_hints` (which may also come as `x-agent-*` headers; neither reaches the
+worker). Responses — JSON or SSE — are relayed byte for byte, so the worker's
+`usage` (with prompt_tokens_details.cached_tokens) reaches the client untouched.
+A call that cannot connect, gets a 5xx, times out before its first token, or
+whose JSON reply breaks off is retried on another worker (nothing was relayed
+yet); once streaming has begun, a broken or stalled worker ends the stream with
+an error event. Each of those counts against the worker's breaker. The worker
+slot a call holds is given back in one `finally`, whatever ends the call.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from engine.errors import AgentGateError, BadRequestError
+from engine.errors import AgentGateError, BadRequestError, ServiceUnavailableError
+from gateway.api.forwarded import check_call
 from gateway.api.http import json_response, parse_json, read_body
 from gateway.api.schemas import AgentHints
 from gateway.errors import NoWorkerError, WorkerCallError
@@ -25,7 +29,9 @@ from gateway.keys import CONFIG, HASHER, METRICS, POLICY, POOL, TEMPLATES
 from gateway.router.base import RouteRequest
 from gateway.scheduler.awareness_ctx import TAGGED
 from gateway.scheduler.executor import with_priority
+from gateway.workers.client import StreamTimeouts
 from gateway.workers.http1 import Response
+from gateway.workers.pool import WorkerPool
 
 log = logging.getLogger("agentgate.gateway")
 PROXY_ATTEMPTS = 3
@@ -79,6 +85,7 @@ async def proxy(request: web.Request, path: str) -> web.StreamResponse:
     if not isinstance(body, dict):
         raise BadRequestError("the request body must be a JSON object")
     hints = extract_hints(body, request.headers)
+    check_call(path, body)
     tagged = None
     if hints is not None and hints.template and hints.node_id:
         agent = hints.agent_id or hints.workflow_id or request.remote or "anonymous"
@@ -95,6 +102,7 @@ async def proxy(request: web.Request, path: str) -> web.StreamResponse:
     needs_prefix = policy.uses_prefix and len(pool.healthy()) > 1
     route = await route_request(request, path, body) if needs_prefix else RouteRequest(prompt_tokens=0)
     payload = raw if hints is None else orjson.dumps(body)  # as sent, unless agent_hints came out of it
+    streamed = body.get("stream") is True
     tried: list[str] = []
     last_error: WorkerCallError | None = None
     for _ in range(PROXY_ATTEMPTS):
@@ -107,25 +115,28 @@ async def proxy(request: web.Request, path: str) -> web.StreamResponse:
         policy.on_routed(route, url)
         worker = pool.reserve(url)
         metrics.routed.inc(worker=url)
+        timeouts = pool.stream_timeouts(worker) if streamed else None
         resp = data = None
+        served = False
         try:
-            resp = await worker.client.open("POST", path, payload)
-            if resp.content_type != "text/event-stream":  # read it all here, while another worker may retry it
-                data = await worker.client.read(resp, f"POST {path}")
-        except WorkerCallError as exc:
+            try:
+                resp = await worker.client.open("POST", path, payload,
+                                                timeout_s=timeouts.first_token_s if timeouts else None)
+                if resp.content_type != "text/event-stream":  # read it all here, while another worker may retry it
+                    data = await worker.client.read(resp, f"POST {path}")
+            except WorkerCallError as exc:
+                pool.record_failure(url, exc)
+                tried.append(url)
+                last_error = exc
+                continue
+            served = True
+            return _reply(resp, data, metrics) if data is not None else \
+                await _relay_stream(request, resp, pool, url, timeouts)
+        finally:  # the one place this call's slot (and its worker connection) is given back
             if resp is not None:
                 resp.release()
             pool.release(url)
-            pool.record_failure(url, exc)
-            tried.append(url)
-            last_error = exc
-            continue
-        try:
-            return _reply(resp, data, metrics) if data is not None else await _relay_stream(request, resp, url)
-        finally:
-            resp.release()
-            pool.release(url)
-            if tagged is not None:
+            if tagged is not None and served:
                 request.app[TAGGED].end(tagged, url)
     retry_after = request.app[CONFIG].retry_after_s
     if last_error is not None:
@@ -144,23 +155,31 @@ def _reply(resp: Response, data: bytes, metrics) -> web.Response:
     return web.Response(body=data, status=resp.status, content_type=resp.content_type or "application/json")
 
 
-async def _relay_stream(request: web.Request, resp: Response, url: str) -> web.StreamResponse:
+async def _relay_stream(request: web.Request, resp: Response, pool: WorkerPool, url: str,
+                        timeouts: StreamTimeouts | None) -> web.StreamResponse:
     out = web.StreamResponse(status=resp.status, headers={"Content-Type": "text/event-stream",
                                                           "Cache-Control": "no-cache"})
     await out.prepare(request)
     chunks = resp.iter_chunks().__aiter__()
+    started = False
     while True:
         try:
             chunk = await chunks.__anext__()
         except StopAsyncIteration:
             break
         except OSError as exc:  # timeouts included
-            # The worker broke mid-stream: tell the client instead of leaving it hanging.
-            log.warning("stream from %s broke: %r", url, exc)
-            err = {"error": {"message": f"worker stream broken: {exc!r}", "type": "service_unavailable",
-                             "code": 503}}
-            await out.write(b"data: " + orjson.dumps(err) + b"\n\ndata: [DONE]\n\n")
+            # The worker broke or stalled mid-stream: tell the client instead of leaving it hanging.
+            stalled = isinstance(exc, TimeoutError)
+            what = "timed out: " + ("no token between tokens" if started else "no first token") if stalled \
+                else f"stream broken: {exc!r}"
+            log.warning("stream from %s: %s", url, what)
+            pool.record_failure(url, WorkerCallError(url, what, timed_out=stalled))
+            err = ServiceUnavailableError(f"worker {what}")  # code: its status, which SDKs map to a type
+            await out.write(b"data: " + orjson.dumps(err.to_json()) + b"\n\ndata: [DONE]\n\n")
             break
+        if timeouts is not None:
+            resp.extend(timeouts.inter_token_s)
+        started = True
         # A client gone raises here; releasing the worker response then closes it, and the worker aborts.
         await out.write(chunk)
     await out.write_eof()

@@ -7,13 +7,14 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gateway.api.forwarded import Sampling
 from gateway.errors import ValidationProblems
+from gateway.planner.conditions import RegexUnsupported, compile_regex
 from gateway.planner.spec import Condition, EdgeSpec, NodeSpec, WorkflowSpec
 from gateway.planner.templates import TemplateEdge, TemplateGraph
 
-# Sampling fields of a node forwarded to the worker's /v1/chat/completions as they are.
-SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "stop", "stop_token_ids", "seed", "ignore_eos",
-                   "frequency_penalty", "presence_penalty", "repetition_penalty", "min_tokens")
+# Sampling fields of a node, forwarded to the worker's /v1/chat/completions as they are.
+SAMPLING_FIELDS = tuple(Sampling.model_fields)
 CONDITION_KINDS = ("contains", "regex", "equals", "json_path")
 
 
@@ -32,11 +33,10 @@ class ConditionIn(BaseModel):
         if len(given) != 1:
             raise ValueError(f"a condition needs exactly one of {', '.join(CONDITION_KINDS)}")
         if self.regex is not None:
-            import re
             try:
-                re.compile(self.regex)
-            except re.error as exc:
-                raise ValueError(f"invalid regex: {exc}") from None
+                compile_regex(self.regex)
+            except RegexUnsupported as exc:
+                raise ValueError(str(exc)) from None
         return self
 
     def to_spec(self) -> Condition:
@@ -50,8 +50,9 @@ class MessageIn(BaseModel):
     content: str
 
 
-class NodeIn(BaseModel):
-    model_config = ConfigDict(extra="allow")  # sampling fields (SAMPLING_FIELDS) ride along
+class NodeIn(Sampling):
+    """A node; its sampling fields (SAMPLING_FIELDS, checked as a forwarded call's are) go to the worker."""
+    model_config = ConfigDict(extra="allow")
     id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_\-]+$")
     type: Literal["llm", "external"] = "llm"
     model: str | None = None
@@ -60,8 +61,7 @@ class NodeIn(BaseModel):
     max_retries: int = Field(default=2, ge=0, le=10)
 
     def to_spec(self, default_max_tokens: int) -> NodeSpec:
-        extra = self.model_extra or {}
-        params = {k: extra[k] for k in SAMPLING_FIELDS if k in extra}
+        params = {k: getattr(self, k) for k in SAMPLING_FIELDS if k in self.model_fields_set}
         return NodeSpec(id=self.id, kind=self.type, messages=tuple((m.role, m.content) for m in self.messages),
                         model=self.model, params=params, max_tokens=self.max_tokens or default_max_tokens,
                         max_retries=self.max_retries)

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from engine.errors import BadRequestError, NotFoundError
 from gateway.api.http import json_response, open_sse, read_json
 from gateway.api.schemas import NodeResultIn, WorkflowIn, parse_or_422
-from gateway.errors import ValidationProblems
+from gateway.errors import StateUnavailableError, ValidationProblems
 from gateway.keys import CONFIG, SCHEDULER, STORE
 from gateway.planner.dag import validate
 from gateway.state.prefetch_log import PrefetchLog, summarize
 
 EVENT_POLL_MS = 1000
+REDIS_WAIT_S = 0.5  # between two reads of a follower while Redis is away
 MAX_PAGE = 200
 
 
@@ -126,19 +129,32 @@ async def post_result(request: web.Request) -> web.Response:
 async def events(request: web.Request) -> web.StreamResponse:
     """SSE from the workflow's Redis stream. `Last-Event-ID` (or ?after=) resumes after that event;
     the stream ends after workflow_finished. Each client reads Redis on its own, so a slow
-    consumer only delays itself, never the scheduler."""
+    consumer only delays itself, never the scheduler. While Redis is away the client is kept
+    (keep-alive comments) for as long as the scheduler waits for Redis; past that the stream ends
+    with an `error` event, and the client resumes from its Last-Event-ID."""
     wf_id = request.match_info["id"]
-    store = request.app[STORE]
+    store, config = request.app[STORE], request.app[CONFIG]
     await _load(request, wf_id)
     after = request.headers.get("Last-Event-ID") or request.query.get("after") or "0-0"
     resp = await open_sse(request)
-    done = False
+    done, down_since = False, None
     while not done:
-        batch = await store.read_events(wf_id, after, block_ms=EVENT_POLL_MS)
+        try:
+            batch = await store.read_events(wf_id, after, block_ms=EVENT_POLL_MS)
+            ended = not batch and await _replayed_all(store, wf_id, after)
+            down_since = None
+        except (OSError, RedisError) as exc:
+            down_since = down_since or time.monotonic()
+            if time.monotonic() - down_since > config.redis_retry_s:
+                err = StateUnavailableError(f"the state store (Redis) is unavailable: {exc}")
+                await resp.write(b"event: error\ndata: %s\n\n" % orjson.dumps(err.to_json()))
+                break
+            await resp.write(b": waiting for Redis\n\n")
+            await asyncio.sleep(REDIS_WAIT_S)
+            continue
+        if ended:
+            break  # ended before this client connected and everything was replayed
         if not batch:
-            meta = await store.meta(wf_id)
-            if meta is None or meta["status"] != "running" and not await store.read_events(wf_id, after):
-                break  # ended before this client connected and everything was replayed
             await resp.write(b": keep-alive\n\n")
             continue
         for eid, type_, data in batch:
@@ -150,3 +166,9 @@ async def events(request: web.Request) -> web.StreamResponse:
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     return resp
+
+
+async def _replayed_all(store, wf_id: str, after: str) -> bool:
+    """The workflow ended (or is gone) and nothing after `after` is left to send."""
+    meta = await store.meta(wf_id)
+    return meta is None or meta["status"] != "running" and not await store.read_events(wf_id, after)

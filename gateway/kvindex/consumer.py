@@ -38,7 +38,7 @@ import aiohttp
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
 from engine.kvcache.publisher import redact
 from engine.kvcache.wire import HEARTBEAT_TTL_S, EventBatch, stream_key

@@ -1,15 +1,41 @@
-"""Edge conditions on an upstream node's output: contains / regex / equals / JSON path."""
+"""Edge conditions on an upstream node's output: contains / regex / equals / JSON path.
+
+A regex is a client's pattern run on a model's output, on the event loop: it runs
+on RE2, whose matching takes time linear in the output whatever the pattern
+(Python's `re` backtracks: `(a+)+$` on 30 characters would stall the gateway for
+minutes). What RE2 lacks — backreferences, lookaround — is refused when the
+workflow is submitted (a 422), so no pattern falls back to a backtracking engine.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
+
+import re2
 
 from gateway.planner.spec import Condition
 
 _MISSING = object()
 _PATH_TOKEN = re.compile(r"\[(\d+)\]|\.?([^.\[\]]+)")
+
+
+class RegexUnsupported(ValueError):
+    """The pattern is not valid RE2 syntax (a backreference, lookaround, or just malformed)."""
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_regex(pattern: str):
+    options = re2.Options()
+    options.log_errors = False  # a refused pattern is the client's error, reported to it; not the process's
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        detail = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise RegexUnsupported(f"regex {pattern!r} is not supported: {detail} (conditions run on RE2: no "
+                               "backreferences or lookaround)") from None
 
 
 def parse_json_path(path: str) -> list[str | int]:
@@ -54,7 +80,7 @@ def evaluate(cond: Condition, output: str) -> bool:
     if cond.kind == "contains":
         result = cond.value in output
     elif cond.kind == "regex":
-        result = re.search(cond.value, output) is not None
+        result = compile_regex(cond.value).search(output) is not None
     elif cond.kind == "equals":
         result = output.strip() == cond.value.strip()
     elif cond.kind == "json_path":

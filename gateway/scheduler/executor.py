@@ -3,7 +3,8 @@
 The call is an OpenAI chat completion with stream=True and include_usage, so any
 SGLang-API worker serves it; `rid` names it so a cancel can abort it on the
 worker. Text deltas go to `on_delta` as they arrive (SSE token events). A stream
-that ends without a finish_reason counts as a broken call (retryable).
+that ends without a finish_reason counts as a broken call (retryable), and so
+does one that stops coming (client.py: first-token and inter-token timeouts).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from gateway.errors import WorkerCallError
 from gateway.planner.spec import NodeSpec
 from gateway.planner.templating import render
-from gateway.workers.client import WorkerClient
+from gateway.workers.client import StreamTimeouts, WorkerClient
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,15 @@ def chat_body(spec: NodeSpec, messages: list[dict], rid: str, model: str | None,
 
 
 async def run_chat(client: WorkerClient, body: dict, on_delta: Callable[[str], Awaitable[None]],
-                   on_first: Callable[[], None] | None = None) -> CallResult:
+                   on_first: Callable[[], None] | None, timeouts: StreamTimeouts) -> CallResult:
     text, usage, finish = [], None, None
-    async for chunk in client.stream_json("/v1/chat/completions", body):
+    async for chunk in client.stream_json("/v1/chat/completions", body, timeouts):
+        if not isinstance(chunk, dict):
+            raise WorkerCallError(client.url, f"a stream chunk is not a JSON object: {str(chunk)[:80]}")
         if "error" in chunk:
             err = chunk["error"]
-            raise WorkerCallError(client.url, f"error mid-stream: {err.get('message', err)}", retryable=False)
+            message = err.get("message", err) if isinstance(err, dict) else err
+            raise WorkerCallError(client.url, f"error mid-stream: {message}", retryable=False)
         for choice in chunk.get("choices") or ():
             delta = (choice.get("delta") or {}).get("content")
             if delta:

@@ -96,6 +96,7 @@ class Prefetcher:
         self.queues: dict[str, set[tuple[str, str]]] = {}  # url → slot keys with a wanted intent
         self.ledger: dict[tuple[str, str], set[tuple[str, str]]] = {}  # (url, pin id) → holding slots
         self.tasks: set[asyncio.Task] = set()
+        self.closing = False
         self.on_change: Callable[[Slot, str, dict], None] | None = None  # (slot, "done"|"failed", detail)
 
     # -- intents -------------------------------------------------------------------------------
@@ -179,6 +180,7 @@ class Prefetcher:
             self._pump(url)
 
     async def close(self) -> None:
+        self.closing = True
         await cancel_and_wait(list(self.tasks))
         unpins = [self._unpin(url, pin_id) for url, pin_id in list(self.ledger)]
         self.ledger.clear()
@@ -227,7 +229,8 @@ class Prefetcher:
             self.inflight[url] = self.inflight.get(url, 0) + 1
             task = asyncio.create_task(self._send(slot, intent), name=f"prefetch {url}")
             self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            # The task's end — however it came, a cancel before it ran included — gives back what it held.
+            task.add_done_callback(lambda t, slot=slot, url=url: self._sent(t, slot, url))
 
     # -- one prefetch --------------------------------------------------------------------------------
     async def _send(self, slot: Slot, intent: Intent) -> None:
@@ -244,13 +247,18 @@ class Prefetcher:
             self._failed(slot, intent, exc)
         else:
             self._landed(slot, intent, result, ttl)
-        finally:
-            slot.running = False
-            self.inflight[url] = max(self.inflight.get(url, 1) - 1, 0)
-            if slot.released:
-                self._unhold(slot)
-            elif slot.wanted is not None:
-                self.queues.setdefault(slot.url, set()).add(slot.key)
+
+    def _sent(self, task: asyncio.Task, slot: Slot, url: str) -> None:
+        self.tasks.discard(task)
+        slot.running = False
+        self.inflight[url] = max(self.inflight.get(url, 1) - 1, 0)
+        if slot.released:
+            self._unhold(slot)
+        elif slot.wanted is not None:
+            self.queues.setdefault(slot.url, set()).add(slot.key)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("prefetch for %s on %s crashed", slot.key, url, exc_info=task.exception())
+        if not self.closing:
             self._pump(url)
 
     def _landed(self, slot: Slot, intent: Intent, result: PrefetchResult, ttl: float | None) -> None:

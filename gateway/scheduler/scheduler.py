@@ -9,11 +9,16 @@ it has waited, so no workflow starves under load; then the workflow that has had
 fewer calls dispatched so far (fair share: equal work interleaves across
 workflows); then first come. No healthy worker: nodes wait, never fail.
 
-Failure: a retryable call failure puts the node back in the ready set, excluding
-the workers that failed it while others exist, up to `max_retries`; past that the
-workflow fails with the cause and its other calls are aborted. Every state change
-is written to Redis before it is acted on (state/store.py); ownership of a
-workflow is a lease there, so a restarted gateway or another replica resumes it.
+Failure: a retryable call failure (connection, 5xx, no first token or a stall
+between tokens in time) puts the node back in the ready set, excluding the workers
+that failed it while others exist, up to `max_retries`; past that the workflow
+fails with the cause (a worker's refusal keeps the worker's message) and its other
+calls are aborted. Every state change is written to Redis before it is acted on
+(state/store.py), through the journal that waits out Redis outages
+(state/journal.py); ownership of a workflow is a lease there, so a restarted
+gateway or another replica resumes it. A dispatched node's worker slot is a
+`NodeCall` (ownership.py) that its task gives back however it ends, and every
+task runs under `Lifecycle.guarded`, so no fault strands a slot or a workflow.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from gateway.router.base import RouteRequest, RoutingPolicy
 from gateway.router.prompts import PromptHasher
 from gateway.scheduler.executor import chat_body, render_messages, run_chat
 from gateway.scheduler.lifecycle import CANCELLED, Lifecycle
+from gateway.scheduler.ownership import NodeCall
 from gateway.scheduler.run import NodeState, WorkflowRun
 from gateway.state.store import WorkflowStore
 from gateway.workers.pool import WorkerPool
@@ -53,15 +59,20 @@ class Scheduler(Lifecycle):
     # -- entry points ----------------------------------------------------------------------------
     async def submit(self, spec: WorkflowSpec) -> str:
         wf_id = "wf-" + uuid.uuid4().hex[:16]
-        created = await self.store.create(wf_id, spec_to_json(spec), template=spec.template, priority=spec.priority)
-        await self.store.claim(wf_id, self.owner, self.config.lease_ttl_s)
+        created = await self.journal.write(self.store.create, wf_id, spec_to_json(spec), template=spec.template,
+                                           priority=spec.priority)
+        # It exists from here on: whatever fails next, it runs (here, or resumed) and its id is the answer.
         run = WorkflowRun(wf_id, spec, created)
         self.runs[wf_id] = run
         self.metrics.workflows.inc(status="submitted")
-        async with run.resolving:
-            await self.store.append_event(wf_id, "workflow_started", {"workflow": wf_id})
-            await self.advance(run)
+        await self.guarded(run, self._start(run), "start")
         return wf_id
+
+    async def _start(self, run: WorkflowRun) -> None:
+        await self.journal.write(self.store.claim, run.id, self.owner, self.config.lease_ttl_s)
+        async with run.resolving:
+            await self.journal.event(run.id, "workflow_started", {"workflow": run.id})
+            await self.advance(run)
 
     async def resume(self, wf_id: str) -> None:
         meta = await self.store.meta(wf_id)
@@ -76,13 +87,16 @@ class Scheduler(Lifecycle):
         self.runs[wf_id] = run
         log.info("resuming workflow %s (%d nodes finished)", wf_id,
                  sum(s.status == "finished" for s in run.nodes.values()))
+        await self.guarded(run, self._resumed(run, bool(meta.get("cancel"))), "resume")
+
+    async def _resumed(self, run: WorkflowRun, cancel: bool) -> None:
         async with run.resolving:
-            await self.store.append_event(wf_id, "workflow_resumed", {"workflow": wf_id, "owner": self.owner})
-            if meta.get("cancel"):  # asked while no replica ran it: end it before dispatching anything
+            await self.journal.event(run.id, "workflow_resumed", {"workflow": run.id, "owner": self.owner})
+            if cancel:  # asked while no replica ran it: end it before dispatching anything
                 await self.finish(run, "cancelled", CANCELLED)
                 return
             await self.advance(run)
-        await self.serve_requests(wf_id)  # results posted while no replica ran it
+        await self.serve_requests(run.id)  # results posted while no replica ran it
 
     # -- ready set → workers -----------------------------------------------------------------------
     def enqueue(self, run: WorkflowRun, node: str) -> None:
@@ -114,18 +128,22 @@ class Scheduler(Lifecycle):
                 candidates = self.pool.available()  # only failed workers are left: try them again
             if not candidates:
                 continue
-            messages = render_messages(run.node_spec(key[1]), run.outputs(), run.spec.inputs)
-            route = self._route(messages)
-            url = self.policy.choose(route, candidates)
-            if self.awareness is not None:  # where its prefix was prefetched, unless clearly busier
-                url = self.awareness.choose_worker(run, key[1], candidates, url)
-            self.policy.on_routed(route, url)
-            self.pool.reserve(url)
             del self.ready[key]
+            try:
+                messages = render_messages(run.node_spec(key[1]), run.outputs(), run.spec.inputs)
+                route = self._route(messages)
+                url = self.policy.choose(route, candidates)
+                if self.awareness is not None:  # where its prefix was prefetched, unless clearly busier
+                    url = self.awareness.choose_worker(run, key[1], candidates, url)
+                self.policy.on_routed(route, url)
+            except Exception as exc:  # a bug must fail this workflow, not stop every dispatch
+                log.exception("dispatching %s/%s failed", run.id, key[1])
+                self.track(run, key[1], self.fail(run, f"internal error dispatching node '{key[1]}': {exc!r}"))
+                continue
+            call = NodeCall(self.pool, run, key[1], url)  # the slot is the task's from here on
             state.status = "running"
-            run.running += 1
             run.dispatched += 1
-            self.track(run.id, key[1], self._run_llm(run, key[1], url, messages))
+            self.track(run, key[1], self._run_llm(call, messages), call)
             sent += 1
         return sent
 
@@ -151,57 +169,50 @@ class Scheduler(Lifecycle):
                 await self._enqueued.wait()
 
     # -- one LLM node --------------------------------------------------------------------------------
-    async def _run_llm(self, run: WorkflowRun, node: str, url: str, messages: list[dict]) -> None:
+    async def _run_llm(self, call: NodeCall, messages: list[dict]) -> None:
+        run, node, url = call.run, call.node, call.url
         spec, state = run.node_spec(node), run.nodes[node]
-        worker = self.pool.workers[url]
         state.attempts += 1
         state.worker, state.rid, state.error = url, f"{run.id}.{node}.{state.attempts}", None
         state.started, state.first_token = time.time(), None
         try:
-            await self.store.save_node(run.id, node, state.to_json())
-            await self.store.append_event(run.id, "node_started", {"node": node, "worker": url,
-                                                                   "attempt": state.attempts})
+            await self.journal.save_node(run.id, node, state.to_json())
+            await self.journal.event(run.id, "node_started", {"node": node, "worker": url, "attempt": state.attempts})
 
             async def on_delta(text: str) -> None:
                 if self.awareness is not None:
                     self.awareness.on_tokens(run, node, text)
-                await self.store.append_event(run.id, "token", {"node": node, "text": text})
+                self.journal.token(run.id, {"node": node, "text": text})
 
             def on_first() -> None:
                 state.first_token = time.time()
                 if self.awareness is not None:
                     self.awareness.on_call_started(run, node)
 
+            worker = self.pool.workers.get(url)
+            if worker is None:
+                raise WorkerCallError(url, "the worker left the pool")
             body = chat_body(spec, messages, state.rid, worker.model_info.get("served_model_name"),
                              self.config.workflow_priority + run.spec.priority)
-            result = await run_chat(worker.client, body, on_delta, on_first)
+            result = await run_chat(worker.client, body, on_delta, on_first, self.pool.stream_timeouts(worker))
         except WorkerCallError as exc:
-            self._release(run, url)
+            call.release()  # first, so the retry may take the slot
             async with run.resolving:
                 await self._call_failed(run, node, url, exc)
             return
-        except asyncio.CancelledError:
-            self._release(run, url)
-            raise
-        # The slot is freed only after the successors are enqueued, so they compete for it at once
-        # (the critical path continues on the slot its predecessor just left).
-        try:
-            async with run.resolving:
-                state.status, state.output, state.usage = "finished", result.text, result.usage
-                state.finished = time.time()
-                self.metrics.observe_usage(result.usage)
-                await self.store.save_node(run.id, node, state.to_json())
-                await self.store.append_event(run.id, "node_finished", {
-                    "node": node, "status": "finished", "output": result.text, "usage": result.usage,
-                    "worker": url, "finish_reason": result.finish_reason})
-                self.metrics.nodes.inc(status="finished")
-                await self.advance(run)
-        finally:
-            self._release(run, url)
-
-    def _release(self, run: WorkflowRun, url: str) -> None:
-        run.running -= 1
-        self.pool.release(url)
+        async with run.resolving:
+            state.status, state.output, state.usage = "finished", result.text, result.usage
+            state.finished = time.time()
+            self.metrics.observe_usage(result.usage)
+            await self.journal.save_node(run.id, node, state.to_json())
+            await self.journal.event(run.id, "node_finished", {
+                "node": node, "status": "finished", "output": result.text, "usage": result.usage,
+                "worker": url, "finish_reason": result.finish_reason})
+            self.metrics.nodes.inc(status="finished")
+            await self.advance(run)
+        # Only now, with the successors enqueued, so they compete for the slot at once (the critical
+        # path continues on the slot its predecessor just left).
+        call.release()
 
     async def _call_failed(self, run: WorkflowRun, node: str, url: str, exc: WorkerCallError) -> None:
         """Retry the node elsewhere or fail the workflow. The caller holds run.resolving."""
@@ -214,15 +225,15 @@ class Scheduler(Lifecycle):
             if url not in state.tried:
                 state.tried.append(url)
             state.status = "ready"
-            await self.store.save_node(run.id, node, state.to_json())
-            await self.store.append_event(run.id, "node_retry", {"node": node, "worker": url, "error": str(exc),
+            await self.journal.save_node(run.id, node, state.to_json())
+            await self.journal.event(run.id, "node_retry", {"node": node, "worker": url, "error": str(exc),
                                                                  "attempt": state.attempts})
             self.metrics.nodes.inc(status="retried")
             self.enqueue(run, node)
             return
         state.status, state.finished = "failed", time.time()
-        await self.store.save_node(run.id, node, state.to_json())
-        await self.store.append_event(run.id, "node_finished", {"node": node, "status": "failed",
+        await self.journal.save_node(run.id, node, state.to_json())
+        await self.journal.event(run.id, "node_finished", {"node": node, "status": "failed",
                                                                 "error": str(exc), "worker": url})
         self.metrics.nodes.inc(status="failed")
         await self.finish(run, "failed", f"node '{node}' failed after {state.attempts} attempt(s): {exc}")
@@ -235,20 +246,20 @@ class Scheduler(Lifecycle):
             return
         ready, skipped = run.advance()
         for node in skipped:
-            await self.store.save_node(run.id, node, run.nodes[node].to_json())
-            await self.store.append_event(run.id, "node_finished", {"node": node, "status": "skipped"})
+            await self.journal.save_node(run.id, node, run.nodes[node].to_json())
+            await self.journal.event(run.id, "node_finished", {"node": node, "status": "skipped"})
             self.metrics.nodes.inc(status="skipped")
         llm_ready = []
         for node in ready:
             state = run.nodes[node]
             if run.node_spec(node).kind == "external":
                 state.status, state.started = "waiting", time.time()
-                await self.store.save_node(run.id, node, state.to_json())
+                await self.journal.save_node(run.id, node, state.to_json())
                 messages = render_messages(run.node_spec(node), run.outputs(), run.spec.inputs)
-                await self.store.append_event(run.id, "node_started", {"node": node, "external": True,
+                await self.journal.event(run.id, "node_started", {"node": node, "external": True,
                                                                        "messages": messages})
             else:
-                await self.store.save_node(run.id, node, state.to_json())
+                await self.journal.save_node(run.id, node, state.to_json())
                 llm_ready.append(node)
         for node in llm_ready:  # all at once, so the dispatcher ranks them together
             self.enqueue(run, node)

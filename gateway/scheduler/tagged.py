@@ -26,6 +26,7 @@ the gap since the previous call is learned.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -39,9 +40,11 @@ from gateway.router.base import WorkerView
 from gateway.router.prompts import THREAD_THRESHOLD_CHARS
 from gateway.scheduler.awareness import Awareness
 from gateway.scheduler.prefetch import Intent
+from gateway.state.journal import OUTAGE
 from gateway.state.templates import TemplateStore
 from gateway.tasks import cancel_and_wait
 
+log = logging.getLogger("agentgate.gateway.awareness")
 MAX_AGENTS = 10_000
 MIN_CALLS_FOR_STATIC = 2
 
@@ -106,9 +109,15 @@ class TaggedCalls:
 
     def end(self, call: TaggedCall, url: str) -> None:
         """The call's response was relayed: learn from it and predict the next (in the background)."""
-        task = asyncio.create_task(self._after(call, url), name=f"tagged {call.agent}")
+        task = asyncio.create_task(self._after_logged(call, url), name=f"tagged {call.agent}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _after_logged(self, call: TaggedCall, url: str) -> None:
+        try:
+            await self._after(call, url)
+        except OUTAGE as exc:  # learning and prediction are best effort: this call's are lost
+            log.warning("agent %s: nothing learned from its call (Redis: %s)", call.agent, exc)
 
     async def _after(self, call: TaggedCall, url: str) -> None:
         aw = self.aw

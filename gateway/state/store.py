@@ -22,7 +22,15 @@ import time
 import orjson
 from redis.asyncio import Redis
 
-_REFRESH = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+# Refresh our lease; re-take it if it lapsed while Redis was away (a restart drops keys whose TTL passed
+# meanwhile) and nobody took it since, as long as the workflow is still active.
+_REFRESH = """
+local owner = redis.call('get', KEYS[1])
+if owner == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+if owner or redis.call('sismember', KEYS[2], ARGV[3]) == 0 then return 0 end
+redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])
+return 1
+"""
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
@@ -135,6 +143,14 @@ class WorkflowStore:
     async def append_event(self, wf_id: str, type_: str, data: dict) -> str:
         return await self.r.xadd(self._wf(wf_id, ":events"), {"type": type_, "data": orjson.dumps(data)})
 
+    async def append_events(self, wf_id: str, events: list[tuple[str, dict]]) -> None:
+        """Several events in one round trip, in order."""
+        key = self._wf(wf_id, ":events")
+        async with self.r.pipeline(transaction=False) as pipe:
+            for type_, data in events:
+                pipe.xadd(key, {"type": type_, "data": orjson.dumps(data)})
+            await pipe.execute()
+
     async def read_events(self, wf_id: str, after: str = "0-0", *, block_ms: int | None = None,
                           count: int = 500) -> list[tuple[str, str, dict]]:
         """Events strictly after stream id `after`; with block_ms, waits that long for the first one."""
@@ -148,10 +164,13 @@ class WorkflowStore:
 
     # -- leases (which replica runs a workflow) ------------------------------------------------------
     async def claim(self, wf_id: str, owner: str, ttl_s: float) -> bool:
-        return bool(await self.r.set(self._wf(wf_id, ":owner"), owner, nx=True, px=int(ttl_s * 1000)))
+        """True when `owner` holds the lease now: a claim retried after its reply was lost is not refused."""
+        key = self._wf(wf_id, ":owner")
+        return bool(await self.r.set(key, owner, nx=True, px=int(ttl_s * 1000))) or await self.r.get(key) == owner
 
     async def refresh(self, wf_id: str, owner: str, ttl_s: float) -> bool:
-        return bool(await self.r.eval(_REFRESH, 1, self._wf(wf_id, ":owner"), owner, int(ttl_s * 1000)))
+        return bool(await self.r.eval(_REFRESH, 2, self._wf(wf_id, ":owner"), f"{self.p}:workflows:active", owner,
+                                      int(ttl_s * 1000), wf_id))
 
     async def release(self, wf_id: str, owner: str) -> None:
         await self.r.eval(_RELEASE, 1, self._wf(wf_id, ":owner"), owner)

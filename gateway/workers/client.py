@@ -4,12 +4,17 @@ Every call goes over the worker's keep-alive connection pool (http1.py; the
 proxy's hot path cannot afford aiohttp's client). Every failure leaves as
 WorkerCallError: retryable for what another worker may serve (connection
 refused/reset, timeout, 5xx), not retryable for a 4xx (the request itself is
-bad, and every worker would say so).
+bad, and every worker would say so), whose message keeps the worker's reason.
+
+A streamed call has two deadlines instead of one for the whole call: its first
+token within `first_token_s` of sending it (a worker that accepts and never
+answers), then each next one within `inter_token_s` (a stream that stalls).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 import aiohttp
 import orjson
@@ -21,6 +26,11 @@ PROBE_TIMEOUT_S = 5.0
 # /get_load and the info endpoints wait for the engine thread between two model steps, which on a
 # loaded CPU worker takes seconds; hanging up early would only make the worker do the work for nobody.
 INFO_TIMEOUT_S = 30.0
+
+
+class StreamTimeouts(NamedTuple):
+    first_token_s: float
+    inter_token_s: float
 
 
 class WorkerClient:
@@ -79,12 +89,18 @@ class WorkerClient:
         except OSError:
             pass  # the worker is gone; nothing left to abort
 
-    async def open(self, method: str, path: str, body: bytes | None = None) -> Response:
+    async def open(self, method: str, path: str, body: bytes | None = None, *,
+                   timeout_s: float | None = None) -> Response:
         """Send a request; the caller reads (or streams) and releases the response. Raises
-        WorkerCallError for a failed connection or a 5xx, which are not the caller's fault;
-        reading the body raises OSError if the reply breaks off."""
+        WorkerCallError for a failed connection, no reply within `timeout_s` (default: the whole
+        call's request_timeout_s) or a 5xx, which are not the caller's fault; reading the body
+        raises OSError if the reply breaks off (TimeoutError once the deadline passes)."""
+        timeout_s = self.request_timeout_s if timeout_s is None else timeout_s
         try:
-            resp = await self.connections.request(method, path, body, timeout_s=self.request_timeout_s)
+            resp = await self.connections.request(method, path, body, timeout_s=timeout_s)
+        except TimeoutError as exc:
+            raise WorkerCallError(self.url, f"{method} {path}: timed out: no reply within {timeout_s:g} s",
+                                  timed_out=True) from exc
         except OSError as exc:
             raise WorkerCallError(self.url, f"{method} {path}: {exc!r}") from exc
         if resp.status >= 500:
@@ -94,7 +110,8 @@ class WorkerClient:
                 payload = b""
             finally:
                 resp.release()
-            raise WorkerCallError(self.url, f"{method} {path} -> {resp.status}", status=resp.status, body=payload)
+            raise WorkerCallError(self.url, f"{method} {path} -> {resp.status}{reason(payload)}", status=resp.status,
+                                  body=payload)
         return resp
 
     async def read(self, resp: Response, what: str) -> bytes:
@@ -104,32 +121,59 @@ class WorkerClient:
         except OSError as exc:
             raise WorkerCallError(self.url, f"{what}: reply broken: {exc!r}") from exc
 
-    async def stream_json(self, path: str, body: dict) -> AsyncIterator[dict]:
+    async def stream_json(self, path: str, body: dict, timeouts: StreamTimeouts) -> AsyncIterator[dict]:
         """POST a streaming request and yield each SSE `data:` JSON object until [DONE]."""
-        resp = await self.open("POST", path, orjson.dumps(body))
+        resp = await self.open("POST", path, orjson.dumps(body), timeout_s=timeouts.first_token_s)
         try:
             if resp.status != 200:
-                raise WorkerCallError(self.url, f"POST {path} -> {resp.status}", status=resp.status,
-                                      retryable=False, body=await self.read(resp, f"POST {path}"))
-            async for line in _sse_data(resp, self.url):
-                if line == b"[DONE]":
-                    return
-                yield orjson.loads(line)
+                payload = await self.read(resp, f"POST {path}")
+                raise WorkerCallError(self.url, f"POST {path} -> {resp.status}{reason(payload)}", status=resp.status,
+                                      retryable=False, body=payload)
+            started = False
+            try:
+                async for line in _sse_data(resp):
+                    if line == b"[DONE]":
+                        return
+                    started = True
+                    resp.extend(timeouts.inter_token_s)
+                    try:
+                        yield orjson.loads(line)
+                    except orjson.JSONDecodeError as exc:
+                        raise WorkerCallError(self.url, f"POST {path}: malformed stream data {line[:80]!r}") from exc
+            except TimeoutError as exc:
+                what = f"no token for {timeouts.inter_token_s:g} s between tokens" if started else \
+                    f"no first token within {timeouts.first_token_s:g} s"
+                raise WorkerCallError(self.url, f"POST {path}: timed out: {what}", timed_out=True) from exc
+            except OSError as exc:
+                raise WorkerCallError(self.url, f"POST {path}: stream broken: {exc!r}") from exc
         finally:
             resp.release()
 
 
-async def _sse_data(resp: Response, url: str) -> AsyncIterator[bytes]:
+def reason(payload: bytes | None) -> str:
+    """": <the worker's message>" from an error reply's body (OpenAI-shaped, or FastAPI's detail), or ""."""
+    if not payload:
+        return ""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return ": " + payload[:300].decode(errors="replace")
+    if isinstance(data, dict):
+        err = data.get("error")
+        message = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else data.get("detail")
+        if message:
+            return f": {str(message)[:500]}"
+    return ""
+
+
+async def _sse_data(resp: Response) -> AsyncIterator[bytes]:
     """The payload of each `data:` line, however the chunks cut the lines."""
     pending = b""
-    try:
-        async for chunk in resp.iter_chunks():
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()  # an unfinished line waits for the next chunk
-            for line in lines:
-                if line.startswith(b"data:"):
-                    yield line[5:].strip()
-    except OSError as exc:
-        raise WorkerCallError(url, f"stream broken: {exc!r}") from exc
+    async for chunk in resp.iter_chunks():
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()  # an unfinished line waits for the next chunk
+        for line in lines:
+            if line.startswith(b"data:"):
+                yield line[5:].strip()
     if pending.startswith(b"data:"):
         yield pending[5:].strip()

@@ -7,7 +7,8 @@ HTTP/1.1 servers on a trusted network, so this client does only what they need:
 
 - a pool of keep-alive connections per worker (LIFO, so the warmest is reused);
 - bodies framed by Content-Length, chunked transfer coding, or the connection's end;
-- one deadline per call, from sending the request to the last byte of the reply.
+- one deadline per call, from sending the request to the last byte of the reply,
+  which a streaming caller moves on as tokens arrive (`Response.extend`).
 
 A connection goes back to the pool only after its response was read to the end
 and the server did not ask to close it; anything else closes it, which is also
@@ -88,6 +89,14 @@ class Response:
             while piece := await self._guard(self._conn.reader.read(READ_SIZE)):
                 yield piece
         self._done = True
+
+    def extend(self, timeout_s: float) -> None:
+        """Move the call's deadline to `timeout_s` from now: a stream that just gave a token gets the
+        time to its next one. Nothing once released."""
+        if self._conn is None:
+            return
+        self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(timeout_s, self._conn.expire)
 
     def release(self) -> None:
         if self._conn is None:

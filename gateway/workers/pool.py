@@ -3,10 +3,14 @@
 Workers come from --worker-urls and from the Redis registry (a set of URLs that
 workers or operators add to). A background loop probes every worker each
 `health_interval_s`: /health, then /get_load. A breaker (breaker.py) takes a
-failing worker out; a passing probe puts it back. Slots: the gateway keeps at
-most `capacity` calls open on a worker, counting what the worker reports as
-running there (other clients' load included). `changed` wakes whoever waits for
-a slot or for a worker to come back.
+failing worker out; a passing probe puts it back. What counts against a
+worker is its own fault: a refused or broken connection (opens the breaker at
+once), a timeout or a 5xx (`breaker_failures` in a row). A 4xx never does: the
+request was bad, and the gateway validates requests so that a client's
+malformed body never reaches a worker to be blamed on it. Slots: the gateway
+keeps at most `capacity` calls open on a worker, counting what the worker
+reports as running there (other clients' load included). `changed` wakes
+whoever waits for a slot or for a worker to come back.
 """
 
 from __future__ import annotations
@@ -22,9 +26,14 @@ from gateway.config import DEFAULT_WORKER_SLOTS, GatewayConfig
 from gateway.errors import WorkerCallError
 from gateway.router.base import WorkerView
 from gateway.workers.breaker import CircuitBreaker
-from gateway.workers.client import WorkerClient
+from gateway.workers.client import StreamTimeouts, WorkerClient
 
 log = logging.getLogger("agentgate.gateway")
+# Streamed calls' deadlines when the configuration leaves them out, by worker kind (/get_server_info
+# "backend"): the embedded CPU engine prefills slowly and shares its cores with every call in its batch;
+# any other (SGLang on an accelerator) answers within seconds unless something is stuck.
+STREAM_TIMEOUTS = {"agentgate-engine": StreamTimeouts(first_token_s=180.0, inter_token_s=60.0),
+                   None: StreamTimeouts(first_token_s=60.0, inter_token_s=30.0)}
 
 
 @dataclass
@@ -111,11 +120,18 @@ class WorkerPool:
     async def probe_all(self) -> None:
         await asyncio.gather(*(self.probe(w) for w in list(self.workers.values())))
 
+    def stream_timeouts(self, w: WorkerState) -> StreamTimeouts:
+        default = STREAM_TIMEOUTS.get(w.server_info.get("backend"), STREAM_TIMEOUTS[None])
+        first, inter = self.config.first_token_timeout_s, self.config.inter_token_timeout_s
+        return StreamTimeouts(default.first_token_s if first is None else first,
+                              default.inter_token_s if inter is None else inter)
+
     def record_failure(self, url: str, exc: WorkerCallError) -> None:
+        """A call failed by the worker's fault (a retryable WorkerCallError; never a 4xx)."""
         w = self.workers.get(url)
-        if w is None:
+        if w is None or not exc.retryable:
             return
-        w.breaker.record_failure(hard=exc.status is None)  # no status: the connection itself failed
+        w.breaker.record_failure(hard=exc.kind == "connection")
         if not w.healthy:
             log.warning("worker %s taken out after: %s", url, exc)
             self.notify()

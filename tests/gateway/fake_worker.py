@@ -11,7 +11,9 @@ engine instead: /get_server_info says "backend": "agentgate-engine" and
 reports cached_tokens(_details) like SGLang; max_new_tokens 0 is a prefill-only
 call unless `reject_zero_max_new_tokens`.
 Replies are `reply(messages_or_prompt)`; `token_delay_s` paces streamed tokens;
-`fail_with` makes calls fail (500, or a dropped connection); cached_tokens
+`fail_with` makes calls fail (500, a dropped connection, "hang": accepted and never
+answered, "stall": the first token and then nothing); `refuse_when` answers 400 with
+a message, as a worker refusing a request's values does; cached_tokens
 counts the prompt's longest prefix (in 4-char "tokens") seen before.
 """
 
@@ -38,16 +40,17 @@ class Call:
 
 
 def default_reply(prompt) -> str:
-    if isinstance(prompt, list):
-        prompt = prompt[-1]["content"] if prompt else ""
-    return f"echo: {prompt}"
+    if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):  # chat messages
+        prompt = _text(prompt[-1].get("content")) if prompt else ""
+    return f"echo: {prompt}"  # a completion's prompt: text, or token ids as they came
 
 
 @dataclass
 class FakeWorker:
     reply: Callable = default_reply
     token_delay_s: float = 0.0
-    fail_with: str | None = None  # None | "500" | "drop"
+    fail_with: str | None = None  # None | "500" | "drop" | "hang" | "stall"
+    refuse_when: Callable[[dict], str | None] | None = None  # body → the 400's message, or None to serve it
     fail_when: Callable[[dict], bool] | None = None  # which calls fail_with applies to (default: all)
     model_path: str = "/nonexistent/fake-model"
     calls: list[Call] = field(default_factory=list)
@@ -121,8 +124,19 @@ class FakeWorker:
         body = await request.json()
         call = Call(request.path, body, time.monotonic())
         self.calls.append(call)
+        refusal = self.refuse_when(body) if self.refuse_when is not None else None
+        if refusal is not None:
+            call.end = time.monotonic()
+            raise web.HTTPBadRequest(text=orjson.dumps({"error": {"message": refusal, "type": "BadRequestError",
+                                                                  "code": 400}}).decode(),
+                                     content_type="application/json")
         if self.fail_when is not None and not self.fail_when(body):
             return call, body
+        if self.fail_with == "hang":  # accepted, never answered: only the client's own timeout ends it
+            try:
+                await asyncio.Event().wait()
+            finally:
+                call.end = time.monotonic()
         if self.fail_with == "500":
             call.end = time.monotonic()
             raise web.HTTPInternalServerError(text='{"error": {"message": "boom"}}', content_type="application/json")
@@ -141,6 +155,8 @@ class FakeWorker:
                 if self.fail_with == "drop":  # died mid-stream
                     request.transport.close()
                     return resp
+                if self.fail_with == "stall" and i == 1 and (self.fail_when is None or self.fail_when(call.body)):
+                    await asyncio.Event().wait()  # the first token went out; the rest never comes
                 await resp.write(b"data: " + orjson.dumps(make_chunk(i, piece)) + b"\n\n")
             if final is not None:
                 await resp.write(b"data: " + orjson.dumps(final) + b"\n\n")
@@ -156,7 +172,7 @@ class FakeWorker:
         call, body = await self._begin(request)
         messages = body["messages"]
         text = self.reply(messages)
-        usage = self._usage("".join(m["content"] for m in messages), text)
+        usage = self._usage("".join(_text(m.get("content")) for m in messages), text)
         env = {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": "fake-model"}
         if not body.get("stream"):
             if self.token_delay_s:
@@ -242,6 +258,13 @@ class FakeWorker:
         if self.pins.pop(body.get("pin_id"), None) is None:
             return web.json_response({"error": {"message": "no such pin"}}, status=404)
         return web.json_response({"pin_id": body["pin_id"], "unpinned": True})
+
+
+def _text(content) -> str:
+    """A message's text, from a string or OpenAI content parts (as a worker reads it)."""
+    if isinstance(content, list):
+        return "".join(p.get("text") or "" for p in content if p.get("type") == "text")
+    return content or ""
 
 
 def _pieces(text: str) -> list[str]:

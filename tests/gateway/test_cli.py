@@ -34,3 +34,19 @@ def test_gateway_subcommand_serves(redis_url, tmp_path):
         proc.terminate()
         proc.wait(timeout=10)
     assert "agentgate gateway listening on" in (tmp_path / "gateway.log").read_text()
+
+
+def test_fault_flags_reach_the_config():
+    import argparse
+
+    from gateway.main import add_gateway_args, fault_options
+
+    parser = argparse.ArgumentParser()
+    add_gateway_args(parser)
+    defaults = fault_options(parser.parse_args([]))
+    assert defaults["first_token_timeout_s"] is None and defaults["inter_token_timeout_s"] is None  # by worker kind
+    assert defaults["redis_max_connections"] == 128
+    set_ = fault_options(parser.parse_args(["--redis-max-connections", "16", "--redis-retry", "30",
+                                            "--first-token-timeout", "20", "--inter-token-timeout", "5"]))
+    assert (set_["redis_max_connections"], set_["redis_retry_s"], set_["first_token_timeout_s"],
+            set_["inter_token_timeout_s"]) == (16, 30.0, 20.0, 5.0)
