@@ -43,7 +43,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[METRICS] = Metrics()
-    app[POLICY] = make_policy(config.policy)
+    app[POLICY] = make_policy(config.policy, config)
     app[HASHER] = PromptHasher.from_model_dir(config.tokenizer_path)
     workflows.add_routes(app)
     templates.add_routes(app)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.kvindex.credit import L2_CREDIT, L3_CREDIT, RECENT_S
+from gateway.router.policies.kv_aware import AFFINITY_THRESHOLD, BALANCE_SLACK
 
 
 DEFAULT_WORKER_SLOTS = 64  # a worker's calls at once until its own limit is read (the engine's default)
@@ -59,6 +60,11 @@ class GatewayConfig:
     kv_credit_l2: float = L2_CREDIT
     kv_credit_l3: float = L3_CREDIT
     kv_recent_s: float = RECENT_S  # a prefix sent to a worker this recently counts as cached there (0 = off)
+    # kv_aware affinity (gateway/router/policies/kv_aware.py): a call goes to the worker whose own pool holds
+    # at least this share of its prompt, unless that worker carries more than balance_slack requests above
+    # the least-loaded candidate.
+    affinity_threshold: float = AFFINITY_THRESHOLD
+    balance_slack: int = BALANCE_SLACK
     # Agent awareness (gateway/scheduler/awareness.py). The three switches are the ablations:
     # prediction off = no prefetch, pins or pipelining at all; pinning off = prefetch without pins
     # (and no caller pins during tool calls); token_pipelining "on" | "off" | "auto" (auto: the

@@ -10,6 +10,7 @@ import sys
 
 from gateway.config import GatewayConfig
 from gateway.kvindex.credit import L2_CREDIT, L3_CREDIT, RECENT_S
+from gateway.router.policies.kv_aware import AFFINITY_THRESHOLD, BALANCE_SLACK
 from gateway.router.registry import POLICIES
 
 
@@ -32,6 +33,11 @@ def add_gateway_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-recent-s", type=float, default=RECENT_S,
                    help="kv_aware: a prefix sent to a worker this many seconds ago or less counts as cached there "
                         "before its KV events arrive (0 = the KV index alone)")
+    p.add_argument("--affinity-threshold", type=float, default=AFFINITY_THRESHOLD,
+                   help="kv_aware: a call goes to the worker whose own KV pool holds at least this share of its "
+                        "prompt (calls sharing a prefix batch over one copy of it) ...")
+    p.add_argument("--balance-slack", type=int, default=BALANCE_SLACK,
+                   help="... unless that worker carries more than this many requests above the least-loaded one")
     p.add_argument("--workflow-priority", type=int, default=0,
                    help="worker priority (SGLang's, higher first) of workflow calls and agent_hints-tagged calls, "
                         "plus the workflow's own; plain calls keep theirs (none = 0); 0 = no precedence (the "
@@ -99,8 +105,11 @@ def run_gateway(args: argparse.Namespace) -> int:
     from gateway.app import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if not (0 <= args.kv_credit_l2 <= 1 and 0 <= args.kv_credit_l3 <= 1):
-        print("--kv-credit-l2 and --kv-credit-l3 must be in [0, 1]", file=sys.stderr)
+    if not (0 <= args.kv_credit_l2 <= 1 and 0 <= args.kv_credit_l3 <= 1 and 0 <= args.affinity_threshold <= 1):
+        print("--kv-credit-l2, --kv-credit-l3 and --affinity-threshold must be in [0, 1]", file=sys.stderr)
+        return 2
+    if args.balance_slack < 0:
+        print("--balance-slack must be at least 0", file=sys.stderr)
         return 2
     if args.redis_max_connections < 1 or any(v is not None and v <= 0 for v in (
             args.redis_pool_timeout, args.redis_timeout, args.redis_retry, args.request_timeout,
@@ -120,6 +129,7 @@ def run_gateway(args: argparse.Namespace) -> int:
                            kvindex_group=args.kvindex_group or f"kvindex:{socket.gethostname()}:{args.port}",
                            kv_credit_l2=args.kv_credit_l2, kv_credit_l3=args.kv_credit_l3,
                            kv_recent_s=max(args.kv_recent_s, 0.0), workflow_priority=args.workflow_priority,
+                           affinity_threshold=args.affinity_threshold, balance_slack=args.balance_slack,
                            **awareness_options(args), **fault_options(args))
     print(f"agentgate gateway listening on http://{args.host}:{args.port} (policy {args.policy}, "
           f"{len(config.worker_urls)} worker(s), redis {redis_url})", flush=True)

@@ -167,6 +167,7 @@ class Stack:
         self.log_dir = log_dir
         self.tmp = Path(tempfile.mkdtemp(prefix="cell_", dir=log_dir))
         self.procs: list[subprocess.Popen] = []
+        self.roles: list[str] = []  # each process's kind, for cpu(): worker, gateway, router
         self.worker_urls: list[str] = []
         self.gateway_url: str | None = None
         self.router_url: str | None = None
@@ -216,13 +217,38 @@ class Stack:
             self.gateway_url = f"http://127.0.0.1:{port}"
             proc = self._spawn([sys.executable, "-m", "gateway.main", "--port", str(port), "--redis-url",
                                 self.redis.url, "--worker-urls", *self.worker_urls, "--tokenizer-path",
-                                str(default_model_dir()), "--log-level", "warning", *self.config.gateway],
+                                str(default_model_dir()), "--log-level", "warning", *self.config.gateway,
+                                *self.args.gateway_arg],
                                f"gateway-{port}")
             wait_healthy(self.gateway_url, proc, timeout=60)
 
     def mark(self) -> None:
-        """Count work from now on: work() and awareness() subtract what the counters say now (a warm-up's)."""
-        self._work0, self._awareness0 = self._work(), self._awareness()
+        """Count work from now on: work(), awareness() and cpu() subtract what the counters say now (a
+        warm-up's)."""
+        self._work0, self._awareness0, self._cpu0 = self._work(), self._awareness(), self._cpu()
+
+    def cpu(self) -> dict[str, float]:
+        """CPU-seconds each kind of process used since mark(): the workers, the gateway or sglang-router,
+        Redis, and this driver (the agents' own client code)."""
+        before = getattr(self, "_cpu0", {})
+        return {k: round(v - before.get(k, 0.0), 2) for k, v in self._cpu().items()}
+
+    def _cpu(self) -> dict[str, float]:
+        import psutil
+
+        out: dict[str, float] = {}
+        roles = [(p, r) for p, r in zip(self.procs, self.roles)]
+        if self.redis is not None and self.redis.proc is not None:
+            roles.append((self.redis.proc, "redis"))
+        for proc, role in roles:
+            try:
+                t = psutil.Process(proc.pid).cpu_times()
+            except psutil.Error:
+                continue
+            out[role] = out.get(role, 0.0) + t.user + t.system
+        t = psutil.Process().cpu_times()
+        out["client"] = t.user + t.system
+        return out
 
     def work(self) -> list[dict]:
         """Each worker's work counters since mark() (report.WORK_COUNTERS); a worker that cannot say is left
@@ -250,12 +276,14 @@ class Stack:
             proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
         self.procs.append(proc)
+        self.roles.append(name.partition("-")[0])
         return proc
 
     def stop(self) -> None:
         for proc in reversed(self.procs):  # the gateway first, then the workers
             _terminate(proc)
         self.procs.clear()
+        self.roles.clear()
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
@@ -455,6 +483,8 @@ def parse_args(argv=None):
                    help="CPU threads per worker (0: the cores shared among the workers, at least 1)")
     p.add_argument("--kv-memory-gb", type=float, default=1.0, help="KV pool per worker")
     p.add_argument("--worker-arg", action="append", default=[], help="extra flag for every worker (repeatable)")
+    p.add_argument("--gateway-arg", action="append", default=[],
+                   help="extra flag for every configuration's gateway, after its own (repeatable)")
     p.add_argument("--configs", default=None, help=f"comma-separated, of {', '.join(c.name for c in CONFIGS)} "
                                                    "(default all; quick agentgate,sequential)")
     p.add_argument("--rates", default=None, help="arrival rates in workflows/s, 'inf' = all at once "
@@ -543,8 +573,8 @@ def main(argv=None) -> int:
             with Stack(args, config, flags, log_dir) as stack:
                 progress.update(task, description=f"{config.name} @ {report.rate_label(rate)}")
                 cell, background = asyncio.run(run_cell(plan, stack, args, progress, task))
-                work, awareness = stack.work(), stack.awareness()
-            summary = report.summarize(config.name, rate, cell, args.workers, work, awareness, background)
+                work, awareness, cpu = stack.work(), stack.awareness(), stack.cpu()
+            summary = report.summarize(config.name, rate, cell, args.workers, work, awareness, background, cpu)
             runs.setdefault((config.name, rate), []).append((summary, cell, stack.matmul_plans))
             progress.advance(overall)
         for key, results in runs.items():  # one run per cell: itself; several: the median run's, all makespans
@@ -573,7 +603,8 @@ def run_meta(args, argv) -> dict:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores", "workers": args.workers,
             "threads": args.threads, "kv_memory_gb": args.kv_memory_gb, "workflows": args.workflows,
             "examples": list(args.examples), "tool_latency_s": args.tool_latency, "rates": args.rates,
-            "configs": [c.name for c in args.configs], "worker_args": args.worker_arg, "seed": args.seed,
+            "configs": [c.name for c in args.configs], "worker_args": args.worker_arg,
+            "gateway_args": args.gateway_arg, "seed": args.seed,
             "background_rate": args.background_rate, "background_tokens": args.background_tokens,
             "background_max_tokens": BACKGROUND_MAX_TOKENS, "background_inflight": BACKGROUND_INFLIGHT,
             "warm": args.warm, "section": args.section, "repeats": args.repeats}
@@ -581,7 +612,8 @@ def run_meta(args, argv) -> dict:
 
 # --section: the BENCHMARKS.md heading a run writes and the suffix of its files in docs/
 SECTIONS = {"main": ("## Workflows", ""), "pressure": ("## Workflows under memory pressure", "_pressure"),
-            "router": ("## Workflows against sglang-router", "_router")}
+            "router": ("## Workflows against sglang-router", "_router"),
+            "diamond": ("## The diamond workflow against sglang-router", "_diamond")}
 
 
 def write_outputs(meta: dict, summaries, records, plans, out_dir: Path, update_md: bool) -> str:

@@ -106,6 +106,7 @@ class CellSummary:
     work: dict = field(default_factory=dict)  # the workers' own counters summed (WORK_COUNTERS), {} if unread
     background: dict = field(default_factory=dict)  # other tenants' calls during the cell (sent, finished, ...)
     makespan_runs: tuple = ()  # with repeats (--repeats): every run's makespan; this summary is the median run's
+    cpu: dict = field(default_factory=dict)  # CPU-seconds by process kind during the cell (worker, gateway, ...)
 
 
 def median_runs(runs: list["CellSummary"]) -> "CellSummary":
@@ -156,7 +157,7 @@ def _pct(values: list[float], q: float) -> float:
 
 def summarize(config: str, rate: float, records: list[WorkflowRecord], workers: int,
               work: list[dict] | None = None, awareness: dict | None = None,
-              background: dict | None = None) -> CellSummary:
+              background: dict | None = None, cpu: dict | None = None) -> CellSummary:
     done = [r for r in records if r.status == "finished"]
     calls = [c for r in done for c in r.llm_calls()]
     ttfts = [c.first_token - c.ready for c in calls if c.first_token is not None and c.ready is not None]
@@ -178,7 +179,7 @@ def summarize(config: str, rate: float, records: list[WorkflowRecord], workers: 
         prefetch_hits=sum(bool(c.prefetch_hit) for c in predicted),
         work={"workers": len(work), **{k: sum(w.get(k, 0.0) for w in work) for k in WORK_COUNTERS.values()},
               **({"gateway": awareness} if awareness else {})} if work else {},
-        background=dict(background or {}))
+        background=dict(background or {}), cpu=dict(cpu or {}))
 
 
 def to_json(meta: dict, summaries: list[CellSummary], records: dict[tuple[str, float], list[WorkflowRecord]],
@@ -212,6 +213,8 @@ def section(summaries: list[CellSummary], meta: dict, baseline: str, targets: di
     by_cell = {(s.config, s.rate): s for s in summaries}
     rates = sorted({s.rate for s in summaries})
     worker_args = f" Every worker also ran with `{' '.join(meta['worker_args'])}`." if meta.get("worker_args") else ""
+    if meta.get("gateway_args"):
+        worker_args += f" Every gateway also ran with `{' '.join(meta['gateway_args'])}`."
     lines = [
         title,
         "",
@@ -291,15 +294,24 @@ def work_table(summaries: list[CellSummary]) -> list[str]:
     lines = ["", "What the workers computed (their /metrics counters, summed over workers): busy = forward-pass "
              "seconds ÷ (makespan × workers); prefill = prompt tokens run for calls; prefetch = prompt tokens run "
              "ahead of calls; decode rows = one per decoding request per step.", "",
-             "| arrivals | configuration | forward s | busy | prefill tokens | prefetch tokens | decode rows | steps |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| arrivals | configuration | forward s | busy | prefill tokens | prefetch tokens | decode rows | steps | "
+             "CPU-s: workers / gateway or router / Redis / client |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for s in rows:
         w = s.work
         busy = w["forward_s"] / (s.makespan_s * w["workers"]) if s.makespan_s > 0 else float("nan")
         lines.append(f"| {rate_label(s.rate)} | {s.config} | {w['forward_s']:.0f} | {busy:.0%} | "
                      f"{w['prefill_tokens']:.0f} | {w['prefetch_tokens']:.0f} | {w['decode_rows']:.0f} | "
-                     f"{w['steps']:.0f} |")
+                     f"{w['steps']:.0f} | {cpu_cell(s.cpu)} |")
     return lines
+
+
+def cpu_cell(cpu: dict) -> str:
+    if not cpu:
+        return "–"
+    front = cpu.get("gateway", cpu.get("router"))
+    return " / ".join("–" if v is None else f"{v:.1f}" for v in (cpu.get("worker"), front, cpu.get("redis"),
+                                                                  cpu.get("client")))
 
 
 def awareness_verdicts(summaries: list[CellSummary], baseline: str, rates: list[float],

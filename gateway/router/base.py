@@ -41,6 +41,11 @@ class RoutingPolicy(ABC):
     # (about 0.5 ms per 150-token prompt) when it does not, or when there is only one worker to pick.
     uses_prefix: bool = False
 
+    @classmethod
+    def from_config(cls, config=None) -> "RoutingPolicy":
+        """This policy with the settings it reads from a GatewayConfig (None: its defaults)."""
+        return cls()
+
     @abstractmethod
     def choose(self, req: RouteRequest, workers: Sequence[WorkerView]) -> str:
         """URL of the worker for `req`; `workers` is never empty."""

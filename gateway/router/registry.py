@@ -12,7 +12,8 @@ POLICIES: dict[str, type[RoutingPolicy]] = {p.name: p for p in (KVAwarePolicy, R
                                                                   LeastLoadPolicy, RandomPolicy)}
 
 
-def make_policy(name: str) -> RoutingPolicy:
+def make_policy(name: str, config=None) -> RoutingPolicy:
+    """The policy `name`, set up from a GatewayConfig where it reads one (kv_aware: its affinity settings)."""
     if name not in POLICIES:
         raise ValueError(f"unknown routing policy {name!r}; choose from {', '.join(sorted(POLICIES))}")
-    return POLICIES[name]()
+    return POLICIES[name].from_config(config)

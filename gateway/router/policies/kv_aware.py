@@ -32,7 +32,11 @@ from gateway.router.base import RouteRequest, RoutingPolicy, WorkerView
 from gateway.router.prefix_record import PrefixRecord
 
 AFFINITY_THRESHOLD = 0.5  # of the prompt's tokens
-BALANCE_SLACK = 4  # requests above the least-loaded candidate that a holder may carry and still get the call
+# Requests above the least-loaded candidate that a holder may carry and still get the call: SGLang's
+# cache_aware default (balance_abs_threshold). On the 2-core host, 4 spread a diamond's calls over both
+# workers, whose decode steps then each read the weights and slowed each other: 1.5-2x the forward-seconds
+# of sglang-router for the same tokens (BENCHMARKS.md "Workflows against sglang-router").
+BALANCE_SLACK = 64
 
 
 class PrefixSource(Protocol):
@@ -55,6 +59,12 @@ class KVAwarePolicy(RoutingPolicy):
         self.affinity_threshold = affinity_threshold
         self.balance_slack = balance_slack
         self._turn = 0
+
+    @classmethod
+    def from_config(cls, config=None) -> "KVAwarePolicy":
+        if config is None:
+            return cls()
+        return cls(affinity_threshold=config.affinity_threshold, balance_slack=config.balance_slack)
 
     def cost(self, req: RouteRequest, w: WorkerView) -> float:
         cached = self.prefix.matched_blocks(req.block_hashes, w.url) * req.block_size
