@@ -2,7 +2,7 @@
 the workflow builder (agents/workflow.py), typed errors (agents/errors.py).
 
 Only the two clients are re-exported, lazily, so `import agents` stays cheap and
-no module is imported through this file (STYLE.md, principle 11).
+no module is imported through this file (docs/architecture.md §6: thin `__init__.py` files).
 """
 
 from __future__ import annotations

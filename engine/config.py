@@ -78,7 +78,8 @@ def choose_dtype(requested: str = "auto", device: str = "cpu") -> torch.dtype:
     """The compute dtype: the user's choice, else bf16 only on CPUs with native bf16.
 
     On AVX2-only CPUs bf16 matmuls run ~100x slower than fp32, and dynamic int8
-    ruined this model's output (shared/MODEL.md), so fp32 is the default there.
+    (torch.ao quantize_dynamic) sent this model's output off-topic even
+    with the LM head kept in fp32, so fp32 is the default there.
     On a GPU, bf16.
     """
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,

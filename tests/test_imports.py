@@ -1,4 +1,4 @@
-"""Imports flow one way: agents → gateway → engine (STYLE.md, principle 2).
+"""Imports flow one way: agents → gateway → engine (docs/architecture.md §1, "What may import what").
 
 Every module of the three packages is parsed (not imported), so a lazy import
 inside a function counts as much as one at the top of the file.

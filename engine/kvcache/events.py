@@ -1,9 +1,11 @@
 """KV events: every block stored, removed or cleared is recorded here and
 drained by whoever ships them (the Redis publisher, tests).
 
-Shape (DESIGN.md): {worker, model, tier, op, block_hashes, parent_hash, ts}.
-The collector stamps `worker` and `model` when it drains, so the cache itself
-stays ignorant of where it runs.
+An event is {op, tier, block_hashes, parent_hash, ts, token_ids}. Whoever drains
+the log says where the events come from: the Redis publisher sends them in
+batches that carry worker, model, epoch and seq, without the token ids
+(engine/kvcache/wire.py; docs/architecture.md §3.2), so the cache itself stays
+ignorant of where it runs.
 """
 
 from __future__ import annotations

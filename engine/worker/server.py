@@ -174,7 +174,7 @@ async def kv_stats(request: web.Request) -> web.Response:
     return json_response(await asyncio.wrap_future(engine.call(engine.kv_stats)))
 
 
-# -- KV prefetch and pins (ours; DESIGN.md "Worker API") -------------------------------------------
+# -- KV prefetch and pins (ours; docs/architecture.md §3.1 "Worker API") ------------------------------
 def _prefix_ids(engine: Engine, body: KVPrefix) -> list[int]:
     if (body.text is None) == (body.input_ids is None):
         raise BadRequestError("Either text or input_ids should be provided (exactly one).", param="text")

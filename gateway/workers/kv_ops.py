@@ -3,7 +3,7 @@
 The gateway's prefetch/pin logic calls KVOps; KVOps finds the worker's kind
 from its /get_server_info (never from configuration) and does it that kind's
 way:
-- an embedded agentgate engine has the /kv/* extensions (DESIGN.md): prefetch,
+- an embedded agentgate engine has the /kv/* extensions (docs/architecture.md §3.1): prefetch,
   pin and unpin are one POST each, and pins live in the worker;
 - an SGLang worker has none. Prefetch is a prefill-only /generate
   (max_new_tokens 0: SGLang runs the prompt and caches its pages without
