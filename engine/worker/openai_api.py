@@ -19,7 +19,7 @@ from engine.worker.bridge import (ENGINE, SERVER_ARGS, Collected, close_sse, col
 from engine.worker.chat import ChatPlan, plan_chat
 from engine.worker.protocol import (MAX_N, MAX_TOP_LOGPROBS, ChatCompletionRequest, CompletionRequest,
                                     build_sampling_params, parse, reject_unsupported)
-from engine.worker.structured import compiled, from_response_format, merge
+from engine.worker.structured import compiled, from_response_format, from_sampling, merge
 from engine.worker.tool_parsers import StreamingToolCalls, ToolCallParser, make_parser
 
 TOOL_PARSER = web.AppKey("tool_parser", ToolCallParser)
@@ -176,7 +176,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
         prompts = prompt if prompt and isinstance(prompt[0], list) else [prompt]
     if not prompts or any(not p for p in prompts):
         raise BadRequestError("the prompt is empty", param="prompt")
-    constraint = await compiled(engine, from_response_format(body.response_format))
+    constraint = await compiled(engine, merge(from_response_format(body.response_format),
+                                              from_sampling(None, body.regex, body.ebnf)))
     streams, rids = _start(engine, prompts, lambda p: _params(engine, body, body.max_tokens, 16, constraint), body.n,
                            body, body.logprobs)
     cid, created, model = f"cmpl-{rids[0]}", int(time.time()), _model_name(request)
@@ -225,7 +226,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     plan = plan_chat(engine.tokenizer, request.app[TOOL_PARSER], messages, body.tools, body.tool_choice,
                      body.chat_template_kwargs)
-    constraint = await compiled(engine, merge(plan.constraint, from_response_format(body.response_format)))
+    constraint = await compiled(engine, merge(plan.constraint, from_response_format(body.response_format),
+                                              from_sampling(None, body.regex, body.ebnf)))
     text = plan.text
     prompt = await asyncio.to_thread(engine.tokenizer.encode, text) if len(text) > 20_000 else \
         engine.tokenizer.encode(text)

@@ -123,6 +123,8 @@ class _OpenAICommon(BaseModel):
     priority: int | None = None  # SGLang's: higher runs first; none = 0
     agent_hints: dict | None = None  # the gateway's; a worker accepts and ignores it
     response_format: dict | None = None
+    regex: str | None = None  # SGLang's output constraints on its OpenAI routes
+    ebnf: str | None = None
 
 
 class CompletionRequest(_OpenAICommon):
