@@ -88,7 +88,7 @@ def test_builder_errors_at_the_line_that_makes_them():
     wf.llm("a", "x")
     with pytest.raises(ValueError, match="already has a node 'a'"):
         wf.llm("a", "y")
-    with pytest.raises(TypeError, match="unknown sampling field"):
+    with pytest.raises(TypeError, match="unknown node field"):
         wf.llm("b", "y", temprature=0.5)
     with pytest.raises(ValueError, match="not both"):
         wf.llm("c", "y", messages=[("user", "z")])
