@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agents import Client
-from agents.errors import ValidationFailed
-from agents.workflow import Workflow, contains, equals, json_path, regex
+from agentgate import Client
+from agentgate.errors import ValidationFailed
+from agentgate.workflow import Workflow, contains, equals, json_path, regex
 
 
 def build() -> Workflow:

@@ -23,7 +23,7 @@ from typing import Any
 
 import networkx as nx
 
-from agents.errors import ValidationFailed
+from agentgate.errors import ValidationFailed
 from gateway.api.schemas import NODE_FIELDS, WorkflowIn, parse_or_422
 from gateway.errors import ValidationProblems
 from gateway.planner.dag import validate as validate_spec
@@ -165,7 +165,7 @@ class Workflow:
 
     def external(self, id: str, fn: Callable | None = None, *, prompt: str | None = None,
                  messages: Iterable | None = None, after: NodeLike | Iterable[NodeLike] = ()) -> Node:
-        """A tool node whose result the client posts: `Client.run` calls `fn` (see agents/tools.py for
+        """A tool node whose result the client posts: `Client.run` calls `fn` (see agents/agentgate/tools.py for
         what it receives). `prompt`/`messages` are rendered by the gateway and handed to `fn`."""
         return self._add(Node(id, "external", _messages(prompt, messages, None), fn=fn), after)
 

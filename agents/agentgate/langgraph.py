@@ -18,7 +18,7 @@ from typing import Any
 from langchain_core.runnables.config import var_child_runnable_config
 from langchain_openai import ChatOpenAI
 
-from agents import transport
+from agentgate import transport
 
 WORKFLOW_ID_KEY = "agentgate_workflow_id"
 

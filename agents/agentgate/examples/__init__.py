@@ -1,4 +1,4 @@
-"""Example agents, each runnable with `agentgate run agents/examples/FILE.py [--quick]`:
+"""Example agents, each runnable with `agentgate run agents/agentgate/examples/FILE.py [--quick]`:
 
 - react.py            ReAct tool loop (search over data/corpus/, calculator), unrolled into a workflow
 - map_reduce.py       map-reduce summarization of the documents in data/docs/
