@@ -1,13 +1,18 @@
 """LangGraph on agentgate (optional extra `[langgraph]`): register a graph, tag its LLM calls.
 
-    register_graph(Client(url), graph, "support-agent")        # once: nodes + edges → POST /v1/templates
-    llm = chat_model(url, template="support-agent")            # the one line a LangGraph user changes
+    llm = chat_model(url, template="support-agent")            # instead of ChatOpenAI(base_url=url + "/v1")
+    register_graph(Client(url), graph, "support-agent")        # once, after compiling the graph
 
-Every call `llm` makes inside a graph node carries agent_hints
+`chat_model` returns a plain `ChatOpenAI`, so everything built on it works
+unchanged: `bind_tools`, `with_structured_output`, LangGraph's prebuilt
+`create_react_agent` and `ToolNode`, LangChain's `create_agent`. Only its HTTP
+client differs: every request it sends carries `x-agent-*` headers
 {template, node_id: the LangGraph node running it, workflow_id: the run's id},
-so the gateway learns the graph's transitions and can predict and prefetch the
-next call. The run's id is `configurable.agentgate_workflow_id` when given (see
-`run_config()`), else the LangGraph `thread_id`.
+read from `langgraph.config.get_config()` when the request leaves, so the
+gateway learns the graph's transitions and can predict and prefetch the next
+call. The run's id is `configurable.agentgate_workflow_id` when given (see
+`run_config()`), else the LangGraph `thread_id`. Only public APIs are used: the
+OpenAI client's `DefaultHttpxClient` event hooks, `get_config`, `get_graph()`.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from langchain_core.runnables.config import var_child_runnable_config
+import openai
 from langchain_openai import ChatOpenAI
+from langgraph.config import get_config
 
 from agentgate import transport
 
@@ -44,8 +50,12 @@ def run_config(workflow_id: str | None = None, **configurable: Any) -> dict:
 
 
 def current_hints(template: str) -> dict:
-    """agent_hints for a call made now: the LangGraph node and run from the active runnable config."""
-    config = var_child_runnable_config.get() or {}
+    """agent_hints for a call made now: the LangGraph node and run from the active runnable config
+    (just the template outside a graph)."""
+    try:
+        config = get_config()
+    except RuntimeError:  # not inside a runnable: a plain call
+        config = {}
     metadata = config.get("metadata") or {}
     configurable = config.get("configurable") or {}
     hints = {"template": template, "node_id": metadata.get("langgraph_node"),
@@ -54,24 +64,20 @@ def current_hints(template: str) -> dict:
     return {k: v for k, v in hints.items() if v is not None}
 
 
-class GatewayChatOpenAI(ChatOpenAI):
-    """ChatOpenAI whose every request carries agent_hints for `agentgate_template`."""
-
-    agentgate_template: str
-
-    def _get_request_payload(self, input_, *, stop=None, **kwargs) -> dict:
-        payload = super()._get_request_payload(input_, stop=stop, **kwargs)
-        extra = dict(payload.get("extra_body") or {})
-        extra["agent_hints"] = {**current_hints(self.agentgate_template), **(extra.get("agent_hints") or {})}
-        payload["extra_body"] = extra
-        # Plain chat-completions workers take max_tokens; newer OpenAI models' max_completion_tokens is not theirs.
-        if "max_completion_tokens" in payload and "max_tokens" not in payload:
-            payload["max_tokens"] = payload.pop("max_completion_tokens")
-        return payload
+def hint_headers(template: str) -> dict[str, str]:
+    """current_hints as the gateway's x-agent-* headers."""
+    return {"x-agent-" + k.replace("_", "-"): str(v) for k, v in current_hints(template).items()}
 
 
 def chat_model(gateway_url: str | None = None, *, template: str, model: str = "default", **kwargs) -> ChatOpenAI:
-    """A LangChain chat model that talks to the gateway's /v1/chat/completions and tags its calls."""
+    """A ChatOpenAI on the gateway's /v1 whose requests are tagged for `template` (headers set per request)."""
+    def tag(request) -> None:
+        request.headers.update(hint_headers(template))
+
+    async def tag_async(request) -> None:
+        tag(request)
+
     kwargs.setdefault("api_key", "agentgate")  # the gateway does not check it; the OpenAI client wants one
-    return GatewayChatOpenAI(base_url=transport.base_url(gateway_url) + "/v1", model=model,
-                             agentgate_template=template, **kwargs)
+    kwargs.setdefault("http_client", openai.DefaultHttpxClient(event_hooks={"request": [tag]}))
+    kwargs.setdefault("http_async_client", openai.DefaultAsyncHttpxClient(event_hooks={"request": [tag_async]}))
+    return ChatOpenAI(base_url=transport.base_url(gateway_url) + "/v1", model=model, **kwargs)

@@ -1,7 +1,7 @@
 """The ReAct agent of react.py as a LangGraph graph that runs in the client.
 
 Here the loop is not a workflow the gateway runs: LangGraph runs it, and each `agent` step
-calls the gateway's OpenAI-compatible chat API through `agents.langgraph.chat_model`, the
+calls the gateway's OpenAI-compatible chat API through `agentgate.langgraph.chat_model`, the
 one line a LangGraph user changes. That model tags every call with agent_hints
 {template, node_id, workflow_id}, and the graph's shape is registered as a template first,
 so the gateway learns which call follows which and can prepare the next one.
