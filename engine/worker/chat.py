@@ -3,7 +3,8 @@ tool results included) through the chat template, and what `tools` with
 `tool_choice` mean for decoding.
 
 tool_choice (OpenAI's):
-- "none": the tools are neither shown nor parsed; the reply is text;
+- "none": the tools are neither shown nor parsed, and the reply is constrained
+  not to open a call (a small model otherwise copies earlier calls as text);
 - "auto" (the default with tools): the tools are shown, and calls the model
   writes are parsed out of its reply;
 - "required" / {"type": "function", "function": {"name": N}}: as auto, and
@@ -86,7 +87,8 @@ def _rendered_by_parser(messages: list[dict], tools: list[dict] | None, parser: 
             text = m.get("content") or ""
             out.append({"role": "assistant", "content": f"{text}\n{calls}" if text else calls})
         elif m["role"] in ("tool", "function"):
-            out.append({"role": "user", "content": parser.format_result(m.get("content") or "")})
+            role, content = parser.format_result(m.get("content") or "")
+            out.append({"role": role, "content": content})
         else:
             out.append({k: v for k, v in m.items() if k != "tool_calls"})
     if tools:
@@ -99,7 +101,7 @@ def _rendered_by_parser(messages: list[dict], tools: list[dict] | None, parser: 
 
 
 def resolve_tool_choice(tools: list[dict] | None, tool_choice) -> tuple[list[dict], str | None]:
-    """(tools the model is shown, the function a call must name: "*" any, None: free)."""
+    """(tools the model is shown, the function a call must name: "*" any, "" none, None: free)."""
     if not tools:
         if tool_choice not in (None, "none", "auto"):
             raise BadRequestError("tool_choice needs tools", param="tool_choice")
@@ -107,7 +109,7 @@ def resolve_tool_choice(tools: list[dict] | None, tool_choice) -> tuple[list[dic
     if tool_choice in (None, "auto"):
         return tools, None
     if tool_choice == "none":
-        return [], None
+        return [], ""
     if tool_choice == "required":
         return tools, "*"
     name = None
@@ -136,7 +138,9 @@ def plan_chat(tokenizer, parser: ToolCallParser, messages: list[dict], tools: li
         msgs = _rendered_by_parser(msgs, shown, parser)
     text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, **kwargs)
     constraint = None
-    if must_call is not None:
+    if must_call == "":
+        constraint = parser.no_call_constraint()
+    elif must_call is not None:
         targets = shown if must_call == "*" else [t for t in shown if t["function"]["name"] == must_call]
         constraint = parser.call_constraint(targets)
     return ChatPlan(text, parser if shown else None, constraint)

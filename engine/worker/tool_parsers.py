@@ -7,6 +7,8 @@ A parser knows how its model family writes a tool call:
 - `call_constraint(tools)` is the grammar of one call to one of `tools`, used
   when `tool_choice` is "required" or names a function, so decoding can only
   produce a well-formed call whose arguments match the tool's JSON Schema;
+- `no_call_constraint()` is the grammar of a reply that opens no call
+  (`tool_choice` "none": small models otherwise copy earlier calls as text);
 - `format_calls`, `tools_prompt` and `format_result` write the tools, an
   assistant's earlier calls and tool results in the model's own format, for
   chat templates that do not render tools themselves (the embedded model's).
@@ -99,11 +101,17 @@ class ToolCallParser:
                 f"<tools>\n{listed}\n</tools>\n"
                 "To call tools, reply with nothing but the calls, in this format:\n"
                 f"{example}\n"
-                "Tool results come back in <tool_response></tool_response> tags. "
                 "When no tool is needed, answer in plain text.")
 
-    def format_result(self, content: str) -> str:
-        return f"<tool_response>\n{content}\n</tool_response>"
+    def format_result(self, content: str) -> tuple[str, str]:
+        """(role, content) of a tool result's turn."""
+        return "user", f"<tool_response>\n{content}\n</tool_response>"
+
+    def no_call_constraint(self) -> Constraint:
+        """tool_choice "none" with tools in the conversation: a reply that cannot open a call."""
+        firsts = sorted({s[0] for s in self.starts})
+        banned = "".join("\\" + c if c in "\\]^-" else c for c in firsts)
+        return Constraint("ebnf", f"root ::= [^{banned}] [^\\x00]*")
 
     def find_start(self, text: str) -> int | None:
         """Where the calls begin in text, or None."""
@@ -136,6 +144,10 @@ class SmolLM2Parser(ToolCallParser):
     starts = ("<tool_call>",)
     _block = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 
+    def format_result(self, content: str) -> tuple[str, str]:
+        # its template renders any role; a `tool` turn is what the 135M model answers from best
+        return "tool", content
+
     def parse(self, text: str, final: bool = True) -> tuple[str, list[ToolCall]]:
         calls, content, pos = [], [], 0
         for m in self._block.finditer(text):
@@ -166,6 +178,7 @@ class HermesParser(SmolLM2Parser):
     """Qwen 2.5 / Hermes: one JSON object per <tool_call> block."""
 
     name = "qwen25"
+    format_result = ToolCallParser.format_result
 
     def call_constraint(self, tools: list[dict]) -> Constraint:
         spec = {"prefix": "<tool_call>\n", "schema": call_schema(tools), "suffix": "\n</tool_call>"}

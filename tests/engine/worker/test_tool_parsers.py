@@ -70,7 +70,7 @@ def test_streamed_content_is_released_before_the_call_completes():
 
 def test_tool_choice():
     assert resolve_tool_choice([WEATHER], None) == ([WEATHER], None)
-    assert resolve_tool_choice([WEATHER], "none") == ([], None)
+    assert resolve_tool_choice([WEATHER], "none") == ([], "")
     assert resolve_tool_choice([WEATHER, TIME], "required") == ([WEATHER, TIME], "*")
     named = {"type": "function", "function": {"name": "get_time"}}
     assert resolve_tool_choice([WEATHER, TIME], named) == ([WEATHER, TIME], "get_time")
@@ -99,8 +99,9 @@ def test_a_template_without_tools_gets_them_from_the_parser(tokenizer):
     assert plan.text.startswith("<|im_start|>system\n") and '"get_weather"' in plan.text.split("<|im_end|>")[0]
     assert ('<|im_start|>assistant\n<tool_call>[{"name": "get_weather", "arguments": {"city": "Paris"}}]'
             '</tool_call><|im_end|>') in plan.text
-    assert "<|im_start|>user\n<tool_response>\nsunny, 21C\n</tool_response><|im_end|>" in plan.text
+    assert "<|im_start|>tool\nsunny, 21C<|im_end|>" in plan.text
     assert plan.text.endswith("<|im_start|>assistant\n")
     assert plan.parser is not None and plan.constraint is None
     none = plan_chat(tokenizer, make_parser("smollm2"), messages[:1], [WEATHER], "none")
     assert "get_weather" not in none.text and none.parser is None
+    assert none.constraint.kind == "ebnf" and none.constraint.source == "root ::= [^<] [^\\x00]*"
