@@ -24,6 +24,7 @@ from engine.compute import ComputeThread
 from engine.config import EngineConfig, ModelConfig, choose_dtype, default_batch_tokens, default_prefetch_chunk
 from engine.errors import BadRequestError, ConflictError, ContextLengthError
 from engine.hostshare import choose_threads
+from engine.grammar import GrammarBackend
 from engine.kvcache.events import EventLog
 from engine.kvcache.hashing import block_hashes
 from engine.kvcache.host import HostPool
@@ -99,6 +100,7 @@ class Engine:
                                    low_priority_chunk=cfg.low_priority_chunk_tokens, solo_batch_tokens=solo)
         self._staging: dict[str, Request] = {}  # rid -> request waiting for its L3 blocks
         self.tokenizer = Tokenizer(cfg.model_path)
+        self.grammars = GrammarBackend(cfg.model_path, mc.vocab_size, mc.eos_token_ids, self.threads)
         self.context_length = cfg.context_length or mc.max_position
         self.stats = EngineStats()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -199,6 +201,8 @@ class Engine:
             if req.rid in self._active:
                 raise BadRequestError(f"a request with rid {req.rid!r} is already running", param="rid")
             self._active.add(req.rid)
+        if req.params.constraint is not None:  # compiled at the HTTP edge already: a cache hit
+            req.grammar = self.grammars.state(req.params.constraint)
         if not req.params.greedy:
             seed = req.params.seed if req.params.seed is not None else self._rng.getrandbits(63)
             req.generator = torch.Generator().manual_seed(seed)
@@ -379,6 +383,8 @@ class Engine:
                 req.num_computed += 1
         produced = self._sample_plain(plain, logits[plain_rows]) if plain else 0
         for req, start, n in verifies:
+            if req.grammar is not None:  # row i under the grammar state after draft[:i]
+                req.grammar.mask(logits[start:start + n], req.draft)
             tokens, accepted = verify(logits[start:start + n], req.draft, req)
             base = req.num_computed  # position of the last token fed; its K/V and the accepted drafts' are valid
             for m, tok in enumerate(tokens, 1):
@@ -416,6 +422,8 @@ class Engine:
             self.stats.ttft.observe(now - req.arrival)
         req.output_ids.append(tok)
         req.pending_ids.append(tok)
+        if req.grammar is not None:
+            req.grammar.accept(tok)
         if logprob is not None:
             req.pending_logprobs.append((logprob[0], tok, logprob[1]))
         p = req.params

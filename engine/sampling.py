@@ -1,6 +1,6 @@
 """Sampling: greedy, temperature, top-k, top-p, min-p; seeded per request.
 
-Greedy rows take the argmax of the raw logits (exactly what a plain run takes,
+Greedy rows take the argmax of the raw (or grammar-masked) logits (exactly what a plain run takes,
 which the exactness tests rely on). Sampled rows draw from the request's own
 torch.Generator, so a request with a seed gives the same tokens every time,
 whatever else shares its batch.
@@ -15,10 +15,13 @@ from engine.scheduler.request import Request
 
 def sample(logits: torch.Tensor, reqs: list[Request], eos_ids: tuple[int, ...] = ()) -> list[int]:
     """logits [R, vocab] fp32, one row per request → one token id per request.
-    Rows of requests with penalties, biases or min_new_tokens are adjusted in place first."""
+    Rows of requests with penalties, biases or min_new_tokens are adjusted in place first,
+    then rows of requests under a grammar lose every token the grammar forbids."""
     for i, req in enumerate(reqs):
         if req.params.adjusts_logits:
             adjust_logits(logits[i], req, eos_ids)
+        if req.grammar is not None:
+            req.grammar.mask(logits[i:i + 1])
     tokens = logits.argmax(dim=-1).tolist()  # [R]
     for i, req in enumerate(reqs):
         if not req.params.greedy:

@@ -25,6 +25,7 @@ class Tokenizer:
             template = jinja.read_text()
         self.bos_token = _token_str(cfg.get("bos_token"))
         self.eos_token = _token_str(cfg.get("eos_token"))
+        self.template_source = template or ""
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise
         self._template = env.from_string(template) if template else None
@@ -35,6 +36,11 @@ class Tokenizer:
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    @property
+    def renders_tools(self) -> bool:
+        """Whether the chat template itself renders `tools` and assistant `tool_calls`."""
+        return "tools" in self.template_source and "tool_calls" in self.template_source
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
         if self._template is None:

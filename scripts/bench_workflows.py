@@ -3,7 +3,7 @@
 Each cell (configuration × arrival rate) gets fresh processes — a Redis, N engine workers
 (`--threads` each, started one after the other) and the configuration's gateway — so no
 cell inherits another's cache; then `--workflows` workflows arrive on the same Poisson
-schedule, drawn in turn from the examples of agents/examples/ (each with its own inputs).
+schedule, drawn in turn from the examples of agents/agentgate/examples/ (each with its own inputs).
 Configurations (CONFIGS, one line each):
 
 - agentgate         the gateway runs each workflow's DAG: kv_aware routing, prediction, prefetch and
@@ -20,9 +20,9 @@ Configurations (CONFIGS, one line each):
                     a prefix-caching server pool behind a plain router does;
 - least_load        the same with least-load routing;
 - sequential        no gateway: each workflow's client calls one worker's OpenAI API itself, one
-                    node at a time (agents/sequential.py), workflow i on worker i mod N, radix only;
+                    node at a time (agents/agentgate/sequential.py), workflow i on worker i mod N, radix only;
 - sglang_router     no gateway: the peer agentgate exists to beat. Each workflow's client runs its own
-                    DAG (agents/sequential.run_client_side: every ready node at once) through the real
+                    DAG (agentgate.sequential.run_client_side: every ready node at once) through the real
                     sglang-router (PyPI sglang-router, --policy cache_aware) over the same workers with
                     the same flags as agentgate's (tiers, speculation): only the layer in front differs.
 
@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "agents")]  # engine, gateway, scripts; the SDK `agentgate`
 
 from scripts import bench_workflows_report as report  # noqa: E402
 from scripts.benchlib import update_benchmarks_md  # noqa: E402
@@ -273,8 +273,9 @@ class Stack:
 
     def _spawn(self, cmd: list[str], name: str) -> subprocess.Popen:
         with open(self.log_dir / f"{self.config.name}-{name}.log", "ab") as log:
+            paths = os.pathsep.join([str(ROOT), str(ROOT / "agents")])
             proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                    env={**os.environ, "PYTHONPATH": paths})
         self.procs.append(proc)
         self.roles.append(name.partition("-")[0])
         return proc
@@ -349,7 +350,7 @@ def _terminate(proc: subprocess.Popen) -> None:
 def build(arrival: Arrival, quick: bool):
     import importlib
 
-    module = importlib.import_module(f"agents.examples.{arrival.example}")
+    module = importlib.import_module(f"agentgate.examples.{arrival.example}")
     return module.build(quick=quick, variant=arrival.variant)
 
 
@@ -368,9 +369,9 @@ def slowed(fn, seconds: float):
 
 
 async def run_cell(plan: list[Arrival], stack: Stack, args, progress, task) -> tuple[list, dict]:
-    from agents.async_client import AsyncClient
-    from agents.errors import AgentGateError
-    from agents.tools import upstream_of
+    from agentgate.async_client import AsyncClient
+    from agentgate.errors import AgentGateError
+    from agentgate.tools import upstream_of
 
     workflows = [build(a, args.quick) for a in plan]  # built before the clock starts
     names = {url: f"worker {i + 1}" for i, url in enumerate(stack.worker_urls)}  # ports change from cell to cell
@@ -419,7 +420,7 @@ async def run_cell(plan: list[Arrival], stack: Stack, args, progress, task) -> t
 async def drive(stack: Stack, clients: list, arrival: Arrival, wf, tools: dict):
     """Run one workflow the configuration's way: submitted to the gateway, or the client's own loop through
     sglang-router (every ready node at once) or against one worker (one node at a time)."""
-    from agents.sequential import run_client_side, run_sequential
+    from agentgate.sequential import run_client_side, run_sequential
 
     if stack.gateway_url is not None:
         return await clients[0].run(wf, tools=tools)
@@ -434,7 +435,7 @@ async def background_load(args, clients, stop: asyncio.Event) -> dict:
     log-summary prompt (background_prompt), spread over the clients in turn, at most BACKGROUND_INFLIGHT in
     flight. Calls still running at `stop` are cancelled (their connections close, so the workers free
     their KV). Returns what happened to them."""
-    from agents.errors import AgentGateError
+    from agentgate.errors import AgentGateError
 
     rng = random.Random(args.seed + 1)
     slots = asyncio.Semaphore(BACKGROUND_INFLIGHT)

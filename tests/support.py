@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from typing import NamedTuple
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# what a child process needs to import engine, gateway and the SDK (`agentgate`, in agents/) from this checkout
+CHILD_PYTHONPATH = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "agents")])
 
 # Every in-process engine of the suite uses these, so two engines compared
 # token for token differ only in what a test changes. The matmul backend is

@@ -1,4 +1,5 @@
-"""Imports flow one way: agents → gateway → engine (docs/architecture.md §1, "What may import what").
+"""Imports flow one way: agentgate (the SDK, in agents/) → gateway → engine (docs/architecture.md §1,
+"What may import what").
 
 Every module of the three packages is parsed (not imported), so a lazy import
 inside a function counts as much as one at the top of the file.
@@ -13,13 +14,15 @@ import pytest
 
 from tests.support import REPO_ROOT
 
-PACKAGES = ("engine", "gateway", "agents")
+# import name -> its folder (the SDK's folder agents/ holds the package agentgate)
+PACKAGES = {"engine": REPO_ROOT / "engine", "gateway": REPO_ROOT / "gateway", "agentgate": REPO_ROOT / "agents" / "agentgate"}
 # What each package must never import.
-FORBIDDEN = {"engine": {"gateway", "agents"}, "gateway": {"agents"}, "agents": set()}
+FORBIDDEN = {"engine": {"gateway", "agentgate"}, "gateway": {"agentgate"}, "agentgate": set()}
 
 
 def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO_ROOT).with_suffix("").parts)
+    root = REPO_ROOT / "agents" if path.is_relative_to(REPO_ROOT / "agents") else REPO_ROOT
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -49,7 +52,7 @@ def imported_modules(source: str, package: str) -> set[str]:
 
 
 def _sources(package: str) -> list[Path]:
-    return sorted((REPO_ROOT / package).rglob("*.py"))
+    return sorted(PACKAGES[package].rglob("*.py"))
 
 
 def test_every_package_has_python_files():
@@ -59,7 +62,7 @@ def test_every_package_has_python_files():
     assert counts["engine"] >= 20, counts
 
 
-@pytest.mark.parametrize("package", PACKAGES)
+@pytest.mark.parametrize("package", list(PACKAGES))
 def test_imports_flow_one_way(package):
     violations = []
     for path in _sources(package):
@@ -74,9 +77,9 @@ def test_imports_flow_one_way(package):
 def test_the_checker_sees_lazy_relative_and_dynamic_imports():
     # The parser above is code too: it must catch the forms it guards against.
     source = ("def f():\n    import gateway.router\n"
-              "from ...agents import cli\n"
+              "from ...agentgate import cli\n"
               "x = __import__('gateway')\n")
     names = imported_modules(source, "engine.kvcache")
-    assert {"gateway.router", "agents", "agents.cli", "gateway"} <= names
+    assert {"gateway.router", "agentgate", "agentgate.cli", "gateway"} <= names
     assert imported_modules("from . import radix\n", "engine.kvcache") == {"engine.kvcache",
                                                                            "engine.kvcache.radix"}

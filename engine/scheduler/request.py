@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from engine.grammar import Constraint, GrammarState
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -29,6 +31,7 @@ class SamplingParams:
     seed: int | None = None
     skip_special_tokens: bool = True
     no_stop_trim: bool = False
+    constraint: "Constraint | None" = None  # grammar the output must match (engine/grammar.py)
 
     @property
     def adjusts_logits(self) -> bool:
@@ -90,6 +93,7 @@ class Request:
     staged: list[int] = field(default_factory=list)  # cached blocks locked for it until admission
     finish_reason: dict | None = None
     generator: torch.Generator | None = None
+    grammar: GrammarState | None = None  # the matcher of params.constraint, set by Engine.submit
     num_preemptions: int = 0
     first_token_time: float | None = None
     # incremental detokenization

@@ -277,6 +277,8 @@ class Scheduler:
         room = req.params.max_new_tokens - len(req.output_ids) - 1  # the bonus token is the last one
         k = min(req.spec_k or self.max_draft, room)
         draft = self.speculator.propose(req.all_ids, k) if k > 0 else []
+        if draft and req.grammar is not None:  # a token the grammar rejects is never worth a row
+            draft = req.grammar.valid_prefix(draft)
         end = req.num_computed + 1 + len(draft)  # tokens whose slots this step writes
         while draft and end > len(req.blocks) * self.bs:
             if not self.cache.can_allocate(1):

@@ -49,6 +49,10 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speculative-num-draft-tokens", type=int, default=8,
                    help="most draft tokens verified per request per step")
     p.add_argument("--matmul-backend", default="auto", choices=["auto", "numpy", "torch"])
+    p.add_argument("--tool-call-parser", default="auto",
+                   choices=["auto", "smollm2", "qwen25", "qwen", "hermes", "llama3"],
+                   help="how tool calls are written (SGLang's names); auto: from the chat template "
+                        "(smollm2 for the embedded model)")
     tiers = p.add_argument_group("KV tiers, prefetch and pins")
     tiers.add_argument("--l2-blocks", type=int, default=-1,
                        help="host-RAM KV blocks (L2); -1 = twice the L1 pool, 0 = no L2")

@@ -1,6 +1,7 @@
 """OpenAI-compatible endpoints of the worker: /v1/models, /v1/completions,
 /v1/chat/completions (streaming and not, n choices, logprobs, usage with
-prompt_tokens_details.cached_tokens)."""
+prompt_tokens_details.cached_tokens, tools and tool_choice with tool_calls in
+replies and in stream deltas, response_format)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,18 @@ from engine.errors import BadRequestError, NotFoundError
 from engine.scheduler.request import SamplingParams
 from engine.worker.bridge import (ENGINE, SERVER_ARGS, Collected, close_sse, collect_all, json_response, merge_streams,
                                   open_sse, read_json, run_request, send_sse, start_streams)
+from engine.worker.chat import ChatPlan, plan_chat
 from engine.worker.protocol import (MAX_N, MAX_TOP_LOGPROBS, ChatCompletionRequest, CompletionRequest,
                                     build_sampling_params, parse, reject_unsupported)
+from engine.worker.structured import compiled, from_response_format, from_sampling, merge
+from engine.worker.tool_parsers import StreamingToolCalls, ToolCallParser, make_parser
+
+TOOL_PARSER = web.AppKey("tool_parser", ToolCallParser)
 
 
 def add_routes(app: web.Application) -> None:
+    app[TOOL_PARSER] = make_parser(app[SERVER_ARGS].get("tool_call_parser") or "auto",
+                                   app[ENGINE].tokenizer.template_source)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)
     app.router.add_post("/v1/completions", completions)
@@ -52,9 +60,7 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 # -- shared ------------------------------------------------------------------------------------------
-def _params(engine, body, max_tokens: int | None, default_max: int) -> SamplingParams:
-    reject_unsupported(response_format=body.response_format and body.response_format.get("type") not in
-                       (None, "text"))
+def _params(engine, body, max_tokens: int | None, default_max: int, constraint=None) -> SamplingParams:
     return build_sampling_params(
         max_new_tokens=default_max if max_tokens is None else max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
@@ -66,7 +72,7 @@ def _params(engine, body, max_tokens: int | None, default_max: int) -> SamplingP
         min_new_tokens=body.min_tokens, stop=body.stop, stop_token_ids=body.stop_token_ids,
         ignore_eos=body.ignore_eos, seed=body.seed, skip_special_tokens=body.skip_special_tokens,
         no_stop_trim=body.no_stop_trim, logit_bias=body.logit_bias, vocab_size=engine.model_config.vocab_size,
-        max_tokens_name="max_tokens")
+        max_tokens_name="max_tokens", constraint=constraint)
 
 
 def _start(engine, prompts: list[list[int]], params_for, n: int, body, top_logprobs: int | None):
@@ -170,8 +176,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
         prompts = prompt if prompt and isinstance(prompt[0], list) else [prompt]
     if not prompts or any(not p for p in prompts):
         raise BadRequestError("the prompt is empty", param="prompt")
-    streams, rids = _start(engine, prompts, lambda p: _params(engine, body, body.max_tokens, 16), body.n, body,
-                           body.logprobs)
+    constraint = await compiled(engine, merge(from_response_format(body.response_format),
+                                              from_sampling(None, body.regex, body.ebnf)))
+    streams, rids = _start(engine, prompts, lambda p: _params(engine, body, body.max_tokens, 16, constraint), body.n,
+                           body, body.logprobs)
     cid, created, model = f"cmpl-{rids[0]}", int(time.time()), _model_name(request)
     echo = [engine.tokenizer.decode(p) if body.echo else "" for p in prompts]
     envelope = {"id": cid, "object": "text_completion", "created": created, "model": model}
@@ -200,18 +208,14 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 
 # -- /v1/chat/completions ---------------------------------------------------------------------------------
-def _flatten_content(content) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    parts = []
-    for part in content:
-        if part.get("type") != "text" or not isinstance(part.get("text"), str):
-            raise BadRequestError(f"message content part of type {part.get('type')!r} is not supported "
-                                  "(text only)", param="messages")
-        parts.append(part["text"])
-    return "".join(parts)
+def _message(plan: ChatPlan, text: str, reason: str | None) -> tuple[dict, str | None]:
+    """The assistant message of one choice, and its finish reason ("tool_calls" when it called)."""
+    if plan.parser is not None:
+        content, calls = plan.parser.parse(text)
+        if calls:
+            return ({"role": "assistant", "content": content or None,
+                     "tool_calls": [c.to_openai() for c in calls]}, "tool_calls")
+    return {"role": "assistant", "content": text, "tool_calls": None}, reason
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -219,11 +223,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = parse(ChatCompletionRequest, await read_json(request))
     if not body.messages:
         raise BadRequestError("messages must not be empty", param="messages")
-    messages = [{**m.model_dump(exclude_none=True), "content": _flatten_content(m.content)} for m in body.messages]
-    kwargs = dict(body.chat_template_kwargs or {})
-    if body.tools:
-        kwargs["tools"] = body.tools
-    text = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, **kwargs)
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    plan = plan_chat(engine.tokenizer, request.app[TOOL_PARSER], messages, body.tools, body.tool_choice,
+                     body.chat_template_kwargs)
+    constraint = await compiled(engine, merge(plan.constraint, from_response_format(body.response_format),
+                                              from_sampling(None, body.regex, body.ebnf)))
+    text = plan.text
     prompt = await asyncio.to_thread(engine.tokenizer.encode, text) if len(text) > 20_000 else \
         engine.tokenizer.encode(text)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
@@ -231,8 +236,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     capacity = min(engine.context_length, engine.pool.num_blocks * engine.pool.block_size)
     default_max = max(capacity - len(prompt), 1)
     top = (body.top_logprobs or 0) if body.logprobs else None
-    streams, rids = _start(engine, [prompt], lambda p: _params(engine, body, max_tokens, default_max), body.n,
-                           body, top)
+    streams, rids = _start(engine, [prompt], lambda p: _params(engine, body, max_tokens, default_max, constraint),
+                           body.n, body, top)
     envelope = {"id": f"chatcmpl-{rids[0]}", "object": "chat.completion", "created": int(time.time()),
                 "model": _model_name(request)}
     if not body.stream:
@@ -240,27 +245,36 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         choices = []
         for i, c in enumerate(results):
             reason, matched = _finish_reason(c)
-            choices.append({"index": i, "message": {"role": "assistant", "content": c.text, "tool_calls": None},
+            message, reason = _message(plan, c.text, reason)
+            choices.append({"index": i, "message": message,
                             "logprobs": _chat_logprobs(engine, c.logprobs) if body.logprobs else None,
                             "finish_reason": reason, "matched_stop": matched})
         return json_response({**envelope, "choices": choices, "usage": _usage(results, body.n)})
 
     chunk_env = {**envelope, "object": "chat.completion.chunk"}
+    splitters = [StreamingToolCalls(plan.parser) if plan.parser else None for _ in rids]
+    called = [0] * len(rids)
+
+    def choice(index, delta, reason=None, logprobs=None, **extra):
+        return {**chunk_env, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
+                                          "finish_reason": reason, **extra}]}
 
     def make_chunk(index, out, state, first):
         chunks = []
         if first:
-            chunks.append({**chunk_env, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
-                                                     "logprobs": None, "finish_reason": None}]})
-        if out.text_delta:
-            chunks.append({**chunk_env, "choices": [{
-                "index": index, "delta": {"content": out.text_delta},
-                "logprobs": _chat_logprobs(engine, out.logprobs) if body.logprobs else None,
-                "finish_reason": None}]})
+            chunks.append(choice(index, {"role": "assistant", "content": ""}))
+        content, calls = out.text_delta, []
+        if splitters[index] is not None:
+            content, calls = splitters[index].feed(out.text_delta, final=out.finished)
+        if content or (out.logprobs and body.logprobs):
+            chunks.append(choice(index, {"content": content},
+                                 logprobs=_chat_logprobs(engine, out.logprobs) if body.logprobs else None))
+        for call in calls:
+            chunks.append(choice(index, {"tool_calls": [call.to_openai(index=called[index])]}))
+            called[index] += 1
         if out.finished:
             reason, matched = _finish_reason(state)
-            chunks.append({**chunk_env, "choices": [{"index": index, "delta": {}, "logprobs": None,
-                                                     "finish_reason": reason, "matched_stop": matched}]})
+            chunks.append(choice(index, {}, "tool_calls" if called[index] else reason, matched_stop=matched))
         return chunks
 
     make_chunk.envelope = chunk_env

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from engine.errors import BadRequestError
+from engine.grammar import Constraint
 from engine.scheduler.request import SamplingParams
 
 MAX_N = 16
@@ -43,7 +44,7 @@ class GenerateSamplingParams(BaseModel):
     n: int = 1
     sampling_seed: int | None = None
     seed: int | None = None
-    json_schema: str | None = None
+    json_schema: str | dict | None = None
     regex: str | None = None
     ebnf: str | None = None
     stream_interval: int | None = None
@@ -122,6 +123,8 @@ class _OpenAICommon(BaseModel):
     priority: int | None = None  # SGLang's: higher runs first; none = 0
     agent_hints: dict | None = None  # the gateway's; a worker accepts and ignores it
     response_format: dict | None = None
+    regex: str | None = None  # SGLang's output constraints on its OpenAI routes
+    ebnf: str | None = None
 
 
 class CompletionRequest(_OpenAICommon):
@@ -207,6 +210,7 @@ def build_sampling_params(
     logit_bias: dict[str, float] | None = None,
     vocab_size: int,
     max_tokens_name: str = "max_new_tokens",
+    constraint: Constraint | None = None,
 ) -> SamplingParams:
     """Check every value (SGLang's messages) and freeze them for the engine."""
     if not math.isfinite(temperature) or temperature < 0:
@@ -259,7 +263,7 @@ def build_sampling_params(
         repetition_penalty=repetition_penalty, min_new_tokens=min_new_tokens, stop=tuple(stops),
         stop_token_ids=tuple(stop_token_ids or ()), ignore_eos=ignore_eos, seed=seed,
         skip_special_tokens=skip_special_tokens, no_stop_trim=no_stop_trim,
-        logit_bias=tuple(sorted(bias.items())),
+        logit_bias=tuple(sorted(bias.items())), constraint=constraint,
     )
 
 

@@ -20,6 +20,7 @@ from engine.worker import openai_api
 from engine.worker.bridge import (ENGINE, SERVER_ARGS, Collected, close_sse, collect_all, json_response, merge_streams,
                                   new_rid, open_sse, read_json, run_request, send_sse, start_streams)
 from engine.worker.metrics import render_metrics
+from engine.worker.structured import compiled, from_sampling
 from engine.worker.protocol import (GenerateRequest, GenerateSamplingParams, KVPrefix, PinRequest, PrefetchRequest,
                                     UnpinRequest, build_sampling_params, parse, reject_unsupported)
 
@@ -258,6 +259,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if not 0 <= req.top_logprobs_num <= 20:
         raise BadRequestError(f"top_logprobs_num must be in [0, 20], got {req.top_logprobs_num}",
                               param="top_logprobs_num")
+    for sp in req.sampling_params if isinstance(req.sampling_params, list) else [req.sampling_params]:
+        await compiled(engine, from_sampling(sp.json_schema, sp.regex, sp.ebnf))  # off the loop; then cached
     items = _expand_batch(engine, req)
     incremental = request.app[SERVER_ARGS].get("incremental_streaming_output", False)
     streams = [run_request(engine, ids, params, rid=rid, salt=req.cache_salt, return_logprob=req.return_logprob,
@@ -320,7 +323,10 @@ def _expand_batch(engine: Engine, req: GenerateRequest) -> list[tuple[str, list[
 
 
 def _sampling(engine: Engine, sp: GenerateSamplingParams):
-    reject_unsupported(json_schema=sp.json_schema, regex=sp.regex, ebnf=sp.ebnf, custom_params=sp.custom_params)
+    reject_unsupported(custom_params=sp.custom_params)
+    constraint = from_sampling(sp.json_schema, sp.regex, sp.ebnf)
+    if constraint is not None:
+        engine.grammars.compile(constraint)  # compiled by generate() already: a cache hit
     return build_sampling_params(
         max_new_tokens=sp.max_new_tokens, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k,
         min_p=sp.min_p, frequency_penalty=sp.frequency_penalty, presence_penalty=sp.presence_penalty,
@@ -328,7 +334,7 @@ def _sampling(engine: Engine, sp: GenerateSamplingParams):
         stop_token_ids=sp.stop_token_ids, ignore_eos=sp.ignore_eos,
         seed=sp.sampling_seed if sp.sampling_seed is not None else sp.seed,
         skip_special_tokens=sp.skip_special_tokens, no_stop_trim=sp.no_stop_trim, logit_bias=sp.logit_bias,
-        vocab_size=engine.model_config.vocab_size)
+        vocab_size=engine.model_config.vocab_size, constraint=constraint)
 
 
 def _generate_json(c: Collected, req: GenerateRequest, engine: Engine, final: bool = True) -> dict:

@@ -3,9 +3,10 @@ planner's frozen dataclasses. Schema errors become one 422 listing every problem
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from gateway.api.forwarded import Sampling
 from gateway.errors import ValidationProblems
@@ -13,8 +14,17 @@ from gateway.planner.conditions import RegexUnsupported, compile_regex
 from gateway.planner.spec import Condition, EdgeSpec, NodeSpec, WorkflowSpec
 from gateway.planner.templates import TemplateEdge, TemplateGraph
 
-# Sampling fields of a node, forwarded to the worker's /v1/chat/completions as they are.
-SAMPLING_FIELDS = tuple(Sampling.model_fields)
+# Sampling fields of a node, forwarded to the worker's /v1/chat/completions as they are: those checked as a
+# forwarded call's are (gateway/api/forwarded.py), and the others the worker takes (OpenAI's names, SGLang's
+# regex / ebnf).
+CHECKED_SAMPLING = tuple(Sampling.model_fields)
+SAMPLING_FIELDS = CHECKED_SAMPLING + ("logit_bias", "skip_special_tokens", "no_stop_trim", "regex", "ebnf")
+# Everything else a node may carry for its call: tools, and the output format.
+CALL_FIELDS = ("tools", "tool_choice", "response_format")
+NODE_FIELDS = SAMPLING_FIELDS + CALL_FIELDS + ("sampling_params", "max_completion_tokens")
+# SGLang's sampling_params keys, by the OpenAI field each becomes (json_schema: response_format).
+SGLANG_SAMPLING = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "sampling_seed": "seed",
+                   "json_schema": "response_format", **{k: k for k in SAMPLING_FIELDS if k != "min_tokens"}}
 CONDITION_KINDS = ("contains", "regex", "equals", "json_path")
 
 
@@ -50,8 +60,39 @@ class MessageIn(BaseModel):
     content: str
 
 
+def _openai_params(extra: dict) -> tuple[dict, int | None]:
+    """A node's call fields in OpenAI form, SGLang's sampling_params folded in; (params, max_tokens).
+    Every field is either forwarded or refused: an unknown one is an error that names it."""
+    unknown = sorted(set(extra) - set(NODE_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown node field(s) {', '.join(unknown)}; a node takes id, type, model, messages, "
+                         f"max_tokens, max_retries, output and {', '.join(NODE_FIELDS)}")
+    params = {k: v for k, v in extra.items() if k not in ("sampling_params", "max_completion_tokens")}
+    max_tokens = extra.get("max_completion_tokens")
+    sp = extra.get("sampling_params") or {}
+    if not isinstance(sp, dict):
+        raise ValueError("sampling_params must be an object (SGLang's sampling parameters)")
+    unknown = sorted(set(sp) - set(SGLANG_SAMPLING))
+    if unknown:
+        raise ValueError(f"sampling_params: unsupported key(s) {', '.join(unknown)} in a workflow node; "
+                         f"supported: {', '.join(SGLANG_SAMPLING)}")
+    for key, value in sp.items():
+        name = SGLANG_SAMPLING[key]
+        if key == "json_schema":
+            schema = json.loads(value) if isinstance(value, str) else value
+            value = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+        if name == "max_tokens":
+            max_tokens = value
+            continue
+        if name in params and params[name] != value:
+            raise ValueError(f"{key} is set twice, differently: as sampling_params.{key} and as {name}")
+        params[name] = value
+    return params, max_tokens
+
+
 class NodeIn(Sampling):
-    """A node; its sampling fields (SAMPLING_FIELDS, checked as a forwarded call's are) go to the worker."""
+    """A node. Its sampling fields (checked as a forwarded call's are) and call fields (NODE_FIELDS) go to the
+    worker; any other field is refused with the name of it."""
     model_config = ConfigDict(extra="allow")
     id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_\-]+$")
     type: Literal["llm", "external"] = "llm"
@@ -59,12 +100,31 @@ class NodeIn(Sampling):
     messages: list[MessageIn] = []
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     max_retries: int = Field(default=2, ge=0, le=10)
+    # what the node's output is: its text, its first tool call's arguments (JSON), or all its calls (JSON list)
+    output: Literal["text", "tool_call", "tool_calls"] = "text"
+    _params: dict = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _call_fields(self):
+        given = {k: getattr(self, k) for k in CHECKED_SAMPLING if k in self.model_fields_set}
+        params, max_tokens = _openai_params({**given, **(self.model_extra or {})})
+        Sampling.model_validate({k: v for k, v in params.items() if k in CHECKED_SAMPLING})  # sampling_params too
+        if max_tokens is not None:
+            if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= 1_000_000:
+                raise ValueError(f"max_new_tokens / max_completion_tokens must be an integer in [1, 1000000], "
+                                 f"got {max_tokens!r}")
+            if self.max_tokens is not None and self.max_tokens != max_tokens:
+                raise ValueError(f"max_tokens is set twice, differently ({self.max_tokens} and {max_tokens})")
+            self.max_tokens = max_tokens
+        if self.output != "text" and not params.get("tools"):
+            raise ValueError(f"output {self.output!r} needs tools")
+        self._params = params
+        return self
 
     def to_spec(self, default_max_tokens: int) -> NodeSpec:
-        params = {k: getattr(self, k) for k in SAMPLING_FIELDS if k in self.model_fields_set}
         return NodeSpec(id=self.id, kind=self.type, messages=tuple((m.role, m.content) for m in self.messages),
-                        model=self.model, params=params, max_tokens=self.max_tokens or default_max_tokens,
-                        max_retries=self.max_retries)
+                        model=self.model, params=self._params, max_tokens=self.max_tokens or default_max_tokens,
+                        max_retries=self.max_retries, output=self.output)
 
 
 class EdgeIn(BaseModel):

@@ -33,9 +33,10 @@ class NodeSpec:
     kind: str = "llm"  # "llm" | "external"
     messages: tuple[tuple[str, str], ...] = ()  # (role, content) with {{refs}}
     model: str | None = None
-    params: dict = field(default_factory=dict)  # OpenAI sampling fields forwarded to the worker
+    params: dict = field(default_factory=dict)  # OpenAI call fields forwarded to the worker (sampling, tools, ...)
     max_tokens: int = 128
     max_retries: int = 2
+    output: str = "text"  # "text" | "tool_call" (its first call's arguments, JSON) | "tool_calls" (JSON list)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ does one that stops coming (client.py: first-token and inter-token timeouts).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,29 @@ class CallResult:
     text: str
     usage: dict | None
     finish_reason: str | None
+    tool_calls: tuple[dict, ...] = ()  # OpenAI's {id, type, function: {name, arguments}}, assembled from deltas
+
+
+def node_output(spec: NodeSpec, result: CallResult, url: str) -> str:
+    """What the node hands downstream: its text, or (spec.output) its parsed tool call(s) as JSON."""
+    if spec.output == "text":
+        return result.text
+    if not result.tool_calls:
+        raise WorkerCallError(url, f"node {spec.id!r} expects a tool call (output {spec.output!r}) but the model "
+                                  f"answered in text (finish_reason {result.finish_reason}): {result.text[:200]!r}",
+                              retryable=False)
+    calls = [{"name": c["function"]["name"], "arguments": _arguments(c["function"]["arguments"])}
+             for c in result.tool_calls]
+    if spec.output == "tool_call":
+        return json.dumps(calls[0]["arguments"], ensure_ascii=False)
+    return json.dumps(calls, ensure_ascii=False)
+
+
+def _arguments(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def render_messages(spec: NodeSpec, outputs: dict[str, str], inputs: dict) -> list[dict]:
@@ -49,6 +73,7 @@ def chat_body(spec: NodeSpec, messages: list[dict], rid: str, model: str | None,
 async def run_chat(client: WorkerClient, body: dict, on_delta: Callable[[str], Awaitable[None]],
                    on_first: Callable[[], None] | None, timeouts: StreamTimeouts) -> CallResult:
     text, usage, finish = [], None, None
+    calls: dict[int, dict] = {}  # tool-call deltas by index: name and id once, arguments in pieces
     async for chunk in client.stream_json("/v1/chat/completions", body, timeouts):
         if not isinstance(chunk, dict):
             raise WorkerCallError(client.url, f"a stream chunk is not a JSON object: {str(chunk)[:80]}")
@@ -57,6 +82,13 @@ async def run_chat(client: WorkerClient, body: dict, on_delta: Callable[[str], A
             message = err.get("message", err) if isinstance(err, dict) else err
             raise WorkerCallError(client.url, f"error mid-stream: {message}", retryable=False)
         for choice in chunk.get("choices") or ():
+            for tc in (choice.get("delta") or {}).get("tool_calls") or ():
+                call = calls.setdefault(tc.get("index", len(calls)), {"id": None, "type": "function",
+                                                                     "function": {"name": "", "arguments": ""}})
+                call["id"] = tc.get("id") or call["id"]
+                fn = tc.get("function") or {}
+                call["function"]["name"] += fn.get("name") or ""
+                call["function"]["arguments"] += fn.get("arguments") or ""
             delta = (choice.get("delta") or {}).get("content")
             if delta:
                 if not text and on_first is not None:
@@ -68,4 +100,4 @@ async def run_chat(client: WorkerClient, body: dict, on_delta: Callable[[str], A
             usage = chunk["usage"]
     if finish is None:
         raise WorkerCallError(client.url, "the stream ended before the call finished")
-    return CallResult("".join(text), usage, finish)
+    return CallResult("".join(text), usage, finish, tuple(calls[i] for i in sorted(calls)))

@@ -35,7 +35,7 @@ from gateway.metrics import Metrics
 from gateway.planner.spec import WorkflowSpec, spec_from_json, spec_to_json
 from gateway.router.base import RouteRequest, RoutingPolicy
 from gateway.router.prompts import PromptHasher
-from gateway.scheduler.executor import chat_body, render_messages, run_chat
+from gateway.scheduler.executor import chat_body, node_output, render_messages, run_chat
 from gateway.scheduler.lifecycle import CANCELLED, Lifecycle
 from gateway.scheduler.ownership import NodeCall
 from gateway.scheduler.run import NodeState, WorkflowRun
@@ -195,19 +195,21 @@ class Scheduler(Lifecycle):
             body = chat_body(spec, messages, state.rid, worker.model_info.get("served_model_name"),
                              self.config.workflow_priority + run.spec.priority)
             result = await run_chat(worker.client, body, on_delta, on_first, self.pool.stream_timeouts(worker))
+            output = node_output(spec, result, url)
         except WorkerCallError as exc:
             call.release()  # first, so the retry may take the slot
             async with run.resolving:
                 await self._call_failed(run, node, url, exc)
             return
         async with run.resolving:
-            state.status, state.output, state.usage = "finished", result.text, result.usage
+            state.status, state.output, state.usage = "finished", output, result.usage
             state.finished = time.time()
             self.metrics.observe_usage(result.usage)
             await self.journal.save_node(run.id, node, state.to_json())
             await self.journal.event(run.id, "node_finished", {
-                "node": node, "status": "finished", "output": result.text, "usage": result.usage,
-                "worker": url, "finish_reason": result.finish_reason})
+                "node": node, "status": "finished", "output": output, "usage": result.usage,
+                "worker": url, "finish_reason": result.finish_reason,
+                **({"tool_calls": list(result.tool_calls)} if result.tool_calls else {})})
             self.metrics.nodes.inc(status="finished")
             await self.advance(run)
         # Only now, with the successors enqueued, so they compete for the slot at once (the critical

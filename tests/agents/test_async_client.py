@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
-from agents import AsyncClient
-from agents.errors import Conflict, NotFound, Unavailable, ValidationFailed
-from agents.events import NodeStarted, Token, WorkflowFinished
-from agents.transport import RetryPolicy
-from agents.workflow import Workflow
+from agentgate import AsyncClient
+from agentgate.errors import Conflict, NotFound, Unavailable, ValidationFailed
+from agentgate.events import NodeStarted, Token, WorkflowFinished
+from agentgate.transport import RetryPolicy
+from agentgate.workflow import Workflow
 
 pytestmark = pytest.mark.asyncio
 FAST_RETRY = RetryPolicy(max_retries=3, backoff_s=0.05, max_backoff_s=2.0)

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from agents import AsyncClient, Client
-from agents.errors import ServerError, Unavailable
-from agents.transport import DONE, RetryPolicy, stream_data
+from agentgate import AsyncClient, Client
+from agentgate.errors import ServerError, Unavailable
+from agentgate.transport import DONE, RetryPolicy, stream_data
 
 FAST_RETRY = RetryPolicy(max_retries=2, backoff_s=0.05, max_backoff_s=1.0)
 

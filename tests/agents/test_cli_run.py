@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from agents.cli import main
+from agentgate.cli import main
 
 
 def test_run_a_json_workflow_with_inputs(gw, tmp_path, capsys):
@@ -27,7 +27,7 @@ def test_run_a_json_workflow_with_inputs(gw, tmp_path, capsys):
 def test_run_a_python_workflow_with_a_tool(gw, tmp_path, capsys):
     path = tmp_path / "agent.py"
     path.write_text(textwrap.dedent('''
-        from agents.workflow import Workflow
+        from agentgate.workflow import Workflow
 
         def build():
             wf = Workflow("cli-py", inputs={"n": "2"})
@@ -55,7 +55,7 @@ def test_run_reports_validation_problems(gw, tmp_path, capsys):
 def test_quick_reaches_build_and_client_driven_agents(gw, tmp_path, capsys):
     path = tmp_path / "agent.py"
     path.write_text(textwrap.dedent('''
-        from agents.workflow import Workflow
+        from agentgate.workflow import Workflow
 
         def build(quick=False):
             wf = Workflow()
@@ -67,7 +67,7 @@ def test_quick_reaches_build_and_client_driven_agents(gw, tmp_path, capsys):
 
     driven = tmp_path / "driven.py"
     driven.write_text(textwrap.dedent('''
-        from agents.state import AgentRun, CallInfo
+        from agentgate.state import AgentRun, CallInfo
 
         def run_agent(client, *, quick, inputs):
             reply = client.chat(f"quick={quick} who={inputs.get('who')}", agent_hints={"node_id": "ask"})

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from agents import Client
-from agents.errors import Conflict, NotFound, ToolFailed, Unavailable, ValidationFailed
-from agents.events import NodeFinished, NodeStarted, Token, WorkflowFinished, WorkflowStarted
-from agents.transport import RetryPolicy
-from agents.workflow import Workflow, contains
+from agentgate import Client
+from agentgate.errors import Conflict, NotFound, ToolFailed, Unavailable, ValidationFailed
+from agentgate.events import NodeFinished, NodeStarted, Token, WorkflowFinished, WorkflowStarted
+from agentgate.transport import RetryPolicy
+from agentgate.workflow import Workflow, contains
 
 FAST_RETRY = RetryPolicy(max_retries=3, backoff_s=0.05, max_backoff_s=2.0)
 
@@ -152,7 +152,7 @@ def test_503_is_retried_until_a_worker_appears(served):
 
 
 def test_an_unreachable_gateway_raises_after_retries():
-    from agents.errors import GatewayUnreachable
+    from agentgate.errors import GatewayUnreachable
     from engine.redis_server import free_port
 
     with Client(f"http://127.0.0.1:{free_port()}", retry=RetryPolicy(max_retries=2, backoff_s=0.01)) as c:

@@ -9,14 +9,14 @@ import re
 
 import pytest
 
-from agents import AsyncClient, Client
-from agents.cli import main
-from agents.examples import code_edit, map_reduce, multi_agent, react
-from agents.examples.react_langgraph import TEMPLATE as LANGGRAPH_TEMPLATE
+from agentgate import AsyncClient, Client
+from agentgate.cli import main
+from agentgate.examples import code_edit, map_reduce, multi_agent, react
+from agentgate.examples.react_langgraph import TEMPLATE as LANGGRAPH_TEMPLATE
 from tests.support import REPO_ROOT
 
 pytestmark = pytest.mark.slow
-EXAMPLES = REPO_ROOT / "agents" / "examples"
+EXAMPLES = REPO_ROOT / "agents" / "agentgate" / "examples"
 TIMEOUT = "300"
 
 
@@ -26,7 +26,7 @@ def real_gw(served, worker):
 
 
 def run_example(name: str, url: str, capsys, *extra: str) -> str:
-    """`agentgate run agents/examples/NAME.py --quick`; its printed output (exit status 0 asserted)."""
+    """`agentgate run agents/agentgate/examples/NAME.py --quick`; its printed output (exit status 0 asserted)."""
     code = main(["run", str(EXAMPLES / f"{name}.py"), "--quick", "--gateway", url, "--timeout", TIMEOUT, *extra])
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]

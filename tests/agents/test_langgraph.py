@@ -11,8 +11,8 @@ pytest.importorskip("langchain_openai")
 
 from langgraph.graph import END, START, StateGraph  # noqa: E402
 
-from agents import Client  # noqa: E402
-from agents.langgraph import chat_model, graph_template, register_graph, run_config  # noqa: E402
+from agentgate import Client  # noqa: E402
+from agentgate.langgraph import chat_model, graph_template, register_graph, run_config  # noqa: E402
 
 
 class State(TypedDict, total=False):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from agents import AsyncClient
-from agents.sequential import run_sequential
-from agents.workflow import Workflow, contains
+from agentgate import AsyncClient
+from agentgate.sequential import run_sequential
+from agentgate.workflow import Workflow, contains
 
 pytestmark = pytest.mark.asyncio
 

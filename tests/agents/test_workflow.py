@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agents import Client
-from agents.errors import ValidationFailed
-from agents.workflow import Workflow, contains, equals, json_path, regex
+from agentgate import Client
+from agentgate.errors import ValidationFailed
+from agentgate.workflow import Workflow, contains, equals, json_path, regex
 
 
 def build() -> Workflow:
@@ -88,7 +88,7 @@ def test_builder_errors_at_the_line_that_makes_them():
     wf.llm("a", "x")
     with pytest.raises(ValueError, match="already has a node 'a'"):
         wf.llm("a", "y")
-    with pytest.raises(TypeError, match="unknown sampling field"):
+    with pytest.raises(TypeError, match="unknown node field"):
         wf.llm("b", "y", temprature=0.5)
     with pytest.raises(ValueError, match="not both"):
         wf.llm("c", "y", messages=[("user", "z")])

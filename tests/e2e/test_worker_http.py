@@ -440,7 +440,8 @@ BAD_REQUESTS = {
     "never fits the pool": ("/generate", {"input_ids": [1] * 100, "sampling_params": {"max_new_tokens": 6000}}),
     "empty stop string": ("/generate", _gen({"stop": [""]})),
     "too many top logprobs": ("/v1/completions", {"prompt": "hi", "max_tokens": 4, "logprobs": 50}),
-    "unsupported regex": ("/generate", _gen({"regex": "[a-z]+"})),
+    "regex that does not compile": ("/generate", _gen({"regex": "[a-z"})),
+    "two output constraints": ("/generate", _gen({"regex": "[a-z]+", "ebnf": "root ::= \"a\""})),
     "abort body not an object": ("/abort_request", [1]),
 }
 

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 
 from engine.redis_server import free_port
-from tests.support import REPO_ROOT, http_json
+from tests.support import CHILD_PYTHONPATH, REPO_ROOT, http_json
 
 
 def test_gateway_subcommand_serves(redis_url, tmp_path):
     port = free_port()
     dead_worker = f"http://127.0.0.1:{free_port()}"
     log = open(tmp_path / "gateway.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "gateway", "--port", str(port), "--worker-urls",
+    proc = subprocess.Popen([sys.executable, "-m", "agentgate.cli", "gateway", "--port", str(port), "--worker-urls",
                              dead_worker, "--redis-url", redis_url, "--policy", "least_load"],
-                            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+                            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": CHILD_PYTHONPATH})
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30

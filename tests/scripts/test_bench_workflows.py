@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from agents.state import WorkflowState
-from agents.tools import ToolCall, bind
+from agentgate.state import WorkflowState
+from agentgate.tools import ToolCall, bind
 from scripts import bench_workflows as bench
 from scripts import bench_workflows_report as report
 from tests.support import REPO_ROOT
@@ -263,8 +263,8 @@ class _Tenant:
     async def chat(self, prompt, **sampling):
         import asyncio
 
-        from agents.errors import AgentGateError
-        from agents.state import ChatResult
+        from agentgate.errors import AgentGateError
+        from agentgate.state import ChatResult
 
         self.calls += 1
         self.in_flight += 1

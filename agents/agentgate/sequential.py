@@ -35,10 +35,10 @@ from typing import Any
 
 import aiohttp
 
-from agents.async_client import AsyncClient
-from agents.errors import AgentGateError
-from agents.state import WorkflowState
-from agents.tools import ToolCall, call_tool, prepare, result_payload
+from agentgate.async_client import AsyncClient
+from agentgate.errors import AgentGateError
+from agentgate.state import WorkflowState
+from agentgate.tools import ToolCall, call_tool, prepare, result_payload
 from gateway.api.schemas import WorkflowIn
 from gateway.planner.templating import render
 from gateway.scheduler.run import NodeState, WorkflowRun

@@ -7,11 +7,11 @@ A .json file is the REST body of POST /v1/workflows. A .py file defines `workflo
 
 A .py file may instead define `run_agent(client, *, quick, inputs)`: an agent that drives
 its own graph (a LangGraph graph, say) and calls the gateway's chat API itself. It gets a
-`Client` and returns an `AgentRun` (agents/state.py); its outputs and per-call cache stats
+`Client` and returns an `AgentRun` (agents/agentgate/state.py); its outputs and per-call cache stats
 are shown the same way.
 
 `--quick` passes quick=True to `build()` / `run_agent()`: the example agents
-(agents/examples/) then make fewer and shorter calls, for smoke tests.
+(agents/agentgate/examples/) then make fewer and shorter calls, for smoke tests.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from agents.client import Client
-from agents.errors import AgentGateError
-from agents.events import Event, NodeFinished, NodeRetry, NodeStarted, Token
-from agents.state import AgentRun, WorkflowState
+from agentgate.client import Client
+from agentgate.errors import AgentGateError
+from agentgate.events import Event, NodeFinished, NodeRetry, NodeStarted, Token
+from agentgate.state import AgentRun, WorkflowState
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:

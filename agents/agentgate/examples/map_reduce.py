@@ -16,14 +16,14 @@ Every call shares one long system prompt (the digest pipeline's style guide), an
 prompt puts the document before the audience, so the same document summarized for another
 reader reuses its cached prefix.
 
-    agentgate run agents/examples/map_reduce.py [--quick] [--input audience="..."]
+    agentgate run agents/agentgate/examples/map_reduce.py [--quick] [--input audience="..."]
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from agents.workflow import Workflow
+from agentgate.workflow import Workflow
 
 TEMPLATE = "nimbus-digest"
 DOCS_DIR = Path(__file__).resolve().parent / "data" / "docs"

@@ -16,14 +16,14 @@ its whole system prompt cached — on the worker that ran that role before — a
 worker computes is mostly decoding: the case where calls arriving together, batched
 together, matter most.
 
-    agentgate run agents/examples/diamond.py [--quick] [--input question="..."]
+    agentgate run agents/agentgate/examples/diamond.py [--quick] [--input question="..."]
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from agents.workflow import Workflow
+from agentgate.workflow import Workflow
 
 TEMPLATE = "nimbus-review-diamond"
 DATA = Path(__file__).resolve().parent / "data"

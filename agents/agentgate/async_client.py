@@ -18,12 +18,12 @@ from typing import Any
 
 import aiohttp
 
-from agents import transport
-from agents.client import chat_payload
-from agents.errors import AgentGateError, ToolFailed, WorkflowFailed
-from agents.events import Event, SSEDecoder, WorkflowFinished
-from agents.state import ChatChunk, ChatResult, WorkflowPage, WorkflowState
-from agents.tools import ToolCall, ToolRunner, call_tool, prepare, result_payload, upstream_of
+from agentgate import transport
+from agentgate.client import chat_payload
+from agentgate.errors import AgentGateError, ToolFailed, WorkflowFailed
+from agentgate.events import Event, SSEDecoder, WorkflowFinished
+from agentgate.state import ChatChunk, ChatResult, WorkflowPage, WorkflowState
+from agentgate.tools import ToolCall, ToolRunner, call_tool, prepare, result_payload, upstream_of
 
 # Errors from a connection that broke after the request was sent (it may have been acted on).
 LOST = (aiohttp.ClientError, asyncio.TimeoutError, OSError)

@@ -1,7 +1,7 @@
 """The ReAct agent of react.py as a LangGraph graph that runs in the client.
 
 Here the loop is not a workflow the gateway runs: LangGraph runs it, and each `agent` step
-calls the gateway's OpenAI-compatible chat API through `agents.langgraph.chat_model`, the
+calls the gateway's OpenAI-compatible chat API through `agentgate.langgraph.chat_model`, the
 one line a LangGraph user changes. That model tags every call with agent_hints
 {template, node_id, workflow_id}, and the graph's shape is registered as a template first,
 so the gateway learns which call follows which and can prepare the next one.
@@ -12,7 +12,7 @@ so the gateway learns which call follows which and can prepare the next one.
 
 Same system prompt, tools and questions as react.py.
 
-    agentgate run agents/examples/react_langgraph.py [--quick] [--input question="..."]
+    agentgate run agents/agentgate/examples/react_langgraph.py [--quick] [--input question="..."]
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import TypedDict
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.graph import END, START, StateGraph
 
-from agents.examples.react import QUESTIONS, SYSTEM
-from agents.examples.tools import final_answer, observe
-from agents.langgraph import chat_model, register_graph, run_config
-from agents.state import AgentRun, CallInfo
+from agentgate.examples.react import QUESTIONS, SYSTEM
+from agentgate.examples.tools import final_answer, observe
+from agentgate.langgraph import chat_model, register_graph, run_config
+from agentgate.state import AgentRun, CallInfo
 
 TEMPLATE = "nimbus-react-langgraph"
 

@@ -13,7 +13,7 @@ worker accepts long drafts here. And each turn's prompt is the previous turn's p
 its answer, so the whole chain is one growing prefix: every call after the first is a
 cache hit on the worker that served the previous one.
 
-    agentgate run agents/examples/code_edit.py [--quick] [--input task="..."]
+    agentgate run agents/agentgate/examples/code_edit.py [--quick] [--input task="..."]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import json
 import re
 from pathlib import Path
 
-from agents.workflow import Workflow, contains
+from agentgate.workflow import Workflow, contains
 
 TEMPLATE = "patchwork-edit"
 CODE_DIR = Path(__file__).resolve().parent / "data" / "code"

@@ -1,8 +1,8 @@
 """`Client`: the blocking SDK client (stdlib urllib; no event loop, safe in any thread).
 
-Its twin `AsyncClient` (agents/async_client.py) has the same methods as
+Its twin `AsyncClient` (agents/agentgate/async_client.py) has the same methods as
 coroutines and async iterators; both build requests and read answers through
-agents/transport.py, so they retry, time out and raise the same way.
+agents/agentgate/transport.py, so they retry, time out and raise the same way.
 
     with Client("http://127.0.0.1:8000") as gw:
         state = gw.run(wf)               # submit, stream, run tool callables, return the final state
@@ -20,11 +20,11 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from agents import transport
-from agents.errors import AgentGateError, ToolFailed, WorkflowFailed
-from agents.events import Event, SSEDecoder, WorkflowFinished
-from agents.state import ChatChunk, ChatResult, WorkflowPage, WorkflowState
-from agents.tools import ToolRunner, bind, prepare, result_payload, upstream_of
+from agentgate import transport
+from agentgate.errors import AgentGateError, ToolFailed, WorkflowFailed
+from agentgate.events import Event, SSEDecoder, WorkflowFinished
+from agentgate.state import ChatChunk, ChatResult, WorkflowPage, WorkflowState
+from agentgate.tools import ToolRunner, bind, prepare, result_payload, upstream_of
 
 # Errors from a connection that broke after the request was sent (it may have been acted on).
 LOST = (OSError, http.client.HTTPException)

@@ -1,8 +1,9 @@
-"""Example agents, each runnable with `agentgate run agents/examples/FILE.py [--quick]`:
+"""Example agents, each runnable with `agentgate run agents/agentgate/examples/FILE.py [--quick]`:
 
 - react.py            ReAct tool loop (search over data/corpus/, calculator), unrolled into a workflow
 - map_reduce.py       map-reduce summarization of the documents in data/docs/
 - multi_agent.py      planner → parallel executors → critic → writer
+- diamond.py          planner → three reviewers in parallel → critic, each role with its own ~1,000-token prompt
 - code_edit.py        a copy-heavy code-editing conversation with a checker tool
 - react_langgraph.py  the ReAct agent as a LangGraph graph, calling the gateway's chat API
 

@@ -1,7 +1,7 @@
 """ReAct: a support agent that thinks, calls a tool, reads the observation, and repeats.
 
 The classic text ReAct loop (Thought → Action → Observation …, then Final Answer) over the
-Nimbus Cloud docs, with a search tool and a calculator (agents/examples/tools.py). The loop
+Nimbus Cloud docs, with a search tool and a calculator (agents/agentgate/examples/tools.py). The loop
 is unrolled into a workflow the gateway runs, up to `steps` rounds:
 
     think_1 ─(no Final Answer)→ act_1 → think_2 ─→ act_2 → … → act_K → answer ─→ finish
@@ -19,13 +19,13 @@ the next user turn. So each step's prompt is the previous prompt plus that step'
 the observation, and only the observation is new: the prefix cache (which keeps a call's
 output too), routing that knows where it lives, and a pin held through the tool call pay off.
 
-    agentgate run agents/examples/react.py [--quick] [--input question="..."]
+    agentgate run agents/agentgate/examples/react.py [--quick] [--input question="..."]
 """
 
 from __future__ import annotations
 
-from agents.examples.tools import FINAL_ANSWER, final_answer, observe
-from agents.workflow import Workflow, contains
+from agentgate.examples.tools import FINAL_ANSWER, final_answer, observe
+from agentgate.workflow import Workflow, contains
 
 TEMPLATE = "nimbus-react"
 

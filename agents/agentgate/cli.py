@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--force", action="store_true")
     prep.set_defaults(func=lambda a: __import__("engine.model.prepare", fromlist=["main"]).main(
         ["--force"] if a.force else []))
-    from agents.cli_run import add_run_args
+    from agentgate.cli_run import add_run_args
 
     add_run_args(sub.add_parser("run", help="run a workflow file against a gateway, with live progress"))
     args = parser.parse_args(argv)

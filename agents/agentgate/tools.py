@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.events import Event, NodeFinished, NodeStarted
+from agentgate.events import Event, NodeFinished, NodeStarted
 from gateway.planner.templating import references
 
 RESERVED = ("call", "prompt", "messages", "inputs", "outputs")

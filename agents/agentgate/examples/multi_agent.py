@@ -13,12 +13,12 @@ do with a team's shared context: each role's instructions come after it, in the 
 message. So every call after the first starts with ~1,000 cached tokens — where the worker
 that holds them is.
 
-    agentgate run agents/examples/multi_agent.py [--quick] [--input task="..."]
+    agentgate run agents/agentgate/examples/multi_agent.py [--quick] [--input task="..."]
 """
 
 from __future__ import annotations
 
-from agents.workflow import Workflow, contains
+from agentgate.workflow import Workflow, contains
 
 TEMPLATE = "nimbus-launch-council"
 

@@ -3,7 +3,7 @@
 Both clients build an `HttpRequest` with `request()`, send it their own way
 (urllib in a thread-free blocking call, aiohttp on the caller's loop), and hand
 the answer to `decode()`, which returns the JSON or raises the typed error of
-agents/errors.py. Between attempts they ask `RetryPolicy.delay()` how long to
+agents/agentgate/errors.py. Between attempts they ask `RetryPolicy.delay()` how long to
 wait, or whether to stop. What is retried:
 
 - a 503 (no worker can take it now): every method, since the gateway refused
@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 import orjson
 
-from agents.errors import GatewayUnreachable, from_response
+from agentgate.errors import GatewayUnreachable, from_response
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 USER_AGENT = "agentgate-sdk/0.1"

@@ -23,8 +23,8 @@ from typing import Any
 
 import networkx as nx
 
-from agents.errors import ValidationFailed
-from gateway.api.schemas import SAMPLING_FIELDS, WorkflowIn, parse_or_422
+from agentgate.errors import ValidationFailed
+from gateway.api.schemas import NODE_FIELDS, WorkflowIn, parse_or_422
 from gateway.errors import ValidationProblems
 from gateway.planner.dag import validate as validate_spec
 from gateway.planner.templating import references
@@ -156,16 +156,17 @@ class Workflow:
             model: str | None = None, after: NodeLike | Iterable[NodeLike] = (), **sampling) -> Node:
         """An LLM call. `prompt` is one user message (`system` adds a system message first), or give
         `messages` as dicts or (role, content) pairs. `{{node}}` and `{{inputs.name}}` are filled in
-        by the gateway; `after` adds plain edges. Sampling fields (temperature, stop, ...) pass through."""
-        unknown = sorted(set(sampling) - set(SAMPLING_FIELDS))
+        by the gateway; `after` adds plain edges. Sampling fields (temperature, stop, ..., or SGLang's
+        `sampling_params`), `tools`, `tool_choice`, `response_format` and `output` pass through."""
+        unknown = sorted(set(sampling) - set(NODE_FIELDS) - {"output"})
         if unknown:
-            raise TypeError(f"unknown sampling field(s) {unknown}; known: {', '.join(SAMPLING_FIELDS)}")
+            raise TypeError(f"unknown node field(s) {unknown}; known: output, {', '.join(NODE_FIELDS)}")
         node = Node(id, "llm", _messages(prompt, messages, system), max_tokens, max_retries, model, dict(sampling))
         return self._add(node, after)
 
     def external(self, id: str, fn: Callable | None = None, *, prompt: str | None = None,
                  messages: Iterable | None = None, after: NodeLike | Iterable[NodeLike] = ()) -> Node:
-        """A tool node whose result the client posts: `Client.run` calls `fn` (see agents/tools.py for
+        """A tool node whose result the client posts: `Client.run` calls `fn` (see agents/agentgate/tools.py for
         what it receives). `prompt`/`messages` are rendered by the gateway and handed to `fn`."""
         return self._add(Node(id, "external", _messages(prompt, messages, None), fn=fn), after)
 
