@@ -14,6 +14,13 @@ from tests.support import CHILD_PYTHONPATH, REPO_ROOT
 SDK = REPO_ROOT / "agents" / "agentgate"
 
 
+def _installed(module_file: str) -> bool:
+    """Whether a module comes from an installed distribution (site-packages, wherever the venv lives, even
+    inside the checkout) rather than from the checkout's own agents/ folder."""
+    path = Path(module_file).resolve()
+    return "site-packages" in path.parts and not path.is_relative_to(REPO_ROOT / "agents")
+
+
 def test_both_import_here():
     import agents
     import agentgate
@@ -22,7 +29,7 @@ def test_both_import_here():
     from agents import Agent, Runner, function_tool  # the OpenAI Agents SDK's own names
 
     assert Path(agentgate.__file__).parent == SDK and Client.__module__ == "agentgate.client"
-    assert not Path(agents.__file__).is_relative_to(REPO_ROOT)  # openai-agents, not this checkout
+    assert _installed(agents.__file__)  # openai-agents, not this checkout's agents/ folder
     assert Agent and Runner and function_tool
 
 
@@ -35,7 +42,7 @@ def test_both_import_in_a_fresh_interpreter_at_the_repo_root():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     agents_file, sdk_file = out.stdout.split()
-    assert not Path(agents_file).is_relative_to(REPO_ROOT)
+    assert _installed(agents_file)
     assert Path(sdk_file).parent == SDK
 
 
