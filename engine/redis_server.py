@@ -21,8 +21,12 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None):
+    """A private redis-server on loopback. Nothing is saved unless `durable`: then every write goes to an
+    append-only file, fsynced at once, so a restart on the same port and directory keeps every key."""
+
+    def __init__(self, port: int | None = None, *, durable: bool = False):
         self.port = port or free_port()
+        self.durable = durable
         self.dir = tempfile.mkdtemp(prefix="agentgate-redis-")
         self.proc: subprocess.Popen | None = None
 
@@ -35,8 +39,9 @@ class RedisServer:
         if binary is None:
             raise FileNotFoundError("redis-server is not on PATH; run scripts/up (it installs Debian's redis-server)")
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--protected-mode", "yes"],
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", self.dir,
+             "--protected-mode", "yes",
+             *(("--appendonly", "yes", "--appendfsync", "always") if self.durable else ("--appendonly", "no"))],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -10,31 +10,12 @@ of the tool call the step asks for."""
 
 from __future__ import annotations
 
-import uuid
 import warnings
 
 import pytest
-import pytest_asyncio
 
-from engine.redis_server import RedisServer
-from tests.gateway.support import GatewayHandle, fast_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
-
-
-@pytest.fixture(scope="module")
-def redis_url():
-    server = RedisServer().start()
-    yield server.url
-    server.stop()
-
-
-@pytest_asyncio.fixture
-async def gw(worker, redis_url):
-    handle = await GatewayHandle(fast_config(redis_url, [worker], key_prefix="fw" + uuid.uuid4().hex[:6],
-                                             request_timeout_s=120)).start()
-    yield handle
-    await handle.stop()
 
 
 async def test_langgraph_prebuilt_react_agent_completes_a_two_tool_task(gw):

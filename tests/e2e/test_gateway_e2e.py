@@ -3,35 +3,17 @@ and chat calls whose shared prefix the worker serves from its cache."""
 
 from __future__ import annotations
 
-import uuid
 
 import orjson
 import pytest
-import pytest_asyncio
 
-from engine.redis_server import RedisServer
 from gateway.keys import HASHER
-from tests.gateway.support import GatewayHandle, fast_config, llm
+from tests.gateway.support import llm
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 
 SYSTEM = ("You are a careful assistant inside an agent workflow. Answer in one short sentence. "
           "Never use lists. Prefer plain words. ") * 6
-
-
-@pytest.fixture(scope="module")
-def redis_url():
-    server = RedisServer().start()
-    yield server.url
-    server.stop()
-
-
-@pytest_asyncio.fixture
-async def gw(worker, redis_url):
-    handle = await GatewayHandle(fast_config(redis_url, [worker], key_prefix="e2e" + uuid.uuid4().hex[:6],
-                                             request_timeout_s=120)).start()
-    yield handle
-    await handle.stop()
 
 
 async def test_diamond_workflow_runs_end_to_end(gw):

@@ -6,13 +6,10 @@ external node as JSON, and a field the gateway cannot use is a 422 naming it."""
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
-import pytest_asyncio
 
-from engine.redis_server import RedisServer
-from tests.gateway.support import GatewayHandle, fast_config, llm
+from tests.gateway.support import llm
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 
@@ -20,21 +17,6 @@ WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24}},
                    "required": ["city"]}}}
-
-
-@pytest.fixture(scope="module")
-def redis_url():
-    server = RedisServer().start()
-    yield server.url
-    server.stop()
-
-
-@pytest_asyncio.fixture
-async def gw(worker, redis_url):
-    handle = await GatewayHandle(fast_config(redis_url, [worker], key_prefix="tools" + uuid.uuid4().hex[:6],
-                                             request_timeout_s=120)).start()
-    yield handle
-    await handle.stop()
 
 
 async def test_sglang_max_new_tokens_bounds_the_node(gw):
