@@ -107,6 +107,7 @@ class CellSummary:
     background: dict = field(default_factory=dict)  # other tenants' calls during the cell (sent, finished, ...)
     makespan_runs: tuple = ()  # with repeats (--repeats): every run's makespan; this summary is the median run's
     cpu: dict = field(default_factory=dict)  # CPU-seconds by process kind during the cell (worker, gateway, ...)
+    example_latency: dict = field(default_factory=dict)  # example → mean end-to-end latency of its finished workflows
 
 
 def median_runs(runs: list["CellSummary"]) -> "CellSummary":
@@ -179,7 +180,9 @@ def summarize(config: str, rate: float, records: list[WorkflowRecord], workers: 
         prefetch_hits=sum(bool(c.prefetch_hit) for c in predicted),
         work={"workers": len(work), **{k: sum(w.get(k, 0.0) for w in work) for k in WORK_COUNTERS.values()},
               **({"gateway": awareness} if awareness else {})} if work else {},
-        background=dict(background or {}), cpu=dict(cpu or {}))
+        background=dict(background or {}), cpu=dict(cpu or {}),
+        example_latency={e: round(float(np.mean([r.latency for r in done if r.example == e])), 2)
+                         for e in sorted({r.example for r in done})})
 
 
 def to_json(meta: dict, summaries: list[CellSummary], records: dict[tuple[str, float], list[WorkflowRecord]],
@@ -269,6 +272,7 @@ def section(summaries: list[CellSummary], meta: dict, baseline: str, targets: di
                       f"for {base.completion_tokens} completion tokens, sglang_router {peer.work['forward_s']:.1f} for "
                       f"{peer.completion_tokens} ({ratio:.2f}×; target ≤ 1: {'met' if ratio <= 1 else 'not met'})."]
     lines += awareness_verdicts(summaries, baseline, rates)
+    lines += example_table(summaries, baseline)
     lines += work_table(summaries)
     lines += ["", f"![Pareto frontier]({images[0]})", "", f"![one workflow's timeline]({images[1]})", ""]
     return "\n".join(lines)
@@ -284,6 +288,25 @@ def background_note(summaries: list[CellSummary], meta: dict) -> str:
             f"unique ~{meta['background_tokens']}-token prompt, {meta['background_max_tokens']} tokens out, at most "
             f"{meta['background_inflight']} in flight) and compete for "
             f"KV memory; they are not in the table's numbers. Finished of sent: {done}.")
+
+
+def example_table(summaries: list[CellSummary], baseline: str) -> list[str]:
+    """Mean end-to-end latency of each example's workflows, per cell, and each against the baseline's: which
+    kind of agent gains or loses. Only for runs of more than one example."""
+    examples = sorted({e for s in summaries for e in s.example_latency})
+    if len(examples) < 2:
+        return []
+    base = {s.rate: s.example_latency for s in summaries if s.config == baseline}
+    lines = ["", "Mean end-to-end latency (s) of each example's workflows (in brackets: ÷ " + baseline + "'s, "
+             "higher: " + baseline + " is faster):", "",
+             "| arrivals | configuration | " + " | ".join(examples) + " |", "|---|---|" + "---|" * len(examples)]
+    for s in summaries:
+        cells = []
+        for e in examples:
+            v, b = s.example_latency.get(e), base.get(s.rate, {}).get(e)
+            cells.append("–" if v is None else f"{v:.1f}" + (f" ({v / b:.2f}×)" if b and s.config != baseline else ""))
+        lines.append(f"| {rate_label(s.rate)} | {s.config} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def work_table(summaries: list[CellSummary]) -> list[str]:

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway.errors import WorkerCallError
 from gateway.metrics import Metrics
@@ -188,7 +188,17 @@ class Prefetcher:
 
     # -- routing and bounds ------------------------------------------------------------------------
     def _route(self, ids: list[int]) -> str | None:
-        views = [w.view() for w in self.pool.healthy()]
+        """Where a new prefetch goes: the policy's choice, each worker's load counting the calls already
+        headed there (a live slot's call follows its prefetch). Without that, the successors of one node all
+        found the same idle worker, and once their prefixes sat there every later call of those roles did
+        too: a whole stage of a workflow on one worker while the other idled."""
+        expected: dict[str, int] = {}
+        for slot in self.slots.values():
+            if not slot.released:
+                expected[slot.url] = expected.get(slot.url, 0) + 1
+        views = [replace(v, in_flight=v.in_flight + expected.get(v.url, 0),
+                         num_reqs=v.num_reqs + expected.get(v.url, 0))
+                 for v in (w.view() for w in self.pool.healthy())]
         if not views:
             return None
         return self.policy.choose(self.hasher.route_for_ids(ids), views)

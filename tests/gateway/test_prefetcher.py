@@ -134,3 +134,21 @@ async def test_a_slot_released_while_its_prefetch_runs_drops_the_pin_when_it_lan
     await settle()
     await settle()
     assert kv.unpinned == ["late"] and pf.slots[("wf", "n")].pin is None
+
+
+async def test_prefetches_of_one_node_s_successors_spread_over_idle_workers():
+    """A prefetch's call will follow it: placing the next ones counts it as that worker's load, so four
+    successors of one node do not all land on the one idle worker (and with them a whole stage)."""
+    from gateway.router.policies.kv_aware import KVAwarePolicy
+
+    kv = StubKV()
+    pool = WorkerPool(GatewayConfig(), session=None)
+    for url in (URL, "http://worker-b"):
+        pool.add(url).breaker.record_success()
+    pool.reserve(URL)  # the node whose successors these are runs on worker a
+    pf = Prefetcher(pool, KVAwarePolicy(), PromptHasher(None), kv, Metrics(), max_inflight=4, max_waiting=4)
+    slots = [pf.want(Intent(("wf", f"role{i}"), list(range(1000 * i, 1000 * i + 64)))) for i in range(4)]
+    # without counting them, each saw worker b idle and worker a busy: all four went to b
+    assert 1 <= sum(s.url == URL for s in slots) <= 2
+    kv.gate.set()
+    await pf.close()
