@@ -13,8 +13,8 @@ def test_every_arrival_and_step_is_traced_with_what_it_ran(make_engine, tokenize
     engine = make_engine(step_trace=str(path), max_batch_tokens=64)
     prompts = [tokenizer.encode("Name three colours of the rainbow."), tokenizer.encode("Count from one to five.")]
     outs = generate(engine, prompts, greedy(6, ignore_eos=True))
+    engine.stop()  # joins the engine thread: a step still being recorded when the outputs came is counted
     steps_counted = engine.stats.steps
-    engine.stop()
     events = [json.loads(line) for line in path.read_text().splitlines()]
     arrivals = [e for e in events if e["ev"] == "arrive"]
     steps = [e for e in events if e["ev"] == "step"]
