@@ -2,7 +2,7 @@
 the workflow builder (agents/agentgate/workflow.py), typed errors (agents/agentgate/errors.py).
 
 Only the two clients are re-exported, lazily, so `import agentgate` stays cheap and
-no module is imported through this file (STYLE.md, principle 11).
+no module is imported through this file (docs/architecture.md §6).
 """
 
 from __future__ import annotations

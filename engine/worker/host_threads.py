@@ -61,5 +61,5 @@ async def _keep_share(engine: Engine, state: dict, port: int, period: float) -> 
             if share != engine.threads:
                 log.info("workers on this host changed: running on %d thread(s) instead of %d", share, engine.threads)
                 await asyncio.wrap_future(engine.set_threads(share))
-                registry.register(port, share, True)
+                await asyncio.to_thread(registry.register, port, share, True)
         await asyncio.to_thread(_warn_if_oversubscribed, state)

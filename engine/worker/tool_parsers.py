@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from abc import ABC, abstractmethod
 from typing import NamedTuple
 
 from engine.errors import BadRequestError
@@ -76,7 +77,7 @@ def call_schema(tools: list[dict], args_key: str = "arguments") -> dict:
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 
-class ToolCallParser:
+class ToolCallParser(ABC):
     """The contract; subclasses set the markup. `starts`: text that opens the calls
     (at_start: only at the very beginning of the reply, leading whitespace aside)."""
 
@@ -85,14 +86,17 @@ class ToolCallParser:
     at_start = False
     args_key = "arguments"
 
+    @abstractmethod
     def parse(self, text: str, final: bool = True) -> tuple[str, list[ToolCall]]:
-        raise NotImplementedError
+        """(content, calls) of a reply; with final=False, content that may still open a call is held back."""
 
+    @abstractmethod
     def call_constraint(self, tools: list[dict]) -> Constraint:
-        raise NotImplementedError
+        """The grammar a required or named call is decoded under."""
 
+    @abstractmethod
     def format_calls(self, calls: list[ToolCall]) -> str:
-        raise NotImplementedError
+        """The calls as this family writes them in an assistant turn."""
 
     def tools_prompt(self, tools: list[dict]) -> str:
         listed = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)

@@ -65,18 +65,18 @@ class IndexPrefixSource:
     def matched_blocks(self, hashes: Sequence[int], url: str) -> float:
         if not self.index.covers(url):
             return self.fallback.matched_blocks(hashes, url)
-        indexed = self.credit.of(self.match(hashes, url))
-        if self.recent_s <= 0:
-            return indexed
-        return max(indexed, self.fallback.matched_blocks(hashes, url, max_age_s=self.recent_s))
+        return max(self.credit.of(self.match(hashes, url)), self._recent(hashes, url))
 
     def resident_blocks(self, hashes: Sequence[int], url: str) -> int:
         """Leading blocks of the chain in `url`'s own pool (L1) or sent there within `recent_s`: where
         the call would share the blocks themselves with the calls that put them there."""
         if not self.index.covers(url):
             return self.fallback.matched_blocks(hashes, url)
-        recent = self.fallback.matched_blocks(hashes, url, max_age_s=self.recent_s) if self.recent_s > 0 else 0
-        return max(self.match(hashes, url).l1, recent)
+        return max(self.match(hashes, url).l1, self._recent(hashes, url))
+
+    def _recent(self, hashes: Sequence[int], url: str) -> int:
+        """Leading blocks the gateway sent to `url` within `recent_s` (0 when that window is off)."""
+        return self.fallback.matched_blocks(hashes, url, max_age_s=self.recent_s) if self.recent_s > 0 else 0
 
     def match(self, hashes: Sequence[int], url: str) -> PrefixMatch:
         if hashes is not self._chain or self.index.version != self._version:

@@ -39,8 +39,10 @@ def redis_url():
 
 @pytest.fixture(scope="module")
 def small_worker(model_dir, tmp_path_factory):
+    # Prefetch chunks ride along busy steps (the GPU default): token pipelining prefills a downstream prompt
+    # while its upstream decodes, which the CPU default (prefetches only in idle steps) leaves to timing.
     worker = start_worker(model_dir, tmp_path_factory.mktemp("aware"), "--kv-pool-tokens", str(POOL_TOKENS),
-                          "--l2-blocks", "0", "--l3", "none")
+                          "--l2-blocks", "0", "--l3", "none", "--prefetch-chunk-tokens", "128")
     yield worker.url
     stop_worker(worker)
 

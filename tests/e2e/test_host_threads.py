@@ -34,8 +34,7 @@ def _settled(workers, total: int) -> list[int]:
 
 def test_two_workers_started_without_threads_share_the_cores_and_omp_num_threads_is_honoured(model_dir, tmp_path):
     cores = host_cores()
-    if cores < 2:
-        pytest.skip("needs at least 2 cores to share")
+    half = max(1, cores // 2)  # on one core both still get a thread each, and say the host is oversubscribed
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "AGENTGATE_WORKERS_PER_HOST")}
     env["AGENTGATE_HOST_REGISTRY"] = str(tmp_path / "registry")
     args = ("--matmul-backend", "numpy", "--l3", "none")
@@ -44,14 +43,17 @@ def test_two_workers_started_without_threads_share_the_cores_and_omp_num_threads
         assert _threads(first) == (cores, "host registry")  # alone on the host: every core
         second = start_worker(model_dir, tmp_path, *args, threads=None, env=env)
         try:
-            assert _threads(second) == (cores // 2, "host registry")
-            assert _settled([first, second], cores // 2 * 2) == [cores // 2, cores // 2]
+            assert _threads(second) == (half, "host registry")
+            assert _settled([first, second], half * 2) == [half, half]
+            if half * 2 > cores:
+                assert "threads on 1 cores" in first.log_tail() + second.log_tail()
         finally:
             stop_worker(second)
         omp = start_worker(model_dir, tmp_path, *args, threads=None, env={**env, "OMP_NUM_THREADS": "1"})
         try:
             assert _threads(omp) == (1, "OMP_NUM_THREADS")
-            assert _settled([first, omp], cores) == [cores - 1, 1]  # the automatic one takes what is left
+            # the automatic one takes what is left (at least one thread)
+            assert _settled([first, omp], max(cores, 2)) == [max(cores - 1, 1), 1]
         finally:
             stop_worker(omp)
     finally:
