@@ -42,6 +42,7 @@ from engine.spec.verify import verify
 from engine.scheduler.request import Request, SamplingParams, Status, StepOutput
 from engine.scheduler.scheduler import ScheduledBatch, Scheduler
 from engine.stats import EngineStats
+from engine.step_cost import StepCost
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
 from engine.trace import StepTrace
 
@@ -103,6 +104,7 @@ class Engine:
         self.grammars = GrammarBackend(cfg.model_path, mc.vocab_size, mc.eos_token_ids, self.threads)
         self.context_length = cfg.context_length or mc.max_position
         self.stats = EngineStats()
+        self.step_cost = StepCost()  # seconds ≈ step_s + token_s × tokens, published in /get_load
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = False
@@ -279,6 +281,7 @@ class Engine:
                     if not req.finished:
                         self._finish(req, {"type": "abort", "message": f"engine error: {exc}"})
             dt = time.monotonic() - t0
+            self.step_cost.observe(batch.forward.num_tokens, dt)
             self.stats.record_step(produced, dt, **work)
             if self.trace is not None:
                 self.trace.step(dt, work, make_up)
@@ -528,7 +531,8 @@ class Engine:
         prefetching = len(s.running) - len(running) + len(s.background) + sum(
             r.background for r in self._staging.values())
         return {"num_reqs": len(running) + waiting, "num_waiting_reqs": waiting,
-                "num_running_reqs": len(running), "num_tokens": tokens, "num_prefetch_reqs": prefetching}
+                "num_running_reqs": len(running), "num_tokens": tokens, "num_prefetch_reqs": prefetching,
+                **self.step_cost.as_load()}
 
     def kv_usage(self) -> dict:
         used = self.scheduler.blocks_in_use()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.kvindex.credit import L2_CREDIT, L3_CREDIT, RECENT_S
-from gateway.router.policies.kv_aware import AFFINITY_THRESHOLD, BALANCE_SLACK
+from gateway.router.policies.kv_aware import AFFINITY_THRESHOLD, BALANCE_SLACK, SPREAD_MARGIN
 
 
 DEFAULT_WORKER_SLOTS = 64  # a worker's calls at once until its own limit is read (the engine's default)
@@ -65,6 +65,9 @@ class GatewayConfig:
     # the least-loaded candidate.
     affinity_threshold: float = AFFINITY_THRESHOLD
     balance_slack: int = BALANCE_SLACK
+    # ...and where workers publish their step costs, another worker takes the call when it would finish it
+    # this share sooner (kv_aware step 3; 1 = never)
+    spread_margin: float = SPREAD_MARGIN
     # Agent awareness (gateway/scheduler/awareness.py). The three switches are the ablations:
     # prediction off = no prefetch, pins or pipelining at all; pinning off = prefetch without pins
     # (and no caller pins during tool calls); token_pipelining "on" | "off" | "auto" (auto: the

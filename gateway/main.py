@@ -10,7 +10,7 @@ import sys
 
 from gateway.config import GatewayConfig
 from gateway.kvindex.credit import L2_CREDIT, L3_CREDIT, RECENT_S
-from gateway.router.policies.kv_aware import AFFINITY_THRESHOLD, BALANCE_SLACK
+from gateway.router.policies.kv_aware import AFFINITY_THRESHOLD, BALANCE_SLACK, SPREAD_MARGIN
 from gateway.router.registry import POLICIES
 
 
@@ -38,6 +38,9 @@ def add_gateway_args(p: argparse.ArgumentParser) -> None:
                         "prompt (calls sharing a prefix batch over one copy of it) ...")
     p.add_argument("--balance-slack", type=int, default=BALANCE_SLACK,
                    help="... unless that worker carries more than this many requests above the least-loaded one")
+    p.add_argument("--spread-margin", type=float, default=SPREAD_MARGIN,
+                   help="kv_aware, where workers publish their step costs: another worker takes a call from the "
+                        "holder of its prefix when it would finish it this share sooner (1 = never)")
     p.add_argument("--workflow-priority", type=int, default=0,
                    help="worker priority (SGLang's, higher first) of workflow calls and agent_hints-tagged calls, "
                         "plus the workflow's own; plain calls keep theirs (none = 0); 0 = no precedence (the "
@@ -108,6 +111,9 @@ def run_gateway(args: argparse.Namespace) -> int:
     if not (0 <= args.kv_credit_l2 <= 1 and 0 <= args.kv_credit_l3 <= 1 and 0 <= args.affinity_threshold <= 1):
         print("--kv-credit-l2, --kv-credit-l3 and --affinity-threshold must be in [0, 1]", file=sys.stderr)
         return 2
+    if not 0 <= args.spread_margin <= 1:
+        print("--spread-margin must be in [0, 1]", file=sys.stderr)
+        return 2
     if args.balance_slack < 0:
         print("--balance-slack must be at least 0", file=sys.stderr)
         return 2
@@ -130,6 +136,7 @@ def run_gateway(args: argparse.Namespace) -> int:
                            kv_credit_l2=args.kv_credit_l2, kv_credit_l3=args.kv_credit_l3,
                            kv_recent_s=max(args.kv_recent_s, 0.0), workflow_priority=args.workflow_priority,
                            affinity_threshold=args.affinity_threshold, balance_slack=args.balance_slack,
+                           spread_margin=args.spread_margin,
                            **awareness_options(args), **fault_options(args))
     print(f"agentgate gateway listening on http://{args.host}:{args.port} (policy {args.policy}, "
           f"{len(config.worker_urls)} worker(s), redis {redis_url})", flush=True)

@@ -199,8 +199,10 @@ class Stack:
         for i in range(self.args.workers):  # one at a time: each measures its matmul plan at start-up
             port = free_port()
             url = f"http://127.0.0.1:{port}"
-            trace = (["--step-trace", str(Path(self.args.trace_dir) / f"{self.config.name}-worker{i + 1}.jsonl")]
-                     if self.args.trace_dir else [])
+            trace = []
+            if self.args.trace_dir:
+                Path(self.args.trace_dir).mkdir(parents=True, exist_ok=True)
+                trace = ["--step-trace", str(Path(self.args.trace_dir) / f"{self.config.name}-worker{i + 1}.jsonl")]
             proc = self._spawn([sys.executable, "-m", "engine.worker.main", "--port", str(port), "--model-path",
                                 str(default_model_dir()), "--threads", str(self.args.threads), "--kv-memory-gb",
                                 str(self.args.kv_memory_gb), "--log-level", "warning", *extra, *trace, *self.config.worker,

@@ -15,6 +15,7 @@ slot a call holds is given back in one `finally`, whatever ends the call.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import orjson
 from aiohttp import web
@@ -61,7 +62,22 @@ def extract_hints(body: dict, headers) -> AgentHints | None:
         raise BadRequestError(f"invalid agent_hints: {exc}", param="agent_hints") from None
 
 
+def output_budget(body: dict) -> int:
+    """The call's most output tokens, in whichever form it came (OpenAI's or SGLang's); 0 when not given."""
+    params = body.get("sampling_params") if isinstance(body.get("sampling_params"), dict) else {}
+    for value in (body.get("max_completion_tokens"), body.get("max_tokens"), params.get("max_new_tokens")):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
+
+
 async def route_request(request: web.Request, path: str, body: dict) -> RouteRequest:
+    route = await _prompt_route(request, path, body)
+    budget = output_budget(body)
+    return replace(route, max_tokens=budget) if budget and route.prompt_tokens else route
+
+
+async def _prompt_route(request: web.Request, path: str, body: dict) -> RouteRequest:
     hasher = request.app[HASHER]
     salt = body.get("cache_salt") if isinstance(body.get("cache_salt"), str) else None
     try:

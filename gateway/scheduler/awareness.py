@@ -209,7 +209,7 @@ class Awareness:
         ttl = self._ttl(f.eta_s) if self.config.pinning and full else None  # an unlikely branch holds no pin
         growth = self.config.token_pipelining_blocks if partial else 1  # increments of a streaming prompt
         slot = self.prefetcher.want(Intent((run.id, node), ids, steps=max(f.steps, 1), pin_ttl_s=ttl,
-                                           min_new_blocks=growth))
+                                           min_new_blocks=growth, max_tokens=run.node_spec(node).max_tokens))
         rec = plan.record(node)
         rec.predicted = rec.predicted or full
         rec.static_only = not rec.predicted

@@ -52,6 +52,7 @@ class Intent:
     url: str | None = None  # a fixed worker (a caller's conversation); None: route it
     pin_only: bool = False  # pin what the worker holds, compute nothing
     min_new_blocks: int = 1  # send only once the prefix holds this many full blocks more than the last one sent
+    max_tokens: int = 0  # the predicted call's output budget (where it is placed weighs it)
 
 
 @dataclass
@@ -110,7 +111,7 @@ class Prefetcher:
         if slot is not None and slot.released:
             return slot
         if slot is None or not self._usable(slot.url) and not slot.running:
-            url = intent.url or self._route(intent.ids)
+            url = intent.url or self._route(intent.ids, intent.max_tokens)
             if url is None:
                 return slot
             if slot is not None:  # its worker went away: start over on the new one
@@ -187,7 +188,7 @@ class Prefetcher:
         await asyncio.gather(*unpins, return_exceptions=True)
 
     # -- routing and bounds ------------------------------------------------------------------------
-    def _route(self, ids: list[int]) -> str | None:
+    def _route(self, ids: list[int], max_tokens: int = 0) -> str | None:
         """Where a new prefetch goes: the policy's choice, each worker's load counting the calls already
         headed there (a live slot's call follows its prefetch). Without that, the successors of one node all
         found the same idle worker, and once their prefixes sat there every later call of those roles did
@@ -196,12 +197,13 @@ class Prefetcher:
         for slot in self.slots.values():
             if not slot.released:
                 expected[slot.url] = expected.get(slot.url, 0) + 1
+        req = replace(self.hasher.route_for_ids(ids), max_tokens=max_tokens)
         views = [replace(v, in_flight=v.in_flight + expected.get(v.url, 0),
                          num_reqs=v.num_reqs + expected.get(v.url, 0))
                  for v in (w.view() for w in self.pool.healthy())]
         if not views:
             return None
-        return self.policy.choose(self.hasher.route_for_ids(ids), views)
+        return self.policy.choose(req, views)
 
     def _usable(self, url: str) -> bool:
         w = self.pool.workers.get(url)

@@ -24,6 +24,7 @@ task runs under `Lifecycle.guarded`, so no fault strands a slot or a workflow.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 import logging
 import time
 import uuid
@@ -131,7 +132,7 @@ class Scheduler(Lifecycle):
             del self.ready[key]
             try:
                 messages = render_messages(run.node_spec(key[1]), run.outputs(), run.spec.inputs)
-                route = self._route(messages)
+                route = self._route(messages, run.node_spec(key[1]).max_tokens)
                 url = self.policy.choose(route, candidates)
                 if self.awareness is not None:  # where its prefix was prefetched, unless clearly busier
                     url = self.awareness.choose_worker(run, key[1], candidates, url)
@@ -147,12 +148,13 @@ class Scheduler(Lifecycle):
             sent += 1
         return sent
 
-    def _route(self, messages: list[dict]) -> RouteRequest:
-        """The prompt's block hashes, when the policy reads them and has a choice to make."""
+    def _route(self, messages: list[dict], max_tokens: int) -> RouteRequest:
+        """The prompt's block hashes and the call's output budget, when the policy reads them and has a
+        choice to make."""
         if not self.policy.uses_prefix or len(self.pool.healthy()) < 2:
             return RouteRequest(0)
         try:
-            return self.hasher.route_for_ids(self.hasher.chat_ids(messages))
+            return replace(self.hasher.route_for_ids(self.hasher.chat_ids(messages)), max_tokens=max_tokens)
         except AgentGateError:  # the template rejects these messages: the worker will say why
             return RouteRequest(0)
 
