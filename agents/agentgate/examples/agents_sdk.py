@@ -9,8 +9,10 @@ chat-completions model on the gateway's /v1:
                                        openai_client=AsyncOpenAI(base_url=url + "/v1", api_key="none"))
 
 For agent awareness each agent's ModelSettings also carries `extra_headers` = `hint_headers(...)`:
-the gateway's x-agent-* headers {template, node_id: the agent, workflow_id: the run}, so the
-gateway learns triage → billing → billing … and prepares the next call while a tool runs.
+the gateway's x-agent-* headers {template, node_id: the agent, workflow_id: the run}, and the
+agents' graph (each agent → its handoffs, an agent with tools → itself) is registered once as
+a template (`handoff_graph`), so the gateway learns triage → billing → billing … and prepares
+the next call while a tool runs.
 
 The triage agent's only tools are its handoffs and its tool_choice is "required", so it
 always hands off; the billing agent's first call is "required" too (the embedded 135M model
@@ -32,6 +34,7 @@ from agents import (Agent, ModelSettings, OpenAIChatCompletionsModel, RunHooks, 
 from openai import AsyncOpenAI
 
 from agentgate import transport
+from agentgate.errors import NotFound
 from agentgate.examples import tools as nimbus
 from agentgate.examples.react import QUESTIONS
 from agentgate.state import AgentRun, CallInfo
@@ -86,6 +89,24 @@ def build_agents(base_url: str, workflow_id: str, max_tokens: int) -> Agent:
                  model_settings=settings("triage"))
 
 
+def handoff_graph(start: Agent) -> tuple[list[str], list[dict]]:
+    """(nodes, edges) of the agents reachable from `start` (their public `handoffs`), named as NODES names
+    them: an edge to each handoff, and a loop on an agent with tools (it is called again after a tool)."""
+    nodes, edges, todo = [], [], [start]
+    while todo:
+        agent = todo.pop()
+        node = CallLog.NODES.get(agent.name, agent.name)
+        if node in nodes:
+            continue
+        nodes.append(node)
+        if agent.tools:
+            edges.append({"source": node, "target": node})
+        for target in agent.handoffs:
+            edges.append({"source": node, "target": CallLog.NODES.get(target.name, target.name)})
+            todo.append(target)
+    return nodes, edges
+
+
 class CallLog(RunHooks):
     """Each model call of a run, as CallInfo (the SDK's public on_llm_start / on_llm_end hooks)."""
 
@@ -130,4 +151,8 @@ def _agents(result) -> list[str]:
 def run_agent(client, *, quick: bool = False, inputs: dict | None = None, variant: int = 0) -> AgentRun:
     """`agentgate run`'s entry point: one run against the gateway `client` talks to."""
     question = (inputs or {}).get("question") or QUESTIONS[variant % len(QUESTIONS)]
+    try:
+        client.register_template(TEMPLATE, *handoff_graph(build_agents(client.base_url, "", 1)))
+    except NotFound:  # not a gateway (a worker or sglang-router has no /v1/templates): the agents run all the same
+        pass
     return asyncio.run(run(client.base_url, question, quick))

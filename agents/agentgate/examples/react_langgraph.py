@@ -31,6 +31,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import tool
 
+from agentgate.errors import NotFound
 from agentgate.examples import tools as nimbus
 from agentgate.examples.react import QUESTIONS, SYSTEM
 from agentgate.langgraph import chat_model, register_graph, run_config
@@ -109,7 +110,10 @@ def run_agent(client, *, quick: bool = False, inputs: dict | None = None, varian
     llm = chat_model(client.base_url, template=TEMPLATE, max_tokens=96, temperature=0, max_retries=1,
                      timeout=client.timeout)
     agent = build_agent(llm, max_steps)
-    register_graph(client, agent, TEMPLATE)
+    try:
+        register_graph(client, agent, TEMPLATE)
+    except NotFound:  # not a gateway (a worker or sglang-router has no /v1/templates): the agent runs all the same
+        pass
     log = CallLog()
     config = {**run_config(), "recursion_limit": 2 * max_steps + 6, "callbacks": [log]}  # one workflow id per run
     final = agent.invoke({"messages": [("user", question)]}, config)
