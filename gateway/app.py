@@ -20,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from engine.tracing import observe_requests
 from gateway.api import openai_proxy, system, templates, workflows
 from gateway.api.http import error_middleware
 from gateway.config import GatewayConfig
@@ -41,6 +42,7 @@ log = logging.getLogger("agentgate.gateway")
 
 def create_app(config: GatewayConfig) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
+    observe_requests(app)  # X-Request-Id, and a trace span per request when tracing is on
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app[POLICY] = make_policy(config.policy, config)

@@ -16,9 +16,11 @@ from aiohttp import web
 
 from engine.errors import AgentGateError, BadRequestError, NotFoundError, error_body
 from engine.runner import Engine
+from engine.tracing import observe_requests
 from engine.worker import openai_api
 from engine.worker.bridge import (ENGINE, SERVER_ARGS, Collected, close_sse, collect_all, json_response, merge_streams,
                                   new_rid, open_sse, read_json, run_request, send_sse, start_streams)
+from engine.prom import CONTENT_TYPE as PROM_CONTENT_TYPE
 from engine.worker.metrics import render_metrics
 from engine.worker.structured import compiled, from_sampling
 from engine.worker.protocol import (GenerateRequest, GenerateSamplingParams, KVPrefix, PinRequest, PrefetchRequest,
@@ -52,6 +54,7 @@ async def error_middleware(request: web.Request, handler):
 
 def create_app(engine: Engine, server_args: dict) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024 * 1024)
+    observe_requests(app)  # X-Request-Id, and the caller's trace continued when tracing is on
     app[ENGINE] = engine
     app[SERVER_ARGS] = server_args
     r = app.router
@@ -224,9 +227,16 @@ async def kv_unpin(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    snapshot = await asyncio.wrap_future(engine.call(lambda: (engine.load(), engine.kv_usage())))
-    text = render_metrics(engine, request.app[SERVER_ARGS].get("served_model_name", ""), *snapshot)
-    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+    snapshot = await asyncio.wrap_future(engine.call(lambda: (engine.load(), _usage(engine))))
+    body = render_metrics(engine, request.app[SERVER_ARGS].get("served_model_name", ""), *snapshot)
+    return web.Response(body=body, headers={"Content-Type": PROM_CONTENT_TYPE})
+
+
+def _usage(engine: Engine) -> dict:
+    """Engine thread: L1 usage plus the pinned and the L2 blocks."""
+    l2 = engine.tiers.host
+    return {**engine.kv_usage(), "pinned_blocks": engine.pins.num_blocks,
+            "l2_used_blocks": len(l2) if l2 is not None else 0}
 
 
 # -- control ---------------------------------------------------------------------------------

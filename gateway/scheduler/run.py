@@ -66,6 +66,7 @@ class WorkflowRun:
         # through the advance that follows, so a node_started never precedes the node_finished it
         # depends on, even when two results arrive at once.
         self.resolving = asyncio.Lock()
+        self.span = None  # the workflow's trace span while OpenTelemetry is on (engine/tracing.py)
 
     def node_spec(self, node_id: str):
         return self.graph.nodes[node_id]["spec"]
