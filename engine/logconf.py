@@ -25,7 +25,7 @@ REQUEST_ID_HEADER = "X-Request-Id"
 LEVELS = ("debug", "info", "warning", "error", "critical")
 TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 _GOOD_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")  # a client's id is echoed and logged: printable, bounded
-REQUEST_ID_KEY = "agentgate_request_id"  # on the aiohttp request
+REQUEST_ID_KEY = web.RequestKey("agentgate_request_id", str)
 
 
 def add_logging_args(p: argparse.ArgumentParser) -> None:

@@ -19,7 +19,8 @@ from prometheus_client.process_collector import ProcessCollector
 # The text format every Prometheus (and promtool) reads; the families written are all in it.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-_RUNTIME = (ProcessCollector(registry=None), PlatformCollector(registry=None), GCCollector(registry=None))
+_RUNTIME = (ProcessCollector(registry=None), PlatformCollector(registry=None),
+            GCCollector(registry=CollectorRegistry()))  # it insists on registering somewhere
 
 
 class _Families:
