@@ -121,21 +121,29 @@ def outgoing_headers() -> dict[str, str]:
     return headers
 
 
-@web.middleware
-async def server_span_middleware(request: web.Request, handler):
-    """Continue the caller's trace (its traceparent) in a server span around the handler."""
-    t = tracer()
-    if t is None or request.path.startswith(("/health", "/metrics", "/get_load")):
-        return await handler(request)
-    parent = propagate.extract(request.headers)
-    with t.start_as_current_span(f"{request.method} {request.path}", context=parent, kind=trace.SpanKind.SERVER,
-                                 attributes={"http.request.method": request.method, "url.path": request.path}) as s:
-        resp = await handler(request)
-        s.set_attribute("http.response.status_code", resp.status)
-        return resp
+UNTRACED = ("/health", "/metrics", "/get_load", "/ui/static")  # probes and scrapes: no spans
 
 
-def observe_requests(app: web.Application) -> None:
+def server_span_middleware(component: str):
+    """A middleware continuing the caller's trace (its traceparent) in a server span around the handler."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        t = tracer()
+        if t is None or request.path.startswith(UNTRACED):
+            return await handler(request)
+        attributes = {"http.request.method": request.method, "url.path": request.path,
+                      "agentgate.component": component, "agentgate.request_id": REQUEST_ID.get()}
+        with t.start_as_current_span(f"{request.method} {request.path}", context=propagate.extract(request.headers),
+                                     kind=trace.SpanKind.SERVER, attributes=_clean(attributes)) as s:
+            resp = await handler(request)
+            s.set_attribute("http.response.status_code", resp.status)
+            return resp
+
+    return middleware
+
+
+def observe_requests(app: web.Application, component: str) -> None:
     """Request ids on every answer, then a server span (continuing the caller's trace) around each call."""
     install_request_ids(app)
-    app.middlewares.insert(1, server_span_middleware)
+    app.middlewares.insert(1, server_span_middleware(component))

@@ -42,7 +42,7 @@ log = logging.getLogger("agentgate.gateway")
 
 def create_app(config: GatewayConfig) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
-    observe_requests(app)  # X-Request-Id, and a trace span per request when tracing is on
+    observe_requests(app, "gateway")  # X-Request-Id, and a trace span per request when tracing is on
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app[POLICY] = make_policy(config.policy, config)

@@ -54,7 +54,7 @@ async def error_middleware(request: web.Request, handler):
 
 def create_app(engine: Engine, server_args: dict) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024 * 1024)
-    observe_requests(app)  # X-Request-Id, and the caller's trace continued when tracing is on
+    observe_requests(app, "worker")  # X-Request-Id, and the caller's trace continued when tracing is on
     app[ENGINE] = engine
     app[SERVER_ARGS] = server_args
     r = app.router
