@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from engine.tracing import observe_requests
 from gateway.api import openai_proxy, system, templates, workflows
+from gateway.console import api as console
 from gateway.api.http import error_middleware
 from gateway.config import GatewayConfig
 from gateway.keys import CONFIG, HASHER, METRICS, POLICY, POOL, REDIS, SCHEDULER, SESSION, STORE, TEMPLATES
@@ -51,6 +52,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     templates.add_routes(app)
     openai_proxy.add_routes(app)
     system.add_routes(app)
+    console.add_routes(app)  # GET /ui
     app.cleanup_ctx.extend([_session, _redis, kvindex_ctx, _pool, awareness_ctx, _scheduler])
     return app
 

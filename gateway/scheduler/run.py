@@ -34,6 +34,7 @@ class NodeState:
     worker: str | None = None
     attempts: int = 0
     rid: str | None = None
+    ready: float | None = None  # when its inputs existed and it joined the gateway's ready set
     started: float | None = None
     first_token: float | None = None
     finished: float | None = None

@@ -270,6 +270,7 @@ class Scheduler(Lifecycle):
                 await self.journal.event(run.id, "node_started", {"node": node, "external": True,
                                                                        "messages": messages})
             else:
+                state.ready = time.time()
                 await self.journal.save_node(run.id, node, state.to_json())
                 llm_ready.append(node)
         for node in llm_ready:  # all at once, so the dispatcher ranks them together
