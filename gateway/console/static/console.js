@@ -61,7 +61,7 @@ async function refreshWorkflows() {
   for (const wf of page.data) {
     const tr = html("tr", { "data-id": wf.id }, null, body);
     if (wf.id === view.selected) tr.classList.add("selected");
-    html("td", { title: wf.id }, wf.id, tr);
+    html("td", { title: wf.id }, wf.id.replace(/^wf-/, "").slice(0, 8), tr);
     const st = html("td", {}, null, tr);
     html("span", { class: `status ${wf.status}` }, wf.status, st);
     html("td", {}, ago((wf.finished || now) - wf.created) + (wf.finished ? "" : " ⟳"), tr);
@@ -234,7 +234,8 @@ function drawGantt(wf) {
       tip.textContent = `${id} ${phase}: ${(stop - start).toFixed(3)}s${node.worker ? " on " + node.worker : ""}`;
     }
     for (const m of view.marks.filter((m) => m.node === id)) {
-      svg("line", { class: `mark ${m.kind}`, x1: x(m.at), x2: x(m.at), y1: y + 1, y2: y + ROW_H - 1,
+      const top = m.kind === "pin" ? y + ROW_H / 2 : y + 1;  // prefetch ticks above, pin ticks below
+      svg("line", { class: `mark ${m.kind}`, x1: x(m.at), x2: x(m.at), y1: top, y2: top + ROW_H / 2 - 1,
         "data-node": id, "data-mark": m.kind, "data-at": m.at }, root);
     }
     const note = svg("text", { x: LABEL_W + plotW + 6, y: y + 15, class: "row-note", "data-cache": id }, root);
