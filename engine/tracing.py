@@ -19,7 +19,8 @@ from typing import Iterator
 
 from aiohttp import web
 
-from engine.logconf import REQUEST_ID, REQUEST_ID_HEADER, install_request_ids
+from engine.cliargs import fail
+from engine.logconf import REQUEST_ID, REQUEST_ID_HEADER, install_request_ids, setup_logging
 
 try:
     from opentelemetry import propagate, trace
@@ -53,6 +54,16 @@ def configure_from_env(service_name: str) -> bool:
         provider.add_span_processor(BatchSpanProcessor(_exporter(name.strip())))
     trace.set_tracer_provider(provider)
     return True
+
+
+def configure_process(log_level: str, log_format: str, prog: str, service: str) -> int | None:
+    """A server process's logging (its flags) and tracing (OTEL_*); an exit status if tracing cannot start."""
+    setup_logging(log_level, log_format)
+    try:
+        configure_from_env(service)
+    except RuntimeError as exc:
+        return fail(prog, str(exc))
+    return None
 
 
 def _exporter(name: str):

@@ -8,8 +8,8 @@ import socket
 import sys
 
 from engine.cliargs import Parser
-from engine.logconf import access_log_options, add_logging_args, setup_logging
-from engine.tracing import configure_from_env as configure_tracing
+from engine.logconf import access_log_options, add_logging_args
+from engine.tracing import configure_process
 from gateway.config import GatewayConfig
 from gateway.kvindex.credit import L2_CREDIT, L3_CREDIT, RECENT_S
 from gateway.router.policies.kv_aware import AFFINITY_THRESHOLD, BALANCE_SLACK
@@ -107,12 +107,9 @@ def run_gateway(args: argparse.Namespace) -> int:
     from engine.launch import server_loop
     from gateway.app import create_app
 
-    setup_logging(args.log_level, args.log_format)
-    try:
-        configure_tracing("agentgate-gateway")
-    except RuntimeError as exc:
-        print(f"agentgate gateway: {exc}", file=sys.stderr)
-        return 2
+    failed = configure_process(args.log_level, args.log_format, "agentgate gateway", "agentgate-gateway")
+    if failed is not None:
+        return failed
     if not (0 <= args.kv_credit_l2 <= 1 and 0 <= args.kv_credit_l3 <= 1 and 0 <= args.affinity_threshold <= 1):
         print("--kv-credit-l2, --kv-credit-l3 and --affinity-threshold must be in [0, 1]", file=sys.stderr)
         return 2

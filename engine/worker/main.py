@@ -11,8 +11,8 @@ import sys
 import time
 
 from engine.cliargs import Parser
-from engine.logconf import access_log_options, add_logging_args, setup_logging
-from engine.tracing import configure_from_env as configure_tracing
+from engine.logconf import access_log_options, add_logging_args
+from engine.tracing import configure_process
 from engine.worker.kv_publish import add_publish_args, setup_publishing
 
 
@@ -134,12 +134,9 @@ def run_worker(args: argparse.Namespace) -> int:
     from engine.worker.host_threads import attach_host_share
     from engine.worker.server import create_app
 
-    setup_logging(args.log_level, args.log_format)
-    try:
-        configure_tracing("agentgate-worker")
-    except RuntimeError as exc:
-        print(f"agentgate worker: {exc}", file=sys.stderr)
-        return 2
+    failed = configure_process(args.log_level, args.log_format, "agentgate worker", "agentgate-worker")
+    if failed is not None:
+        return failed
     log = logging.getLogger("agentgate.worker")
     cfg = engine_config(args)
     if cfg.max_batch_tokens < 0 or min(cfg.max_running_requests, cfg.speculative_num_draft_tokens,

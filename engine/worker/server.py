@@ -61,6 +61,8 @@ def create_app(engine: Engine, server_args: dict) -> web.Application:
     r.add_get("/health", health)
     r.add_get("/health_generate", health_generate)
     r.add_get("/ping", health)
+    r.add_get("/health/live", health_live)
+    r.add_get("/health/ready", health_ready)
     for path in ("/get_server_info", "/server_info"):
         r.add_get(path, server_info)
     for path in ("/get_model_info", "/model_info"):
@@ -92,6 +94,18 @@ async def _engine_lifecycle(app: web.Application):
 async def health(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     return web.Response(status=200 if engine.alive else 503)
+
+
+async def health_live(request: web.Request) -> web.Response:
+    """Kubernetes liveness: the HTTP server answers (a busy or stopped engine is readiness' business)."""
+    return json_response({"status": "live"})
+
+
+async def health_ready(request: web.Request) -> web.Response:
+    """Kubernetes readiness: the engine thread runs and takes requests; 503 otherwise."""
+    if request.app[ENGINE].alive:
+        return json_response({"status": "ready"})
+    return json_response(error_body("not ready: the engine is not running", "service_unavailable", 503), status=503)
 
 
 async def health_generate(request: web.Request) -> web.Response:

@@ -97,3 +97,10 @@ async def test_request_ids_are_taken_or_made_and_returned(gw):
     assert status == 404 and re.fullmatch(r"[0-9a-f]{32}", headers["X-Request-Id"])
     status, _, headers = await gw.call("GET", "/health/live", headers={"X-Request-Id": "bad id\twith tab"})
     assert headers["X-Request-Id"] != "bad id\twith tab" and re.fullmatch(r"[0-9a-f]{32}", headers["X-Request-Id"])
+
+
+async def test_the_worker_has_the_probes_beside_sglangs_health(worker):
+    assert http_json("GET", worker + "/health/live") == (200, {"status": "live"})
+    assert http_json("GET", worker + "/health/ready") == (200, {"status": "ready"})
+    status, body = http_json("GET", worker + "/health")
+    assert status == 200 and body is None  # SGLang's: an empty 200
