@@ -12,7 +12,6 @@ workers (outgoing_headers), the worker's middleware continues the trace in a ser
 
 from __future__ import annotations
 
-import logging
 import os
 from contextlib import contextmanager
 from typing import Iterator
@@ -27,7 +26,6 @@ try:
 except ImportError:  # the `otel` extra is not installed: no tracing
     trace = propagate = None
 
-log = logging.getLogger("agentgate.tracing")
 TRACER_NAME = "agentgate"
 
 
@@ -110,11 +108,6 @@ def end_span(s, **attributes) -> None:
     if s is not None:
         s.set_attributes(_clean(attributes))
         s.end()
-
-
-def set_attributes(s, **attributes) -> None:
-    if s is not None:
-        s.set_attributes(_clean(attributes))
 
 
 def _clean(attributes: dict) -> dict:

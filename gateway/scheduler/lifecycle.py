@@ -96,7 +96,9 @@ class Lifecycle:
 
     async def _drop(self, wf_id: str) -> None:
         """Forget a workflow locally: cancel its calls (the workers abort them when the stream closes)."""
-        self.runs.pop(wf_id, None)
+        run = self.runs.pop(wf_id, None)
+        if run is not None and run.status == "running":  # handed back: whoever resumes it traces the rest
+            tracing.end_span(run.span, **{"agentgate.status": "handed back"})
         self.journal.forget(wf_id)
         current = asyncio.current_task()
         await cancel_and_wait([t for (w, _), t in self.tasks.items() if w == wf_id and t is not current])

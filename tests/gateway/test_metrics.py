@@ -70,5 +70,6 @@ def test_a_counter_incremented_with_fewer_labels_exposes_the_missing_one_empty()
     metrics.prefetches.inc(outcome="ok")
     metrics.prefetches.inc(outcome="ok", worker="w")
     text = metrics.render(SimpleNamespace(workers={}), running_workflows=0).decode()
-    samples = {tuple(sorted(s.labels.items())): s.value for s in _families(text)["agentgate_gateway_prefetches"].samples}
+    family = _families(text)["agentgate_gateway_prefetches"]
+    samples = {tuple(sorted(s.labels.items())): s.value for s in family.samples}
     assert samples == {(("outcome", "ok"), ("worker", "")): 1.0, (("outcome", "ok"), ("worker", "w")): 1.0}
