@@ -52,7 +52,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"redis   {redis_url}")
         for url in worker_urls:
             print(f"worker  {url}   (SGLang API: /generate, /v1/chat/completions, /metrics)")
-        print(f"gateway {gateway_url}   (/v1/workflows, /v1/chat/completions, /metrics)")
+        print(f"gateway {gateway_url}   (/v1/workflows, /v1/chat/completions, /metrics, console: /ui)")
         print("Ctrl-C stops everything.", flush=True)
         stop = []
         signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
