@@ -20,7 +20,9 @@ WORKFLOW = {"template": "fruit-report", "nodes": [
     llm("topic", "Name one fruit.", max_tokens=6, temperature=0),
     llm("color", "What color is {{topic}}?", max_tokens=6, temperature=0),
     llm("taste", "How does {{topic}} taste?", max_tokens=6, temperature=0),
-    llm("summary", "Combine: {{color}} / {{taste}}", max_tokens=6, temperature=0)]}
+    {"id": "lookup", "type": "external", "messages": [{"role": "user", "content": "{{topic}}"}]},  # a tool
+    llm("summary", "Combine: {{color}} / {{taste}} / {{lookup}}", max_tokens=6, temperature=0)]}
+NODES = {"topic", "color", "taste", "lookup", "summary"}
 
 # Records every status the DAG's nodes take, in order, with the time it was seen (a MutationObserver:
 # the page is watched from outside, as a person would).
@@ -59,10 +61,15 @@ async def test_the_console_shows_a_workflow_run_live(gw):
             await page.click("#submit-box summary")
             await page.fill("#submit-json", json.dumps(WORKFLOW, indent=1))
             await page.click("#submit-btn")
-            await page.wait_for_function("document.querySelectorAll('#dag .node').length === 4")
+            await page.wait_for_function("document.querySelectorAll('#dag .node').length === 5")
             wf_id = await page.text_content("#wf-title")
+            # the tool node waits for its result, as the page shows; the test plays the tool
+            await page.wait_for_selector('#dag .node[data-node="lookup"][data-status="waiting"]', timeout=180_000)
+            status, _, _ = await gw.call("POST", f"/v1/workflows/{wf_id}/nodes/lookup/result",
+                                         {"output": "an encyclopedia entry"})
+            assert status == 200
             await page.wait_for_function(
-                "document.querySelectorAll('#dag .node[data-status=finished]').length === 4", timeout=180_000)
+                "document.querySelectorAll('#dag .node[data-status=finished]').length === 5", timeout=180_000)
             seen = await page.evaluate("window.__seen")
             # the list shows it, with its template
             await page.wait_for_selector(f'#workflows tr[data-id="{wf_id}"] .status.finished')
@@ -76,9 +83,9 @@ async def test_the_console_shows_a_workflow_run_live(gw):
             for node, state, at in seen:
                 if state == "finished":
                     green_at.setdefault(node, at)
-            assert set(green_at) == {"topic", "color", "taste", "summary"}
-            assert green_at["topic"] < min(green_at["color"], green_at["taste"])
-            assert max(green_at["color"], green_at["taste"]) < green_at["summary"]
+            assert set(green_at) == NODES
+            assert green_at["topic"] < min(green_at["color"], green_at["taste"], green_at["lookup"])
+            assert max(green_at["color"], green_at["taste"], green_at["lookup"]) < green_at["summary"]
             states_when_topic_green = {n: s for n, s, at in seen if at <= green_at["topic"]}
             assert states_when_topic_green.get("summary") != "finished"
             assert {"pending", "running"} & {s for n, s, _ in seen if n == "summary"}
@@ -103,11 +110,13 @@ async def _check_gantt(page, body: dict) -> None:
         node: e.dataset.node, phase: e.dataset.phase, start: +e.dataset.start, end: +e.dataset.end,
         x: +e.getAttribute("x"), w: +e.getAttribute("width")}))""")
     by = {(b["node"], b["phase"]): b for b in bars}
-    assert len(by) == len(bars) == 12  # queue, prefill, decode for each of the 4 nodes
+    assert len(by) == len(bars) == 13  # queue, prefill, decode for each of the 4 LLM nodes; the tool's span
     for name, node in body["nodes"].items():
         t = node["timings"]
         expected = {"queue": (t["ready"], t["started"]), "prefill": (t["started"], t["first_token"]),
                     "decode": (t["first_token"], t["finished"])}
+        if node["type"] == "external":
+            expected = {"tool": (t["started"], t["finished"])}
         for phase, (start, end) in expected.items():
             bar = by[(name, phase)]
             assert bar["start"] == pytest.approx(start, abs=1e-6) and bar["end"] == pytest.approx(end, abs=1e-6)
@@ -122,6 +131,6 @@ async def _check_gantt(page, body: dict) -> None:
         assert b["x"] == pytest.approx(origin + scale[0] * (b["start"] - t0), abs=0.5)
         assert b["x"] + b["w"] == pytest.approx(origin + scale[0] * (b["end"] - t0), abs=1.01)
     notes = await page.eval_on_selector_all("#gantt [data-cache]", "els => els.map(e => e.textContent)")
-    assert all("finished" in n and "cache " in n for n in notes), notes
+    assert sorted(notes) == sorted(["finished"] + [n for n in notes if n.startswith("finished · cache ")]), notes
     labels = await page.eval_on_selector_all("#gantt .row-label", "els => els.map(e => e.textContent)")
-    assert all("@127.0.0.1:" in label for label in labels), labels  # the worker of each call
+    assert sum("@127.0.0.1:" in label for label in labels) == 4, labels  # the worker of each LLM call
