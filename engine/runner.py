@@ -618,5 +618,7 @@ class Engine:
 
     def kv_stats(self) -> dict:
         """Engine thread: L1 usage, the lower tiers and the pins (GET /kv/stats)."""
+        with self.stats.lock:
+            prefix = {"prompt_tokens": self.stats.prompt_tokens, "cached_tokens": self.stats.cached_tokens}
         return {**self.kv_usage(), "tiers": self.tiers.describe(), "l3_error": self.l3_error,
-                "pins": self.pins.describe(), "staging_requests": len(self._staging)}
+                "pins": self.pins.describe(), "staging_requests": len(self._staging), "prefix_cache": prefix}

@@ -20,7 +20,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from engine.tracing import observe_requests
 from gateway.api import openai_proxy, system, templates, workflows
+from gateway.console import api as console
 from gateway.api.http import error_middleware
 from gateway.config import GatewayConfig
 from gateway.keys import CONFIG, HASHER, METRICS, POLICY, POOL, REDIS, SCHEDULER, SESSION, STORE, TEMPLATES
@@ -41,6 +43,7 @@ log = logging.getLogger("agentgate.gateway")
 
 def create_app(config: GatewayConfig) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
+    observe_requests(app, "gateway")  # X-Request-Id, and a trace span per request when tracing is on
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app[POLICY] = make_policy(config.policy, config)
@@ -49,6 +52,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     templates.add_routes(app)
     openai_proxy.add_routes(app)
     system.add_routes(app)
+    console.add_routes(app)  # GET /ui
     app.cleanup_ctx.extend([_session, _redis, kvindex_ctx, _pool, awareness_ctx, _scheduler])
     return app
 

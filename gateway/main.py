@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import socket
 import sys
 
+from engine.cliargs import Parser
+from engine.logconf import access_log_options, add_logging_args
+from engine.tracing import configure_process
 from gateway.config import GatewayConfig
 from gateway.kvindex.credit import L2_CREDIT, L3_CREDIT, RECENT_S
 from gateway.router.policies.kv_aware import AFFINITY_THRESHOLD, BALANCE_SLACK, SPREAD_MARGIN
@@ -15,16 +17,17 @@ from gateway.router.registry import POLICIES
 
 
 def add_gateway_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--worker-urls", nargs="*", default=[], help="worker base URLs (SGLang API)")
     p.add_argument("--redis-url", default=None, help="default: $REDIS_URL, else a private redis-server")
-    p.add_argument("--policy", default="kv_aware", choices=sorted(POLICIES))
+    p.add_argument("--policy", default="kv_aware", choices=sorted(POLICIES),
+                   help="routing policy: kv_aware (prefix cache and load, docs/architecture.md), or a baseline")
     p.add_argument("--tokenizer-path", default=None,
                    help="model dir with tokenizer.json (default: the one the workers report)")
     p.add_argument("--worker-concurrency", type=int, default=0,
                    help="calls in flight per worker (0: the worker's own max_running_requests)")
-    p.add_argument("--max-body-mb", type=float, default=8.0)
+    p.add_argument("--max-body-mb", type=float, default=8.0, help="largest request body accepted, in MiB (413 beyond)")
     p.add_argument("--kvindex-group", default=None,
                    help="this replica's consumer group on the KV event streams "
                         "(default: kvindex:{hostname}:{port})")
@@ -45,7 +48,7 @@ def add_gateway_args(p: argparse.ArgumentParser) -> None:
                    help="worker priority (SGLang's, higher first) of workflow calls and agent_hints-tagged calls, "
                         "plus the workflow's own; plain calls keep theirs (none = 0); 0 = no precedence (the "
                         "default: bench_workflows measured no gain from 1 against sglang-router)")
-    p.add_argument("--log-level", default="info")
+    add_logging_args(p)
     faults = p.add_argument_group("faults (Redis outages, hung workers)")
     faults.add_argument("--redis-max-connections", type=int, default=128,
                         help="Redis connection pool size; past it a command waits for a free connection")
@@ -107,7 +110,9 @@ def run_gateway(args: argparse.Namespace) -> int:
     from engine.launch import server_loop
     from gateway.app import create_app
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    failed = configure_process(args.log_level, args.log_format, "agentgate gateway", "agentgate-gateway")
+    if failed is not None:
+        return failed
     if not (0 <= args.kv_credit_l2 <= 1 and 0 <= args.kv_credit_l3 <= 1 and 0 <= args.affinity_threshold <= 1):
         print("--kv-credit-l2, --kv-credit-l3 and --affinity-threshold must be in [0, 1]", file=sys.stderr)
         return 2
@@ -141,8 +146,8 @@ def run_gateway(args: argparse.Namespace) -> int:
     print(f"agentgate gateway listening on http://{args.host}:{args.port} (policy {args.policy}, "
           f"{len(config.worker_urls)} worker(s), redis {redis_url})", flush=True)
     try:
-        web.run_app(create_app(config), host=args.host, port=args.port, print=None, access_log=None,
-                    shutdown_timeout=5, loop=server_loop())
+        web.run_app(create_app(config), host=args.host, port=args.port, print=None, shutdown_timeout=5,
+                    loop=server_loop(), **access_log_options(args.access_log))
     finally:
         if private is not None:
             private.stop()
@@ -150,7 +155,7 @@ def run_gateway(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="agentgate gateway", description="agent-aware inference gateway")
+    parser = Parser(prog="agentgate gateway", description="agent-aware inference gateway")
     add_gateway_args(parser)
     return run_gateway(parser.parse_args(argv))
 

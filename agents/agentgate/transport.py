@@ -16,6 +16,7 @@ wait, or whether to stop. What is retried:
 from __future__ import annotations
 
 import email.utils
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ class HttpRequest:
 
 
 def base_url(url: str | None) -> str:
-    url = (url or DEFAULT_URL).rstrip("/")
+    url = (url or os.environ.get("AGENTGATE_URL") or DEFAULT_URL).rstrip("/")
     if not url.startswith(("http://", "https://")):
         url = "http://" + url
     return url

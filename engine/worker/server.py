@@ -16,9 +16,11 @@ from aiohttp import web
 
 from engine.errors import AgentGateError, BadRequestError, NotFoundError, error_body
 from engine.runner import Engine
+from engine.tracing import observe_requests
 from engine.worker import openai_api
 from engine.worker.bridge import (ENGINE, SERVER_ARGS, Collected, close_sse, collect_all, json_response, merge_streams,
                                   new_rid, open_sse, read_json, run_request, send_sse, start_streams)
+from engine.prom import CONTENT_TYPE as PROM_CONTENT_TYPE
 from engine.worker.metrics import render_metrics
 from engine.worker.structured import compiled, from_sampling
 from engine.worker.protocol import (GenerateRequest, GenerateSamplingParams, KVPrefix, PinRequest, PrefetchRequest,
@@ -52,12 +54,15 @@ async def error_middleware(request: web.Request, handler):
 
 def create_app(engine: Engine, server_args: dict) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024 * 1024)
+    observe_requests(app, "worker")  # X-Request-Id, and the caller's trace continued when tracing is on
     app[ENGINE] = engine
     app[SERVER_ARGS] = server_args
     r = app.router
     r.add_get("/health", health)
     r.add_get("/health_generate", health_generate)
     r.add_get("/ping", health)
+    r.add_get("/health/live", health_live)
+    r.add_get("/health/ready", health_ready)
     for path in ("/get_server_info", "/server_info"):
         r.add_get(path, server_info)
     for path in ("/get_model_info", "/model_info"):
@@ -89,6 +94,18 @@ async def _engine_lifecycle(app: web.Application):
 async def health(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     return web.Response(status=200 if engine.alive else 503)
+
+
+async def health_live(request: web.Request) -> web.Response:
+    """Kubernetes liveness: the HTTP server answers (a busy or stopped engine is readiness' business)."""
+    return json_response({"status": "live"})
+
+
+async def health_ready(request: web.Request) -> web.Response:
+    """Kubernetes readiness: the engine thread runs and takes requests; 503 otherwise."""
+    if request.app[ENGINE].alive:
+        return json_response({"status": "ready"})
+    return json_response(error_body("not ready: the engine is not running", "service_unavailable", 503), status=503)
 
 
 async def health_generate(request: web.Request) -> web.Response:
@@ -224,9 +241,16 @@ async def kv_unpin(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    snapshot = await asyncio.wrap_future(engine.call(lambda: (engine.load(), engine.kv_usage())))
-    text = render_metrics(engine, request.app[SERVER_ARGS].get("served_model_name", ""), *snapshot)
-    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+    snapshot = await asyncio.wrap_future(engine.call(lambda: (engine.load(), _usage(engine))))
+    body = render_metrics(engine, request.app[SERVER_ARGS].get("served_model_name", ""), *snapshot)
+    return web.Response(body=body, headers={"Content-Type": PROM_CONTENT_TYPE})
+
+
+def _usage(engine: Engine) -> dict:
+    """Engine thread: L1 usage plus the pinned and the L2 blocks."""
+    l2 = engine.tiers.host
+    return {**engine.kv_usage(), "pinned_blocks": engine.pins.num_blocks,
+            "l2_used_blocks": len(l2) if l2 is not None else 0}
 
 
 # -- control ---------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from gateway.api.http import json_response, open_sse, read_json
 from gateway.api.schemas import NodeResultIn, WorkflowIn, parse_or_422
 from gateway.errors import StateUnavailableError, ValidationProblems
 from gateway.keys import CONFIG, SCHEDULER, STORE
-from gateway.planner.dag import validate
+from gateway.planner.dag import build_graph, validate
+from gateway.planner.spec import spec_from_json
 from gateway.state.prefetch_log import PrefetchLog, summarize
 
 EVENT_POLL_MS = 1000
@@ -74,11 +75,15 @@ async def get_workflow(request: web.Request) -> web.Response:
             "usage": state.get("usage"),
             "timings": {"started": started, "finished": finished,
                         "ttft_s": first - started if first and started else None,
-                        "duration_s": finished - started if finished and started else None},
+                        "duration_s": finished - started if finished and started else None,
+                        # the phases the console's Gantt draws (docs/architecture.md, "Operating it")
+                        "ready": state.get("ready"), "first_token": first},
             "prefetch": prefetch.get(node["id"])}
         if state["status"] == "finished":
             outputs[node["id"]] = state.get("output")
-    return json_response({**_summary(wf_id, meta), "nodes": out_nodes, "outputs": outputs,
+    graph = build_graph(spec_from_json(meta["spec"]))
+    edges = [{"source": u, "target": v, "conditional": c is not None} for u, v, c in graph.edges(data="condition")]
+    return json_response({**_summary(wf_id, meta), "nodes": out_nodes, "edges": edges, "outputs": outputs,
                           "cache": {"prompt_tokens": prompt, "cached_tokens": cached,
                                     "hit_rate": cached / prompt if prompt else 0.0},
                           "prefetch": summarize(prefetch)})

@@ -29,6 +29,7 @@ import logging
 import time
 import uuid
 
+from engine import tracing
 from engine.errors import AgentGateError
 from gateway.config import GatewayConfig
 from gateway.errors import WorkerCallError
@@ -64,6 +65,7 @@ class Scheduler(Lifecycle):
                                            priority=spec.priority)
         # It exists from here on: whatever fails next, it runs (here, or resumed) and its id is the answer.
         run = WorkflowRun(wf_id, spec, created)
+        run.span = tracing.start_span("workflow", **{"agentgate.workflow": wf_id, "agentgate.template": spec.template})
         self.runs[wf_id] = run
         self.metrics.workflows.inc(status="submitted")
         await self.guarded(run, self._start(run), "start")
@@ -85,6 +87,7 @@ class Scheduler(Lifecycle):
         spec = spec_from_json(meta["spec"])
         run = WorkflowRun(wf_id, spec, meta["created"], {n.id: states.get(n.id, NodeState()) for n in spec.nodes})
         run.resume_interrupted()
+        run.span = tracing.start_span("workflow", **{"agentgate.workflow": wf_id, "agentgate.resumed": True})
         self.runs[wf_id] = run
         log.info("resuming workflow %s (%d nodes finished)", wf_id,
                  sum(s.status == "finished" for s in run.nodes.values()))
@@ -172,6 +175,11 @@ class Scheduler(Lifecycle):
 
     # -- one LLM node --------------------------------------------------------------------------------
     async def _run_llm(self, call: NodeCall, messages: list[dict]) -> None:
+        with tracing.span(f"node {call.node}", parent=call.run.span, **{
+                "agentgate.workflow": call.run.id, "agentgate.node": call.node, "agentgate.worker": call.url}):
+            await self._call_llm(call, messages)
+
+    async def _call_llm(self, call: NodeCall, messages: list[dict]) -> None:
         run, node, url = call.run, call.node, call.url
         spec, state = run.node_spec(node), run.nodes[node]
         state.attempts += 1
@@ -196,7 +204,8 @@ class Scheduler(Lifecycle):
                 raise WorkerCallError(url, "the worker left the pool")
             body = chat_body(spec, messages, state.rid, worker.model_info.get("served_model_name"),
                              self.config.workflow_priority + run.spec.priority)
-            result = await run_chat(worker.client, body, on_delta, on_first, self.pool.stream_timeouts(worker))
+            with tracing.span("worker call", kind="client", **{"server.address": url, "agentgate.rid": state.rid}):
+                result = await run_chat(worker.client, body, on_delta, on_first, self.pool.stream_timeouts(worker))
             output = node_output(spec, result, url)
         except WorkerCallError as exc:
             call.release()  # first, so the retry may take the slot
@@ -263,6 +272,7 @@ class Scheduler(Lifecycle):
                 await self.journal.event(run.id, "node_started", {"node": node, "external": True,
                                                                        "messages": messages})
             else:
+                state.ready = time.time()
                 await self.journal.save_node(run.id, node, state.to_json())
                 llm_ready.append(node)
         for node in llm_ready:  # all at once, so the dispatcher ranks them together

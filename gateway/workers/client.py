@@ -19,6 +19,7 @@ from typing import NamedTuple
 import aiohttp
 import orjson
 
+from engine.tracing import outgoing_headers
 from gateway.errors import WorkerCallError
 from gateway.workers.http1 import ConnectionPool, Response
 
@@ -101,7 +102,7 @@ class WorkerClient:
         raises OSError if the reply breaks off (TimeoutError once the deadline passes)."""
         timeout_s = self.request_timeout_s if timeout_s is None else timeout_s
         try:
-            resp = await self.connections.request(method, path, body, timeout_s=timeout_s)
+            resp = await self.connections.request(method, path, body, timeout_s=timeout_s, headers=outgoing_headers())
         except TimeoutError as exc:
             raise WorkerCallError(self.url, f"{method} {path}: timed out: no reply within {timeout_s:g} s",
                                   timed_out=True) from exc

@@ -168,9 +168,11 @@ class ConnectionPool:
         self._idle: list[_Conn] = []
 
     async def request(self, method: str, path: str, body: bytes | None = None, *, timeout_s: float,
-                      content_type: str = "application/json") -> Response:
+                      content_type: str = "application/json", headers: dict[str, str] | None = None) -> Response:
         """Send one request and read the reply's head; the caller reads the body and releases it."""
         head = b"%s %s HTTP/1.1\r\n%s" % (method.encode(), (self.base + path).encode(), self._host_line)
+        for name, value in (headers or {}).items():
+            head += f"{name}: {value}\r\n".encode("latin-1")
         if body is not None:
             head += b"Content-Type: %s\r\nContent-Length: %d\r\n" % (content_type.encode(), len(body))
         message = head + b"\r\n" + (body or b"")
