@@ -20,7 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from gateway.api import openai_proxy, system, templates, workflows
+from gateway.api import contract, openai_proxy, system, templates, workflows
 from gateway.api.http import error_middleware
 from gateway.config import GatewayConfig
 from gateway.keys import CONFIG, HASHER, METRICS, POLICY, POOL, REDIS, SCHEDULER, SESSION, STORE, TEMPLATES
@@ -49,6 +49,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     templates.add_routes(app)
     openai_proxy.add_routes(app)
     system.add_routes(app)
+    contract.add_routes(app)
     app.cleanup_ctx.extend([_session, _redis, kvindex_ctx, _pool, awareness_ctx, _scheduler])
     return app
 

@@ -174,6 +174,15 @@ class UnpinRequest(KVPrefix):
     pin_id: str | None = None
 
 
+class AbortRequest(BaseModel):
+    """SGLang's /abort_request: a rid (every request whose rid starts with it), or abort_all."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    rid: str = ""
+    abort_all: bool = False
+
+
 def parse(model: type[BaseModel], body: Any) -> BaseModel:
     """Validate a JSON body; pydantic's complaints become one clear 400."""
     if not isinstance(body, dict):
