@@ -62,6 +62,9 @@ def add_gateway_args(p: argparse.ArgumentParser) -> None:
     faults.add_argument("--inter-token-timeout", type=float, default=None,
                         help="seconds a worker may pause between two tokens of a streamed call (default: by "
                              "worker kind, 60 for the embedded CPU engine, 30 for others)")
+    faults.add_argument("--no-request-migration", dest="request_migration", action="store_false",
+                        help="a node whose worker dies mid-stream starts over on the next worker instead of "
+                             "continuing from the tokens it produced")
     aware = p.add_argument_group("agent awareness (prediction, prefetch, pins, token pipelining)")
     aware.add_argument("--no-prediction", dest="prediction", action="store_false",
                        help="ablation: no prediction at all (no prefetch, no pins, no token pipelining)")
@@ -87,7 +90,8 @@ def fault_options(args: argparse.Namespace) -> dict:
     return dict(redis_max_connections=args.redis_max_connections, redis_pool_timeout_s=args.redis_pool_timeout,
                 redis_timeout_s=args.redis_timeout, redis_retry_s=args.redis_retry,
                 redis_buffer_events=args.redis_buffer_events, request_timeout_s=args.request_timeout,
-                first_token_timeout_s=args.first_token_timeout, inter_token_timeout_s=args.inter_token_timeout)
+                first_token_timeout_s=args.first_token_timeout, inter_token_timeout_s=args.inter_token_timeout,
+                request_migration=args.request_migration)
 
 
 def awareness_options(args: argparse.Namespace) -> dict:

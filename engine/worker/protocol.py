@@ -143,6 +143,8 @@ class ChatCompletionRequest(_OpenAICommon):
     tools: list[dict] | None = None
     tool_choice: Any = None
     chat_template_kwargs: dict | None = None
+    # vLLM's extension: the prompt's ids in the first chunk, each delta's token ids with it (token_ids.py)
+    return_token_ids: bool = False
 
 
 _UNION_TAGS = ("one", "many")

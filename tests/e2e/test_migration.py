@@ -1,0 +1,107 @@
+"""Request migration: a workflow node whose worker is SIGKILLed mid-stream continues on the other worker
+from the tokens already produced, and its output equals an uninterrupted run's (fp32, greedy). Two real
+embedded workers, a real gateway and Redis; the token events a client followed carry the output once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+
+import orjson
+import pytest
+import pytest_asyncio
+
+from engine.worker.token_ids import CommittedIds
+from tests.gateway.support import GatewayHandle, fast_config
+from tests.support import start_worker, stop_worker
+
+pytestmark = pytest.mark.slow
+MAX_TOKENS = 48
+NODE = {"id": "count", "max_tokens": MAX_TOKENS, "ignore_eos": True,
+        "messages": [{"role": "user", "content": "Count from one to fifty in words, separated by commas."}]}
+
+
+@pytest.fixture(scope="module")
+def two_workers(model_dir, tmp_path_factory):
+    workers = [start_worker(model_dir, tmp_path_factory.mktemp("migration")) for _ in range(2)]
+    yield workers
+    for w in workers:
+        stop_worker(w)
+
+
+@pytest_asyncio.fixture
+async def gw(two_workers, redis_url):
+    handle = await GatewayHandle(fast_config(redis_url, [w.url for w in two_workers], policy="round_robin",
+                                             key_prefix="mig" + uuid.uuid4().hex[:6], request_timeout_s=120,
+                                             breaker_cooldown_s=60)).start()
+    yield handle
+    await handle.stop()
+
+
+async def follow(gw: GatewayHandle, wf_id: str, on_event) -> list[tuple[str, dict]]:
+    """Every event of the workflow's SSE stream, in order; on_event(type, data) sees each as it comes."""
+    events = []
+    async with gw.session.get(f"{gw.url}/v1/workflows/{wf_id}/events") as r:
+        buffer = b""
+        async for chunk in r.content.iter_any():
+            buffer += chunk
+            while b"\n\n" in buffer:
+                block, buffer = buffer.split(b"\n\n", 1)
+                fields = dict(line.split(b": ", 1) for line in block.split(b"\n") if b": " in line and
+                              not line.startswith(b":"))
+                if b"event" in fields:
+                    event = (fields[b"event"].decode(), orjson.loads(fields[b"data"]))
+                    events.append(event)
+                    await on_event(*event)
+    return events
+
+
+def test_ids_follow_their_text_when_the_engine_holds_text_back(tokenizer):
+    ids = tokenizer.encode(" one, two, three")
+    committed = CommittedIds(tokenizer)
+    text = tokenizer.decode(ids)
+    assert committed.take(ids[:2], tokenizer.decode(ids[:2])) == ids[:2]
+    held = tokenizer.decode(ids[:4])[:-1]  # the last character held back (it could begin a stop string)
+    assert committed.take(ids[:4], held) == [ids[2]]
+    assert committed.take(ids, text) == ids[3:]
+    assert committed.take(ids, text) == []
+
+
+@pytest.mark.asyncio
+async def test_a_node_whose_worker_is_killed_mid_stream_continues_on_the_other(gw, two_workers):
+    reference_id = await gw.submit({"nodes": [NODE]})
+    reference = await gw.wait(reference_id, timeout=180)
+    assert reference["status"] == "finished", reference
+    expected = reference["outputs"]["count"]
+    assert reference["nodes"]["count"]["usage"]["completion_tokens"] == MAX_TOKENS
+
+    by_url = {w.url: w for w in two_workers}
+    wf_id = await gw.submit({"nodes": [NODE]})
+    seen = {"tokens": 0, "worker": None, "killed": None}
+
+    async def on_event(kind: str, data: dict) -> None:
+        if kind == "node_started" and seen["worker"] is None:
+            seen["worker"] = data["worker"]
+        if kind == "token":
+            seen["tokens"] += 1
+            if seen["tokens"] == 8 and seen["killed"] is None:  # mid-stream: some tokens out, most to come
+                seen["killed"] = seen["worker"]
+                os.kill(by_url[seen["worker"]].proc.pid, signal.SIGKILL)
+
+    events = await asyncio.wait_for(follow(gw, wf_id, on_event), timeout=240)
+    body = await gw.wait(wf_id, timeout=60)
+    assert seen["killed"] is not None
+    assert body["status"] == "finished", body
+    node = body["nodes"]["count"]
+    assert body["outputs"]["count"] == expected
+    assert node["worker"] != seen["killed"] and node["attempts"] == 2
+    retry = [d for k, d in events if k == "node_retry"]
+    assert len(retry) == 1 and retry[0]["worker"] == seen["killed"]
+    resumed = retry[0]["resume_tokens"]
+    assert resumed >= 1  # continued from what the killed worker produced, not started over
+    assert node["usage"]["migrated_tokens"] == resumed
+    assert node["usage"]["completion_tokens"] == MAX_TOKENS
+    # the client following the stream got the output's text exactly once
+    assert "".join(d["text"] for k, d in events if k == "token") == expected
