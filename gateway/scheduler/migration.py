@@ -57,18 +57,25 @@ class Progress:
 
 
 def migratable(spec: NodeSpec) -> bool:
-    p = spec.params
-    if spec.output != "text" or any(p.get(k) is not None for k in NOT_MIGRATABLE):
+    return spec.output == "text" and same_computation(spec.params)
+
+
+def same_computation(params: dict) -> bool:
+    """Whether a call with these OpenAI params continued from its produced ids computes what it would have."""
+    if any(params.get(k) is not None for k in NOT_MIGRATABLE) or params.get("n") not in (None, 1):
         return False
-    return not p.get("frequency_penalty") and not p.get("presence_penalty") and \
-        p.get("repetition_penalty") in (None, 1, 1.0)
+    return not params.get("frequency_penalty") and not params.get("presence_penalty") and \
+        params.get("repetition_penalty") in (None, 1, 1.0) and not params.get("logprobs")
 
 
-def continuation_body(spec: NodeSpec, progress: Progress, rid: str, priority: int) -> dict:
-    params = spec.params
+def continuation_body(params: dict, max_tokens: int, progress: Progress, rid: str, priority: int,
+                      default_temperature: float = 0.0) -> dict:
+    """SGLang /generate continuing a call with OpenAI sampling `params` and `max_tokens` from `progress`.
+    `default_temperature`: what the first attempt ran with when params leave it out (0 for workflow nodes,
+    executor.chat_body; 1 for a proxied call, OpenAI's default)."""
     sp = {SAMPLING[k]: params[k] for k in SAMPLING if params.get(k) is not None}
-    sp.setdefault("temperature", 0.0)  # as chat_body: workflows are greedy unless a node asks otherwise
-    sp["max_new_tokens"] = spec.max_tokens - len(progress.ids)
+    sp.setdefault("temperature", default_temperature)
+    sp["max_new_tokens"] = max_tokens - len(progress.ids)
     if params.get("min_tokens"):
         sp["min_new_tokens"] = max(0, params["min_tokens"] - len(progress.ids))
     body = {"input_ids": progress.prompt_ids + progress.ids, "sampling_params": sp, "stream": True, "rid": rid}

@@ -198,9 +198,9 @@ class Scheduler(Lifecycle):
             progress = (Progress.from_json(state.progress) or Progress()) if migratable(spec) else None
             if progress is not None and progress.resumable:  # its last worker died mid-stream: continue it
                 on_first()
-                result = await run_continuation(worker.client, continuation_body(spec, progress, state.rid, priority),
-                                                progress, on_delta, self.pool.stream_timeouts(worker),
-                                                bool(worker.server_info.get("incremental_streaming_output")))
+                body = continuation_body(spec.params, spec.max_tokens, progress, state.rid, priority)
+                result = await run_continuation(worker.client, body, progress, on_delta,
+                                                self.pool.stream_timeouts(worker), self.pool.incremental(worker))
             else:
                 body = chat_body(spec, messages, state.rid, worker.model_info.get("served_model_name"), priority)
                 progress = Progress() if progress is not None and self.pool.streams_token_ids(worker) else None

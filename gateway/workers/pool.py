@@ -130,6 +130,11 @@ class WorkerPool:
         """Whether request migration may ask `w` for token ids in its chat stream (the embedded engine's)."""
         return self.config.request_migration and w.server_info.get("backend") == "agentgate-engine"
 
+    @staticmethod
+    def incremental(w: WorkerState) -> bool:
+        """Whether `w`'s /generate stream sends each chunk's new text only (else the text so far)."""
+        return bool(w.server_info.get("incremental_streaming_output"))
+
     def record_failure(self, url: str, exc: WorkerCallError) -> None:
         """A call failed by the worker's fault (a retryable WorkerCallError; never a 4xx)."""
         w = self.workers.get(url)

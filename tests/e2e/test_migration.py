@@ -1,6 +1,7 @@
-"""Request migration: a workflow node whose worker is SIGKILLed mid-stream continues on the other worker
-from the tokens already produced, and its output equals an uninterrupted run's (fp32, greedy). Two real
-embedded workers, a real gateway and Redis; the token events a client followed carry the output once."""
+"""Request migration: a workflow node, and a streamed chat call proxied by the gateway, whose worker is
+SIGKILLed mid-stream continue on another worker from the tokens already produced, and the output equals an
+uninterrupted run's (fp32, greedy). Real embedded workers, a real gateway and Redis; the token events a
+client followed carry the output once, and the proxied client's stream goes on to its finish and usage."""
 
 from __future__ import annotations
 
@@ -24,16 +25,17 @@ NODE = {"id": "count", "max_tokens": MAX_TOKENS, "ignore_eos": True,
 
 
 @pytest.fixture(scope="module")
-def two_workers(model_dir, tmp_path_factory):
-    workers = [start_worker(model_dir, tmp_path_factory.mktemp("migration")) for _ in range(2)]
+def workers(model_dir, tmp_path_factory):
+    """Three: each test kills one, and a killed call still has two to continue on."""
+    workers = [start_worker(model_dir, tmp_path_factory.mktemp("migration")) for _ in range(3)]
     yield workers
     for w in workers:
         stop_worker(w)
 
 
 @pytest_asyncio.fixture
-async def gw(two_workers, redis_url):
-    handle = await GatewayHandle(fast_config(redis_url, [w.url for w in two_workers], policy="round_robin",
+async def gw(workers, redis_url):
+    handle = await GatewayHandle(fast_config(redis_url, [w.url for w in workers], policy="round_robin",
                                              key_prefix="mig" + uuid.uuid4().hex[:6], request_timeout_s=120,
                                              breaker_cooldown_s=60)).start()
     yield handle
@@ -70,14 +72,14 @@ def test_ids_follow_their_text_when_the_engine_holds_text_back(tokenizer):
 
 
 @pytest.mark.asyncio
-async def test_a_node_whose_worker_is_killed_mid_stream_continues_on_the_other(gw, two_workers):
+async def test_a_node_whose_worker_is_killed_mid_stream_continues_on_another(gw, workers):
     reference_id = await gw.submit({"nodes": [NODE]})
     reference = await gw.wait(reference_id, timeout=180)
     assert reference["status"] == "finished", reference
     expected = reference["outputs"]["count"]
     assert reference["nodes"]["count"]["usage"]["completion_tokens"] == MAX_TOKENS
 
-    by_url = {w.url: w for w in two_workers}
+    by_url = {w.url: w for w in workers}
     wf_id = await gw.submit({"nodes": [NODE]})
     seen = {"tokens": 0, "worker": None, "killed": None}
 
@@ -105,3 +107,52 @@ async def test_a_node_whose_worker_is_killed_mid_stream_continues_on_the_other(g
     assert node["usage"]["completion_tokens"] == MAX_TOKENS
     # the client following the stream got the output's text exactly once
     assert "".join(d["text"] for k, d in events if k == "token") == expected
+
+
+CHAT = {"messages": NODE["messages"], "max_tokens": MAX_TOKENS, "ignore_eos": True, "temperature": 0,
+        "stream": True, "stream_options": {"include_usage": True}}
+
+
+async def stream_chat(gw: GatewayHandle, on_chunk=None) -> list[dict]:
+    """The data chunks of a streamed chat call through the gateway (on_chunk(n) after the n-th)."""
+    chunks = []
+    async with gw.session.post(f"{gw.url}/v1/chat/completions", json=CHAT) as r:
+        assert r.status == 200
+        buffer = b""
+        async for part in r.content.iter_any():
+            buffer += part
+            while b"\n\n" in buffer:
+                block, buffer = buffer.split(b"\n\n", 1)
+                if block.startswith(b"data: ") and block != b"data: [DONE]":
+                    chunks.append(orjson.loads(block[6:]))
+                    if on_chunk is not None:
+                        on_chunk(len(chunks))
+    return chunks
+
+
+def content(chunks: list[dict]) -> str:
+    return "".join((c.get("delta") or {}).get("content") or "" for ch in chunks for c in ch.get("choices", ()))
+
+
+@pytest.mark.asyncio
+async def test_a_proxied_stream_whose_worker_is_killed_continues_on_another(gw, workers):
+    from gateway.keys import POOL
+
+    expected = await stream_chat(gw)
+    pool, killed = gw.app[POOL], []
+
+    def kill_serving(n: int) -> None:
+        if n == 8 and not killed:
+            (url,) = [u for u, w in pool.workers.items() if w.in_flight == 1]
+            killed.append(url)
+            os.kill(next(w for w in workers if w.url == url).proc.pid, signal.SIGKILL)
+
+    chunks = await asyncio.wait_for(stream_chat(gw, kill_serving), timeout=240)
+    assert killed
+    assert content(chunks) == content(expected)
+    assert not any("error" in c for c in chunks)
+    finish = [c["choices"][0]["finish_reason"] for c in chunks if c.get("choices") and c["choices"][0].get("finish_reason")]
+    assert finish == ["length"]
+    usage = chunks[-1]["usage"]
+    assert usage["completion_tokens"] == MAX_TOKENS and usage["migrated_tokens"] >= 1
+    assert {u: w.in_flight for u, w in pool.workers.items()} == dict.fromkeys(pool.workers, 0)
