@@ -307,6 +307,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a small run: stand-ins only, fewer workflows, shorter faults")
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    p.add_argument("--log-dir", default=None, help="keep the processes' logs here (default: a temporary folder)")
     args = p.parse_args(argv)
     if args.quick:
         args.workflows, args.concurrency, args.followers, args.fuzz_examples = 12, 6, 48, 1
@@ -318,7 +319,9 @@ def parse_args(argv=None):
 def main(argv=None) -> list[Row]:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-chaos-") as tmp:
-        cluster = Cluster(Path(tmp), standins=args.standins, real_worker=not args.quick, tokens=args.max_tokens,
+        log_dir = Path(args.log_dir or tmp)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        cluster = Cluster(log_dir, standins=args.standins, real_worker=not args.quick, tokens=args.max_tokens,
                           token_delay_s=args.token_delay,
                           gateway_args=tuple(gateway_args(args)))
         try:
