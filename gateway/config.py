@@ -41,6 +41,9 @@ class GatewayConfig:
     # up to `redis_retry_s` (an outage that long is waited out); token events are buffered meanwhile, at
     # most `redis_buffer_events` (more are dropped; each node's output is in its node_finished event anyway).
     redis_max_connections: int = 128
+    # SSE followers read their workflows' event streams over a pool of their own, this size: however many
+    # follow, they wait for each other (their events come later), never the scheduler's state writes.
+    redis_follower_connections: int = 32
     redis_pool_timeout_s: float = 30.0
     redis_timeout_s: float = 5.0
     redis_retry_s: float = 60.0

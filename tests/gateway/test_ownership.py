@@ -170,9 +170,10 @@ class ClientGone:
 
 
 def redis_in_use(gw) -> int:
-    from gateway.keys import REDIS
+    """Connections taken from the gateway's two Redis pools (the scheduler's, the SSE followers')."""
+    from gateway.keys import FOLLOWERS, REDIS
 
-    return len(gw.app[REDIS].connection_pool._in_use_connections)
+    return sum(len(r.connection_pool._in_use_connections) for r in (gw.app[REDIS], gw.app[FOLLOWERS].r))
 
 
 async def follow_events(gw, wf_id: str) -> str:
