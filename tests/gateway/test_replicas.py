@@ -125,8 +125,8 @@ async def test_a_replica_whose_lease_was_taken_cannot_record_a_result_the_new_ow
         owner_key = f"{scheduler.store.p}:wf:{wf}:owner"
         assert await r.get(owner_key) == scheduler.owner
         await r.set(owner_key, "gw-another-replica", px=60_000)  # taken over while `a` streams node a
-        for _ in range(400):
-            if wf not in scheduler.runs:
+        for _ in range(400):  # the workflow is dropped, then its node task ends and gives its slot back
+            if wf not in scheduler.runs and not scheduler.tasks and not a.app[POOL].workers[w.url].in_flight:
                 break
             await asyncio.sleep(0.025)
         assert wf not in scheduler.runs and scheduler.tasks == {}
