@@ -71,6 +71,33 @@ def test_ids_follow_their_text_when_the_engine_holds_text_back(tokenizer):
     assert committed.take(ids, text) == []
 
 
+def test_streamed_token_ids_are_the_output_ids_and_come_with_their_text(worker):
+    """return_token_ids on a real worker: the ids of the chunks, in order, are the non-streamed call's
+    output ids (greedy), each chunk's ids decode to text the stream already carried, and the first chunk
+    has the prompt's ids; with a stop string held back the ids still follow their text."""
+    import json
+    import urllib.request
+
+    from tests.support import http_json
+
+    body = {"messages": NODE["messages"], "max_tokens": 24, "temperature": 0, "ignore_eos": True,
+            "stop": ["zzzz-never"]}
+    req = urllib.request.Request(worker + "/v1/chat/completions", method="POST",
+                                 data=json.dumps({**body, "stream": True, "return_token_ids": True}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        lines = [line[6:] for line in r.read().decode().split("\n") if line.startswith("data: {")]
+    chunks = [json.loads(line) for line in lines]
+    assert chunks[0]["prompt_token_ids"] and isinstance(chunks[0]["prompt_token_ids"][0], int)
+    ids = [t for c in chunks for ch in c["choices"] for t in ch.get("token_ids", ())]
+    text = "".join(ch["delta"].get("content") or "" for c in chunks for ch in c["choices"])
+    status, plain = http_json("POST", worker + "/generate", {
+        "input_ids": chunks[0]["prompt_token_ids"], "sampling_params": {
+            "max_new_tokens": 24, "temperature": 0, "ignore_eos": True, "stop": ["zzzz-never"]}})
+    assert status == 200
+    assert ids == plain["output_ids"] and text == plain["text"]
+
+
 @pytest.mark.asyncio
 async def test_a_node_whose_worker_is_killed_mid_stream_continues_on_another(gw, workers):
     reference_id = await gw.submit({"nodes": [NODE]})
