@@ -21,11 +21,12 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from engine.tracing import observe_requests
-from gateway.api import openai_proxy, system, templates, workflows
+from gateway.api import contract, openai_proxy, system, templates, workflows
 from gateway.console import api as console
 from gateway.api.http import error_middleware
 from gateway.config import GatewayConfig
-from gateway.keys import CONFIG, HASHER, METRICS, POLICY, POOL, REDIS, SCHEDULER, SESSION, STORE, TEMPLATES
+from gateway.keys import (CONFIG, FOLLOWERS, HASHER, METRICS, POLICY, POOL, REDIS, SCHEDULER, SESSION, STORE,
+                          TEMPLATES)
 from gateway.kvindex.lifecycle import kvindex_ctx
 from gateway.metrics import Metrics
 from gateway.router.prompts import PromptHasher
@@ -53,6 +54,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     openai_proxy.add_routes(app)
     system.add_routes(app)
     console.add_routes(app)  # GET /ui
+    contract.add_routes(app)
     app.cleanup_ctx.extend([_session, _redis, kvindex_ctx, _pool, awareness_ctx, _scheduler])
     return app
 
@@ -70,15 +72,21 @@ async def _redis(app: web.Application):
     answer in redis_timeout_s fails (a paused Redis) and is tried once more on a fresh connection (one
     that a restart closed). Waiting out longer outages is the scheduler's job (state/journal.py)."""
     config = app[CONFIG]
-    pool = BlockingConnectionPool.from_url(
-        config.redis_url, max_connections=config.redis_max_connections, timeout=config.redis_pool_timeout_s,
-        socket_timeout=config.redis_timeout_s, socket_connect_timeout=config.redis_timeout_s,
-        retry=Retry(NoBackoff(), 1), decode_responses=True)
-    redis = Redis.from_pool(pool)
+    def pool(size: int, socket_timeout: float) -> Redis:
+        return Redis.from_pool(BlockingConnectionPool.from_url(
+            config.redis_url, max_connections=size, timeout=config.redis_pool_timeout_s,
+            socket_timeout=socket_timeout, socket_connect_timeout=config.redis_timeout_s,
+            retry=Retry(NoBackoff(), 1), decode_responses=True))
+
+    redis = pool(config.redis_max_connections, config.redis_timeout_s)
+    # followers block in XREAD for up to a second (api/workflows.py EVENT_POLL_MS) on top of the command time
+    followers = pool(config.redis_follower_connections, config.redis_timeout_s + 1)
     app[REDIS] = redis
     app[STORE] = WorkflowStore(redis, app[CONFIG].key_prefix)
+    app[FOLLOWERS] = WorkflowStore(followers, app[CONFIG].key_prefix)
     app[TEMPLATES] = TemplateStore(redis, app[CONFIG].key_prefix)
     yield
+    await followers.aclose()
     await redis.aclose()
 
 

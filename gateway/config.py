@@ -33,11 +33,17 @@ class GatewayConfig:
     request_timeout_s: float = 600.0
     first_token_timeout_s: float | None = None
     inter_token_timeout_s: float | None = None
+    # A workflow node whose worker dies mid-stream continues on another worker from the tokens it produced
+    # (scheduler/migration.py) rather than starting over.
+    request_migration: bool = True
     # Redis: at most `redis_max_connections` connections (a command waits up to `redis_pool_timeout_s` for
     # one), each command up to `redis_timeout_s`. The scheduler's state writes are retried with backoff for
     # up to `redis_retry_s` (an outage that long is waited out); token events are buffered meanwhile, at
     # most `redis_buffer_events` (more are dropped; each node's output is in its node_finished event anyway).
     redis_max_connections: int = 128
+    # SSE followers read their workflows' event streams over a pool of their own, this size: however many
+    # follow, they wait for each other (their events come later), never the scheduler's state writes.
+    redis_follower_connections: int = 32
     redis_pool_timeout_s: float = 30.0
     redis_timeout_s: float = 5.0
     redis_retry_s: float = 60.0

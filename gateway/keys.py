@@ -22,6 +22,7 @@ HASHER = web.AppKey("hasher", PromptHasher)
 REDIS = web.AppKey("redis", Redis)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 STORE = web.AppKey("store", WorkflowStore)
+FOLLOWERS = web.AppKey("followers", WorkflowStore)  # the same keys over the SSE followers' own pool
 TEMPLATES = web.AppKey("templates", TemplateStore)
 POOL = web.AppKey("pool", WorkerPool)
 SCHEDULER = web.AppKey("scheduler", Scheduler)

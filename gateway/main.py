@@ -52,6 +52,9 @@ def add_gateway_args(p: argparse.ArgumentParser) -> None:
     faults = p.add_argument_group("faults (Redis outages, hung workers)")
     faults.add_argument("--redis-max-connections", type=int, default=128,
                         help="Redis connection pool size; past it a command waits for a free connection")
+    faults.add_argument("--redis-follower-connections", type=int, default=32,
+                        help="Redis connections of the SSE followers (their own pool: many followers delay "
+                             "each other's events, never the scheduler's state writes)")
     faults.add_argument("--redis-pool-timeout", type=float, default=30.0,
                         help="seconds a Redis command waits for a free connection before it fails")
     faults.add_argument("--redis-timeout", type=float, default=5.0, help="seconds one Redis command may take")
@@ -68,6 +71,9 @@ def add_gateway_args(p: argparse.ArgumentParser) -> None:
     faults.add_argument("--inter-token-timeout", type=float, default=None,
                         help="seconds a worker may pause between two tokens of a streamed call (default: by "
                              "worker kind, 60 for the embedded CPU engine, 30 for others)")
+    faults.add_argument("--no-request-migration", dest="request_migration", action="store_false",
+                        help="a node whose worker dies mid-stream starts over on the next worker instead of "
+                             "continuing from the tokens it produced")
     aware = p.add_argument_group("agent awareness (prediction, prefetch, pins, token pipelining)")
     aware.add_argument("--no-prediction", dest="prediction", action="store_false",
                        help="ablation: no prediction at all (no prefetch, no pins, no token pipelining)")
@@ -91,9 +97,11 @@ def add_gateway_args(p: argparse.ArgumentParser) -> None:
 def fault_options(args: argparse.Namespace) -> dict:
     """GatewayConfig fields from the fault-handling flags."""
     return dict(redis_max_connections=args.redis_max_connections, redis_pool_timeout_s=args.redis_pool_timeout,
+                redis_follower_connections=args.redis_follower_connections,
                 redis_timeout_s=args.redis_timeout, redis_retry_s=args.redis_retry,
                 redis_buffer_events=args.redis_buffer_events, request_timeout_s=args.request_timeout,
-                first_token_timeout_s=args.first_token_timeout, inter_token_timeout_s=args.inter_token_timeout)
+                first_token_timeout_s=args.first_token_timeout, inter_token_timeout_s=args.inter_token_timeout,
+                request_migration=args.request_migration)
 
 
 def awareness_options(args: argparse.Namespace) -> dict:
@@ -122,10 +130,10 @@ def run_gateway(args: argparse.Namespace) -> int:
     if args.balance_slack < 0:
         print("--balance-slack must be at least 0", file=sys.stderr)
         return 2
-    if args.redis_max_connections < 1 or any(v is not None and v <= 0 for v in (
+    if min(args.redis_max_connections, args.redis_follower_connections) < 1 or any(v is not None and v <= 0 for v in (
             args.redis_pool_timeout, args.redis_timeout, args.redis_retry, args.request_timeout,
             args.first_token_timeout, args.inter_token_timeout)):
-        print("--redis-max-connections must be at least 1 and every timeout positive", file=sys.stderr)
+        print("--redis-max-connections and --redis-follower-connections must be at least 1 and every timeout positive", file=sys.stderr)
         return 2
     redis_url = args.redis_url or os.environ.get("REDIS_URL")
     private = None

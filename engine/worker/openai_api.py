@@ -20,6 +20,7 @@ from engine.worker.chat import ChatPlan, plan_chat
 from engine.worker.protocol import (MAX_N, MAX_TOP_LOGPROBS, ChatCompletionRequest, CompletionRequest,
                                     build_sampling_params, parse, reject_unsupported)
 from engine.worker.structured import compiled, from_response_format, from_sampling, merge
+from engine.worker.token_ids import CommittedIds
 from engine.worker.tool_parsers import StreamingToolCalls, ToolCallParser, make_parser
 
 TOOL_PARSER = web.AppKey("tool_parser", ToolCallParser)
@@ -254,6 +255,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     chunk_env = {**envelope, "object": "chat.completion.chunk"}
     splitters = [StreamingToolCalls(plan.parser) if plan.parser else None for _ in rids]
     called = [0] * len(rids)
+    committed = [CommittedIds(engine.tokenizer) if body.return_token_ids else None for _ in rids]
 
     def choice(index, delta, reason=None, logprobs=None, **extra):
         return {**chunk_env, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
@@ -263,12 +265,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         chunks = []
         if first:
             chunks.append(choice(index, {"role": "assistant", "content": ""}))
+            if body.return_token_ids:
+                chunks[0]["prompt_token_ids"] = prompt
         content, calls = out.text_delta, []
         if splitters[index] is not None:
             content, calls = splitters[index].feed(out.text_delta, final=out.finished)
-        if content or (out.logprobs and body.logprobs):
+        ids = committed[index].take(state.output_ids, state.text) if committed[index] is not None else []
+        if content or ids or (out.logprobs and body.logprobs):
             chunks.append(choice(index, {"content": content},
-                                 logprobs=_chat_logprobs(engine, out.logprobs) if body.logprobs else None))
+                                 logprobs=_chat_logprobs(engine, out.logprobs) if body.logprobs else None,
+                                 **({"token_ids": ids} if committed[index] is not None else {})))
         for call in calls:
             chunks.append(choice(index, {"tool_calls": [call.to_openai(index=called[index])]}))
             called[index] += 1

@@ -143,6 +143,8 @@ class ChatCompletionRequest(_OpenAICommon):
     tools: list[dict] | None = None
     tool_choice: Any = None
     chat_template_kwargs: dict | None = None
+    # vLLM's extension: the prompt's ids in the first chunk, each delta's token ids with it (token_ids.py)
+    return_token_ids: bool = False
 
 
 _UNION_TAGS = ("one", "many")
@@ -172,6 +174,15 @@ class PinRequest(KVPrefix):
 
 class UnpinRequest(KVPrefix):
     pin_id: str | None = None
+
+
+class AbortRequest(BaseModel):
+    """SGLang's /abort_request: a rid (every request whose rid starts with it), or abort_all."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    rid: str = ""
+    abort_all: bool = False
 
 
 def parse(model: type[BaseModel], body: Any) -> BaseModel:

@@ -17,14 +17,14 @@ from aiohttp import web
 from engine.errors import AgentGateError, BadRequestError, NotFoundError, error_body
 from engine.runner import Engine
 from engine.tracing import observe_requests
-from engine.worker import openai_api
+from engine.worker import contract, openai_api
 from engine.worker.bridge import (ENGINE, SERVER_ARGS, Collected, close_sse, collect_all, json_response, merge_streams,
                                   new_rid, open_sse, read_json, run_request, send_sse, start_streams)
 from engine.prom import CONTENT_TYPE as PROM_CONTENT_TYPE
 from engine.worker.metrics import render_metrics
 from engine.worker.structured import compiled, from_sampling
-from engine.worker.protocol import (GenerateRequest, GenerateSamplingParams, KVPrefix, PinRequest, PrefetchRequest,
-                                    UnpinRequest, build_sampling_params, parse, reject_unsupported)
+from engine.worker.protocol import (AbortRequest, GenerateRequest, GenerateSamplingParams, KVPrefix, PinRequest,
+                                    PrefetchRequest, UnpinRequest, build_sampling_params, parse, reject_unsupported)
 
 log = logging.getLogger("agentgate.worker")
 
@@ -78,6 +78,7 @@ def create_app(engine: Engine, server_args: dict) -> web.Application:
     r.add_post("/kv/pin", kv_pin)
     r.add_post("/kv/unpin", kv_unpin)
     openai_api.add_routes(app)
+    contract.add_routes(app)
     app.cleanup_ctx.append(_engine_lifecycle)
     return app
 
@@ -261,12 +262,8 @@ async def flush_cache(request: web.Request) -> web.Response:
 
 
 async def abort_request(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise BadRequestError("the request body must be a JSON object")
-    rid, abort_all = body.get("rid", ""), bool(body.get("abort_all", False))
-    if not isinstance(rid, str):
-        raise BadRequestError("rid must be a string", param="rid")
+    body = parse(AbortRequest, await read_json(request))
+    rid, abort_all = body.rid, body.abort_all
     if rid or abort_all:
         request.app[ENGINE].abort(rid, abort_all, prefix=True)
     return web.Response(status=200)

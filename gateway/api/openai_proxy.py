@@ -8,7 +8,9 @@ worker). Responses — JSON or SSE — are relayed byte for byte, so the worker'
 A call that cannot connect, gets a 5xx, times out before its first token, or
 whose JSON reply breaks off is retried on another worker (nothing was relayed
 yet); once streaming has begun, a broken or stalled worker ends the stream with
-an error event. Each of those counts against the worker's breaker. The worker
+an error event, unless the call can migrate (proxy_migration.py): then it
+continues on another worker from the tokens already produced. Each of those
+counts against the worker's breaker. The worker
 slot a call holds is given back in one `finally`, whatever ends the call.
 """
 
@@ -24,6 +26,7 @@ from redis.exceptions import RedisError
 from engine.errors import AgentGateError, BadRequestError, ServiceUnavailableError
 from gateway.api.forwarded import check_call
 from gateway.api.http import json_response, parse_json, read_body
+from gateway.api.proxy_migration import StreamWatch, armed
 from gateway.api.schemas import AgentHints
 from gateway.errors import NoWorkerError, WorkerCallError
 from gateway.keys import CONFIG, HASHER, METRICS, POLICY, POOL, TEMPLATES
@@ -119,6 +122,7 @@ async def proxy(request: web.Request, path: str) -> web.StreamResponse:
     route = await route_request(request, path, body) if needs_prefix else RouteRequest(prompt_tokens=0)
     payload = raw if hints is None else orjson.dumps(body)  # as sent, unless agent_hints came out of it
     streamed = body.get("stream") is True
+    migratable = path == "/v1/chat/completions" and request.app[CONFIG].request_migration and armed(body)
     tried: list[str] = []
     last_error: WorkerCallError | None = None
     for _ in range(PROXY_ATTEMPTS):
@@ -132,11 +136,13 @@ async def proxy(request: web.Request, path: str) -> web.StreamResponse:
         worker = pool.reserve(url)
         metrics.routed.inc(worker=url)
         timeouts = pool.stream_timeouts(worker) if streamed else None
+        watch = StreamWatch(body) if migratable and pool.streams_token_ids(worker) else None
         resp = data = None
         served = False
         try:
             try:
-                resp = await worker.client.open("POST", path, payload,
+                sent = orjson.dumps({**body, "return_token_ids": True}) if watch is not None else payload
+                resp = await worker.client.open("POST", path, sent,
                                                 timeout_s=timeouts.first_token_s if timeouts else None)
                 if resp.content_type != "text/event-stream":  # read it all here, while another worker may retry it
                     data = await worker.client.read(resp, f"POST {path}")
@@ -147,7 +153,7 @@ async def proxy(request: web.Request, path: str) -> web.StreamResponse:
                 continue
             served = True
             return _reply(resp, data, metrics) if data is not None else \
-                await _relay_stream(request, resp, pool, url, timeouts)
+                await _relay_stream(request, resp, pool, url, timeouts, watch, tried)
         finally:  # the one place this call's slot (and its worker connection) is given back
             if resp is not None:
                 resp.release()
@@ -172,7 +178,8 @@ def _reply(resp: Response, data: bytes, metrics) -> web.Response:
 
 
 async def _relay_stream(request: web.Request, resp: Response, pool: WorkerPool, url: str,
-                        timeouts: StreamTimeouts | None) -> web.StreamResponse:
+                        timeouts: StreamTimeouts | None, watch: StreamWatch | None = None,
+                        tried: list[str] | None = None) -> web.StreamResponse:
     out = web.StreamResponse(status=resp.status, headers={"Content-Type": "text/event-stream",
                                                           "Cache-Control": "no-cache"})
     await out.prepare(request)
@@ -190,12 +197,18 @@ async def _relay_stream(request: web.Request, resp: Response, pool: WorkerPool, 
                 else f"stream broken: {exc!r}"
             log.warning("stream from %s: %s", url, what)
             pool.record_failure(url, WorkerCallError(url, what, timed_out=stalled))
+            resp.release()  # the broken connection goes now, not after a continuation elsewhere
+            if watch is not None and await watch.resume(out, pool, [*(tried or ()), url],
+                                                        watch.body.get("priority") or 0):
+                break  # continued on another worker from the tokens produced (proxy_migration.py)
             err = ServiceUnavailableError(f"worker {what}")  # code: its status, which SDKs map to a type
             await out.write(b"data: " + orjson.dumps(err.to_json()) + b"\n\ndata: [DONE]\n\n")
             break
         if timeouts is not None:
             resp.extend(timeouts.inter_token_s)
         started = True
+        if watch is not None:
+            watch.feed(chunk)
         # A client gone raises here; releasing the worker response then closes it, and the worker aborts.
         await out.write(chunk)
     await out.write_eof()

@@ -13,7 +13,7 @@ from engine.errors import BadRequestError, NotFoundError
 from gateway.api.http import json_response, open_sse, read_json
 from gateway.api.schemas import NodeResultIn, WorkflowIn, parse_or_422
 from gateway.errors import StateUnavailableError, ValidationProblems
-from gateway.keys import CONFIG, SCHEDULER, STORE
+from gateway.keys import CONFIG, FOLLOWERS, SCHEDULER, STORE
 from gateway.planner.dag import build_graph, validate
 from gateway.planner.spec import spec_from_json
 from gateway.state.prefetch_log import PrefetchLog, summarize
@@ -138,7 +138,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     (keep-alive comments) for as long as the scheduler waits for Redis; past that the stream ends
     with an `error` event, and the client resumes from its Last-Event-ID."""
     wf_id = request.match_info["id"]
-    store, config = request.app[STORE], request.app[CONFIG]
+    store, config = request.app[FOLLOWERS], request.app[CONFIG]
     await _load(request, wf_id)
     after = request.headers.get("Last-Event-ID") or request.query.get("after") or "0-0"
     resp = await open_sse(request)

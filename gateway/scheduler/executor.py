@@ -71,7 +71,8 @@ def chat_body(spec: NodeSpec, messages: list[dict], rid: str, model: str | None,
 
 
 async def run_chat(client: WorkerClient, body: dict, on_delta: Callable[[str], Awaitable[None]],
-                   on_first: Callable[[], None] | None, timeouts: StreamTimeouts) -> CallResult:
+                   on_first: Callable[[], None] | None, timeouts: StreamTimeouts, recorder=None) -> CallResult:
+    """`recorder` (migration.py), if given, sees every chunk's text and token ids as they arrive."""
     text, usage, finish = [], None, None
     calls: dict[int, dict] = {}  # tool-call deltas by index: name and id once, arguments in pieces
     async for chunk in client.stream_json("/v1/chat/completions", body, timeouts):
@@ -81,6 +82,8 @@ async def run_chat(client: WorkerClient, body: dict, on_delta: Callable[[str], A
             err = chunk["error"]
             message = err.get("message", err) if isinstance(err, dict) else err
             raise WorkerCallError(client.url, f"error mid-stream: {message}", retryable=False)
+        if recorder is not None:
+            recorder.on_chunk(chunk, None, None)
         for choice in chunk.get("choices") or ():
             for tc in (choice.get("delta") or {}).get("tool_calls") or ():
                 call = calls.setdefault(tc.get("index", len(calls)), {"id": None, "type": "function",
@@ -95,6 +98,8 @@ async def run_chat(client: WorkerClient, body: dict, on_delta: Callable[[str], A
                     on_first()
                 text.append(delta)
                 await on_delta(delta)
+            if recorder is not None:
+                recorder.on_chunk(chunk, delta, choice.get("token_ids"))
             finish = choice.get("finish_reason") or finish
         if chunk.get("usage"):
             usage = chunk["usage"]

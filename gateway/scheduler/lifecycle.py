@@ -16,8 +16,11 @@ owner writes a workflow's state, so a cancel aborts the calls on the workers
 and is recorded once. The replica that took the request waits for the owner's
 answer, up to one lease period (forwarding.py).
 
-Faults: every task of a workflow runs under `guarded`. Redis unavailable past
-the journal's retry time (state/journal.py) abandons the workflow here — its
+Faults: every task of a workflow runs under `guarded`. Node state is written
+only while this replica holds the lease (store.LeaseLost otherwise: a replica
+whose lease lapsed during an outage and was taken cannot record a result the
+new owner would run again); losing it abandons the workflow here, as does Redis
+unavailable past the journal's retry time (state/journal.py) — its
 calls are cancelled and it is forgotten, untouched in Redis — and, its lease
 unrenewed, it is claimed and resumed once Redis answers again. Any other
 error fails the workflow with the error as its reason. Either way nothing it
@@ -44,7 +47,7 @@ from gateway.scheduler import forwarding
 from gateway.scheduler.ownership import NodeCall
 from gateway.scheduler.run import TERMINAL, WorkflowRun
 from gateway.state.journal import OUTAGE, Journal
-from gateway.state.store import WorkflowStore
+from gateway.state.store import LeaseLost, WorkflowStore
 from gateway.state.templates import TemplateStore
 from gateway.tasks import cancel_and_wait
 from gateway.workers.pool import WorkerPool
@@ -61,6 +64,7 @@ class Lifecycle:
         self.metrics = metrics
         self.journal = Journal(store, metrics, retry_s=config.redis_retry_s, max_buffered=config.redis_buffer_events)
         self.owner = "gw-" + uuid.uuid4().hex[:12]
+        self.journal.lease = (self.owner, config.lease_ttl_s)
         self.runs: dict[str, WorkflowRun] = {}
         self.tasks: dict[tuple[str, str], asyncio.Task] = {}
         self._loops: list[asyncio.Task] = []
@@ -125,8 +129,8 @@ class Lifecycle:
         WORKFLOW_ID.set(run.id)  # for the logs of this task (each workflow task has its own context)
         try:
             await coro
-        except (StateUnavailableError, *OUTAGE) as exc:  # Redis, for longer than the journal waits
-            await self.abandon(run, f"{what}: {exc}")
+        except (StateUnavailableError, LeaseLost, *OUTAGE) as exc:  # Redis, for longer than the journal
+            await self.abandon(run, f"{what}: {exc}")  # waits, or another replica took the workflow meanwhile
         except Exception as exc:  # a bug: the workflow fails with it, the gateway goes on
             log.exception("workflow %s, %s: unexpected error", run.id, what)
             await self.fail(run, f"internal error in {what}: {exc!r}")

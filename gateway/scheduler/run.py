@@ -41,6 +41,7 @@ class NodeState:
     usage: dict | None = None
     error: str | None = None
     tried: list[str] = field(default_factory=list)  # workers that failed this node
+    progress: dict | None = None  # what a broken call produced, for the next worker to continue (migration.py)
 
     def to_json(self) -> dict:
         return asdict(self)

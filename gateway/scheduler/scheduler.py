@@ -39,6 +39,7 @@ from gateway.router.base import RouteRequest, RoutingPolicy
 from gateway.router.prompts import PromptHasher
 from gateway.scheduler.executor import chat_body, node_output, render_messages, run_chat
 from gateway.scheduler.lifecycle import CANCELLED, Lifecycle
+from gateway.scheduler.migration import Progress, Recorder, continuation_body, migratable, run_continuation
 from gateway.scheduler.ownership import NodeCall
 from gateway.scheduler.run import NodeState, WorkflowRun
 from gateway.state.store import WorkflowStore
@@ -185,6 +186,7 @@ class Scheduler(Lifecycle):
         state.attempts += 1
         state.worker, state.rid, state.error = url, f"{run.id}.{node}.{state.attempts}", None
         state.started, state.first_token = time.time(), None
+        progress = None
         try:
             await self.journal.save_node(run.id, node, state.to_json())
             await self.journal.event(run.id, "node_started", {"node": node, "worker": url, "attempt": state.attempts})
@@ -202,13 +204,27 @@ class Scheduler(Lifecycle):
             worker = self.pool.workers.get(url)
             if worker is None:
                 raise WorkerCallError(url, "the worker left the pool")
-            body = chat_body(spec, messages, state.rid, worker.model_info.get("served_model_name"),
-                             self.config.workflow_priority + run.spec.priority)
+            priority = self.config.workflow_priority + run.spec.priority
+            progress = (Progress.from_json(state.progress) or Progress()) if migratable(spec) else None
             with tracing.span("worker call", kind="client", **{"server.address": url, "agentgate.rid": state.rid}):
-                result = await run_chat(worker.client, body, on_delta, on_first, self.pool.stream_timeouts(worker))
+                if progress is not None and progress.resumable:  # its last worker died mid-stream: continue it
+                    on_first()
+                    body = continuation_body(spec.params, spec.max_tokens, progress, state.rid, priority)
+                    result = await run_continuation(worker.client, body, progress, on_delta,
+                                                    self.pool.stream_timeouts(worker), self.pool.incremental(worker))
+                else:
+                    body = chat_body(spec, messages, state.rid, worker.model_info.get("served_model_name"), priority)
+                    progress = Progress() if progress is not None and self.pool.streams_token_ids(worker) else None
+                    if progress is not None:
+                        body["return_token_ids"] = True
+                    result = await run_chat(worker.client, body, on_delta, on_first,
+                                            self.pool.stream_timeouts(worker),
+                                            Recorder(progress) if progress is not None else None)
             output = node_output(spec, result, url)
         except WorkerCallError as exc:
             call.release()  # first, so the retry may take the slot
+            if progress is not None and progress.resumable:  # what the next worker continues from
+                state.progress = progress.to_json()
             async with run.resolving:
                 await self._call_failed(run, node, url, exc)
             return
@@ -239,8 +255,9 @@ class Scheduler(Lifecycle):
                 state.tried.append(url)
             state.status = "ready"
             await self.journal.save_node(run.id, node, state.to_json())
+            resume = len(state.progress["ids"]) if state.progress else 0
             await self.journal.event(run.id, "node_retry", {"node": node, "worker": url, "error": str(exc),
-                                                                 "attempt": state.attempts})
+                                                                 "attempt": state.attempts, "resume_tokens": resume})
             self.metrics.nodes.inc(status="retried")
             self.enqueue(run, node)
             return

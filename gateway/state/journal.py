@@ -52,6 +52,7 @@ class Journal:
         self.metrics = metrics
         self.retry_s = retry_s
         self.max_buffered = max_buffered
+        self.lease: tuple[str, float] | None = None  # (owner, ttl_s): node writes fenced by the workflow's lease
         self.down_since: float | None = None  # monotonic: when the current outage began, None while Redis answers
         self._tokens: dict[str, list[tuple[str, dict]]] = {}  # workflow → token events not written yet, in order
         self._buffered = 0
@@ -89,7 +90,8 @@ class Journal:
             return result
 
     async def save_node(self, wf_id: str, node: str, state: dict) -> None:
-        await self.write(self.store.save_node, wf_id, node, state)
+        """Fenced by `lease` (owner, ttl_s) when set: store.LeaseLost once another replica took the workflow."""
+        await self.write(self.store.save_node, wf_id, node, state, self.lease)
 
     async def set_status(self, wf_id: str, status: str, error: str | None = None) -> None:
         await self.write(self.store.set_status, wf_id, status, error)

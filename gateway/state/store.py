@@ -32,6 +32,22 @@ redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])
 return 1
 """
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+# A node's state, written only by the workflow's lease holder (re-taking a lapsed lease nobody took, as
+# _REFRESH does): a replica that lost the workflow to another cannot record a result after the new owner
+# resumed it, which would then run that node again.
+_FENCED_HSET = """
+local owner = redis.call('get', KEYS[1])
+if owner ~= ARGV[1] then
+  if owner or redis.call('sismember', KEYS[2], ARGV[3]) == 0 then return 0 end
+  redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])
+end
+redis.call('hset', KEYS[3], ARGV[4], ARGV[5])
+return 1
+"""
+
+
+class LeaseLost(Exception):
+    """This replica no longer holds the workflow's lease: another runs it."""
 
 
 class WorkflowStore:
@@ -132,8 +148,16 @@ class WorkflowStore:
         return ({w for w, f in zip(wf_ids, flags[0::2]) if f}, {w for w, f in zip(wf_ids, flags[1::2]) if f})
 
     # -- nodes ---------------------------------------------------------------------------------
-    async def save_node(self, wf_id: str, node_id: str, state: dict) -> None:
-        await self.r.hset(self._wf(wf_id, ":nodes"), node_id, orjson.dumps(state))
+    async def save_node(self, wf_id: str, node_id: str, state: dict, lease: tuple[str, float] | None = None) -> None:
+        """With `lease` (owner, ttl_s): only while `owner` holds the workflow, else LeaseLost."""
+        if lease is None:
+            await self.r.hset(self._wf(wf_id, ":nodes"), node_id, orjson.dumps(state))
+            return
+        owner, ttl_s = lease
+        if not await self.r.eval(_FENCED_HSET, 3, self._wf(wf_id, ":owner"), f"{self.p}:workflows:active",
+                                 self._wf(wf_id, ":nodes"), owner, int(ttl_s * 1000), wf_id, node_id,
+                                 orjson.dumps(state)):
+            raise LeaseLost(f"workflow {wf_id} is run by another replica now")
 
     async def nodes(self, wf_id: str) -> dict[str, dict]:
         raw = await self.r.hgetall(self._wf(wf_id, ":nodes"))

@@ -127,6 +127,15 @@ class WorkerPool:
         return StreamTimeouts(default.first_token_s if first is None else first,
                               default.inter_token_s if inter is None else inter)
 
+    def streams_token_ids(self, w: WorkerState) -> bool:
+        """Whether request migration may ask `w` for token ids in its chat stream (the embedded engine's)."""
+        return self.config.request_migration and w.server_info.get("backend") == "agentgate-engine"
+
+    @staticmethod
+    def incremental(w: WorkerState) -> bool:
+        """Whether `w`'s /generate stream sends each chunk's new text only (else the text so far)."""
+        return bool(w.server_info.get("incremental_streaming_output"))
+
     def record_failure(self, url: str, exc: WorkerCallError) -> None:
         """A call failed by the worker's fault (a retryable WorkerCallError; never a 4xx)."""
         w = self.workers.get(url)

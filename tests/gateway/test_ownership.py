@@ -5,7 +5,9 @@ or failed with its reason), never stuck "running"."""
 from __future__ import annotations
 
 import asyncio
+import time
 
+import aiohttp
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -140,3 +142,105 @@ async def test_a_node_task_cancelled_before_it_ever_ran_still_gives_its_slot_bac
     for _ in range(10):
         await asyncio.sleep(0)
     assert pool.workers[w.url].in_flight == 0 and run.running == 0 and scheduler.tasks == {}
+
+
+# -- SSE writes: a client that goes away mid-stream ------------------------------------------------------
+class ClientGone:
+    """Counts the gateway's SSE writes (StreamResponse.write on its own app); write number `at` raises as a
+    client that hung up does."""
+
+    def __init__(self, app, at: int | None):
+        self.app, self.at, self.writes, self.hit_at = app, at, 0, None
+
+    def patch(self, m) -> None:
+        from aiohttp import web
+
+        original = web.StreamResponse.write
+        faults = self
+
+        async def write(resp, data):
+            if resp._req is not None and resp._req.app is faults.app:
+                faults.writes += 1
+                if faults.writes == faults.at:
+                    faults.hit_at = time.monotonic()
+                    raise ConnectionResetError("injected: the client went away")
+            return await original(resp, data)
+
+        m.setattr(web.StreamResponse, "write", write)
+
+
+def follower_connections_in_use(gw) -> int:
+    """Connections taken from the SSE followers' Redis pool (only followers use it)."""
+    from gateway.keys import FOLLOWERS
+
+    return len(gw.app[FOLLOWERS].r.connection_pool._in_use_connections)
+
+
+async def follow_events(gw, wf_id: str) -> str:
+    """Read a workflow's SSE stream to its end (or until the connection breaks); the text read."""
+    try:
+        async with gw.session.get(f"{gw.url}/v1/workflows/{wf_id}/events") as r:
+            return (await r.read()).decode()
+    except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        return f"broken: {exc!r}"
+
+
+async def test_a_follower_gone_at_any_sse_write_leaks_nothing_and_the_workflow_finishes(
+        gateway, fake_workers, monkeypatch):
+    workers = await fake_workers(2, token_delay_s=0.01)
+    gw = await gateway([w.url for w in workers])
+    clean = ClientGone(gw.app, None)
+    with monkeypatch.context() as m:
+        clean.patch(m)
+        wf = await gw.submit(WORKFLOW)
+        assert "workflow_finished" in await follow_events(gw, wf)
+    assert clean.writes > 5
+    for at in range(1, clean.writes + 1):
+        faults = ClientGone(gw.app, at)
+        with monkeypatch.context() as m:
+            faults.patch(m)
+            wf = await gw.submit(WORKFLOW)
+            await follow_events(gw, wf)
+            body = await gw.wait(wf, timeout=15)
+        assert body["status"] == "finished" and body["outputs"] == OUTPUTS, (at, body)
+        await wait_released(gw)
+        assert_nothing_held(gw)
+        for _ in range(100):  # the follower's handler unwinds after the client is gone
+            if not follower_connections_in_use(gw):
+                break
+            await asyncio.sleep(0.01)
+        assert follower_connections_in_use(gw) == 0, at  # its blocking read gave its connection back
+        assert faults.writes >= at  # the fault was hit
+
+
+async def test_a_proxied_stream_whose_client_goes_away_gives_its_slot_back_and_the_worker_aborts(
+        gateway, fake_workers, monkeypatch):
+    (w,) = await fake_workers(1, token_delay_s=0.05)
+    gw = await gateway([w.url])
+    body = {"messages": [{"role": "user", "content": "one two three four five six"}], "stream": True}
+    clean = ClientGone(gw.app, None)
+    with monkeypatch.context() as m:
+        clean.patch(m)
+        status, text, _ = await gw.call("POST", "/v1/chat/completions", body)
+    assert status == 200 and "[DONE]" in text
+    assert clean.writes > 3
+    for at in range(1, clean.writes):  # the last write is the [DONE] after the worker finished
+        faults = ClientGone(gw.app, at)
+        calls = len(w.calls)
+        with monkeypatch.context() as m:
+            faults.patch(m)
+            try:
+                await gw.call("POST", "/v1/chat/completions", body)
+            except (OSError, aiohttp.ClientError):  # the stream broke off where the fault hit
+                pass
+            pool = gw.app[POOL]
+            for _ in range(200):  # the handler unwinds after the client is gone
+                if pool.workers[w.url].in_flight == 0 and w.calls[calls].end is not None:
+                    break
+                await asyncio.sleep(0.01)
+        assert pool.workers[w.url].in_flight == 0, at
+        call = w.calls[calls]
+        # the worker stopped generating for nobody, unless it had sent everything before the client left
+        assert call.end is not None and (call.aborted or call.end <= faults.hit_at), at
+    assert any(c.aborted for c in w.calls)
+    assert pool.workers[w.url].breaker.state == "closed"  # a client leaving is not the worker's fault

@@ -107,3 +107,32 @@ async def test_a_result_posted_on_another_replica_reaches_the_owner(gateway, fak
     assert wf not in other.app[SCHEDULER].runs  # the owner ran it to the end
     status, err, _ = await other.call("POST", f"/v1/workflows/{wf}/nodes/tool/result", {"output": "again"})
     assert status == 409
+
+
+async def test_a_replica_whose_lease_was_taken_cannot_record_a_result_the_new_owner_runs_again(
+        gateway, fake_workers, redis_url):
+    """A Redis pause longer than the lease lets another replica take a workflow while its old owner still
+    streams a node: the old owner's result is refused (fenced by the lease), it drops the workflow and
+    gives its slot back, and the node is recorded once, by the new owner."""
+    from gateway.keys import POOL
+
+    (w,) = await fake_workers(1, token_delay_s=0.05)
+    a = await gateway([w.url], lease_ttl_s=60)  # its lease loop does not notice in this test's time
+    wf = await start_running(a, w)
+    scheduler = a.app[SCHEDULER]
+    r = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        owner_key = f"{scheduler.store.p}:wf:{wf}:owner"
+        assert await r.get(owner_key) == scheduler.owner
+        await r.set(owner_key, "gw-another-replica", px=60_000)  # taken over while `a` streams node a
+        for _ in range(400):  # the workflow is dropped, then its node task ends and gives its slot back
+            if wf not in scheduler.runs and not scheduler.tasks and not a.app[POOL].workers[w.url].in_flight:
+                break
+            await asyncio.sleep(0.025)
+        assert wf not in scheduler.runs and scheduler.tasks == {}
+        assert a.app[POOL].workers[w.url].in_flight == 0
+        status, body, _ = await a.call("GET", f"/v1/workflows/{wf}")
+        assert body["status"] == "running" and body["nodes"]["a"]["status"] == "running", body  # not recorded
+        assert await r.get(owner_key) == "gw-another-replica"
+    finally:
+        await r.aclose()
