@@ -20,10 +20,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from gateway.api import openai_proxy, system, templates, workflows
+from gateway.api import admin, openai_proxy, system, templates, workflows
 from gateway.api.http import error_middleware
+from gateway.auth.middleware import auth_middleware
 from gateway.config import GatewayConfig
-from gateway.keys import CONFIG, HASHER, METRICS, POLICY, POOL, REDIS, SCHEDULER, SESSION, STORE, TEMPLATES
+from gateway.admission import Admission
+from gateway.janitor import janitor_ctx
+from gateway.keys import ADMISSION, CONFIG, HASHER, METRICS, POLICY, POOL, REDIS, SCHEDULER, SESSION, STORE, TEMPLATES
 from gateway.kvindex.lifecycle import kvindex_ctx
 from gateway.metrics import Metrics
 from gateway.router.prompts import PromptHasher
@@ -40,8 +43,10 @@ log = logging.getLogger("agentgate.gateway")
 
 
 def create_app(config: GatewayConfig) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
+    app = web.Application(middlewares=[error_middleware, auth_middleware(config.api_keys)],
+                          client_max_size=config.max_body_bytes)
     app[CONFIG] = config
+    app[ADMISSION] = Admission(config.limits)
     app[METRICS] = Metrics()
     app[POLICY] = make_policy(config.policy, config)
     app[HASHER] = PromptHasher.from_model_dir(config.tokenizer_path)
@@ -49,13 +54,16 @@ def create_app(config: GatewayConfig) -> web.Application:
     templates.add_routes(app)
     openai_proxy.add_routes(app)
     system.add_routes(app)
-    app.cleanup_ctx.extend([_session, _redis, kvindex_ctx, _pool, awareness_ctx, _scheduler])
+    admin.add_routes(app)
+    app.cleanup_ctx.extend([_session, _redis, kvindex_ctx, _pool, awareness_ctx, _scheduler, janitor_ctx])
     return app
 
 
 async def _session(app: web.Application):
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+    key = app[CONFIG].worker_api_key  # the session only talks to workers (KV snapshots)
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False, headers=headers) as session:
         app[SESSION] = session
         yield
 
@@ -72,7 +80,7 @@ async def _redis(app: web.Application):
         retry=Retry(NoBackoff(), 1), decode_responses=True)
     redis = Redis.from_pool(pool)
     app[REDIS] = redis
-    app[STORE] = WorkflowStore(redis, app[CONFIG].key_prefix)
+    app[STORE] = WorkflowStore(redis, app[CONFIG].key_prefix, app[CONFIG].retention_s)
     app[TEMPLATES] = TemplateStore(redis, app[CONFIG].key_prefix)
     yield
     await redis.aclose()

@@ -17,6 +17,7 @@ from aiohttp import web
 from engine.errors import AgentGateError, BadRequestError, NotFoundError, error_body
 from engine.runner import Engine
 from engine.worker import openai_api
+from engine.worker.auth import key_middleware
 from engine.worker.bridge import (ENGINE, SERVER_ARGS, Collected, close_sse, collect_all, json_response, merge_streams,
                                   new_rid, open_sse, read_json, run_request, send_sse, start_streams)
 from engine.worker.metrics import render_metrics
@@ -50,8 +51,10 @@ async def error_middleware(request: web.Request, handler):
         return json_response(error_body(f"internal error: {exc}", "internal_error", 500), status=500)
 
 
-def create_app(engine: Engine, server_args: dict) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024 * 1024)
+def create_app(engine: Engine, server_args: dict, api_key: str | None = None) -> web.Application:
+    """`api_key`: every route but the health probes needs it as a Bearer token (SGLang's --api-key)."""
+    middlewares = [error_middleware] + ([key_middleware(api_key)] if api_key else [])
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024 * 1024)
     app[ENGINE] = engine
     app[SERVER_ARGS] = server_args
     r = app.router

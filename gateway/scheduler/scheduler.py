@@ -57,10 +57,10 @@ class Scheduler(Lifecycle):
         self._enqueued = asyncio.Event()  # set by enqueue(): wakes an idle dispatch loop
 
     # -- entry points ----------------------------------------------------------------------------
-    async def submit(self, spec: WorkflowSpec) -> str:
+    async def submit(self, spec: WorkflowSpec, tenant: str | None = None) -> str:
         wf_id = "wf-" + uuid.uuid4().hex[:16]
         created = await self.journal.write(self.store.create, wf_id, spec_to_json(spec), template=spec.template,
-                                           priority=spec.priority)
+                                           priority=spec.priority, tenant=tenant)
         # It exists from here on: whatever fails next, it runs (here, or resumed) and its id is the answer.
         run = WorkflowRun(wf_id, spec, created)
         self.runs[wf_id] = run
@@ -131,7 +131,7 @@ class Scheduler(Lifecycle):
             del self.ready[key]
             try:
                 messages = render_messages(run.node_spec(key[1]), run.outputs(), run.spec.inputs)
-                route = self._route(messages)
+                route = self._route(messages, run.node_spec(key[1]).params.get("cache_salt"))
                 url = self.policy.choose(route, candidates)
                 if self.awareness is not None:  # where its prefix was prefetched, unless clearly busier
                     url = self.awareness.choose_worker(run, key[1], candidates, url)
@@ -147,12 +147,12 @@ class Scheduler(Lifecycle):
             sent += 1
         return sent
 
-    def _route(self, messages: list[dict]) -> RouteRequest:
+    def _route(self, messages: list[dict], salt: str | None = None) -> RouteRequest:
         """The prompt's block hashes, when the policy reads them and has a choice to make."""
         if not self.policy.uses_prefix or len(self.pool.healthy()) < 2:
             return RouteRequest(0)
         try:
-            return self.hasher.route_for_ids(self.hasher.chat_ids(messages))
+            return self.hasher.route_for_ids(self.hasher.chat_ids(messages), salt)
         except AgentGateError:  # the template rejects these messages: the worker will say why
             return RouteRequest(0)
 
