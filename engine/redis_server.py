@@ -24,15 +24,17 @@ class RedisServer:
     """A private redis-server on loopback. Nothing is saved unless `durable`: then every write goes to an
     append-only file, fsynced at once, so a restart on the same port and directory keeps every key."""
 
-    def __init__(self, port: int | None = None, *, durable: bool = False):
+    def __init__(self, port: int | None = None, *, durable: bool = False, password: str | None = None):
         self.port = port or free_port()
         self.durable = durable
+        self.password = password  # requirepass: clients must AUTH (the URL carries it)
         self.dir = tempfile.mkdtemp(prefix="agentgate-redis-")
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> "RedisServer":
         binary = shutil.which("redis-server")
@@ -40,7 +42,7 @@ class RedisServer:
             raise FileNotFoundError("redis-server is not on PATH; run scripts/up (it installs Debian's redis-server)")
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", self.dir,
-             "--protected-mode", "yes",
+             "--protected-mode", "yes", *(("--requirepass", self.password) if self.password else ()),
              *(("--appendonly", "yes", "--appendfsync", "always") if self.durable else ("--appendonly", "no"))],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
@@ -50,7 +52,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # up (and, with a password, locked)
                         return self
             except OSError:
                 time.sleep(0.05)

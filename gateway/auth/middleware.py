@@ -8,7 +8,7 @@ from engine.errors import AuthenticationError, NotFoundError, PermissionDeniedEr
 from engine.worker.auth import bearer_token
 from gateway.auth.keys import OPEN, KeyTable, Principal
 
-PRINCIPAL = "agentgate.principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
 OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
 
 
