@@ -76,8 +76,12 @@ async def error_middleware(request: web.Request, handler):
         status = exc.status
         retry = getattr(exc, "retry_after", None)  # 429s and 503s say when to come back
         resp = json_response(exc.to_json(), status=exc.status, headers={"Retry-After": str(retry)} if retry else None)
-        if isinstance(exc, RequestTimeoutError):
-            resp.force_close()  # what is left of a trickled body is not read
+        if isinstance(exc, RequestTimeoutError):  # what is left of a trickled body is not waited for
+            resp.force_close()
+            await resp.prepare(request)
+            await resp.write_eof()
+            if request.transport is not None:
+                request.transport.close()  # after what was written is flushed
         return resp
     except web.HTTPException as exc:
         if exc.status < 400:
