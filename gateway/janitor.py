@@ -2,7 +2,8 @@
 
 - listing entries (ag:workflows, per tenant) of workflows whose keys expired after --retention;
 - KV event streams of a model that no live registered worker serves and that got nothing for kv_stale_s;
-- consumer groups on those streams that no replica has read from for kv_stale_s (the replica is gone).
+- consumer groups on those streams whose replica is gone: no live marker (ag:kv:group:{name}, which
+  each replica's janitor renews for its own group) and no read by any of its consumers for kv_stale_s.
 Each pass is bounded (store.SWEEP_BATCH ids per listing); a failed pass is logged and tried again.
 """
 
@@ -16,8 +17,9 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from engine.kvcache.wire import stream_key
+from engine.kvcache.wire import PREFIX, stream_key
 from gateway.keys import CONFIG, REDIS, STORE
+from gateway.kvindex.lifecycle import KV_CONSUMER
 from gateway.workers.registry import read_registry
 
 log = logging.getLogger("agentgate.gateway.janitor")
@@ -28,9 +30,14 @@ def _ms(stream_id: str) -> float:
     return int(str(stream_id).split("-", 1)[0]) / 1000.0
 
 
+def group_marker(group: str) -> str:
+    return f"{PREFIX}:kv:group:{group}"
+
+
 async def sweep_kv(redis: Redis, stale_s: float, own_group: str, now: float | None = None) -> tuple[int, int]:
-    """(streams deleted, groups destroyed)."""
+    """Renew this replica's group marker, then remove what is gone; (streams deleted, groups destroyed)."""
     now = time.time() if now is None else now
+    await redis.set(group_marker(own_group), "1", px=int(stale_s * 2000))
     live_models = {info.model for info in (await read_registry(redis, prune=False)).live.values()}
     prefix = stream_key("")
     streams = groups = 0
@@ -44,7 +51,7 @@ async def sweep_kv(redis: Redis, stale_s: float, own_group: str, now: float | No
             continue
         for group in await redis.xinfo_groups(key):
             name = group["name"].decode() if isinstance(group["name"], bytes) else group["name"]
-            if name == own_group:
+            if name == own_group or await redis.exists(group_marker(name)):
                 continue
             consumers = await redis.xinfo_consumers(key, name)
             idle_s = min((c["idle"] / 1000.0 for c in consumers), default=None)
@@ -90,7 +97,7 @@ async def run_once(app: web.Application) -> None:
         if swept:
             log.info("janitor: %d expired workflows left the listings", swept)
     if config.kv_stale_s:
-        streams, groups = await sweep_kv(app[REDIS], config.kv_stale_s, config.kvindex_group)
+        streams, groups = await sweep_kv(app[REDIS], config.kv_stale_s, app[KV_CONSUMER].group)
         if streams or groups:
             log.info("janitor: removed %d KV event streams and %d consumer groups of gone workers/replicas",
                      streams, groups)
