@@ -79,6 +79,12 @@ def estimate_tokens(body: dict, default_max_tokens: int) -> int:
     return (out if isinstance(out, int) and out > 0 else default_max_tokens) + size
 
 
+def workflow_tokens(spec) -> int:
+    """A workflow's cost for the token rate: each LLM node's max_tokens plus its prompt template's size."""
+    return sum(n.max_tokens + sum(len(c) for _, c in n.messages) // CHARS_PER_TOKEN
+               for n in spec.nodes if n.kind == "llm")
+
+
 class Admission:
     def __init__(self, limits: Limits):
         self.limits = limits

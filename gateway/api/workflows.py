@@ -16,7 +16,7 @@ from gateway.api.schemas import NodeResultIn, WorkflowIn, parse_or_422
 from gateway.auth.keys import scoped_name, tenant_salt, unscoped_name
 from gateway.auth.middleware import check_owner, principal, tenant_of
 from gateway.errors import StateUnavailableError, ValidationProblems
-from gateway.admission import CHARS_PER_TOKEN
+from gateway.admission import workflow_tokens
 from gateway.keys import ADMISSION, CONFIG, SCHEDULER, STORE
 from gateway.planner.dag import validate
 from gateway.planner.spec import WorkflowSpec
@@ -45,8 +45,7 @@ async def submit(request: web.Request) -> web.Response:
         raise ValidationProblems(problems)
     tenant = tenant_of(request)
     admission, scheduler = request.app[ADMISSION], request.app[SCHEDULER]
-    admission.admit_workflow(tenant, sum(n.max_tokens + sum(len(c) for _, c in n.messages) // CHARS_PER_TOKEN
-                                         for n in spec.nodes if n.kind == "llm"), scheduler.runs)
+    admission.admit_workflow(tenant, workflow_tokens(spec), scheduler.runs)
     wf_id = await scheduler.submit(for_tenant(spec, tenant), tenant)
     admission.started_workflow(wf_id, tenant)
     return json_response({"id": wf_id, "status": "running", "events": f"/v1/workflows/{wf_id}/events"}, status=202)
@@ -147,8 +146,9 @@ async def cancel_workflow(request: web.Request) -> web.Response:
 async def post_result(request: web.Request) -> web.Response:
     """200 "finished"; 202 "accepted" if the replica that runs it has not taken it within a lease period."""
     wf_id, node = request.match_info["id"], request.match_info["node"]
-    body = parse_or_422(NodeResultIn, await read_json(request))
-    await _load(request, wf_id)
+    raw = await read_json(request)
+    await _load(request, wf_id)  # another tenant's workflow is a 404 whatever the body says
+    body = parse_or_422(NodeResultIn, raw)
     status = await request.app[SCHEDULER].post_result(wf_id, node, body.output)
     return json_response({"id": wf_id, "node": node, "status": status}, status=200 if status == "finished" else 202)
 
