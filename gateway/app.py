@@ -68,17 +68,20 @@ async def _session(app: web.Application):
         yield
 
 
+def redis_pool(config: GatewayConfig) -> BlockingConnectionPool:
+    """The pool for config.redis_url: a password in the URL is sent with AUTH, rediss:// is TLS."""
+    return BlockingConnectionPool.from_url(
+        config.redis_url, max_connections=config.redis_max_connections, timeout=config.redis_pool_timeout_s,
+        socket_timeout=config.redis_timeout_s, socket_connect_timeout=config.redis_timeout_s,
+        retry=Retry(NoBackoff(), 1), decode_responses=True)
+
+
 async def _redis(app: web.Application):
     """One bounded pool: past `redis_max_connections` a command waits for a free connection (up to
     redis_pool_timeout_s) rather than failing with "Too many connections"; a command that gets no
     answer in redis_timeout_s fails (a paused Redis) and is tried once more on a fresh connection (one
     that a restart closed). Waiting out longer outages is the scheduler's job (state/journal.py)."""
-    config = app[CONFIG]
-    pool = BlockingConnectionPool.from_url(
-        config.redis_url, max_connections=config.redis_max_connections, timeout=config.redis_pool_timeout_s,
-        socket_timeout=config.redis_timeout_s, socket_connect_timeout=config.redis_timeout_s,
-        retry=Retry(NoBackoff(), 1), decode_responses=True)
-    redis = Redis.from_pool(pool)
+    redis = Redis.from_pool(redis_pool(app[CONFIG]))
     app[REDIS] = redis
     app[STORE] = WorkflowStore(redis, app[CONFIG].key_prefix, app[CONFIG].retention_s)
     app[TEMPLATES] = TemplateStore(redis, app[CONFIG].key_prefix)

@@ -85,13 +85,32 @@ async def test_a_password_protected_redis_works_through_the_gateway(gateway, fak
         await gw.stop()
 
 
+@pytest.mark.asyncio
+async def test_a_tls_redis_with_a_password_works_through_the_gateway(gateway, fake_workers):
+    with RedisServer(password="pw", tls=True) as server:
+        assert server.url.startswith("rediss://:pw@127.0.0.1:")
+        plain = Redis.from_url(f"redis://:pw@127.0.0.1:{server.port}/0", socket_timeout=2)
+        with pytest.raises(Exception):  # no TLS, no answer
+            await plain.ping()
+        await plain.aclose()
+        w, = await fake_workers(1)
+        gw = await gateway([w.url], redis_url=server.url)
+        status, body, _ = await gw.call("POST", "/v1/workflows", {"nodes": [
+            {"id": "n", "messages": [{"role": "user", "content": "hi"}]}]})
+        assert status == 202, body
+        assert (await gw.wait(body["id"]))["status"] == "finished"
+        assert (await gw.call("GET", "/health/ready"))[0] == 200
+        await gw.stop()
+
+
 def test_rediss_urls_give_tls_connections_with_their_options():
-    from redis.asyncio import BlockingConnectionPool
     from redis.asyncio.connection import SSLConnection
 
-    pool = BlockingConnectionPool.from_url("rediss://user:pw@redis.example:6380/2?ssl_cert_reqs=required",
-                                           max_connections=4)
-    assert pool.connection_class is SSLConnection
+    from gateway.app import redis_pool
+    from gateway.config import GatewayConfig
+
+    pool = redis_pool(GatewayConfig(redis_url="rediss://user:pw@redis.example:6380/2?ssl_cert_reqs=required"))
+    assert pool.connection_class is SSLConnection and pool.max_connections == 128
     kwargs = pool.connection_kwargs
     assert (kwargs["username"], kwargs["password"], kwargs["db"], kwargs["ssl_cert_reqs"]) == (
         "user", "pw", 2, "required")
