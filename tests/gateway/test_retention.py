@@ -66,6 +66,15 @@ async def test_kv_streams_and_groups_of_gone_workers_and_replicas_are_removed():
         await redis.aclose()
 
 
+async def runs_a_workflow_and_is_ready(gw) -> None:
+    status, body, _ = await gw.call("POST", "/v1/workflows", {"nodes": [
+        {"id": "n", "messages": [{"role": "user", "content": "hi"}]}]})
+    assert status == 202, body
+    assert (await gw.wait(body["id"]))["status"] == "finished"
+    assert (await gw.call("GET", "/health/ready"))[0] == 200
+    await gw.stop()
+
+
 @pytest.mark.asyncio
 async def test_a_password_protected_redis_works_through_the_gateway(gateway, fake_workers):
     with RedisServer(password="s3cret pass") as server:
@@ -77,12 +86,7 @@ async def test_a_password_protected_redis_works_through_the_gateway(gateway, fak
         w, = await fake_workers(1)
         url = f"redis://:{'s3cret%20pass'}@127.0.0.1:{server.port}/0"
         gw = await gateway([w.url], redis_url=url)
-        status, body, _ = await gw.call("POST", "/v1/workflows", {"nodes": [
-            {"id": "n", "messages": [{"role": "user", "content": "hi"}]}]})
-        assert status == 202, body
-        assert (await gw.wait(body["id"]))["status"] == "finished"
-        assert (await gw.call("GET", "/health/ready"))[0] == 200
-        await gw.stop()
+        await runs_a_workflow_and_is_ready(gw)
 
 
 @pytest.mark.asyncio
@@ -95,12 +99,7 @@ async def test_a_tls_redis_with_a_password_works_through_the_gateway(gateway, fa
         await plain.aclose()
         w, = await fake_workers(1)
         gw = await gateway([w.url], redis_url=server.url)
-        status, body, _ = await gw.call("POST", "/v1/workflows", {"nodes": [
-            {"id": "n", "messages": [{"role": "user", "content": "hi"}]}]})
-        assert status == 202, body
-        assert (await gw.wait(body["id"]))["status"] == "finished"
-        assert (await gw.call("GET", "/health/ready"))[0] == 200
-        await gw.stop()
+        await runs_a_workflow_and_is_ready(gw)
 
 
 def test_rediss_urls_give_tls_connections_with_their_options():
