@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import logging
 import os
 import socket
 import sys
@@ -74,6 +76,7 @@ def add_gateway_args(p: argparse.ArgumentParser) -> None:
     faults.add_argument("--no-request-migration", dest="request_migration", action="store_false",
                         help="a node whose worker dies mid-stream starts over on the next worker instead of "
                              "continuing from the tokens it produced")
+    add_tenancy_args(p)
     aware = p.add_argument_group("agent awareness (prediction, prefetch, pins, token pipelining)")
     aware.add_argument("--no-prediction", dest="prediction", action="store_false",
                        help="ablation: no prediction at all (no prefetch, no pins, no token pipelining)")
@@ -92,6 +95,56 @@ def add_gateway_args(p: argparse.ArgumentParser) -> None:
                        help="no prefetch to a worker with this many requests waiting")
     aware.add_argument("--default-tool-latency", type=float, default=5.0,
                        help="seconds a tool call is expected to take before any was measured")
+
+
+def add_tenancy_args(p: argparse.ArgumentParser) -> None:
+    auth = p.add_argument_group("API keys, tenants and bounds (docs/architecture.md: Tenancy and admission)")
+    auth.add_argument("--api-keys-file", default=None,
+                      help="JSON list of {sha256, tenant, scopes} (keys stored hashed; default: $AGENTGATE_API_KEYS; "
+                           "none: open, and served on loopback only)")
+    auth.add_argument("--worker-api-key", default=os.environ.get("AGENTGATE_WORKER_API_KEY") or None,
+                      help="Bearer key the workers were started with (their --api-key; default: "
+                           "$AGENTGATE_WORKER_API_KEY)")
+    auth.add_argument("--tenant-concurrency", type=int, default=0, help="calls in flight per tenant (0: no bound)")
+    auth.add_argument("--tenant-tokens-per-min", type=int, default=0,
+                      help="tokens (prompt + max_tokens) a tenant may ask for per minute (0: no bound)")
+    auth.add_argument("--tenant-max-workflows", type=int, default=0, help="workflows running per tenant (0: no bound)")
+    auth.add_argument("--max-inflight", type=int, default=0,
+                      help="proxied calls in flight over all tenants; more wait in a queue (0: no bound)")
+    auth.add_argument("--max-queue", type=int, default=256, help="calls waiting for --max-inflight (past it: 503)")
+    auth.add_argument("--queue-timeout", type=float, default=30.0, help="seconds a queued call waits before a 503")
+    auth.add_argument("--max-sse", type=int, default=1000, help="SSE event streams open at once (0: no bound)")
+    auth.add_argument("--tenant-max-sse", type=int, default=200, help="SSE event streams per tenant (0: no bound)")
+    auth.add_argument("--body-timeout", type=float, default=30.0,
+                      help="seconds a client has to send its request body (a slower one gets a 408)")
+    auth.add_argument("--retention", type=float, default=86_400.0,
+                      help="seconds finished workflows and their event streams are kept (0: for good)")
+    auth.add_argument("--kv-stale", type=float, default=600.0,
+                      help="seconds after which the KV event stream of a model no live worker serves, and a "
+                           "consumer group no replica reads, are removed (0: never)")
+
+
+def tenancy_options(args: argparse.Namespace) -> dict:
+    """GatewayConfig fields from the tenancy flags (KeyFileError: the key table cannot be read)."""
+    from gateway.admission import Limits
+    from gateway.auth.keys import KeyTable
+
+    limits = Limits(tenant_concurrency=args.tenant_concurrency, tenant_tokens_per_min=args.tenant_tokens_per_min,
+                    tenant_max_workflows=args.tenant_max_workflows, max_inflight=args.max_inflight,
+                    max_queue=args.max_queue, queue_timeout_s=args.queue_timeout, max_sse=args.max_sse,
+                    tenant_max_sse=args.tenant_max_sse)
+    return dict(api_keys=KeyTable.load(args.api_keys_file, os.environ), worker_api_key=args.worker_api_key,
+                limits=limits, body_timeout_s=args.body_timeout, retention_s=args.retention or None,
+                kv_stale_s=args.kv_stale)
+
+
+def loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def fault_options(args: argparse.Namespace) -> dict:
@@ -135,6 +188,22 @@ def run_gateway(args: argparse.Namespace) -> int:
             args.first_token_timeout, args.inter_token_timeout)):
         print("--redis-max-connections and --redis-follower-connections must be at least 1 and every timeout positive", file=sys.stderr)
         return 2
+    if min(args.tenant_concurrency, args.tenant_tokens_per_min, args.tenant_max_workflows, args.max_inflight,
+           args.max_queue, args.max_sse, args.tenant_max_sse) < 0 or min(
+            args.queue_timeout, args.body_timeout, args.retention, args.kv_stale) < 0:
+        print("the tenancy bounds and timeouts must be at least 0", file=sys.stderr)
+        return 2
+    from gateway.auth.keys import KeyFileError
+
+    try:
+        tenancy = tenancy_options(args)
+    except KeyFileError as exc:
+        print(f"agentgate gateway: API keys: {exc}", file=sys.stderr)
+        return 2
+    if tenancy["api_keys"] is None and not loopback(args.host):
+        print(f"agentgate gateway: refusing --host {args.host} without API keys (give --api-keys-file or "
+              f"$AGENTGATE_API_KEYS); without keys the gateway serves on loopback only", file=sys.stderr)
+        return 2
     redis_url = args.redis_url or os.environ.get("REDIS_URL")
     private = None
     if not redis_url:
@@ -150,9 +219,17 @@ def run_gateway(args: argparse.Namespace) -> int:
                            kv_recent_s=max(args.kv_recent_s, 0.0), workflow_priority=args.workflow_priority,
                            affinity_threshold=args.affinity_threshold, balance_slack=args.balance_slack,
                            spread_margin=args.spread_margin,
-                           **awareness_options(args), **fault_options(args))
+                           **awareness_options(args), **fault_options(args), **tenancy)
+    keys = tenancy["api_keys"]
+    if keys is None:
+        logging.getLogger("agentgate.gateway").warning(
+            "no API keys configured: serving on loopback (%s) only, every caller is one tenant with admin rights",
+            args.host)
+    else:
+        logging.getLogger("agentgate.gateway").info("API keys: %d key(s), %d tenant(s)", len(keys),
+                                                    len({p.tenant for p in keys.entries.values()}))
     print(f"agentgate gateway listening on http://{args.host}:{args.port} (policy {args.policy}, "
-          f"{len(config.worker_urls)} worker(s), redis {redis_url})", flush=True)
+          f"{len(config.worker_urls)} worker(s), redis {_redacted(redis_url)})", flush=True)
     try:
         web.run_app(create_app(config), host=args.host, port=args.port, print=None, shutdown_timeout=5,
                     loop=server_loop(), **access_log_options(args.access_log))
@@ -160,6 +237,17 @@ def run_gateway(args: argparse.Namespace) -> int:
         if private is not None:
             private.stop()
     return 0
+
+
+def _redacted(url: str) -> str:
+    """A Redis URL without its password (redis://user:***@host)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def main(argv: list[str] | None = None) -> int:

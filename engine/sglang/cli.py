@@ -45,7 +45,7 @@ def options_from_args(args: argparse.Namespace):
 
     if not args.model_path:
         raise LaunchConfigError("--backend sglang needs --model-path (a Hugging Face id or a local directory)")
-    extra = tuple(args.extra)
+    extra = tuple(args.extra) + (("--api-key", args.api_key) if getattr(args, "api_key", None) else ())
     dp = dp_size_of(extra)
     events_port = args.sglang_events_port or free_port_range(2 * dp)
     spec = getattr(args, "speculative_algorithm", "none")

@@ -23,6 +23,9 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
                    help="a local Llama-family safetensors directory (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--served-model-name", default=None,
                    help="the model name in the API (default: the model directory's name)")
+    p.add_argument("--api-key", default=os.environ.get("AGENTGATE_WORKER_API_KEY") or None,
+                   help="as SGLang's: every route but /health, /health_generate and /ping needs "
+                        "'Authorization: Bearer <key>' (default: $AGENTGATE_WORKER_API_KEY)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="compute dtype; auto = bf16 only on CPUs with native bf16, else fp32")
     p.add_argument("--threads", type=int, default=0,
@@ -166,7 +169,8 @@ def run_worker(args: argparse.Namespace) -> int:
                        page_size=cfg.block_size,
                        speculative_algorithm=None if cfg.speculative_algorithm == "none" else "NGRAM",
                        disable_radix_cache=not cfg.enable_prefix_cache, threads_source=choice.source)
-    app = create_app(engine, server_args)
+    server_args.pop("api_key", None)  # never reported by /get_server_info
+    app = create_app(engine, server_args, args.api_key)
     setup_publishing(app, engine, args)  # exits with a message when --redis-url does not answer
     attach_host_share(app, engine, registry, choice, args.port)
     app["started"] = time.time()

@@ -18,6 +18,7 @@ from engine.errors import AgentGateError, BadRequestError, NotFoundError, error_
 from engine.runner import Engine
 from engine.tracing import observe_requests
 from engine.worker import contract, openai_api
+from engine.worker.auth import key_middleware
 from engine.worker.bridge import (ENGINE, SERVER_ARGS, Collected, close_sse, collect_all, json_response, merge_streams,
                                   new_rid, open_sse, read_json, run_request, send_sse, start_streams)
 from engine.prom import CONTENT_TYPE as PROM_CONTENT_TYPE
@@ -52,8 +53,10 @@ async def error_middleware(request: web.Request, handler):
         return json_response(error_body(f"internal error: {exc}", "internal_error", 500), status=500)
 
 
-def create_app(engine: Engine, server_args: dict) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024 * 1024)
+def create_app(engine: Engine, server_args: dict, api_key: str | None = None) -> web.Application:
+    """`api_key`: every route but the health probes needs it as a Bearer token (SGLang's --api-key)."""
+    middlewares = [error_middleware] + ([key_middleware(api_key)] if api_key else [])
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024 * 1024)
     observe_requests(app, "worker")  # X-Request-Id, and the caller's trace continued when tracing is on
     app[ENGINE] = engine
     app[SERVER_ARGS] = server_args

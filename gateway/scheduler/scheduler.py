@@ -60,10 +60,10 @@ class Scheduler(Lifecycle):
         self._enqueued = asyncio.Event()  # set by enqueue(): wakes an idle dispatch loop
 
     # -- entry points ----------------------------------------------------------------------------
-    async def submit(self, spec: WorkflowSpec) -> str:
+    async def submit(self, spec: WorkflowSpec, tenant: str | None = None) -> str:
         wf_id = "wf-" + uuid.uuid4().hex[:16]
         created = await self.journal.write(self.store.create, wf_id, spec_to_json(spec), template=spec.template,
-                                           priority=spec.priority)
+                                           priority=spec.priority, tenant=tenant)
         # It exists from here on: whatever fails next, it runs (here, or resumed) and its id is the answer.
         run = WorkflowRun(wf_id, spec, created)
         run.span = tracing.start_span("workflow", **{"agentgate.workflow": wf_id, "agentgate.template": spec.template})
@@ -136,7 +136,8 @@ class Scheduler(Lifecycle):
             del self.ready[key]
             try:
                 messages = render_messages(run.node_spec(key[1]), run.outputs(), run.spec.inputs)
-                route = self._route(messages, run.node_spec(key[1]).max_tokens)
+                spec = run.node_spec(key[1])
+                route = self._route(messages, spec.max_tokens, spec.params.get("cache_salt"))
                 url = self.policy.choose(route, candidates)
                 if self.awareness is not None:  # where its prefix was prefetched, unless clearly busier
                     url = self.awareness.choose_worker(run, key[1], candidates, url)
@@ -152,13 +153,13 @@ class Scheduler(Lifecycle):
             sent += 1
         return sent
 
-    def _route(self, messages: list[dict], max_tokens: int) -> RouteRequest:
+    def _route(self, messages: list[dict], max_tokens: int, salt: str | None = None) -> RouteRequest:
         """The prompt's block hashes and the call's output budget, when the policy reads them and has a
         choice to make."""
         if not self.policy.uses_prefix or len(self.pool.healthy()) < 2:
             return RouteRequest(0)
         try:
-            return replace(self.hasher.route_for_ids(self.hasher.chat_ids(messages)), max_tokens=max_tokens)
+            return replace(self.hasher.route_for_ids(self.hasher.chat_ids(messages), salt), max_tokens=max_tokens)
         except AgentGateError:  # the template rejects these messages: the worker will say why
             return RouteRequest(0)
 

@@ -35,11 +35,13 @@ class StreamTimeouts(NamedTuple):
 
 
 class WorkerClient:
-    def __init__(self, url: str, session: aiohttp.ClientSession | None = None, request_timeout_s: float = 600.0):
+    def __init__(self, url: str, session: aiohttp.ClientSession | None = None, request_timeout_s: float = 600.0,
+                 api_key: str | None = None):
         self.url = url.rstrip("/")
         self.session = session  # for callers that need aiohttp itself; this class does not use it
         self.request_timeout_s = request_timeout_s
-        self.connections = ConnectionPool(self.url)
+        # the worker's --api-key, on every request (SGLang's Bearer auth)
+        self.connections = ConnectionPool(self.url, headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
 
     def close(self) -> None:
         """Close the idle connections (calls in flight close theirs when released)."""
