@@ -24,6 +24,7 @@ def render_metrics(engine: Engine, model_name: str, load: dict, usage: dict) -> 
         "agentgate:kv_evictable_blocks": usage["evictable_blocks"],
         "agentgate:kv_total_blocks": usage["total_blocks"],
     }
+    gauges.update(engine.extra_gauges())
     with s.lock:
         counters = {
             "sglang:prompt_tokens_total": s.prompt_tokens,
