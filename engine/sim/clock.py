@@ -33,11 +33,12 @@ class IdleMark(threading.Event):
 
 
 class SimClock:
-    def __init__(self, speedup: float = 1.0, sleep=time.sleep):
+    def __init__(self, speedup: float = 1.0, sleep=time.sleep, now=time.monotonic):
         if speedup <= 0:
             raise ValueError("--speedup must be positive")
         self.speedup = speedup
         self._sleep = sleep
+        self._now = now
         self._last_end = 0.0
         self.lock = threading.Lock()
         self.steps = 0
@@ -51,10 +52,10 @@ class SimClock:
         """Sleep until the step's scheduled end; return its lag (seconds, wall)."""
         start = max(self._last_end, idle_end)
         due = start + predicted / self.speedup
-        now = time.monotonic()
+        now = self._now()
         if due > now:
             self._sleep(due - now)
-        end = time.monotonic()
+        end = self._now()
         lag = max(0.0, end - due)
         self._last_end = end
         with self.lock:
