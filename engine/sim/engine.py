@@ -28,7 +28,8 @@ from engine.sim.hardware import GIB, Gpu, SimModelSpec
 from engine.sim.steptime import StepWork
 from engine.sim.tokens import TokenStream, request_seed
 
-PLAN_CONTEXT = 4096  # context at which the draft-length cost curve is read
+PLAN_CONTEXT = 4096
+RUNNER_UP_LOGPROB = -30.0  # what a logit 30 above the rest leaves to every other token  # context at which the draft-length cost curve is read
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,10 @@ class SimEngine(Engine):
             if req.grammar is not None:  # the grammar's choice where it forbids the stream's token
                 tokens[i] = int(self._dense([tokens[i]], req)[0].argmax())
         logprobs = None
-        if any(r.return_logprob for r in reqs):  # the stream's token is certain: logprob 0
-            logprobs = [(0.0, [(0.0, tok)] if r.top_logprobs_num > 0 else []) for r, tok in zip(reqs, tokens)]
+        if any(r.return_logprob for r in reqs):  # the stream's token is certain: logprob 0, the runners-up -30
+            logprobs = [(0.0, [(0.0, tok)] + [(RUNNER_UP_LOGPROB, (tok + k) % self.model_config.vocab_size)
+                                              for k in range(1, r.top_logprobs_num)])
+                        for r, tok in zip(reqs, tokens)]
         return tokens, logprobs
 
     def _verify(self, rows: SimLogits, req: Request) -> tuple[list[int], int]:
