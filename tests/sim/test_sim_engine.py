@@ -11,7 +11,7 @@ from engine.sim.clock import SimClock
 from engine.sim.hardware import GIB, kv_capacity_tokens, lookup
 from engine.sim.steptime import StepWork, TableStepModel
 from tests.sim.support import KNOWN_TABLE, decode_s, make_sim_engine, prefill_s, sim_spec
-from tests.support import generate, greedy, wait_idle
+from tests.support import generate, greedy, submit, wait_idle
 
 pytestmark = pytest.mark.slow
 
@@ -128,3 +128,16 @@ def test_capacity_is_the_gpus_memory_less_the_weights_at_the_models_kv_bytes():
     with pytest.raises(ValueError, match="raise --tp"):
         kv_capacity_tokens(gpu, llama70, 1)
     assert kv_capacity_tokens(gpu, llama70, 4) == int((4 * 80 * GIB * 0.88 - 70.6e9 * 2) // (320 * 1024))
+
+
+def test_priorities_preempt_for_memory_and_every_request_keeps_its_tokens(model_dir, tokenizer, engines):
+    tiny = make_sim_engine(model_dir, kv_pool_tokens=200, l3="none")  # 13 blocks: four 4-block calls overflow it
+    plain = make_sim_engine(model_dir, kv_pool_tokens=8192, l3="none", enable_prefix_cache=False)
+    engines += [tiny, plain]
+    prompts = [tokenizer.encode(f"Request number {i} asks about topic {i * 7}. " * 6)[:40] for i in range(4)]
+    params = greedy(24, ignore_eos=True)
+    want = [o.output_ids for o in generate(plain, prompts, params)]
+    watchers = [submit(tiny, p, params, priority=i % 2 * 3) for i, p in enumerate(prompts)]
+    assert [w.wait().output_ids for w in watchers] == want
+    assert tiny.scheduler.num_preemptions > 0
+    assert all(w.steps[-1].retractions == 0 for w in watchers[1::2])  # the high-priority calls never yield
