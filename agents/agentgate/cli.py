@@ -1,6 +1,8 @@
 """The `agentgate` command.
 
-  agentgate worker ...       an SGLang-compatible CPU engine worker (--backend sglang: an SGLang GPU server)
+  agentgate worker ...       an SGLang-compatible CPU engine worker (--backend sglang: an SGLang GPU server;
+                             --backend sim: a simulated GPU worker)
+  agentgate sim-cluster ...  many simulated GPU workers in one process (one event loop, a port each)
   agentgate gateway ...      the gateway (workflows, OpenAI proxy) in front of workers
   agentgate up ...           Redis + engine worker(s) sharing the cores + the gateway on localhost, until Ctrl-C
   agentgate prepare-model    convert the shipped GGUF to safetensors (once)
@@ -81,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("worker", help="run an SGLang-compatible CPU engine worker, or SGLang itself (--backend sglang)")
     add_worker_args(w)
     w.set_defaults(func=run_worker)
+    from engine.sim.cluster import add_cluster_args, run_cluster
+
+    sc = sub.add_parser("sim-cluster", help="many simulated GPU workers (--backend sim) in one process")
+    add_cluster_args(sc)
+    sc.set_defaults(func=run_cluster)
     from gateway.main import add_gateway_args, run_gateway
 
     gw = sub.add_parser("gateway", help="run the gateway in front of SGLang-API workers")
