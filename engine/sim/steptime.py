@@ -63,7 +63,8 @@ def _aic_version() -> str:
 
 
 class _Grid:
-    """seconds on a grid of (x, context), bilinear inside, linear in x beyond its ends, clamped in context."""
+    """seconds on a grid of (x, context or prefix), bilinear inside, linear in x beyond its ends, clamped in
+    the other axis."""
 
     def __init__(self, xs: list[float], ctx: list[float], seconds: list[list[float]], what: str):
         if sorted(xs) != xs or sorted(ctx) != ctx or len(xs) < 2 or len(ctx) < 1:
@@ -89,7 +90,7 @@ class _Grid:
 
 class TableStepModel:
     """Step times from a measured table (JSON, format agentgate-step-table/1):
-    {"prefill": {"tokens": [...], "context": [...], "seconds": [[...]]},   a step of one prompt chunk
+    {"prefill": {"tokens": [...], "prefix": [...], "seconds": [[...]]},    a step of one prompt chunk after a cached prefix
      "decode": {"rows": [...], "context": [...], "seconds": [[...]]},      a step of decode rows only
      "shared_seconds": s}                                                  what a mixed step pays once
     A mixed step costs prefill + decode - shared."""
@@ -99,7 +100,7 @@ class TableStepModel:
             raise ValueError(f"timing table {name}: format must be {TABLE_FORMAT!r}")
         try:
             p, d = table["prefill"], table["decode"]
-            self.prefill = _Grid([float(v) for v in p["tokens"]], [float(v) for v in p["context"]], p["seconds"],
+            self.prefill = _Grid([float(v) for v in p["tokens"]], [float(v) for v in p["prefix"]], p["seconds"],
                                  "prefill")
             self.decode = _Grid([float(v) for v in d["rows"]], [float(v) for v in d["context"]], d["seconds"],
                                 "decode")
@@ -120,7 +121,7 @@ class TableStepModel:
     def seconds(self, w: StepWork) -> float:
         total, parts = 0.0, 0
         if w.prefill_tokens > 0:
-            total += self.prefill.at(w.prefill_tokens, w.prefill_context)
+            total += self.prefill.at(w.prefill_tokens, w.prefill_prefix)
             parts += 1
         if w.decode_rows > 0:
             total += self.decode.at(w.decode_rows, w.decode_context)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 # prefill(P) = 10 ms + 20 ms per 1024 tokens; decode(D) = 5 ms + 8 ms per 64 rows; a mixed step pays 4 ms once
 KNOWN_TABLE = {"format": "agentgate-step-table/1", "source": "the tests' known table",
-               "prefill": {"tokens": [0, 1024], "context": [0], "seconds": [[0.010], [0.030]]},
+               "prefill": {"tokens": [0, 1024], "prefix": [0], "seconds": [[0.010], [0.030]]},
                "decode": {"rows": [0, 64], "context": [0], "seconds": [[0.005], [0.013]]},
                "shared_seconds": 0.004}
 
