@@ -29,6 +29,9 @@ def add_sim_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     g.add_argument("--timing-table", default=None, metavar="FILE",
                    help="step times from this measured table (agentgate profile) instead of aiconfigurator-core")
+    g.add_argument("--step-defaults", choices=["gpu", "cpu"], default="gpu",
+                   help="the scheduler's step sizes where not given: gpu (8192-token steps, 128-token prefetch "
+                        "chunks beside other work) or cpu (the embedded CPU engine's, for a table it measured)")
     g.add_argument("--storage-gbps", type=float, default=DEFAULT_STORAGE_GBPS,
                    help="L3 read bandwidth in GB/s (L2 copies run at the GPU's PCIe bandwidth)")
 
@@ -57,10 +60,13 @@ def sim_engine_config(args: argparse.Namespace, spec):
 
     cfg = engine_config(args)
     tokens = args.kv_blocks * args.block_size if args.kv_blocks else kv_capacity_tokens(spec.gpu, spec.model, spec.tp)
+    cfg = dataclasses.replace(cfg, block_size=args.block_size, kv_pool_tokens=tokens)
+    if args.step_defaults == "gpu":
+        cfg = dataclasses.replace(cfg, threads=1, max_batch_tokens=cfg.max_batch_tokens or SIM_STEP_TOKENS,
+                                  prefetch_chunk_tokens=SIM_PREFETCH_CHUNK_TOKENS if cfg.prefetch_chunk_tokens < 0
+                                  else cfg.prefetch_chunk_tokens)
     return dataclasses.replace(
-        cfg, block_size=args.block_size, kv_pool_tokens=tokens, threads=1,
-        max_batch_tokens=cfg.max_batch_tokens or SIM_STEP_TOKENS,
-        prefetch_chunk_tokens=SIM_PREFETCH_CHUNK_TOKENS if cfg.prefetch_chunk_tokens < 0 else cfg.prefetch_chunk_tokens,
+        cfg,
         context_length=cfg.context_length or spec.model.context_length,
         served_model_name=args.served_model_name or spec.model.name)
 
