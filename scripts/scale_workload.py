@@ -44,6 +44,7 @@ SIZES = {
             "edit_out": (12, 24), "turns": (2, 3), "turn_in": (10, 40), "turn_out": (8, 16),
             "tool_s": (0.2, 2.0), "think_s": (0.5, 2.0)},
 }
+SIZES["quick"] = {**SIZES["cpu"], "tool_s": (0.05, 0.5), "think_s": (0.05, 0.2)}  # bench_scale --quick
 
 
 def text(seed: int, tokens: int) -> str:
