@@ -48,7 +48,7 @@ def sim_spec(args: argparse.Namespace):
         step_model = TableStepModel.load(args.timing_table)
     else:
         try:
-            step_model = AicStepModel(model.name, gpu.name, args.tp)
+            step_model = AicStepModel(model.perf_name, gpu.name, args.tp)
         except ImportError:
             raise ValueError("aiconfigurator-core is not installed: pip install 'agentgate[sim]', "
                              "or give --timing-table") from None

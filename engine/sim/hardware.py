@@ -29,6 +29,11 @@ class SimModelSpec:
     params: float  # weights, in parameters
     context_length: int
     dtype_bytes: int = 2  # bf16
+    aic_name: str = ""  # the name aiconfigurator-core ships its config under, where it differs
+
+    @property
+    def perf_name(self) -> str:
+        return self.aic_name or self.name
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -48,8 +53,8 @@ GPUS = {g.name: g for g in (
 
 MODELS = {m.name: m for m in (
     SimModelSpec("Qwen/Qwen3-8B", 36, 8, 128, 8.19e9, 40960),
-    SimModelSpec("meta-llama/Llama-3.1-8B", 32, 8, 128, 8.03e9, 131072),
-    SimModelSpec("meta-llama/Llama-3.1-70B", 80, 8, 128, 70.6e9, 131072),
+    SimModelSpec("meta-llama/Llama-3.1-8B", 32, 8, 128, 8.03e9, 131072, aic_name="meta-llama/Meta-Llama-3.1-8B"),
+    SimModelSpec("meta-llama/Llama-3.1-70B", 80, 8, 128, 70.6e9, 131072, aic_name="meta-llama/Meta-Llama-3.1-70B"),
 )}
 
 

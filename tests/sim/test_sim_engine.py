@@ -141,3 +141,18 @@ def test_priorities_preempt_for_memory_and_every_request_keeps_its_tokens(model_
     assert [w.wait().output_ids for w in watchers] == want
     assert tiny.scheduler.num_preemptions > 0
     assert all(w.steps[-1].retractions == 0 for w in watchers[1::2])  # the high-priority calls never yield
+
+
+def test_aiconfigurator_prices_steps_as_its_database_says():
+    from engine.sim.steptime import AicStepModel
+
+    qwen = AicStepModel("Qwen/Qwen3-8B", "h100_sxm", 1)
+    assert qwen.seconds(StepWork(prefill_tokens=1000, prefill_context=1000)) == pytest.approx(0.0233, abs=1e-4)
+    assert qwen.seconds(StepWork(decode_rows=1, decode_context=1000)) == pytest.approx(0.0068, abs=1e-4)
+    many = qwen.seconds(StepWork(decode_rows=64, decode_context=1000))
+    assert qwen.seconds(StepWork(decode_rows=1, decode_context=1000)) < many < \
+        qwen.seconds(StepWork(decode_rows=64, decode_context=8000))  # rows and context both cost
+    mixed = StepWork(prefill_tokens=512, prefill_context=4096, prefill_prefix=3584, decode_rows=32, decode_context=8000)
+    assert qwen.seconds(mixed) > qwen.seconds(StepWork(decode_rows=32, decode_context=8000))
+    _, llama = lookup("h100_sxm", "meta-llama/Llama-3.1-70B")  # shipped under its Meta- name
+    assert AicStepModel(llama.perf_name, "h100_sxm", 4).seconds(StepWork(decode_rows=1, decode_context=1000)) > 0
