@@ -389,8 +389,25 @@ def section(meta: dict, rows: list[dict], plot_path: Path) -> str:
              f"converted back to simulated seconds. `{meta['command']}` ({meta['when']}), {meta['workflows']} workflows "
              f"per cell ({meta['size']} sizes, seed {meta['seed']}). A cell whose median step lag exceeds 5% of the "
              "median step time is INVALID.", "", *table(rows), "", f"![simulated Pareto]({image})", "",
-             "Targets (at the highest rate where agentgate's p99 TTFT <= 1 s):", "", *targets(rows), ""]
+             "Targets (at the highest rate where agentgate's p99 TTFT <= 1 s):", "", *targets(rows), "",
+             *fidelity_lines(plot_path.parent / "fidelity_sim.json")]
     return "\n".join(lines)
+
+
+def fidelity_lines(path: Path) -> list[str]:
+    """The fidelity check's numbers (scripts/fidelity_sim.py --out), where a run wrote them beside the plot."""
+    if not path.exists():
+        return ["Fidelity: not measured in this output directory (scripts/fidelity_sim.py --out "
+                f"{path.name})."]
+    f = json.loads(path.read_text())
+    real, sim, diff = f["results"]["real"], f["results"]["sim"], f["relative_difference"]
+    return ["Fidelity (one CPU-sized trace, a real CPU worker against a sim worker on the table `agentgate "
+            f"profile` measured: {f['table']}):", "",
+            "| worker | calls | TTFT p50 (s) | makespan (s) |", "|---|---|---|---|",
+            f"| real (embedded engine) | {real['calls']} | {real['ttft_p50_s']} | {real['makespan_s']} |",
+            f"| sim (timing table) | {sim['calls']} | {sim['ttft_p50_s']} | {sim['makespan_s']} |",
+            f"| sim / real - 1 | | {diff['ttft_p50_s']:+.1%} | {diff['makespan_s']:+.1%} |", "",
+            f"Within 15%: {'yes' if f['within_15_percent'] else 'no'}.", ""]
 
 
 if __name__ == "__main__":
