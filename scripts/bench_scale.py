@@ -227,6 +227,9 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", default=None, help="default docs/ (quick: a temp dir); BENCHMARKS.md is updated "
                                                    "only when it is docs/ and --no-write is not given")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--from-json", default=None, metavar="PATH",
+                   help="run nothing: rewrite the plot and the section from a bench_scale.json (and the "
+                        "fidelity_sim.json beside it)")
     args = p.parse_args(argv)
     q = args.quick
     args.workers = [int(w) for w in (args.workers or ("2" if q else "8,32")).split(",")]
@@ -345,6 +348,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="bench_scale_"))
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())
+        return write(data["meta"], data["rows"], out_dir, args)
     log_dir = Path(tempfile.mkdtemp(prefix="bench_scale_logs_"))
     flags = bw.worker_flags()
     traces = {rate: scale_workload.generate(args.workflows, rate, args.seed, args.size) for rate in args.rates}
@@ -370,15 +376,23 @@ def main(argv=None) -> int:
     meta = {"command": " ".join(["scripts/bench_scale.py", *(argv if argv is not None else sys.argv[1:])]).strip(),
             "when": time.strftime("%Y-%m-%d"), "gpu": args.gpu, "model": args.model, "tp": args.tp,
             "speedup": args.speedup, "workflows": args.workflows, "size": args.size, "seed": args.seed}
+    meta["quick"] = args.quick
     (out_dir / f"bench_scale{suffix}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    code = write(meta, rows, out_dir, args)
+    console.print(f"results in {out_dir}")
+    return code
+
+
+def write(meta: dict, rows: list[dict], out_dir: Path, args) -> int:
+    """The plot, the markdown section (and BENCHMARKS.md's, for a full run into docs/)."""
+    suffix = "_quick" if meta.get("quick") else ""
     plot(rows, out_dir / f"pareto_scale{suffix}.png")
     text = section(meta, rows, out_dir / f"pareto_scale{suffix}.png")
     (out_dir / f"bench_scale{suffix}.md").write_text(text)
     in_docs = out_dir.resolve() == (ROOT / "docs").resolve()
-    if in_docs and not args.quick and not args.no_write:
+    if in_docs and not meta.get("quick") and not args.no_write:
         update_benchmarks_md(SECTION, text)
     print(text)
-    console.print(f"results in {out_dir}")
     return 0 if all(r["failed"] == 0 for r in rows) else 1
 
 
