@@ -55,10 +55,8 @@ def sim_spec(args: argparse.Namespace):
     return SimSpec(gpu, model, args.tp, step_model, args.speedup, args.storage_gbps * 1e9)
 
 
-def sim_engine_config(args: argparse.Namespace, spec):
-    from engine.worker.main import engine_config
-
-    cfg = engine_config(args)
+def sim_engine_config(args: argparse.Namespace, spec, cfg):
+    """`cfg` (the worker flags' EngineConfig) sized and shaped for the simulated GPU and model."""
     tokens = args.kv_blocks * args.block_size if args.kv_blocks else kv_capacity_tokens(spec.gpu, spec.model, spec.tp)
     cfg = dataclasses.replace(cfg, block_size=args.block_size, kv_pool_tokens=tokens)
     if args.step_defaults == "gpu":
@@ -71,14 +69,15 @@ def sim_engine_config(args: argparse.Namespace, spec):
         served_model_name=args.served_model_name or spec.model.name)
 
 
-def build_sim_app(args: argparse.Namespace, spec=None):
-    """A SimEngine and its HTTP app (KV events published when args.redis_url is set)."""
+def build_sim_app(args: argparse.Namespace, base_cfg, spec=None):
+    """A SimEngine and its HTTP app (KV events published when args.redis_url is set); `base_cfg` is the
+    EngineConfig the worker flags give (engine/worker/main.py:engine_config)."""
     from engine.sim.engine import SimEngine
     from engine.worker.kv_publish import setup_publishing
     from engine.worker.server import create_app
 
     spec = spec or sim_spec(args)
-    cfg = sim_engine_config(args, spec)
+    cfg = sim_engine_config(args, spec, base_cfg)
     engine = SimEngine(cfg, spec)
     server_args = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     server_args.update(model_path=cfg.model_path, served_model_name=cfg.served_model_name, page_size=cfg.block_size,
@@ -89,7 +88,7 @@ def build_sim_app(args: argparse.Namespace, spec=None):
     return engine, app
 
 
-def run_sim_worker(args: argparse.Namespace) -> int:
+def run_sim_worker(args: argparse.Namespace, base_cfg) -> int:
     from aiohttp import web
 
     from engine.launch import server_loop
@@ -97,7 +96,7 @@ def run_sim_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     t0 = time.monotonic()
     try:
-        engine, app = build_sim_app(args)
+        engine, app = build_sim_app(args, base_cfg)
     except ValueError as exc:
         print(f"agentgate worker: {exc}", file=sys.stderr)
         return 2

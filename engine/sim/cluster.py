@@ -53,6 +53,8 @@ def worker_args(args: argparse.Namespace, port: int) -> argparse.Namespace:
 async def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from engine.worker.main import engine_config
+
     spec = sim_spec(args)  # one step model for every worker
     ports = _free_ports(args.workers, args.host) if args.port == 0 else [args.port + i for i in range(args.workers)]
     runners: list[web.AppRunner] = []
@@ -62,7 +64,8 @@ async def serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         for port in ports:
-            _, app = build_sim_app(worker_args(args, port), spec)
+            one = worker_args(args, port)
+            _, app = build_sim_app(one, engine_config(one), spec)
             runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5)
             runners.append(runner)
             await runner.setup()

@@ -125,7 +125,7 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.backend == "sim" and not args.extra:
         from engine.sim.cli import run_sim_worker
 
-        return run_sim_worker(args)
+        return run_sim_worker(args, engine_config(args))
     if args.extra:
         print(f"unexpected arguments {' '.join(args.extra)} (only --backend sglang takes extras)", file=sys.stderr)
         return 2
