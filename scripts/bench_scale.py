@@ -373,6 +373,7 @@ def main(argv=None) -> int:
                      "precision_recall": precision_recall(records)}
             rows.append(row(summary, extra, workers))
             progress.advance(overall)
+            (out_dir / f"bench_scale{suffix}.partial.json").write_text(json.dumps(rows, indent=1))  # so far
     meta = {"command": " ".join(["scripts/bench_scale.py", *(argv if argv is not None else sys.argv[1:])]).strip(),
             "when": time.strftime("%Y-%m-%d"), "gpu": args.gpu, "model": args.model, "tp": args.tp,
             "speedup": args.speedup, "workflows": args.workflows, "size": args.size, "seed": args.seed}
