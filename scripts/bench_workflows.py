@@ -200,6 +200,25 @@ class Stack:
             extra += ["--redis-url", self.redis.url]
         if "--l3" in self.flags:
             extra += ["--l3", f"dir:{self.tmp / 'kv-l3'}"]
+        self.start_workers(extra)
+        if self.config.router is not None:
+            self.router_url = start_sglang_router(self, self.worker_urls, self.config.router)
+        if self.config.gateway is not None:
+            port = free_port()
+            self.gateway_url = f"http://127.0.0.1:{port}"
+            proc = self._spawn([sys.executable, "-m", "gateway.main", "--port", str(port), "--redis-url",
+                                self.redis.url, "--worker-urls", *self.worker_urls, "--tokenizer-path",
+                                str(default_model_dir()), "--log-level", "warning", *self.config.gateway,
+                                *self.args.gateway_arg],
+                               f"gateway-{port}")
+            wait_healthy(self.gateway_url, proc, timeout=60)
+
+    def start_workers(self, extra: list[str]) -> None:
+        """The engine worker processes (`extra`: the Redis and L3 flags), one at a time, each warmed up."""
+        from engine.launch import wait_healthy
+        from engine.model.prepare import default_model_dir
+        from engine.redis_server import free_port
+
         for i in range(self.args.workers):  # one at a time: each measures its matmul plan at start-up
             port = free_port()
             url = f"http://127.0.0.1:{port}"
@@ -216,17 +235,6 @@ class Stack:
             _post(url + "/generate", {"text": "Hi", "sampling_params": {"max_new_tokens": 1}})  # warm-up
             self.worker_urls.append(url)
             self.matmul_plans.append(_get(url + "/get_server_info").get("matmul_plan"))
-        if self.config.router is not None:
-            self.router_url = start_sglang_router(self, self.worker_urls, self.config.router)
-        if self.config.gateway is not None:
-            port = free_port()
-            self.gateway_url = f"http://127.0.0.1:{port}"
-            proc = self._spawn([sys.executable, "-m", "gateway.main", "--port", str(port), "--redis-url",
-                                self.redis.url, "--worker-urls", *self.worker_urls, "--tokenizer-path",
-                                str(default_model_dir()), "--log-level", "warning", *self.config.gateway,
-                                *self.args.gateway_arg],
-                               f"gateway-{port}")
-            wait_healthy(self.gateway_url, proc, timeout=60)
 
     def mark(self) -> None:
         """Count work from now on: work(), awareness() and cpu() subtract what the counters say now (a

@@ -1,6 +1,9 @@
 """The `agentgate` command.
 
-  agentgate worker ...       an SGLang-compatible CPU engine worker (--backend sglang: an SGLang GPU server)
+  agentgate worker ...       an SGLang-compatible CPU engine worker (--backend sglang: an SGLang GPU server;
+                             --backend sim: a simulated GPU worker)
+  agentgate sim-cluster ...  many simulated GPU workers in one process (one event loop, a port each)
+  agentgate profile --out F  measure the embedded engine's step times into a timing table for sim workers
   agentgate gateway ...      the gateway (workflows, OpenAI proxy) in front of workers
   agentgate up ...           Redis + engine worker(s) sharing the cores + the gateway on localhost, until Ctrl-C
   agentgate prepare-model    convert the shipped GGUF to safetensors (once)
@@ -83,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run an SGLang-compatible CPU engine worker, or SGLang itself (--backend sglang)")
     add_worker_args(w)
     w.set_defaults(func=run_worker)
+    from engine.sim.cluster import add_cluster_args, run_cluster
+
+    sc = sub.add_parser("sim-cluster", help="many simulated GPU workers (--backend sim) in one process")
+    add_cluster_args(sc)
+    sc.set_defaults(func=run_cluster)
+    from engine.sim.profile import add_profile_args, run_profile
+
+    prof = sub.add_parser("profile", help="measure the embedded engine's step times into a timing table "
+                                          "(for --backend sim --timing-table)")
+    add_profile_args(prof)
+    prof.set_defaults(func=run_profile)
     from gateway.main import add_gateway_args, run_gateway
 
     gw = sub.add_parser("gateway", help="run the gateway in front of SGLang-API workers")

@@ -82,12 +82,16 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
                    help="append one JSON line per engine step and per arriving request to FILE (engine/trace.py)")
     add_logging_args(p)
     add_publish_args(p)
-    p.add_argument("--backend", choices=["agentgate", "sglang"], default="agentgate",
-                   help="agentgate: the embedded CPU engine; sglang: launch an SGLang GPU server (engine/sglang)")
+    p.add_argument("--backend", choices=["agentgate", "sglang", "sim"], default="agentgate",
+                   help="agentgate: the embedded CPU engine; sglang: launch an SGLang GPU server (engine/sglang); "
+                        "sim: the embedded engine with a simulated GPU's step times (engine/sim)")
     p.add_argument("extra", nargs="*", help="after `--`: arguments passed to SGLang untouched (--backend sglang)")
     from engine.sglang.cli import add_sglang_args
 
     add_sglang_args(p)
+    from engine.sim.cli import add_sim_args
+
+    add_sim_args(p)
 
 
 def engine_config(args: argparse.Namespace):
@@ -126,6 +130,10 @@ def run_worker(args: argparse.Namespace) -> int:
         from engine.sglang.cli import run_sglang_worker
 
         return run_sglang_worker(args)
+    if args.backend == "sim" and not args.extra:
+        from engine.sim.cli import run_sim_worker
+
+        return run_sim_worker(args, engine_config(args))
     if args.extra:
         print(f"unexpected arguments {' '.join(args.extra)} (only --backend sglang takes extras)", file=sys.stderr)
         return 2

@@ -6,6 +6,16 @@ from __future__ import annotations
 from engine.prom import counter, exposition, gauge, histogram
 from engine.runner import Engine
 
+EXTRA_HELP = {  # the sim worker's clock (engine/sim/engine.py extra_gauges)
+    "agentgate:sim_steps_total": "Simulated steps run",
+    "agentgate:sim_predicted_seconds_total": "Step seconds the step-time model predicted, summed",
+    "agentgate:sim_step_wall_seconds_total": "Wall-clock seconds the simulated steps took, summed",
+    "agentgate:sim_step_lag_seconds_total": "Seconds the simulated steps ran behind their schedule, summed",
+    "agentgate:sim_step_lag_max_seconds": "The largest lag of one simulated step behind its schedule",
+    "agentgate:sim_step_lag_median_seconds": "The median lag of a simulated step behind its schedule",
+    "agentgate:sim_step_median_seconds": "The median predicted step time",
+    "agentgate:sim_speedup": "How much faster than the predicted time the simulated steps run (--speedup)",
+}
 GAUGES = {  # name → help
     "sglang:num_running_reqs": "Requests in the running batch",
     "sglang:num_queue_reqs": "Requests waiting to be scheduled",
@@ -65,6 +75,9 @@ def render_metrics(engine: Engine, model_name: str, load: dict, usage: dict) -> 
         "agentgate:kv_l2_blocks": usage.get("l2_used_blocks", 0),
     }
     families = [gauge(name, help_, labels, values[name]) for name, help_ in GAUGES.items()]
+    for name, value in engine.extra_gauges().items():  # a backend's own (the sim worker's clock, engine/sim)
+        help_ = EXTRA_HELP.get(name, "backend-specific: " + name)
+        families.append((counter if name.endswith("_total") else gauge)(name, help_, labels, value))
     with s.lock:
         totals = {
             "sglang:prompt_tokens_total": s.prompt_tokens,

@@ -131,12 +131,13 @@ async def health_generate(request: web.Request) -> web.Response:
 async def server_info(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     usage = engine.kv_usage()
-    stored = {t.data_ptr(): t for t in _weight_tensors(engine)}  # a tied LM head shares the embedding
-    weights_gb = sum(t.numel() * t.element_size() for t in stored.values()) / 2**30
+    desc = engine.describe()
     info = dict(request.app[SERVER_ARGS])
     info.update({
         "status": "ready",
-        "backend": "agentgate-engine",
+        "backend": desc["backend"],
+        "kind": desc["kind"],
+        **desc.get("details", {}),
         "version": VERSION,
         "page_size": engine.pool.block_size,
         "chunked_prefill_size": engine.scheduler.max_batch_tokens,  # as resolved (the flag's 0 = the device's default)
@@ -151,21 +152,13 @@ async def server_info(request: web.Request) -> web.Response:
                      "max_pinned_blocks": engine.pins.max_blocks},
         "internal_states": [{
             "last_gen_throughput": engine.stats.gen_throughput(),
-            "memory_usage": {"weight": round(weights_gb, 3), "kvcache": round(engine.pool.bytes() / 2**30, 3),
+            "memory_usage": {"weight": round(desc["weights_gb"], 3), "kvcache": round(desc["kvcache_gb"], 3),
                              "token_capacity": engine.pool.num_blocks * engine.pool.block_size},
             "token_usage": usage["token_usage"],
             **({"avg_spec_accept_length": engine.stats.spec_accept_length()} if engine.speculator else {}),
         }],
     })
     return json_response(info)
-
-
-def _weight_tensors(engine: Engine):
-    m = engine.model
-    yield m.w.embed
-    yield m.lm_head.weight
-    for lin in m.layers:
-        yield from (lin.qkv.weight, lin.o.weight, lin.gate_up.weight, lin.down.weight)
 
 
 async def model_info(request: web.Request) -> web.Response:
