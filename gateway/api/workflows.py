@@ -74,7 +74,7 @@ async def _load(request: web.Request, wf_id: str) -> dict:
 def _summary(wf_id: str, meta: dict) -> dict:
     return {"id": wf_id, "status": meta["status"], "created": meta["created"], "updated": meta.get("updated"),
             "finished": meta.get("finished"), "template": unscoped_name(meta.get("template")) or None,
-            "priority": meta["priority"], "error": meta.get("error")}
+            "priority": meta["priority"], "error": meta.get("error"), "tenant": meta.get("tenant") or None}
 
 
 async def get_workflow(request: web.Request) -> web.Response:

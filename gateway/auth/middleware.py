@@ -1,4 +1,6 @@
-"""Bearer auth on every gateway route but the health probes, and the caller's Principal per request."""
+"""Bearer auth on every gateway route but the health probes and the console's page and static files
+(they hold no data: the page asks for a key and sends it with every API call), and the caller's
+Principal per request."""
 
 from __future__ import annotations
 
@@ -9,7 +11,12 @@ from engine.worker.auth import bearer_token
 from gateway.auth.keys import OPEN, KeyTable, Principal
 
 PRINCIPAL = web.RequestKey("principal", Principal)
-OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
+OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/ui", "/ui/"})
+OPEN_PREFIXES = ("/ui/static/",)
+
+
+def is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 def auth_middleware(table: KeyTable | None):
@@ -19,7 +26,7 @@ def auth_middleware(table: KeyTable | None):
     async def authenticate(request: web.Request, handler):
         if table is None:
             request[PRINCIPAL] = OPEN
-        elif request.path not in OPEN_PATHS:
+        elif not is_open(request.path):
             token = bearer_token(request.headers)
             found = table.lookup(token) if token else None
             if found is None:

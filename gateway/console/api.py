@@ -10,6 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.api.http import json_response
+from gateway.auth.middleware import require_admin
 from gateway.errors import WorkerCallError
 from gateway.keys import METRICS, POOL, SCHEDULER
 from gateway.metrics import Counter, Metrics
@@ -30,6 +31,8 @@ async def page(request: web.Request) -> web.FileResponse:
 
 
 async def overview(request: web.Request) -> web.Response:
+    """Every worker's state and the gateway-wide counters: an operator's view (admin scope with keys)."""
+    require_admin(request)
     pool = request.app[POOL]
     workers = list(pool.workers.values())
     stats = await asyncio.gather(*(_kv_stats(w.client) for w in workers))

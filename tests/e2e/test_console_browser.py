@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
 from pathlib import Path
 
+import orjson
 import pytest
+import pytest_asyncio
 from playwright.async_api import async_playwright
 
-from tests.gateway.support import llm
+from gateway.auth.keys import KeyTable, key_hash
+from tests.gateway.support import GatewayHandle, fast_config, llm
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 
@@ -23,6 +27,9 @@ WORKFLOW = {"template": "fruit-report", "nodes": [
     {"id": "lookup", "type": "external", "messages": [{"role": "user", "content": "{{topic}}"}]},  # a tool
     llm("summary", "Combine: {{color}} / {{taste}} / {{lookup}}", max_tokens=6, temperature=0)]}
 NODES = {"topic", "color", "taste", "lookup", "summary"}
+USER_KEY = "console-key-of-tenant-a"
+KEYED_WORKFLOW = {"nodes": [llm("first", "Name one fruit.", max_tokens=6, temperature=0),
+                            llm("second", "What color is {{first}}?", max_tokens=6, temperature=0)]}
 
 # Records every status the DAG's nodes take, in order, with the time it was seen (a MutationObserver:
 # the page is watched from outside, as a person would).
@@ -134,3 +141,54 @@ async def _check_gantt(page, body: dict) -> None:
     assert sorted(notes) == sorted(["finished"] + [n for n in notes if n.startswith("finished · cache ")]), notes
     labels = await page.eval_on_selector_all("#gantt .row-label", "els => els.map(e => e.textContent)")
     assert sum("@127.0.0.1:" in label for label in labels) == 4, labels  # the worker of each LLM call
+
+
+@pytest_asyncio.fixture
+async def keyed_gw(worker, redis_url):
+    table = KeyTable.parse(orjson.dumps([{"sha256": key_hash(USER_KEY), "tenant": "a", "scopes": ["user"]}]),
+                           "test")
+    handle = await GatewayHandle(fast_config(redis_url, [worker], key_prefix="ui" + uuid.uuid4().hex[:6],
+                                             request_timeout_s=120, api_keys=table)).start()
+    yield handle
+    await handle.stop()
+
+
+async def test_the_console_asks_for_a_key_and_follows_a_workflow_with_it(keyed_gw):
+    """With API keys the page and its files load without one; the page then asks for a key, sends it on
+    every call (the event stream too, read through fetch: EventSource cannot send headers), and a
+    tenant's key without the admin scope sees its workflow but not the workers."""
+    gw = keyed_gw
+    status, _, _ = await gw.call("GET", "/v1/workflows")
+    assert status == 401
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium(), headless=True, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page()
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(gw.url + "/ui")
+            await page.wait_for_selector("#key-box:not([hidden])")  # the first poll got a 401
+            await page.fill("#key", USER_KEY)
+            await page.click("#key-save")
+            await page.wait_for_selector("#conn.ok")
+            await page.wait_for_selector("#workers >> text=an admin key shows them")
+            await page.evaluate(WATCH)
+            await page.click("#submit-box summary")
+            await page.fill("#submit-json", json.dumps(KEYED_WORKFLOW))
+            await page.click("#submit-btn")
+            await page.wait_for_function("document.querySelectorAll('#dag .node').length === 2")
+            await page.wait_for_function(
+                "document.querySelectorAll('#dag .node[data-status=finished]').length === 2", timeout=180_000)
+            seen = await page.evaluate("window.__seen")
+            wf_id = await page.text_content("#wf-title")
+            assert not errors, errors
+        finally:
+            await browser.close()
+    status, body, _ = await gw.call("GET", f"/v1/workflows/{wf_id}", headers={"Authorization": f"Bearer {USER_KEY}"})
+    assert status == 200 and body["status"] == "finished" and body["tenant"] == "a"
+    # the second node turned green after the first: the page followed the stream, not one final poll
+    green = {}
+    for node, state, at in seen:
+        if state == "finished":
+            green.setdefault(node, at)
+    assert set(green) == {"first", "second"} and green["first"] < green["second"]

@@ -30,11 +30,77 @@ function html(name, attrs, text, parent) {
   return e;
 }
 
+// With API keys configured the gateway wants a Bearer key on every API call: the page asks for one
+// (kept for this tab only) and sends it; the page and its files themselves need none.
+const auth = { key: sessionStorage.getItem("agentgate-key") || "" };
+
+function withKey(options) {
+  const headers = { ...((options && options.headers) || {}) };
+  if (auth.key) headers.Authorization = `Bearer ${auth.key}`;
+  return { ...(options || {}), headers };
+}
+
 async function getJSON(path, options) {
-  const r = await fetch(path, options);
+  const r = await fetch(path, withKey(options));
   const body = await r.json().catch(() => null);
-  if (!r.ok) throw new Error((body && body.error && body.error.message) || `${path}: HTTP ${r.status}`);
+  if (r.status === 401) $("#key-box").hidden = false;
+  if (!r.ok) {
+    const err = new Error((body && body.error && body.error.message) || `${path}: HTTP ${r.status}`);
+    err.status = r.status;
+    throw err;
+  }
   return body;
+}
+
+function useKey() {
+  auth.key = $("#key").value.trim();
+  sessionStorage.setItem("agentgate-key", auth.key);
+  $("#key-box").hidden = true;
+  if (view.selected) select(view.selected);
+  tick();
+}
+
+// Server-sent events: EventSource where no key is needed (it cannot send headers), else the same
+// stream read through fetch. Either way: .addEventListener(name, fn(e)) with e.data, e.lastEventId.
+function openEvents(path) {
+  if (!auth.key) return new EventSource(path);
+  const listeners = {};
+  const controller = new AbortController();
+  const stream = {
+    addEventListener(name, fn) { (listeners[name] = listeners[name] || []).push(fn); },
+    close() { controller.abort(); },
+  };
+  const dispatch = (block) => {
+    const e = { type: "message", data: "", lastEventId: "" };
+    const data = [];
+    for (const line of block.split("\n")) {
+      if (!line || line.startsWith(":")) continue;
+      const i = line.indexOf(":");
+      const field = i < 0 ? line : line.slice(0, i);
+      const value = i < 0 ? "" : line.slice(i + 1).replace(/^ /, "");
+      if (field === "event") e.type = value;
+      else if (field === "data") data.push(value);
+      else if (field === "id") e.lastEventId = value;
+    }
+    e.data = data.join("\n");
+    for (const fn of listeners[e.type] || []) fn(e);
+  };
+  fetch(path, withKey({ signal: controller.signal, headers: { Accept: "text/event-stream" } })).then(async (r) => {
+    if (!r.ok || !r.body) return;
+    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        dispatch(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+      }
+    }
+  }).catch(() => {});  // closed by select()/workflow_finished, or the gateway went away: the poll shows it
+  return stream;
 }
 
 function ago(seconds) {
@@ -81,7 +147,14 @@ function meter(parent, label, used, total, text) {
 }
 
 async function refreshOverview() {
-  const o = await getJSON("/ui/api/overview");
+  let o;
+  try {
+    o = await getJSON("/ui/api/overview");
+  } catch (err) {
+    if (err.status !== 403) throw err;
+    $("#workers").replaceChildren(html("p", { class: "muted" }, "Workers and counters: an admin key shows them."));
+    return;
+  }
   $("#running").textContent = `${o.workflows_running} workflow(s) running here`;
   const box = $("#workers");
   box.replaceChildren();
@@ -280,7 +353,7 @@ function select(id) {
     tr.classList.toggle("selected", tr.getAttribute("data-id") === id);
   }
   refreshSelected();
-  const source = new EventSource(`/v1/workflows/${encodeURIComponent(id)}/events`);
+  const source = openEvents(`/v1/workflows/${encodeURIComponent(id)}/events`);
   view.source = source;
   const data = (e) => JSON.parse(e.data);
   source.addEventListener("node_started", (e) => {
@@ -332,6 +405,7 @@ async function tick() {
 }
 
 $("#submit-btn").addEventListener("click", submit);
+$("#key-save").addEventListener("click", useKey);
 const wanted = new URLSearchParams(location.search).get("wf");
 if (wanted) select(wanted);
 tick();
