@@ -28,6 +28,20 @@ class ContextLengthError(BadRequestError):
         super().__init__(message, param=param, code="context_length_exceeded")
 
 
+class AuthenticationError(AgentGateError):
+    """A missing or unknown API key (OpenAI's 401 shape, code invalid_api_key)."""
+    status = 401
+    type = "invalid_request_error"
+
+    def __init__(self, message: str = "missing or invalid API key: send it as 'Authorization: Bearer <key>'"):
+        super().__init__(message, code="invalid_api_key")
+
+
+class PermissionDeniedError(AgentGateError):
+    status = 403
+    type = "permission_error"
+
+
 class NotFoundError(AgentGateError):
     status = 404
     type = "not_found_error"

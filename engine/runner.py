@@ -42,6 +42,7 @@ from engine.spec.verify import verify
 from engine.scheduler.request import Request, SamplingParams, Status, StepOutput
 from engine.scheduler.scheduler import ScheduledBatch, Scheduler
 from engine.stats import EngineStats
+from engine.step_cost import StepCost
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
 from engine.trace import StepTrace
 
@@ -97,12 +98,14 @@ class Engine:
                                    cfg.prefetch_chunk_tokens if cfg.prefetch_chunk_tokens >= 0
                                    else default_prefetch_chunk(self.device),
                                    cfg.max_background_running, row_cost=self.plan.relative_cost,
-                                   low_priority_chunk=cfg.low_priority_chunk_tokens, solo_batch_tokens=solo)
+                                   low_priority_chunk=cfg.low_priority_chunk_tokens, solo_batch_tokens=solo,
+                                   make_forward=self.forward_builder())
         self._staging: dict[str, Request] = {}  # rid -> request waiting for its L3 blocks
         self.tokenizer = Tokenizer(cfg.model_path)
         self.grammars = GrammarBackend(cfg.model_path, mc.vocab_size, mc.eos_token_ids, self.threads)
         self.context_length = cfg.context_length or mc.max_position
         self.stats = EngineStats()
+        self.step_cost = StepCost()  # seconds ≈ step_s + token_s × tokens, published in /get_load
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = False
@@ -117,14 +120,15 @@ class Engine:
         """L2 and L3 as configured; an L3 location that cannot be written leaves the
         worker running without L3 (l3_error says why)."""
         host = None
+        layers, kv_heads, head_dim = self.kv_geometry()
         if cfg.enable_prefix_cache and cfg.num_l2_blocks(mc, self.dtype) > 0:
-            host = HostPool(cfg.num_l2_blocks(mc, self.dtype), mc.num_layers, cfg.block_size, mc.num_kv_heads,
-                            mc.head_dim, self.dtype, pin_memory=self.device != "cpu")
+            host = HostPool(cfg.num_l2_blocks(mc, self.dtype), layers, cfg.block_size, kv_heads, head_dim,
+                            self.dtype, pin_memory=self.device != "cpu")
         store, self.l3_error = None, None
         if cfg.enable_prefix_cache and cfg.l3 not in ("", "none"):
             dtype_name = str(self.dtype).removeprefix("torch.")
             # "hm": blocks hold K/V head-major (engine/kvcache/pool.py); another layout never shares a directory
-            namespace = f"{os.path.basename(cfg.model_path.rstrip('/'))}-{dtype_name}-b{cfg.block_size}-hm"
+            namespace = f"{self.kv_name()}-{dtype_name}-b{cfg.block_size}-hm"
             try:
                 store = make_store(cfg.l3, namespace, int(cfg.l3_max_gb * (1 << 30)))
             except OSError as exc:
@@ -132,6 +136,15 @@ class Engine:
                 log.warning(self.l3_error)
         return TieredCache(self.cache, host, store, self.events, l2_write_through=cfg.l2_write_through,
                            l3_write_through=cfg.l3_write_through)
+
+    def kv_geometry(self) -> tuple[int, int, int]:
+        """(layers, kv heads, head dim) of a KV block as the pools hold it."""
+        mc = self.model_config
+        return mc.num_layers, mc.num_kv_heads, mc.head_dim
+
+    def kv_name(self) -> str:
+        """The model part of the L3 namespace: only workers computing the same K/V share blocks."""
+        return os.path.basename(self.cfg.model_path.rstrip("/"))
 
     @property
     def l3_id(self) -> str:
@@ -267,21 +280,32 @@ class Engine:
                     "decode_rows": sum(1 + len(r.draft) for r in batch.decodes)}  # before _process moves drafts
             make_up = self.trace.describe(batch) if self.trace is not None else None
             try:
-                logits = self.model.forward(batch.forward.to(self.device))
-                if logits.device.type != "cpu":  # sampling and verification run on the CPU
-                    logits = logits.cpu()
-                if batch.forward.num_tokens == 1:  # what extra rows are weighed against (draft lengths)
-                    self.plan.observe_step(time.monotonic() - t0)
-                produced = self._process(batch, logits)
+                produced = self._process(batch, self._forward(batch, t0))
             except Exception as exc:  # one bad step must not take the worker down
                 log.exception("engine step failed")
                 for req in set(batch.requests) | {r for r, _ in batch.chunks} | set(batch.decodes):
                     if not req.finished:
                         self._finish(req, {"type": "abort", "message": f"engine error: {exc}"})
             dt = time.monotonic() - t0
+            self.step_cost.observe(batch.forward.num_tokens, dt)
             self.stats.record_step(produced, dt, **work)
             if self.trace is not None:
                 self.trace.step(dt, work, make_up)
+
+    def forward_builder(self) -> Callable | None:
+        """What the scheduler builds a step's model input with (None: the model's packed tensors)."""
+        return None
+
+    def _forward(self, batch: ScheduledBatch, t0: float) -> torch.Tensor:
+        """The model-runner boundary: one step's next-token logits [R, vocab] on the CPU, R the rows of
+        batch.sampled. Everything around it (scheduling, sampling, verification, the cache) is the same
+        for every backend; engine/sim replaces only this."""
+        logits = self.model.forward(batch.forward.to(self.device))
+        if logits.device.type != "cpu":  # sampling and verification run on the CPU
+            logits = logits.cpu()
+        if batch.forward.num_tokens == 1:  # what extra rows are weighed against (draft lengths)
+            self.plan.observe_step(time.monotonic() - t0)
+        return logits
 
     def _drain_inbox(self) -> None:
         self.pins.expire()
@@ -383,9 +407,7 @@ class Engine:
                 req.num_computed += 1
         produced = self._sample_plain(plain, logits[plain_rows]) if plain else 0
         for req, start, n in verifies:
-            if req.grammar is not None:  # row i under the grammar state after draft[:i]
-                req.grammar.mask(logits[start:start + n], req.draft)
-            tokens, accepted = verify(logits[start:start + n], req.draft, req)
+            tokens, accepted = self._verify(logits[start:start + n], req)
             base = req.num_computed  # position of the last token fed; its K/V and the accepted drafts' are valid
             for m, tok in enumerate(tokens, 1):
                 if req.finished:
@@ -401,11 +423,22 @@ class Engine:
                 self.stats.spec_accepted += accepted
         return produced
 
-    def _sample_plain(self, reqs: list[Request], logits: torch.Tensor) -> int:
+    def _verify(self, rows: torch.Tensor, req: Request) -> tuple[list[int], int]:
+        """A verify segment's rows [1 + drafts, vocab] -> (tokens to append, drafts accepted)."""
+        if req.grammar is not None:  # row i under the grammar state after draft[:i]
+            req.grammar.mask(rows, req.draft)
+        return verify(rows, req.draft, req)
+
+    def _choose(self, reqs: list[Request], logits: torch.Tensor) -> tuple[list[int], list | None]:
+        """One token per plain row, and the logprobs of those that asked for them."""
         tokens = sample(logits, reqs, self.model_config.eos_token_ids)
         logprobs = None
         if any(r.return_logprob for r in reqs):
             logprobs = token_logprobs(logits, tokens, [r.top_logprobs_num if r.return_logprob else 0 for r in reqs])
+        return tokens, logprobs
+
+    def _sample_plain(self, reqs: list[Request], logits: torch.Tensor) -> int:
+        tokens, logprobs = self._choose(reqs, logits)
         produced = 0
         for i, (req, tok) in enumerate(zip(reqs, tokens)):
             if req.params.max_new_tokens == 0:  # prefill only (SGLang allows it; prefetch uses it)
@@ -520,6 +553,17 @@ class Engine:
                 "spec_accept_token_num": req.spec_accepted, "spec_draft_token_num": req.spec_proposed}
 
     # -- reads for the server (consistent when run through call()) ----------------------------
+    def describe(self) -> dict:
+        """What /get_server_info says about this engine beyond its KV pool: its kind and weights."""
+        m = self.model
+        tensors = [m.w.embed, m.lm_head.weight]
+        for lin in m.layers:
+            tensors += [lin.qkv.weight, lin.o.weight, lin.gate_up.weight, lin.down.weight]
+        stored = {t.data_ptr(): t for t in tensors}  # a tied LM head shares the embedding
+        return {"kind": "embedded", "backend": "agentgate-engine",
+                "weights_gb": sum(t.numel() * t.element_size() for t in stored.values()) / 2**30,
+                "kvcache_gb": self.pool.bytes() / 2**30}
+
     def load(self) -> dict:
         s = self.scheduler
         running = [r for r in s.running if not r.background]
@@ -528,7 +572,12 @@ class Engine:
         prefetching = len(s.running) - len(running) + len(s.background) + sum(
             r.background for r in self._staging.values())
         return {"num_reqs": len(running) + waiting, "num_waiting_reqs": waiting,
-                "num_running_reqs": len(running), "num_tokens": tokens, "num_prefetch_reqs": prefetching}
+                "num_running_reqs": len(running), "num_tokens": tokens, "num_prefetch_reqs": prefetching,
+                **self.step_cost.as_load()}
+
+    def extra_gauges(self) -> dict:
+        """Backend-specific /metrics gauges (engine/sim reports its clock here)."""
+        return {}
 
     def kv_usage(self) -> dict:
         used = self.scheduler.blocks_in_use()
@@ -614,5 +663,7 @@ class Engine:
 
     def kv_stats(self) -> dict:
         """Engine thread: L1 usage, the lower tiers and the pins (GET /kv/stats)."""
+        with self.stats.lock:
+            prefix = {"prompt_tokens": self.stats.prompt_tokens, "cached_tokens": self.stats.cached_tokens}
         return {**self.kv_usage(), "tiers": self.tiers.describe(), "l3_error": self.l3_error,
-                "pins": self.pins.describe(), "staging_requests": len(self._staging)}
+                "pins": self.pins.describe(), "staging_requests": len(self._staging), "prefix_cache": prefix}

@@ -26,16 +26,6 @@ class Histogram:
         self.sum += value
         self.count += 1
 
-    def render(self, name: str, labels: str) -> list[str]:
-        lines, acc = [f"# TYPE {name} histogram"], 0
-        for bound, c in zip(self.buckets, self.counts):
-            acc += c
-            lines.append(f'{name}_bucket{{{labels},le="{bound}"}} {acc}')
-        lines.append(f'{name}_bucket{{{labels},le="+Inf"}} {self.count}')
-        lines.append(f"{name}_sum{{{labels}}} {self.sum}")
-        lines.append(f"{name}_count{{{labels}}} {self.count}")
-        return lines
-
 
 @dataclass
 class EngineStats:

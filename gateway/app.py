@@ -20,11 +20,16 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from gateway.api import contract, openai_proxy, system, templates, workflows
+from engine.tracing import observe_requests
+from gateway.api import admin, contract, openai_proxy, system, templates, workflows
+from gateway.console import api as console
 from gateway.api.http import error_middleware
+from gateway.auth.middleware import auth_middleware
 from gateway.config import GatewayConfig
-from gateway.keys import (CONFIG, FOLLOWERS, HASHER, METRICS, POLICY, POOL, REDIS, SCHEDULER, SESSION, STORE,
-                          TEMPLATES)
+from gateway.admission import Admission
+from gateway.janitor import janitor_ctx
+from gateway.keys import (ADMISSION, CONFIG, FOLLOWERS, HASHER, METRICS, POLICY, POOL, REDIS, SCHEDULER, SESSION,
+                          STORE, TEMPLATES)
 from gateway.kvindex.lifecycle import kvindex_ctx
 from gateway.metrics import Metrics
 from gateway.router.prompts import PromptHasher
@@ -41,8 +46,11 @@ log = logging.getLogger("agentgate.gateway")
 
 
 def create_app(config: GatewayConfig) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
+    app = web.Application(middlewares=[error_middleware, auth_middleware(config.api_keys)],
+                          client_max_size=config.max_body_bytes)
+    observe_requests(app, "gateway")  # X-Request-Id, and a trace span per request when tracing is on
     app[CONFIG] = config
+    app[ADMISSION] = Admission(config.limits)
     app[METRICS] = Metrics()
     app[POLICY] = make_policy(config.policy, config)
     app[HASHER] = PromptHasher.from_model_dir(config.tokenizer_path)
@@ -50,16 +58,30 @@ def create_app(config: GatewayConfig) -> web.Application:
     templates.add_routes(app)
     openai_proxy.add_routes(app)
     system.add_routes(app)
+    console.add_routes(app)  # GET /ui
     contract.add_routes(app)
-    app.cleanup_ctx.extend([_session, _redis, kvindex_ctx, _pool, awareness_ctx, _scheduler])
+    admin.add_routes(app)
+    app.cleanup_ctx.extend([_session, _redis, kvindex_ctx, _pool, awareness_ctx, _scheduler, janitor_ctx])
     return app
 
 
 async def _session(app: web.Application):
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+    key = app[CONFIG].worker_api_key  # the session only talks to workers (KV snapshots)
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False, headers=headers) as session:
         app[SESSION] = session
         yield
+
+
+def redis_pool(config: GatewayConfig, size: int = 0, socket_timeout: float = 0.0) -> BlockingConnectionPool:
+    """A pool for config.redis_url (a password in the URL is sent with AUTH, rediss:// is TLS) of `size`
+    connections (default redis_max_connections) whose commands time out after `socket_timeout`
+    (default redis_timeout_s)."""
+    return BlockingConnectionPool.from_url(
+        config.redis_url, max_connections=size or config.redis_max_connections, timeout=config.redis_pool_timeout_s,
+        socket_timeout=socket_timeout or config.redis_timeout_s, socket_connect_timeout=config.redis_timeout_s,
+        retry=Retry(NoBackoff(), 1), decode_responses=True)
 
 
 async def _redis(app: web.Application):
@@ -68,18 +90,12 @@ async def _redis(app: web.Application):
     answer in redis_timeout_s fails (a paused Redis) and is tried once more on a fresh connection (one
     that a restart closed). Waiting out longer outages is the scheduler's job (state/journal.py)."""
     config = app[CONFIG]
-    def pool(size: int, socket_timeout: float) -> Redis:
-        return Redis.from_pool(BlockingConnectionPool.from_url(
-            config.redis_url, max_connections=size, timeout=config.redis_pool_timeout_s,
-            socket_timeout=socket_timeout, socket_connect_timeout=config.redis_timeout_s,
-            retry=Retry(NoBackoff(), 1), decode_responses=True))
-
-    redis = pool(config.redis_max_connections, config.redis_timeout_s)
+    redis = Redis.from_pool(redis_pool(config))
     # followers block in XREAD for up to a second (api/workflows.py EVENT_POLL_MS) on top of the command time
-    followers = pool(config.redis_follower_connections, config.redis_timeout_s + 1)
+    followers = Redis.from_pool(redis_pool(config, config.redis_follower_connections, config.redis_timeout_s + 1))
     app[REDIS] = redis
-    app[STORE] = WorkflowStore(redis, app[CONFIG].key_prefix)
-    app[FOLLOWERS] = WorkflowStore(followers, app[CONFIG].key_prefix)
+    app[STORE] = WorkflowStore(redis, config.key_prefix, config.retention_s)
+    app[FOLLOWERS] = WorkflowStore(followers, config.key_prefix, config.retention_s)
     app[TEMPLATES] = TemplateStore(redis, app[CONFIG].key_prefix)
     yield
     await followers.aclose()

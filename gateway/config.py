@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.admission import Limits
+from gateway.auth.keys import KeyTable
 from gateway.kvindex.credit import L2_CREDIT, L3_CREDIT, RECENT_S
-from gateway.router.policies.kv_aware import AFFINITY_THRESHOLD, BALANCE_SLACK
+from gateway.router.policies.kv_aware import AFFINITY_THRESHOLD, BALANCE_SLACK, SPREAD_MARGIN
 
 
 DEFAULT_WORKER_SLOTS = 64  # a worker's calls at once until its own limit is read (the engine's default)
@@ -71,6 +73,9 @@ class GatewayConfig:
     # the least-loaded candidate.
     affinity_threshold: float = AFFINITY_THRESHOLD
     balance_slack: int = BALANCE_SLACK
+    # ...and where workers publish their step costs, another worker takes the call when it would finish it
+    # this share sooner (kv_aware step 3; 1 = never)
+    spread_margin: float = SPREAD_MARGIN
     # Agent awareness (gateway/scheduler/awareness.py). The three switches are the ablations:
     # prediction off = no prefetch, pins or pipelining at all; pinning off = prefetch without pins
     # (and no caller pins during tool calls); token_pipelining "on" | "off" | "auto" (auto: the
@@ -96,3 +101,12 @@ class GatewayConfig:
     pin_min_s: float = 5.0
     pin_max_s: float = 600.0
     default_tool_latency_s: float = 5.0
+    # Tenancy and bounds (gateway/auth, gateway/admission.py). api_keys None: open, one tenant (loopback only).
+    api_keys: KeyTable | None = None
+    worker_api_key: str | None = None  # sent to the workers as a Bearer token (their --api-key)
+    limits: Limits = Limits()
+    body_timeout_s: float = 30.0  # a client has this long to send a request body (a trickle is cut off: 408)
+    retention_s: float | None = 86_400.0  # finished workflows' keys expire this long after they ended
+    # KV event streams of a model no live worker serves, and consumer groups no replica read from, this
+    # long are removed (gateway/janitor.py)
+    kv_stale_s: float = 600.0

@@ -10,6 +10,15 @@ class PayloadTooLargeError(AgentGateError):
     type = "invalid_request_error"
 
 
+class RequestTimeoutError(AgentGateError):
+    """The client did not send its request in time; the connection is closed after the reply."""
+    status = 408
+    type = "invalid_request_error"
+
+    def __init__(self, message: str):
+        super().__init__(message, code="request_timeout")
+
+
 class ValidationProblems(UnprocessableError):
     """A 422 that lists every problem found, not just the first."""
 

@@ -6,6 +6,7 @@ import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
 
+from gateway.admission import Admission
 from gateway.config import GatewayConfig
 from gateway.metrics import Metrics
 from gateway.router.base import RoutingPolicy
@@ -16,6 +17,7 @@ from gateway.state.templates import TemplateStore
 from gateway.workers.pool import WorkerPool
 
 CONFIG = web.AppKey("config", GatewayConfig)
+ADMISSION = web.AppKey("admission", Admission)
 METRICS = web.AppKey("metrics", Metrics)
 POLICY = web.AppKey("policy", RoutingPolicy)
 HASHER = web.AppKey("hasher", PromptHasher)

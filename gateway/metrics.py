@@ -1,4 +1,4 @@
-"""Prometheus metrics of the gateway, rendered by hand (text format 0.0.4).
+"""Prometheus metrics of the gateway, written by prometheus_client (engine/prom.py).
 
 Counters and histograms live on one `Metrics` object hung off the app; gauges
 (workers, load, running workflows) are read from the live objects at scrape time.
@@ -7,18 +7,13 @@ Counters and histograms live on one `Metrics` object hung off the app; gauges
 from __future__ import annotations
 
 import bisect
-import itertools
 from collections import defaultdict
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from engine.prom import cumulative_buckets, exposition
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-
-
-def _labels(labels: dict) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-                     for k, v in sorted(labels.items()))
-    return "{" + inner + "}"
 
 
 class Counter:
@@ -29,17 +24,16 @@ class Counter:
     def inc(self, amount: float = 1.0, **labels) -> None:
         self.values[tuple(sorted(labels.items()))] += amount
 
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        lines += [f"{self.name}{_labels(dict(k))} {v}" for k, v in sorted(self.values.items())]
-        return lines
+    def family(self) -> Metric:
+        return _family(CounterMetricFamily, self.name.removesuffix("_total"), self.help,
+                       [(dict(k), v) for k, v in sorted(self.values.items())])
 
 
 class Histogram:
     def __init__(self, name: str, help_: str, buckets=LATENCY_BUCKETS):
         self.name, self.help, self.buckets = name, help_, tuple(buckets)
         # labels → [count per bucket (not cumulative; the last is above every bound)..., sum, count].
-        # One increment per observation; render() sums them up into Prometheus' cumulative buckets.
+        # One increment per observation; family() sums them up into Prometheus' cumulative buckets.
         self.series: dict[tuple, list] = {}
 
     def observe(self, value: float, **labels) -> None:
@@ -51,16 +45,22 @@ class Histogram:
         s[-2] += value
         s[-1] += 1
 
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        for key, s in sorted(self.series.items()):
-            labels = dict(key)
-            for bound, count in zip(self.buckets, itertools.accumulate(s[:len(self.buckets)])):
-                lines.append(f"{self.name}_bucket{_labels({**labels, 'le': bound})} {count}")
-            lines.append(f"{self.name}_bucket{_labels({**labels, 'le': '+Inf'})} {s[-1]}")
-            lines.append(f"{self.name}_sum{_labels(labels)} {s[-2]}")
-            lines.append(f"{self.name}_count{_labels(labels)} {s[-1]}")
-        return lines
+    def family(self) -> Metric:
+        return _family(HistogramMetricFamily, self.name, self.help,
+                       [(dict(k), (cumulative_buckets(self.buckets, s[:-2]), s[-2]))
+                        for k, s in sorted(self.series.items())])
+
+
+def _family(kind, name: str, help_: str, samples: list[tuple[dict, object]]) -> Metric:
+    """One family of `kind`; a label a sample lacks is exposed empty (Prometheus' "no such label")."""
+    names = sorted({n for labels, _ in samples for n in labels})
+    family = kind(name, help_, labels=names)
+    for labels, value in samples:
+        if kind is HistogramMetricFamily:
+            family.add_metric([str(labels.get(n, "")) for n in names], *value)
+        else:
+            family.add_metric([str(labels.get(n, "")) for n in names], value)
+    return family
 
 
 class Metrics:
@@ -118,35 +118,30 @@ class Metrics:
         calls = total(self.predictable_calls, source=source)
         return (used / (used + wasted) if used + wasted else None, hit / calls if calls else None)
 
-    def _prediction_quality(self) -> list[str]:
-        lines = []
+    def _prediction_quality(self) -> list[Metric]:
+        families = []
         for i, name in enumerate(("precision", "recall")):
-            lines += [f"# HELP agentgate_gateway_prediction_{name} Prediction {name} so far, by source",
-                      f"# TYPE agentgate_gateway_prediction_{name} gauge"]
-            for source in ("workflow", "client"):
-                value = self.prediction_quality(source)[i]
-                if value is not None:
-                    lines.append(f"agentgate_gateway_prediction_{name}{_labels({'source': source})} {value}")
-        return lines
+            samples = [({"source": source}, self.prediction_quality(source)[i]) for source in ("workflow", "client")]
+            families.append(_family(GaugeMetricFamily, f"agentgate_gateway_prediction_{name}",
+                                    f"Prediction {name} so far, by source",
+                                    [(labels, value) for labels, value in samples if value is not None]))
+        return families
 
-    def render(self, pool, running_workflows: int) -> str:
-        lines = []
-        for metric in (self.requests, self.latency, self.workflows, self.nodes, self.prompt_tokens,
-                       self.cached_tokens, self.routed, self.predictions, self.predictable_calls, self.prefetches,
-                       self.prefetch_deferred, self.prefetch_tokens, self.prefetch_wasted_tokens, self.prefetch_hits,
-                       self.prefetch_saved_tokens, self.pin_seconds, self.pin_token_seconds):
-            lines += metric.render()
-        lines += self._prediction_quality()
-        lines += ["# HELP agentgate_gateway_workflows_running Workflows this replica runs now",
-                  "# TYPE agentgate_gateway_workflows_running gauge",
-                  f"agentgate_gateway_workflows_running {running_workflows}"]
+    def render(self, pool, running_workflows: int) -> bytes:
+        families = [metric.family() for metric in (
+            self.requests, self.latency, self.workflows, self.nodes, self.prompt_tokens, self.cached_tokens,
+            self.routed, self.state_retries, self.events_dropped, self.predictions, self.predictable_calls,
+            self.prefetches, self.prefetch_deferred, self.prefetch_tokens, self.prefetch_wasted_tokens,
+            self.prefetch_hits, self.prefetch_saved_tokens, self.pin_seconds, self.pin_token_seconds)]
+        families += self._prediction_quality()
+        families.append(_family(GaugeMetricFamily, "agentgate_gateway_workflows_running",
+                                "Workflows this replica runs now", [({}, running_workflows)]))
         for name, help_, value in (
                 ("worker_healthy", "1 when the worker takes calls", lambda w: int(w.healthy)),
                 ("worker_in_flight", "Calls this gateway has open on the worker", lambda w: w.in_flight),
                 ("worker_num_reqs", "Requests the worker reported in /get_load", lambda w: w.load.get("num_reqs", 0)),
                 ("worker_num_tokens", "Tokens the worker reported in /get_load",
                  lambda w: w.load.get("num_tokens", 0))):
-            lines += [f"# HELP agentgate_gateway_{name} {help_}", f"# TYPE agentgate_gateway_{name} gauge"]
-            lines += [f"agentgate_gateway_{name}{_labels({'worker': w.url})} {value(w)}"
-                      for w in pool.workers.values()]
-        return "\n".join(lines) + "\n"
+            families.append(_family(GaugeMetricFamily, f"agentgate_gateway_{name}", help_,
+                                    [({"worker": w.url}, value(w)) for w in pool.workers.values()]))
+        return exposition(families)

@@ -108,6 +108,10 @@ BASELINE = "agentgate"
 # agentgate's makespan this many times lower: the peer it exists to beat (≥ 1.25×), and issue 8's targets
 TARGETS = {"sglang_router": 1.25, "round_robin": 2.5, "sequential": 4.0}
 EXAMPLES = ("react", "map_reduce", "multi_agent", "code_edit", "diamond")
+# Client-driven agents (a `run_agent` each: LangGraph's prebuilt ReAct agent, an OpenAI Agents SDK handoff), run
+# only when --examples names them: the framework runs the loop in the client and calls the chat API of the gateway,
+# of sglang-router or of a worker, whichever the configuration has; --tool-latency does not reach their tools.
+AGENT_EXAMPLES = ("react_langgraph", "agents_sdk")
 
 
 @dataclass(frozen=True)
@@ -196,20 +200,7 @@ class Stack:
             extra += ["--redis-url", self.redis.url]
         if "--l3" in self.flags:
             extra += ["--l3", f"dir:{self.tmp / 'kv-l3'}"]
-        for i in range(self.args.workers):  # one at a time: each measures its matmul plan at start-up
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            trace = (["--step-trace", str(Path(self.args.trace_dir) / f"{self.config.name}-worker{i + 1}.jsonl")]
-                     if self.args.trace_dir else [])
-            proc = self._spawn([sys.executable, "-m", "engine.worker.main", "--port", str(port), "--model-path",
-                                str(default_model_dir()), "--threads", str(self.args.threads), "--kv-memory-gb",
-                                str(self.args.kv_memory_gb), "--log-level", "warning", *extra, *trace, *self.config.worker,
-                                *self.args.worker_arg],
-                               f"worker-{port}")
-            wait_healthy(url, proc, timeout=300)
-            _post(url + "/generate", {"text": "Hi", "sampling_params": {"max_new_tokens": 1}})  # warm-up
-            self.worker_urls.append(url)
-            self.matmul_plans.append(_get(url + "/get_server_info").get("matmul_plan"))
+        self.start_workers(extra)
         if self.config.router is not None:
             self.router_url = start_sglang_router(self, self.worker_urls, self.config.router)
         if self.config.gateway is not None:
@@ -221,6 +212,29 @@ class Stack:
                                 *self.args.gateway_arg],
                                f"gateway-{port}")
             wait_healthy(self.gateway_url, proc, timeout=60)
+
+    def start_workers(self, extra: list[str]) -> None:
+        """The engine worker processes (`extra`: the Redis and L3 flags), one at a time, each warmed up."""
+        from engine.launch import wait_healthy
+        from engine.model.prepare import default_model_dir
+        from engine.redis_server import free_port
+
+        for i in range(self.args.workers):  # one at a time: each measures its matmul plan at start-up
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            trace = []
+            if self.args.trace_dir:
+                Path(self.args.trace_dir).mkdir(parents=True, exist_ok=True)
+                trace = ["--step-trace", str(Path(self.args.trace_dir) / f"{self.config.name}-worker{i + 1}.jsonl")]
+            proc = self._spawn([sys.executable, "-m", "engine.worker.main", "--port", str(port), "--model-path",
+                                str(default_model_dir()), "--threads", str(self.args.threads), "--kv-memory-gb",
+                                str(self.args.kv_memory_gb), "--log-level", "warning", *extra, *trace, *self.config.worker,
+                                *self.args.worker_arg],
+                               f"worker-{port}")
+            wait_healthy(url, proc, timeout=300)
+            _post(url + "/generate", {"text": "Hi", "sampling_params": {"max_new_tokens": 1}})  # warm-up
+            self.worker_urls.append(url)
+            self.matmul_plans.append(_get(url + "/get_server_info").get("matmul_plan"))
 
     def mark(self) -> None:
         """Count work from now on: work(), awareness() and cpu() subtract what the counters say now (a
@@ -348,9 +362,12 @@ def _terminate(proc: subprocess.Popen) -> None:
 
 # -- driving one cell ------------------------------------------------------------------------------------------------
 def build(arrival: Arrival, quick: bool):
+    """The arrival's Workflow, or for a client-driven example a callable running the agent once with a Client."""
     import importlib
 
     module = importlib.import_module(f"agentgate.examples.{arrival.example}")
+    if arrival.example in AGENT_EXAMPLES:
+        return functools.partial(module.run_agent, quick=quick, variant=arrival.variant)
     return module.build(quick=quick, variant=arrival.variant)
 
 
@@ -369,6 +386,8 @@ def slowed(fn, seconds: float):
 
 
 async def run_cell(plan: list[Arrival], stack: Stack, args, progress, task) -> tuple[list, dict]:
+    from concurrent.futures import ThreadPoolExecutor
+
     from agentgate.async_client import AsyncClient
     from agentgate.errors import AgentGateError
     from agentgate.tools import upstream_of
@@ -379,9 +398,10 @@ async def run_cell(plan: list[Arrival], stack: Stack, args, progress, task) -> t
         clients = [AsyncClient(stack.gateway_url or stack.router_url, timeout=600.0)]
     else:
         clients = [AsyncClient(u, timeout=600.0) for u in stack.worker_urls]
+    agents = ThreadPoolExecutor(max(len(plan), len(args.examples)), thread_name_prefix="agent")  # one each at once
     if args.warm:  # a service that has run these agents before: their shared prompts are cached somewhere
         warmups = [Arrival(len(plan) + i, 0.0, example, len(plan) + i) for i, example in enumerate(args.examples)]
-        await asyncio.gather(*(drive(stack, clients, w, build(w, quick=True), {}) for w in warmups))
+        await asyncio.gather(*(drive(stack, clients, w, build(w, quick=True), {}, agents) for w in warmups))
     stack.mark()  # the cell's work counts from here
     if args.trace_dir:  # where scripts/step_trace_report.py starts reading this cell's step traces
         (Path(args.trace_dir) / f"{stack.config.name}.start").write_text(repr(time.time()))
@@ -390,17 +410,21 @@ async def run_cell(plan: list[Arrival], stack: Stack, args, progress, task) -> t
     async def one(arrival: Arrival, wf):
         await asyncio.sleep(max(t0 + arrival.at - time.time(), 0.0))
         arrived = t0 + arrival.at
-        tools = {node: slowed(fn, args.tool_latency) for node, fn in wf.tools.items()}
+        tools = {node: slowed(fn, args.tool_latency) for node, fn in wf.tools.items()} if not callable(wf) else {}
         try:
-            state = await drive(stack, clients, arrival, wf, tools)
-        except AgentGateError as exc:  # counted as failed in the table, the cause kept in the results JSON
-            state = None
+            result = await drive(stack, clients, arrival, wf, tools, agents)
+        except Exception as exc:  # counted as failed in the table, the cause kept in the results JSON
+            if not isinstance(exc, AgentGateError) and arrival.example not in AGENT_EXAMPLES:
+                raise  # a workflow's client fails only with the SDK's errors; a framework's may raise anything
+            result = None
             error = f"{type(exc).__name__}: {exc}"
         progress.advance(task)
-        if state is None:
+        if result is None:
             return report.WorkflowRecord(arrival.index, arrival.example, arrival.variant, arrived, time.time(),
                                          "error", error, ())
-        return report.workflow_record(arrival.index, arrival.example, arrival.variant, arrived, time.time(), state,
+        if arrival.example in AGENT_EXAMPLES:
+            return report.agent_record(arrival.index, arrival.example, arrival.variant, arrived, time.time(), result)
+        return report.workflow_record(arrival.index, arrival.example, arrival.variant, arrived, time.time(), result,
                                       upstream_of(wf.to_dict()), names)
 
     stop = asyncio.Event()
@@ -415,13 +439,26 @@ async def run_cell(plan: list[Arrival], stack: Stack, args, progress, task) -> t
             tenants.cancel()
         for client in clients:
             await client.close()
+        agents.shutdown(wait=False, cancel_futures=True)
 
 
-async def drive(stack: Stack, clients: list, arrival: Arrival, wf, tools: dict):
+async def drive(stack: Stack, clients: list, arrival: Arrival, wf, tools: dict, agents=None):
     """Run one workflow the configuration's way: submitted to the gateway, or the client's own loop through
-    sglang-router (every ready node at once) or against one worker (one node at a time)."""
+    sglang-router (every ready node at once) or against one worker (one node at a time). A client-driven
+    agent (`wf` a callable) runs in a thread of `agents` with a Client on the gateway, the router or the worker,
+    and returns its AgentRun."""
     from agentgate.sequential import run_client_side, run_sequential
 
+    if callable(wf):
+        from agentgate.client import Client
+
+        url = stack.gateway_url or stack.router_url or stack.worker_urls[arrival.index % len(stack.worker_urls)]
+
+        def run_agent():
+            with Client(url, timeout=600.0) as client:
+                return wf(client)
+
+        return await asyncio.get_running_loop().run_in_executor(agents, run_agent)
     if stack.gateway_url is not None:
         return await clients[0].run(wf, tools=tools)
     if stack.router_url is not None:
@@ -491,8 +528,9 @@ def parse_args(argv=None):
     p.add_argument("--rates", default=None, help="arrival rates in workflows/s, 'inf' = all at once "
                                                  "(default 0.03,0.06,inf; quick inf)")
     p.add_argument("--workflows", type=int, default=None, help="workflows per cell (default 12; quick 2)")
-    p.add_argument("--examples", default=None, help=f"comma-separated, of {', '.join(EXAMPLES)} "
-                                                    "(default all; quick code_edit)")
+    p.add_argument("--examples", default=None, help=f"comma-separated, of {', '.join(EXAMPLES)} (default all of "
+                                                    f"these; quick code_edit) and the client-driven "
+                                                    f"{', '.join(AGENT_EXAMPLES)}")
     p.add_argument("--tool-latency", type=float, default=None, help="seconds each tool call takes (default 0.5; "
                                                                     "quick 0)")
     p.add_argument("--background-rate", type=float, default=0.0,
@@ -534,7 +572,8 @@ def parse_args(argv=None):
     if args.background_rate < 0 or args.background_tokens < 1:
         p.error("--background-rate must be >= 0 and --background-tokens >= 1")
     known = {c.name: c for c in CONFIGS}
-    unknown = [c for c in args.configs.split(",") if c not in known] + [e for e in args.examples if e not in EXAMPLES]
+    unknown = [c for c in args.configs.split(",") if c not in known] + [e for e in args.examples
+                                                                     if e not in EXAMPLES + AGENT_EXAMPLES]
     if unknown:
         p.error(f"unknown configuration(s) or example(s): {', '.join(unknown)}")
     args.configs = [known[c] for c in args.configs.split(",")]

@@ -83,6 +83,18 @@ def workflow_record(index: int, example: str, variant: int, arrival: float, end:
     return WorkflowRecord(index, example, variant, arrival, end, state.status, state.error, tuple(nodes))
 
 
+def agent_record(index: int, example: str, variant: int, arrival: float, end: float, run) -> WorkflowRecord:
+    """A record from a client-driven agent's AgentRun: one node per LLM call, in order (`NODE_k`), each ready
+    when sent (the client sends a call as soon as it has its input) and, after the first, after a tool. The
+    calls were not streamed, so they have no first-token time and count in no TTFT."""
+    nodes = []
+    for k, call in enumerate(run.calls, 1):
+        finished = call.started + call.duration_s if call.started is not None and call.duration_s is not None else None
+        nodes.append(NodeRecord(f"{call.node}_{k}", "llm", "finished", "", call.started, call.started, None, finished,
+                                call.prompt_tokens, call.cached_tokens, call.completion_tokens, after_tool=k > 1))
+    return WorkflowRecord(index, example, variant, arrival, end, "finished", None, tuple(nodes))
+
+
 @dataclass(frozen=True)
 class CellSummary:
     config: str

@@ -178,10 +178,12 @@ def stop_worker(worker: WorkerProcess) -> None:
             worker.proc.wait(timeout=15)
 
 
-def http_json(method: str, url: str, body=None, *, raw: bytes | None = None, timeout: float = REQUEST_TIMEOUT_S):
+def http_json(method: str, url: str, body=None, *, raw: bytes | None = None, timeout: float = REQUEST_TIMEOUT_S,
+              headers: dict | None = None):
     """(status, parsed JSON body or text) of one HTTP call; 4xx/5xx do not raise."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             status, payload = r.status, r.read()

@@ -31,11 +31,12 @@ LOST = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 class AsyncClient:
     def __init__(self, base_url: str | None = None, *, timeout: float = 60.0,
-                 retry: transport.RetryPolicy | None = None, headers: Mapping[str, str] | None = None):
+                 retry: transport.RetryPolicy | None = None, headers: Mapping[str, str] | None = None,
+                 api_key: str | None = None):
         self.base_url = transport.base_url(base_url)
         self.timeout = timeout
         self.retry = retry or transport.RetryPolicy()
-        self.headers = dict(headers or {})
+        self.headers = transport.auth_headers(api_key, headers)  # api_key: else $AGENTGATE_API_KEY
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "AsyncClient":

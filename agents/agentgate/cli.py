@@ -1,6 +1,9 @@
 """The `agentgate` command.
 
-  agentgate worker ...       an SGLang-compatible CPU engine worker (--backend sglang: an SGLang GPU server)
+  agentgate worker ...       an SGLang-compatible CPU engine worker (--backend sglang: an SGLang GPU server;
+                             --backend sim: a simulated GPU worker)
+  agentgate sim-cluster ...  many simulated GPU workers in one process (one event loop, a port each)
+  agentgate profile --out F  measure the embedded engine's step times into a timing table for sim workers
   agentgate gateway ...      the gateway (workflows, OpenAI proxy) in front of workers
   agentgate up ...           Redis + engine worker(s) sharing the cores + the gateway on localhost, until Ctrl-C
   agentgate prepare-model    convert the shipped GGUF to safetensors (once)
@@ -26,7 +29,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.threads < 0:
         print("agentgate up: --workers must be at least 1 and --threads at least 0", file=sys.stderr)
         return 2
-    model = args.model_path or str(prepare_default_model())
+    model = args.model_path or str(prepare_default_model(progress=True))
     redis = None
     redis_url = os.environ.get("REDIS_URL")
     if not redis_url:
@@ -52,7 +55,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"redis   {redis_url}")
         for url in worker_urls:
             print(f"worker  {url}   (SGLang API: /generate, /v1/chat/completions, /metrics)")
-        print(f"gateway {gateway_url}   (/v1/workflows, /v1/chat/completions, /metrics)")
+        print(f"gateway {gateway_url}   (/v1/workflows, /v1/chat/completions, /metrics, console: /ui)")
         print("Ctrl-C stops everything.", flush=True)
         stop = []
         signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -73,37 +76,55 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand's flags (each with help; --help shows the defaults)."""
+    from engine.cliargs import Parser
     from engine.worker.main import add_worker_args, run_worker
 
-    parser = argparse.ArgumentParser(prog="agentgate")
+    parser = Parser(prog="agentgate")
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("worker", help="run an SGLang-compatible CPU engine worker, or SGLang itself (--backend sglang)")
     add_worker_args(w)
     w.set_defaults(func=run_worker)
+    from engine.sim.cluster import add_cluster_args, run_cluster
+
+    sc = sub.add_parser("sim-cluster", help="many simulated GPU workers (--backend sim) in one process")
+    add_cluster_args(sc)
+    sc.set_defaults(func=run_cluster)
+    from engine.sim.profile import add_profile_args, run_profile
+
+    prof = sub.add_parser("profile", help="measure the embedded engine's step times into a timing table "
+                                          "(for --backend sim --timing-table)")
+    add_profile_args(prof)
+    prof.set_defaults(func=run_profile)
     from gateway.main import add_gateway_args, run_gateway
 
     gw = sub.add_parser("gateway", help="run the gateway in front of SGLang-API workers")
     add_gateway_args(gw)
     gw.set_defaults(func=run_gateway)
     up = sub.add_parser("up", help="start Redis + engine worker(s) + the gateway on localhost")
-    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--host", default="127.0.0.1", help="address every process listens on")
     up.add_argument("--worker-port", type=int, default=30000, help="the first worker's port; the next ones follow it")
     up.add_argument("--workers", type=int, default=1, help="engine workers on this host; they share its cores")
-    up.add_argument("--gateway-port", type=int, default=8000)
-    up.add_argument("--redis-port", type=int, default=None)
+    up.add_argument("--gateway-port", type=int, default=8000, help="the gateway's port")
+    up.add_argument("--redis-port", type=int, default=None,
+                    help="port of the private redis-server (default: a free one; $REDIS_URL: use that Redis)")
     up.add_argument("--threads", type=int, default=0,
                     help="threads per worker (0: the host's cores / --workers, or OMP_NUM_THREADS)")
-    up.add_argument("--model-path", default=None)
+    up.add_argument("--model-path", default=None, help="model directory (default: the embedded SmolLM2-135M)")
     up.set_defaults(func=cmd_up)
     prep = sub.add_parser("prepare-model", help="convert the shipped GGUF to safetensors once")
-    prep.add_argument("--force", action="store_true")
+    prep.add_argument("--force", action="store_true", help="convert again even if the safetensors exist")
     prep.set_defaults(func=lambda a: __import__("engine.model.prepare", fromlist=["main"]).main(
-        ["--force"] if a.force else []))
+        ["--progress"] + (["--force"] if a.force else [])))
     from agentgate.cli_run import add_run_args
 
     add_run_args(sub.add_parser("run", help="run a workflow file against a gateway, with live progress"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

@@ -39,6 +39,7 @@ from agentgate.state import AgentRun, WorkflowState
 def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="a .py file defining `workflow` or `build()`, or a .json workflow body")
     p.add_argument("--gateway", default=None, help="gateway URL (default $AGENTGATE_URL or http://127.0.0.1:8000)")
+    p.add_argument("--api-key", default=None, help="gateway API key (default $AGENTGATE_API_KEY)")
     p.add_argument("--input", action="append", default=[], metavar="KEY=VALUE", help="set a workflow input")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request / longest event silence")
     p.add_argument("--quick", action="store_true", help="pass quick=True to the file's build() or run_agent() "
@@ -162,7 +163,7 @@ def agent_summary(run: AgentRun) -> Group:
 
 def run_client_agent(agent: Callable, args: argparse.Namespace, url: str | None, console: Console) -> int:
     try:
-        with Client(url, timeout=args.timeout) as client, console.status("agent running"):
+        with Client(url, timeout=args.timeout, api_key=args.api_key) as client, console.status("agent running"):
             run = agent(client, quick=args.quick, inputs=parse_inputs(args.input))
     except AgentGateError as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -184,7 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     payload = workflow.payload() if hasattr(workflow, "payload") else workflow
     progress = Progress([n["id"] for n in payload.get("nodes", [])])
     try:
-        with Client(url, timeout=args.timeout) as client, \
+        with Client(url, timeout=args.timeout, api_key=args.api_key) as client, \
                 Live(progress.table(), console=console, refresh_per_second=8, transient=False) as live:
             def on_event(event: Event) -> None:
                 progress.on_event(event)

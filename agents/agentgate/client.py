@@ -32,13 +32,14 @@ LOST = (OSError, http.client.HTTPException)
 
 class Client:
     def __init__(self, base_url: str | None = None, *, timeout: float = 60.0,
-                 retry: transport.RetryPolicy | None = None, headers: Mapping[str, str] | None = None):
+                 retry: transport.RetryPolicy | None = None, headers: Mapping[str, str] | None = None,
+                 api_key: str | None = None):
         """`timeout`: seconds for each request (for event streams: the longest silence; the gateway
         sends a keep-alive every second). `retry`: how 503s and connection failures are retried."""
         self.base_url = transport.base_url(base_url)
         self.timeout = timeout
         self.retry = retry or transport.RetryPolicy()
-        self.headers = dict(headers or {})
+        self.headers = transport.auth_headers(api_key, headers)  # api_key: else $AGENTGATE_API_KEY
         self._opener = urllib.request.build_opener()
 
     def __enter__(self) -> "Client":

@@ -64,6 +64,18 @@ class Unavailable(AgentGateError):
         self.retry_after = retry_after
 
 
+class Unauthorized(AgentGateError):
+    """401: no API key, or one the gateway does not know (give api_key= or $AGENTGATE_API_KEY)."""
+
+    status = 401
+
+
+class RateLimited(Unavailable):
+    """429 after the retries ran out: the tenant's concurrency, token rate or stream bound. `retry_after` in s."""
+
+    status = 429
+
+
 class ServerError(AgentGateError):
     """Any other 5xx."""
 
@@ -91,8 +103,9 @@ class WorkflowFailed(AgentGateError):
         self.state = state
 
 
-BY_STATUS: dict[int, type[AgentGateError]] = {400: BadRequest, 404: NotFound, 409: Conflict, 413: PayloadTooLarge,
-                                              422: ValidationFailed, 503: Unavailable}
+BY_STATUS: dict[int, type[AgentGateError]] = {400: BadRequest, 401: Unauthorized, 404: NotFound, 409: Conflict,
+                                              413: PayloadTooLarge, 422: ValidationFailed, 429: RateLimited,
+                                              503: Unavailable}
 
 
 def from_response(status: int, body, retry_after: float | None = None) -> AgentGateError:

@@ -17,6 +17,7 @@ OpenAI client's `DefaultHttpxClient` event hooks, `get_config`, `get_graph()`.
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -69,15 +70,18 @@ def hint_headers(template: str) -> dict[str, str]:
     return {"x-agent-" + k.replace("_", "-"): str(v) for k, v in current_hints(template).items()}
 
 
-def chat_model(gateway_url: str | None = None, *, template: str, model: str = "default", **kwargs) -> ChatOpenAI:
-    """A ChatOpenAI on the gateway's /v1 whose requests are tagged for `template` (headers set per request)."""
+def chat_model(gateway_url: str | None = None, *, template: str, model: str = "default", api_key: str | None = None,
+               **kwargs) -> ChatOpenAI:
+    """A ChatOpenAI on the gateway's /v1 whose requests are tagged for `template` (headers set per request).
+    `api_key`: the gateway key (default: $AGENTGATE_API_KEY; a gateway without keys takes any)."""
     def tag(request) -> None:
         request.headers.update(hint_headers(template))
 
     async def tag_async(request) -> None:
         tag(request)
 
-    kwargs.setdefault("api_key", "agentgate")  # the gateway does not check it; the OpenAI client wants one
+    # sent as the Bearer key; a gateway without keys ignores it (the OpenAI client wants one)
+    kwargs.setdefault("api_key", api_key or os.environ.get(transport.API_KEY_ENV) or "agentgate")
     kwargs.setdefault("http_client", openai.DefaultHttpxClient(event_hooks={"request": [tag]}))
     kwargs.setdefault("http_async_client", openai.DefaultAsyncHttpxClient(event_hooks={"request": [tag_async]}))
     return ChatOpenAI(base_url=transport.base_url(gateway_url) + "/v1", model=model, **kwargs)

@@ -169,6 +169,7 @@ class CallInfo:
     cached_tokens: int = 0
     completion_tokens: int = 0
     duration_s: float | None = None
+    started: float | None = None  # wall-clock time (time.time()) the call was sent
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ the answer to `decode()`, which returns the JSON or raises the typed error of
 agents/agentgate/errors.py. Between attempts they ask `RetryPolicy.delay()` how long to
 wait, or whether to stop. What is retried:
 
-- a 503 (no worker can take it now): every method, since the gateway refused
-  before doing anything; the wait honours its Retry-After;
+- a 503 (no worker can take it now) or a 429 (the tenant's bounds): every method,
+  since the gateway refused before doing anything; the wait honours its Retry-After;
 - a connection that could not be opened: every method (nothing was sent);
 - a connection lost or timed out after sending: GET only, since a POST may have
   taken effect (a retried submit would start a second workflow).
@@ -16,6 +16,7 @@ wait, or whether to stop. What is retried:
 from __future__ import annotations
 
 import email.utils
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ class HttpRequest:
 
 
 def base_url(url: str | None) -> str:
-    url = (url or DEFAULT_URL).rstrip("/")
+    url = (url or os.environ.get("AGENTGATE_URL") or DEFAULT_URL).rstrip("/")
     if not url.startswith(("http://", "https://")):
         url = "http://" + url
     return url
@@ -117,7 +118,16 @@ def decode(status: int, raw: bytes, headers) -> Any:
 
 
 def retryable_status(status: int) -> bool:
-    return status == 503
+    return status in (429, 503)
+
+
+API_KEY_ENV = "AGENTGATE_API_KEY"
+
+
+def auth_headers(api_key: str | None, headers=None) -> dict[str, str]:
+    """`headers` plus `Authorization: Bearer` with `api_key` (default: $AGENTGATE_API_KEY; none: no header)."""
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    return {**({"Authorization": f"Bearer {key}"} if key else {}), **dict(headers or {})}
 
 
 def unreachable(req: HttpRequest, exc: BaseException, attempts: int) -> GatewayUnreachable:

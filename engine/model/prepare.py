@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 # Files a prepared directory must hold; their presence marks the conversion as done.
@@ -50,12 +51,18 @@ def find_shipped_gguf() -> Path:
     return Path(files[0])
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
-    """Dequantize a Llama-family GGUF with transformers and save it as safetensors.
+CONVERT_STEPS = ("loading transformers", "reading the tokenizer", "dequantizing the GGUF weights",
+                 "rebuilding the model", "writing safetensors")
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path, step: Callable[[str], None] = lambda what: None) -> None:
+    """Dequantize a Llama-family GGUF with transformers and save it as safetensors; `step` is called
+    with each of CONVERT_STEPS as it begins.
 
     Writes into a temporary sibling directory and renames it into place, so an
     interrupted conversion never leaves a half-written model behind.
     """
+    step(CONVERT_STEPS[0])
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -63,16 +70,20 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
     try:
         src_dir, name = str(gguf_path.parent), gguf_path.name
+        step(CONVERT_STEPS[1])
         tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=name)
+        step(CONVERT_STEPS[2])
         model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=name, torch_dtype=torch.float32)
         config = model.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
         # A fresh model built from the clean config takes the dequantized weights;
         # saving the GGUF-loaded model directly trips over its quantization config.
+        step(CONVERT_STEPS[3])
         clean = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
         clean.load_state_dict(model.state_dict(), strict=False)
         clean.tie_weights()
+        step(CONVERT_STEPS[4])
         clean.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         _ensure_chat_template(tmp, tokenizer)
@@ -99,19 +110,33 @@ def _ensure_chat_template(model_dir: Path, tokenizer) -> None:
         cfg_path.write_text(json.dumps(cfg, indent=2))
 
 
-def prepare_default_model(force: bool = False) -> Path:
-    """Return the prepared default model directory, converting it on first use."""
+def prepare_default_model(force: bool = False, progress: bool = False) -> Path:
+    """Return the prepared default model directory, converting it on first use (with `progress`:
+    a progress bar of the conversion's steps on stderr)."""
     out = default_model_dir()
     if force or not is_prepared(out):
-        convert_gguf(find_shipped_gguf(), out)
+        if not progress:
+            convert_gguf(find_shipped_gguf(), out)
+            return out
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        columns = (SpinnerColumn(), TextColumn("converting the model: {task.description}"), BarColumn(),
+                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+        with Progress(*columns, console=Console(stderr=True)) as bar:
+            task = bar.add_task(CONVERT_STEPS[0], total=len(CONVERT_STEPS))
+            convert_gguf(find_shipped_gguf(), out,
+                         lambda what: bar.update(task, description=what, completed=CONVERT_STEPS.index(what)))
+            bar.update(task, description="done", completed=len(CONVERT_STEPS))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="convert the shipped SmolLM2 GGUF to safetensors once")
     parser.add_argument("--force", action="store_true", help="convert again even if prepared")
+    parser.add_argument("--progress", action="store_true", help="show the conversion's progress on stderr")
     args = parser.parse_args(argv)
-    path = prepare_default_model(force=args.force)
+    path = prepare_default_model(force=args.force, progress=args.progress)
     print(path)
     return 0
 

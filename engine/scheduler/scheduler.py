@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
+from typing import Any
 
 import torch
 
@@ -62,8 +63,12 @@ class Scheduler:
     def __init__(self, pool: KVPool, cache: RadixCache, max_batch_tokens: int, max_running: int,
                  speculator: Speculator | None = None, max_draft: int = 0, background_chunk: int = 128,
                  max_background: int = 2, row_cost: Callable[[int], float] | None = None,
-                 low_priority_chunk: int = 128, solo_batch_tokens: int = 0):
+                 low_priority_chunk: int = 128, solo_batch_tokens: int = 0,
+                 make_forward: Callable[[list[Request], list[tuple[Request, int]]], Any] | None = None):
         self.speculator = speculator
+        # what the model runner reads for a step: by default the packed tensors the model computes on;
+        # a runner without a model (engine/sim) passes its own, lighter make-up
+        self.make_forward = make_forward or self._forward_tensors
         # what a step of m rows costs against one row (MatmulPlan.relative_cost): the draft length
         # is chosen to give the most tokens per unit of that cost
         self.row_cost = row_cost or (lambda m: 1.0)
@@ -412,10 +417,17 @@ class Scheduler:
 
     # -- batch construction ---------------------------------------------------------------
     def _build(self, decodes: list[Request], chunks: list[tuple[Request, int]]) -> ScheduledBatch:
+        # a decode samples its last token's row, a verify every row (that token + its drafts); a prompt
+        # chunk samples only when it is the prompt's last (its final row gives the next token)
+        sampled = [(req, 1 + len(req.draft)) for req in decodes]
+        sampled += [(req, 1) for req, n in chunks if req.num_computed + n == len(req.fill_ids)]
+        return ScheduledBatch(self.make_forward(decodes, chunks), sampled, chunks, decodes)
+
+    def _forward_tensors(self, decodes: list[Request], chunks: list[tuple[Request, int]]) -> ForwardBatch:
         ids: list[int] = []
         positions: list[int] = []
         write: list[torch.Tensor] = []
-        prefills, sampled, logit_rows, short, row = [], [], [], [], 0
+        prefills, logit_rows, short, row = [], [], [], 0
         for req in decodes:
             # a decode: its last token; a verify: that token + its drafts, every row's logits wanted
             pos, n = req.num_computed, 1 + len(req.draft)
@@ -424,7 +436,6 @@ class Scheduler:
             positions.extend(range(pos, pos + n))
             write.append(self.pool.slots(req.blocks, pos + n, pos))
             short.append((row, n, pos + n, req.blocks))
-            sampled.append((req, n))
             logit_rows.extend(range(row, row + n))
             row += n
         for req, n in chunks:
@@ -435,9 +446,8 @@ class Scheduler:
             prefills.append(build_prefill_segment(row, n, start, req.blocks, self.bs))
             row += n
             if start + n == len(req.fill_ids):  # last chunk: its final row gives the next token
-                sampled.append((req, 1))
                 logit_rows.append(row - 1)
-        forward = ForwardBatch(
+        return ForwardBatch(
             input_ids=torch.tensor(ids, dtype=torch.long),
             positions=torch.tensor(positions, dtype=torch.long),
             write_slots=torch.cat(write),
@@ -445,7 +455,6 @@ class Scheduler:
             prefills=prefills,
             logit_rows=torch.tensor(logit_rows, dtype=torch.long),
         )
-        return ScheduledBatch(forward, sampled, chunks, decodes)
 
     # -- accounting --------------------------------------------------------------------------
     def blocks_in_use(self) -> int:

@@ -28,7 +28,8 @@ def add_sglang_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sglang-hicache-size", type=int, default=0,
                    help="GB of host memory for the L2 (0 = SGLang's default, a multiple of the GPU pool)")
     g.add_argument("--sglang-hicache-write-policy", default=None,
-                   choices=["write_back", "write_through", "write_through_selective"])
+                   choices=["write_back", "write_through", "write_through_selective"],
+                   help="when SGLang copies KV to its L2 (default: SGLang's own)")
     g.add_argument("--sglang-l3", default=None,
                    help="L3 behind the L2: file:/shared/dir, or a HiCache storage backend name[:JSON extra config]")
     g.add_argument("--sglang-no-priority", action="store_true",
@@ -44,7 +45,7 @@ def options_from_args(args: argparse.Namespace):
 
     if not args.model_path:
         raise LaunchConfigError("--backend sglang needs --model-path (a Hugging Face id or a local directory)")
-    extra = tuple(args.extra)
+    extra = tuple(args.extra) + (("--api-key", args.api_key) if getattr(args, "api_key", None) else ())
     dp = dp_size_of(extra)
     events_port = args.sglang_events_port or free_port_range(2 * dp)
     spec = getattr(args, "speculative_algorithm", "none")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from engine.openapi import Op, json_op, serve, sse_op, text_op
+from engine.openapi import Op, json_op, serve, text_op
 from engine.worker.protocol import (AbortRequest, ChatCompletionRequest, CompletionRequest, GenerateRequest,
                                     PinRequest, PrefetchRequest, UnpinRequest)
 

@@ -10,15 +10,22 @@ import os
 import sys
 import time
 
+from engine.cliargs import Parser
+from engine.logconf import access_log_options, add_logging_args
+from engine.tracing import configure_process
 from engine.worker.kv_publish import add_publish_args, setup_publishing
 
 
 def add_worker_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=30000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=30000, help="port to listen on")
     p.add_argument("--model-path", default=None,
                    help="a local Llama-family safetensors directory (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--served-model-name", default=None)
+    p.add_argument("--served-model-name", default=None,
+                   help="the model name in the API (default: the model directory's name)")
+    p.add_argument("--api-key", default=os.environ.get("AGENTGATE_WORKER_API_KEY") or None,
+                   help="as SGLang's: every route but /health, /health_generate and /ping needs "
+                        "'Authorization: Bearer <key>' (default: $AGENTGATE_WORKER_API_KEY)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="compute dtype; auto = bf16 only on CPUs with native bf16, else fp32")
     p.add_argument("--threads", type=int, default=0,
@@ -31,15 +38,15 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-tokens", "--chunked-prefill-size", dest="max_batch_tokens", type=int, default=0,
                    help="tokens per forward step (decode tokens + prefill chunks); 0 = 256 per CPU thread "
                         "(steps near 0.5 s; 2048 for a prefill alone in the engine), 2048 on a GPU")
-    p.add_argument("--max-running-requests", type=int, default=64)
+    p.add_argument("--max-running-requests", type=int, default=64, help="requests decoding at once (more wait)")
     p.add_argument("--low-priority-chunk-tokens", type=int, default=128,
                    help="while a call of a higher priority (the request's `priority`, higher first) is present, "
                         "calls below it prefill at most this many tokens per step between them")
     p.add_argument("--max-total-tokens", "--kv-pool-tokens", dest="kv_pool_tokens", type=int, default=0,
                    help="KV pool size in tokens (0 = from --kv-memory-gb)")
-    p.add_argument("--kv-memory-gb", type=float, default=2.0)
-    p.add_argument("--context-length", type=int, default=0)
-    p.add_argument("--disable-radix-cache", action="store_true")
+    p.add_argument("--kv-memory-gb", type=float, default=2.0, help="KV pool size in GB when --max-total-tokens is 0")
+    p.add_argument("--context-length", type=int, default=0, help="longest prompt + output (0 = the model's own)")
+    p.add_argument("--disable-radix-cache", action="store_true", help="no prefix cache: every prompt is computed")
     p.add_argument("--incremental-streaming-output", "--stream-output", dest="incremental_streaming_output",
                    action="store_true", help="stream text/output_ids deltas instead of cumulative values")
     p.add_argument("--enable-cache-report", action="store_true", help="accepted for SGLang parity (always on)")
@@ -48,7 +55,8 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
                    help="ngram: prompt-lookup drafts verified in one batched forward (exact in greedy fp32)")
     p.add_argument("--speculative-num-draft-tokens", type=int, default=8,
                    help="most draft tokens verified per request per step")
-    p.add_argument("--matmul-backend", default="auto", choices=["auto", "numpy", "torch"])
+    p.add_argument("--matmul-backend", default="auto", choices=["auto", "numpy", "torch"],
+                   help="CPU matmul kernels; auto = the faster one measured at start-up")
     p.add_argument("--tool-call-parser", default="auto",
                    choices=["auto", "smollm2", "qwen25", "qwen", "hermes", "llama3"],
                    help="how tool calls are written (SGLang's names); auto: from the chat template "
@@ -69,17 +77,21 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
                        help="most prefetch tokens prefilled per step beside other requests' work (0: prefetches "
                             "compute only in steps that nothing else needs; -1: the device's default, 0 on a CPU "
                             "and 128 on a GPU)")
-    p.add_argument("--random-seed", type=int, default=0)
+    p.add_argument("--random-seed", type=int, default=0, help="seed of sampling for requests without their own")
     p.add_argument("--step-trace", default="", metavar="FILE",
                    help="append one JSON line per engine step and per arriving request to FILE (engine/trace.py)")
-    p.add_argument("--log-level", default="info")
+    add_logging_args(p)
     add_publish_args(p)
-    p.add_argument("--backend", choices=["agentgate", "sglang"], default="agentgate",
-                   help="agentgate: the embedded CPU engine; sglang: launch an SGLang GPU server (engine/sglang)")
+    p.add_argument("--backend", choices=["agentgate", "sglang", "sim"], default="agentgate",
+                   help="agentgate: the embedded CPU engine; sglang: launch an SGLang GPU server (engine/sglang); "
+                        "sim: the embedded engine with a simulated GPU's step times (engine/sim)")
     p.add_argument("extra", nargs="*", help="after `--`: arguments passed to SGLang untouched (--backend sglang)")
     from engine.sglang.cli import add_sglang_args
 
     add_sglang_args(p)
+    from engine.sim.cli import add_sim_args
+
+    add_sim_args(p)
 
 
 def engine_config(args: argparse.Namespace):
@@ -118,6 +130,10 @@ def run_worker(args: argparse.Namespace) -> int:
         from engine.sglang.cli import run_sglang_worker
 
         return run_sglang_worker(args)
+    if args.backend == "sim" and not args.extra:
+        from engine.sim.cli import run_sim_worker
+
+        return run_sim_worker(args, engine_config(args))
     if args.extra:
         print(f"unexpected arguments {' '.join(args.extra)} (only --backend sglang takes extras)", file=sys.stderr)
         return 2
@@ -129,7 +145,9 @@ def run_worker(args: argparse.Namespace) -> int:
     from engine.worker.host_threads import attach_host_share
     from engine.worker.server import create_app
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    failed = configure_process(args.log_level, args.log_format, "agentgate worker", "agentgate-worker")
+    if failed is not None:
+        return failed
     log = logging.getLogger("agentgate.worker")
     cfg = engine_config(args)
     if cfg.max_batch_tokens < 0 or min(cfg.max_running_requests, cfg.speculative_num_draft_tokens,
@@ -159,7 +177,8 @@ def run_worker(args: argparse.Namespace) -> int:
                        page_size=cfg.block_size,
                        speculative_algorithm=None if cfg.speculative_algorithm == "none" else "NGRAM",
                        disable_radix_cache=not cfg.enable_prefix_cache, threads_source=choice.source)
-    app = create_app(engine, server_args)
+    server_args.pop("api_key", None)  # never reported by /get_server_info
+    app = create_app(engine, server_args, args.api_key)
     setup_publishing(app, engine, args)  # exits with a message when --redis-url does not answer
     attach_host_share(app, engine, registry, choice, args.port)
     app["started"] = time.time()
@@ -167,12 +186,12 @@ def run_worker(args: argparse.Namespace) -> int:
              engine.dtype, engine.threads, choice.source, engine.plan.describe(), engine.pool.num_blocks)
     print(f"agentgate worker listening on http://{args.host}:{args.port}", flush=True)
     web.run_app(app, host=args.host, port=args.port, print=None, handler_cancellation=True,
-                access_log=None, shutdown_timeout=5, loop=server_loop())
+                shutdown_timeout=5, loop=server_loop(), **access_log_options(args.access_log))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="agentgate worker", description="SGLang-compatible CPU engine worker")
+    parser = Parser(prog="agentgate worker", description="SGLang-compatible CPU engine worker")
     add_worker_args(parser)
     return run_worker(parser.parse_args(argv))
 

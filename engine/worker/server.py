@@ -16,9 +16,12 @@ from aiohttp import web
 
 from engine.errors import AgentGateError, BadRequestError, NotFoundError, error_body
 from engine.runner import Engine
+from engine.tracing import observe_requests
 from engine.worker import contract, openai_api
+from engine.worker.auth import key_middleware
 from engine.worker.bridge import (ENGINE, SERVER_ARGS, Collected, close_sse, collect_all, json_response, merge_streams,
                                   new_rid, open_sse, read_json, run_request, send_sse, start_streams)
+from engine.prom import CONTENT_TYPE as PROM_CONTENT_TYPE
 from engine.worker.metrics import render_metrics
 from engine.worker.structured import compiled, from_sampling
 from engine.worker.protocol import (AbortRequest, GenerateRequest, GenerateSamplingParams, KVPrefix, PinRequest,
@@ -50,14 +53,19 @@ async def error_middleware(request: web.Request, handler):
         return json_response(error_body(f"internal error: {exc}", "internal_error", 500), status=500)
 
 
-def create_app(engine: Engine, server_args: dict) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024 * 1024)
+def create_app(engine: Engine, server_args: dict, api_key: str | None = None) -> web.Application:
+    """`api_key`: every route but the health probes needs it as a Bearer token (SGLang's --api-key)."""
+    middlewares = [error_middleware] + ([key_middleware(api_key)] if api_key else [])
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024 * 1024)
+    observe_requests(app, "worker")  # X-Request-Id, and the caller's trace continued when tracing is on
     app[ENGINE] = engine
     app[SERVER_ARGS] = server_args
     r = app.router
     r.add_get("/health", health)
     r.add_get("/health_generate", health_generate)
     r.add_get("/ping", health)
+    r.add_get("/health/live", health_live)
+    r.add_get("/health/ready", health_ready)
     for path in ("/get_server_info", "/server_info"):
         r.add_get(path, server_info)
     for path in ("/get_model_info", "/model_info"):
@@ -92,6 +100,18 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(status=200 if engine.alive else 503)
 
 
+async def health_live(request: web.Request) -> web.Response:
+    """Kubernetes liveness: the HTTP server answers (a busy or stopped engine is readiness' business)."""
+    return json_response({"status": "live"})
+
+
+async def health_ready(request: web.Request) -> web.Response:
+    """Kubernetes readiness: the engine thread runs and takes requests; 503 otherwise."""
+    if request.app[ENGINE].alive:
+        return json_response({"status": "ready"})
+    return json_response(error_body("not ready: the engine is not running", "service_unavailable", 503), status=503)
+
+
 async def health_generate(request: web.Request) -> web.Response:
     """Runs a one-token generation end to end, as SGLang's probe does."""
     engine = request.app[ENGINE]
@@ -111,12 +131,13 @@ async def health_generate(request: web.Request) -> web.Response:
 async def server_info(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     usage = engine.kv_usage()
-    stored = {t.data_ptr(): t for t in _weight_tensors(engine)}  # a tied LM head shares the embedding
-    weights_gb = sum(t.numel() * t.element_size() for t in stored.values()) / 2**30
+    desc = engine.describe()
     info = dict(request.app[SERVER_ARGS])
     info.update({
         "status": "ready",
-        "backend": "agentgate-engine",
+        "backend": desc["backend"],
+        "kind": desc["kind"],
+        **desc.get("details", {}),
         "version": VERSION,
         "page_size": engine.pool.block_size,
         "chunked_prefill_size": engine.scheduler.max_batch_tokens,  # as resolved (the flag's 0 = the device's default)
@@ -131,21 +152,13 @@ async def server_info(request: web.Request) -> web.Response:
                      "max_pinned_blocks": engine.pins.max_blocks},
         "internal_states": [{
             "last_gen_throughput": engine.stats.gen_throughput(),
-            "memory_usage": {"weight": round(weights_gb, 3), "kvcache": round(engine.pool.bytes() / 2**30, 3),
+            "memory_usage": {"weight": round(desc["weights_gb"], 3), "kvcache": round(desc["kvcache_gb"], 3),
                              "token_capacity": engine.pool.num_blocks * engine.pool.block_size},
             "token_usage": usage["token_usage"],
             **({"avg_spec_accept_length": engine.stats.spec_accept_length()} if engine.speculator else {}),
         }],
     })
     return json_response(info)
-
-
-def _weight_tensors(engine: Engine):
-    m = engine.model
-    yield m.w.embed
-    yield m.lm_head.weight
-    for lin in m.layers:
-        yield from (lin.qkv.weight, lin.o.weight, lin.gate_up.weight, lin.down.weight)
 
 
 async def model_info(request: web.Request) -> web.Response:
@@ -225,9 +238,16 @@ async def kv_unpin(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    snapshot = await asyncio.wrap_future(engine.call(lambda: (engine.load(), engine.kv_usage())))
-    text = render_metrics(engine, request.app[SERVER_ARGS].get("served_model_name", ""), *snapshot)
-    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+    snapshot = await asyncio.wrap_future(engine.call(lambda: (engine.load(), _usage(engine))))
+    body = render_metrics(engine, request.app[SERVER_ARGS].get("served_model_name", ""), *snapshot)
+    return web.Response(body=body, headers={"Content-Type": PROM_CONTENT_TYPE})
+
+
+def _usage(engine: Engine) -> dict:
+    """Engine thread: L1 usage plus the pinned and the L2 blocks."""
+    l2 = engine.tiers.host
+    return {**engine.kv_usage(), "pinned_blocks": engine.pins.num_blocks,
+            "l2_used_blocks": len(l2) if l2 is not None else 0}
 
 
 # -- control ---------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from engine.errors import AgentGateError, BadRequestError, error_body
-from gateway.errors import NoWorkerError, PayloadTooLargeError, StateUnavailableError
+from gateway.errors import NoWorkerError, PayloadTooLargeError, RequestTimeoutError, StateUnavailableError
 from gateway.keys import CONFIG, METRICS
 
 log = logging.getLogger("agentgate.gateway")
@@ -22,11 +22,15 @@ def json_response(data, status: int = 200, headers: dict | None = None) -> web.R
 
 
 async def read_body(request: web.Request) -> bytes:
-    limit = request.app[CONFIG].max_body_bytes
+    """The body, read within body_timeout_s: a client trickling it is cut off with a 408."""
+    config = request.app[CONFIG]
+    limit = config.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLargeError(f"the request body is {request.content_length} bytes; the limit is {limit}")
     try:
-        return await request.read()
+        return await asyncio.wait_for(request.read(), config.body_timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestTimeoutError(f"the request body did not arrive within {config.body_timeout_s:g} s") from None
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLargeError(f"the request body exceeds the limit of {limit} bytes") from None
 
@@ -70,7 +74,15 @@ async def error_middleware(request: web.Request, handler):
         return json_response(err.to_json(), status=err.status, headers={"Retry-After": str(err.retry_after)})
     except AgentGateError as exc:
         status = exc.status
-        return json_response(exc.to_json(), status=exc.status)
+        retry = getattr(exc, "retry_after", None)  # 429s and 503s say when to come back
+        resp = json_response(exc.to_json(), status=exc.status, headers={"Retry-After": str(retry)} if retry else None)
+        if isinstance(exc, RequestTimeoutError):  # what is left of a trickled body is not waited for
+            resp.force_close()
+            await resp.prepare(request)
+            await resp.write_eof()
+            if request.transport is not None:
+                request.transport.close()  # after what was written is flushed
+        return resp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -17,6 +17,7 @@ slot a call holds is given back in one `finally`, whatever ends the call.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import orjson
 from aiohttp import web
@@ -27,8 +28,11 @@ from gateway.api.forwarded import check_call
 from gateway.api.http import json_response, parse_json, read_body
 from gateway.api.proxy_migration import StreamWatch, armed
 from gateway.api.schemas import AgentHints
+from gateway.auth.keys import scoped_name, tenant_salt
+from gateway.auth.middleware import tenant_of
 from gateway.errors import NoWorkerError, WorkerCallError
-from gateway.keys import CONFIG, HASHER, METRICS, POLICY, POOL, TEMPLATES
+from gateway.admission import estimate_tokens
+from gateway.keys import ADMISSION, CONFIG, HASHER, METRICS, POLICY, POOL, TEMPLATES
 from gateway.router.base import RouteRequest
 from gateway.scheduler.awareness_ctx import TAGGED
 from gateway.scheduler.executor import with_priority
@@ -64,7 +68,22 @@ def extract_hints(body: dict, headers) -> AgentHints | None:
         raise BadRequestError(f"invalid agent_hints: {exc}", param="agent_hints") from None
 
 
+def output_budget(body: dict) -> int:
+    """The call's most output tokens, in whichever form it came (OpenAI's or SGLang's); 0 when not given."""
+    params = body.get("sampling_params") if isinstance(body.get("sampling_params"), dict) else {}
+    for value in (body.get("max_completion_tokens"), body.get("max_tokens"), params.get("max_new_tokens")):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
+
+
 async def route_request(request: web.Request, path: str, body: dict) -> RouteRequest:
+    route = await _prompt_route(request, path, body)
+    budget = output_budget(body)
+    return replace(route, max_tokens=budget) if budget and route.prompt_tokens else route
+
+
+async def _prompt_route(request: web.Request, path: str, body: dict) -> RouteRequest:
     hasher = request.app[HASHER]
     salt = body.get("cache_salt") if isinstance(body.get("cache_salt"), str) else None
     try:
@@ -89,22 +108,34 @@ async def proxy(request: web.Request, path: str) -> web.StreamResponse:
         raise BadRequestError("the request body must be a JSON object")
     hints = extract_hints(body, request.headers)
     check_call(path, body)
+    tenant = tenant_of(request)
+    if tenant is not None:  # the tenant's salt, the client's own under it: no client names another tenant's
+        body["cache_salt"] = tenant_salt(tenant, body.get("cache_salt"))
+    if hints is not None:  # an agent's call: ahead of plain ones, as workflow calls are
+        with_priority(body, request.app[CONFIG].workflow_priority + (hints.priority or 0))
+    cost = estimate_tokens(body, request.app[CONFIG].default_max_tokens)
+    async with request.app[ADMISSION].call(tenant, cost):  # 429 / queued / 503 before any worker is chosen
+        return await _forward(request, path, raw, body, hints, tenant)
+
+
+async def _forward(request: web.Request, path: str, raw: bytes, body: dict, hints: AgentHints | None,
+                   tenant: str | None) -> web.StreamResponse:
     tagged = None
     if hints is not None and hints.template and hints.node_id:
         agent = hints.agent_id or hints.workflow_id or request.remote or "anonymous"
+        template = scoped_name(tenant, hints.template)
         try:
-            await request.app[TEMPLATES].record_call(hints.template, agent, hints.node_id)
+            await request.app[TEMPLATES].record_call(template, agent, hints.node_id)
             # Client-driven agent: prefer the worker its predicted prefix went to; predict its next call after.
-            tagged = await request.app[TAGGED].begin(hints.template, hints.node_id, agent, path, body,
+            tagged = await request.app[TAGGED].begin(template, hints.node_id, agent, path, body,
                                                      hints.pin_ttl_s)
         except (OSError, RedisError) as exc:  # learning is best effort; the call itself goes on
             log.warning("could not record a template transition: %s", exc)
-    if hints is not None:  # an agent's call: ahead of plain ones, as workflow calls are
-        with_priority(body, request.app[CONFIG].workflow_priority + (hints.priority or 0))
     pool, policy, metrics = request.app[POOL], request.app[POLICY], request.app[METRICS]
     needs_prefix = policy.uses_prefix and len(pool.healthy()) > 1
     route = await route_request(request, path, body) if needs_prefix else RouteRequest(prompt_tokens=0)
-    payload = raw if hints is None else orjson.dumps(body)  # as sent, unless agent_hints came out of it
+    # as sent, unless agent_hints came out of it or the tenant's salt went in
+    payload = raw if hints is None and tenant is None else orjson.dumps(body)
     streamed = body.get("stream") is True
     migratable = path == "/v1/chat/completions" and request.app[CONFIG].request_migration and armed(body)
     tried: list[str] = []

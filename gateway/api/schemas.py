@@ -20,7 +20,7 @@ from gateway.planner.templates import TemplateEdge, TemplateGraph
 CHECKED_SAMPLING = tuple(Sampling.model_fields)
 SAMPLING_FIELDS = CHECKED_SAMPLING + ("logit_bias", "skip_special_tokens", "no_stop_trim", "regex", "ebnf")
 # Everything else a node may carry for its call: tools, and the output format.
-CALL_FIELDS = ("tools", "tool_choice", "response_format")
+CALL_FIELDS = ("tools", "tool_choice", "response_format", "cache_salt")
 NODE_FIELDS = SAMPLING_FIELDS + CALL_FIELDS + ("sampling_params", "max_completion_tokens")
 # SGLang's sampling_params keys, by the OpenAI field each becomes (json_schema: response_format).
 SGLANG_SAMPLING = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "sampling_seed": "seed",
@@ -116,6 +116,8 @@ class NodeIn(Sampling):
             if self.max_tokens is not None and self.max_tokens != max_tokens:
                 raise ValueError(f"max_tokens is set twice, differently ({self.max_tokens} and {max_tokens})")
             self.max_tokens = max_tokens
+        if not isinstance(params.get("cache_salt", ""), str):
+            raise ValueError("cache_salt must be a string")
         if self.output != "text" and not params.get("tools"):
             raise ValueError(f"output {self.output!r} needs tools")
         self._params = params

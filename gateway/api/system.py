@@ -8,6 +8,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from engine.errors import ServiceUnavailableError
+from engine.prom import CONTENT_TYPE as PROM_CONTENT_TYPE
 from gateway.api.http import json_response
 from gateway.keys import CONFIG, METRICS, POOL, REDIS, SCHEDULER
 
@@ -58,5 +59,5 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    text = request.app[METRICS].render(request.app[POOL], len(request.app[SCHEDULER].runs))
-    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+    body = request.app[METRICS].render(request.app[POOL], len(request.app[SCHEDULER].runs))
+    return web.Response(body=body, headers={"Content-Type": PROM_CONTENT_TYPE})

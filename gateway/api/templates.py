@@ -13,6 +13,8 @@ from aiohttp import web
 from engine.errors import NotFoundError
 from gateway.api.http import json_response, read_json
 from gateway.api.schemas import TemplateIn, parse_or_422
+from gateway.auth.keys import scoped_name
+from gateway.auth.middleware import principal, tenant_of
 from gateway.errors import ValidationProblems
 from gateway.keys import TEMPLATES
 from gateway.planner.templates import TemplateGraph, predict_next, validate_template
@@ -29,22 +31,27 @@ async def register(request: web.Request) -> web.Response:
     problems = validate_template(graph)
     if problems:
         raise ValidationProblems(problems)
-    await request.app[TEMPLATES].save(graph.name, graph.to_json())
+    await request.app[TEMPLATES].save(scoped_name(tenant_of(request), graph.name), graph.to_json())
     return json_response({"name": graph.name, "nodes": len(graph.nodes), "edges": len(graph.edges)}, status=201)
 
 
 async def list_templates(request: web.Request) -> web.Response:
-    return json_response({"object": "list", "data": await request.app[TEMPLATES].names()})
+    """The caller's templates (an admin's: every tenant's, as stored: tenant:name)."""
+    who, names = principal(request), await request.app[TEMPLATES].names()
+    if who.tenant is not None and not who.admin:
+        mine = scoped_name(who.tenant, "")
+        names = [n[len(mine):] for n in names if n.startswith(mine)]
+    return json_response({"object": "list", "data": names})
 
 
 async def get_template(request: web.Request) -> web.Response:
     store = request.app[TEMPLATES]
     name = request.match_info["name"]
-    raw = await store.get(name)
+    raw = await store.get(scoped_name(tenant_of(request), name))
     if raw is None:
         raise NotFoundError(f"template '{name}' does not exist", param="name", code="template_not_found")
     graph = TemplateGraph.from_json(raw)
-    learned = await store.transitions(name)
+    learned = await store.transitions(scoped_name(tenant_of(request), name))
     predictions = {node: [{"node": n, "p": round(p, 4)} for n, p in predict_next(graph, learned, node)]
                    for node in graph.nodes}
-    return json_response({**graph.to_json(), "transitions": learned, "predictions": predictions})
+    return json_response({**graph.to_json(), "name": name, "transitions": learned, "predictions": predictions})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import orjson
@@ -12,9 +13,13 @@ from redis.exceptions import RedisError
 from engine.errors import BadRequestError, NotFoundError
 from gateway.api.http import json_response, open_sse, read_json
 from gateway.api.schemas import NodeResultIn, WorkflowIn, parse_or_422
+from gateway.auth.keys import scoped_name, tenant_salt, unscoped_name
+from gateway.auth.middleware import check_owner, principal, tenant_of
 from gateway.errors import StateUnavailableError, ValidationProblems
-from gateway.keys import CONFIG, FOLLOWERS, SCHEDULER, STORE
-from gateway.planner.dag import validate
+from gateway.admission import workflow_tokens
+from gateway.keys import ADMISSION, CONFIG, FOLLOWERS, SCHEDULER, STORE
+from gateway.planner.dag import build_graph, validate
+from gateway.planner.spec import WorkflowSpec, spec_from_json
 from gateway.state.prefetch_log import PrefetchLog, summarize
 
 EVENT_POLL_MS = 1000
@@ -38,20 +43,37 @@ async def submit(request: web.Request) -> web.Response:
     problems = validate(spec)
     if problems:
         raise ValidationProblems(problems)
-    wf_id = await request.app[SCHEDULER].submit(spec)
+    tenant = tenant_of(request)
+    admission, scheduler = request.app[ADMISSION], request.app[SCHEDULER]
+    admission.admit_workflow(tenant, workflow_tokens(spec), scheduler.runs)
+    wf_id = await scheduler.submit(for_tenant(spec, tenant), tenant)
+    admission.started_workflow(wf_id, tenant)
     return json_response({"id": wf_id, "status": "running", "events": f"/v1/workflows/{wf_id}/events"}, status=202)
 
 
+def for_tenant(spec: WorkflowSpec, tenant: str | None) -> WorkflowSpec:
+    """The workflow as its tenant's: every LLM node's cache salt under the tenant's (a node's own
+    cache_salt after it), its template in the tenant's namespace. Without keys: unchanged."""
+    if tenant is None:
+        return spec
+    nodes = tuple(dataclasses.replace(n, params={**n.params, "cache_salt": tenant_salt(tenant, n.params.get(
+        "cache_salt"))}) if n.kind == "llm" else n for n in spec.nodes)
+    template = scoped_name(tenant, spec.template) if spec.template else None
+    return dataclasses.replace(spec, nodes=nodes, template=template)
+
+
 async def _load(request: web.Request, wf_id: str) -> dict:
+    """The workflow's record; 404 when it does not exist or is another tenant's."""
     meta = await request.app[STORE].meta(wf_id)
     if meta is None:
         raise NotFoundError(f"workflow '{wf_id}' does not exist", param="id", code="workflow_not_found")
+    check_owner(request, meta.get("tenant"), f"workflow '{wf_id}'", "id", "workflow_not_found")
     return meta
 
 
 def _summary(wf_id: str, meta: dict) -> dict:
     return {"id": wf_id, "status": meta["status"], "created": meta["created"], "updated": meta.get("updated"),
-            "finished": meta.get("finished"), "template": meta.get("template") or None,
+            "finished": meta.get("finished"), "template": unscoped_name(meta.get("template")) or None,
             "priority": meta["priority"], "error": meta.get("error")}
 
 
@@ -74,11 +96,15 @@ async def get_workflow(request: web.Request) -> web.Response:
             "usage": state.get("usage"),
             "timings": {"started": started, "finished": finished,
                         "ttft_s": first - started if first and started else None,
-                        "duration_s": finished - started if finished and started else None},
+                        "duration_s": finished - started if finished and started else None,
+                        # the phases the console's Gantt draws (docs/architecture.md, "Operating it")
+                        "ready": state.get("ready"), "first_token": first},
             "prefetch": prefetch.get(node["id"])}
         if state["status"] == "finished":
             outputs[node["id"]] = state.get("output")
-    return json_response({**_summary(wf_id, meta), "nodes": out_nodes, "outputs": outputs,
+    graph = build_graph(spec_from_json(meta["spec"]))
+    edges = [{"source": u, "target": v, "conditional": c is not None} for u, v, c in graph.edges(data="condition")]
+    return json_response({**_summary(wf_id, meta), "nodes": out_nodes, "edges": edges, "outputs": outputs,
                           "cache": {"prompt_tokens": prompt, "cached_tokens": cached,
                                     "hit_rate": cached / prompt if prompt else 0.0},
                           "prefetch": summarize(prefetch)})
@@ -100,8 +126,10 @@ def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) 
 async def list_workflows(request: web.Request) -> web.Response:
     offset = _int_query(request, "offset", 0, 0, 10**9)
     limit = _int_query(request, "limit", 20, 1, MAX_PAGE)
-    store = request.app[STORE]
-    ids, total = await store.list(offset, limit)
+    store, who = request.app[STORE], principal(request)
+    # a tenant lists its own; an admin every tenant's, or one with ?tenant=
+    tenant = request.query.get("tenant") if who.admin else who.tenant
+    ids, total = await store.list(offset, limit, tenant)
     data = []
     for wf_id in ids:
         meta = await store.meta(wf_id)
@@ -114,6 +142,7 @@ async def list_workflows(request: web.Request) -> web.Response:
 async def cancel_workflow(request: web.Request) -> web.Response:
     """200 "cancelled"; 202 "cancelling" if the replica that runs it has not confirmed within a lease period."""
     wf_id = request.match_info["id"]
+    await _load(request, wf_id)
     status = await request.app[SCHEDULER].cancel(wf_id)
     return json_response({"id": wf_id, "status": status}, status=200 if status == "cancelled" else 202)
 
@@ -121,7 +150,9 @@ async def cancel_workflow(request: web.Request) -> web.Response:
 async def post_result(request: web.Request) -> web.Response:
     """200 "finished"; 202 "accepted" if the replica that runs it has not taken it within a lease period."""
     wf_id, node = request.match_info["id"], request.match_info["node"]
-    body = parse_or_422(NodeResultIn, await read_json(request))
+    raw = await read_json(request)
+    await _load(request, wf_id)  # another tenant's workflow is a 404 whatever the body says
+    body = parse_or_422(NodeResultIn, raw)
     status = await request.app[SCHEDULER].post_result(wf_id, node, body.output)
     return json_response({"id": wf_id, "node": node, "status": status}, status=200 if status == "finished" else 202)
 
@@ -135,6 +166,11 @@ async def events(request: web.Request) -> web.StreamResponse:
     wf_id = request.match_info["id"]
     store, config = request.app[FOLLOWERS], request.app[CONFIG]
     await _load(request, wf_id)
+    with request.app[ADMISSION].follower(tenant_of(request)):  # 429 past the SSE bounds
+        return await _follow(request, wf_id, store, config)
+
+
+async def _follow(request: web.Request, wf_id: str, store, config) -> web.StreamResponse:
     after = request.headers.get("Last-Event-ID") or request.query.get("after") or "0-0"
     resp = await open_sse(request)
     done, down_since = False, None

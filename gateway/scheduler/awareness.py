@@ -209,7 +209,8 @@ class Awareness:
         ttl = self._ttl(f.eta_s) if self.config.pinning and full else None  # an unlikely branch holds no pin
         growth = self.config.token_pipelining_blocks if partial else 1  # increments of a streaming prompt
         slot = self.prefetcher.want(Intent((run.id, node), ids, steps=max(f.steps, 1), pin_ttl_s=ttl,
-                                           min_new_blocks=growth))
+                                           min_new_blocks=growth, max_tokens=run.node_spec(node).max_tokens,
+                                           salt=run.node_spec(node).params.get("cache_salt")))
         rec = plan.record(node)
         rec.predicted = rec.predicted or full
         rec.static_only = not rec.predicted
@@ -261,7 +262,8 @@ class Awareness:
             key = (run.id, f"{external}<{caller}")
             slot = self.prefetcher.slots.get(key)
             ids = slot.sent_ids if slot is not None else self._conversation_ids(run, caller)
-            slot = self.prefetcher.want(Intent(key, ids, steps=1, pin_ttl_s=ttl, url=cs.worker, pin_only=True))
+            slot = self.prefetcher.want(Intent(key, ids, steps=1, pin_ttl_s=ttl, url=cs.worker, pin_only=True,
+                                               salt=run.node_spec(caller).params.get("cache_salt")))
             if key not in keys and slot is not None:
                 keys.append(key)
                 plan.record(external).caller_pins.append({"node": caller, "worker": cs.worker})

@@ -37,7 +37,9 @@ import time
 import uuid
 from collections.abc import Coroutine
 
+from engine import tracing
 from engine.errors import ConflictError, NotFoundError
+from engine.logconf import WORKFLOW_ID
 from gateway.config import GatewayConfig
 from gateway.errors import StateUnavailableError
 from gateway.metrics import Metrics
@@ -98,7 +100,9 @@ class Lifecycle:
 
     async def _drop(self, wf_id: str) -> None:
         """Forget a workflow locally: cancel its calls (the workers abort them when the stream closes)."""
-        self.runs.pop(wf_id, None)
+        run = self.runs.pop(wf_id, None)
+        if run is not None and run.status == "running":  # handed back: whoever resumes it traces the rest
+            tracing.end_span(run.span, **{"agentgate.status": "handed back"})
         self.journal.forget(wf_id)
         current = asyncio.current_task()
         await cancel_and_wait([t for (w, _), t in self.tasks.items() if w == wf_id and t is not current])
@@ -122,6 +126,7 @@ class Lifecycle:
 
     async def guarded(self, run: WorkflowRun, coro: Coroutine, what: str) -> None:
         """Await `coro`, a step of `run`; a failure ends or hands back the workflow, never strands it."""
+        WORKFLOW_ID.set(run.id)  # for the logs of this task (each workflow task has its own context)
         try:
             await coro
         except (StateUnavailableError, LeaseLost, *OUTAGE) as exc:  # Redis, for longer than the journal
@@ -219,6 +224,7 @@ class Lifecycle:
         await self.journal.event(run.id, "workflow_finished", {
             "workflow": run.id, "status": status, "error": error, "outputs": run.outputs()})
         self.metrics.workflows.inc(status=status)
+        tracing.end_span(run.span, **{"agentgate.status": status, "agentgate.error": error})
         if status == "finished" and run.spec.template and self.templates is not None:
             taken = [(u, v) for u, v in run.graph.edges if run.nodes[u].status == run.nodes[v].status == "finished"]
             try:

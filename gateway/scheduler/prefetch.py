@@ -52,6 +52,8 @@ class Intent:
     url: str | None = None  # a fixed worker (a caller's conversation); None: route it
     pin_only: bool = False  # pin what the worker holds, compute nothing
     min_new_blocks: int = 1  # send only once the prefix holds this many full blocks more than the last one sent
+    max_tokens: int = 0  # the predicted call's output budget (where it is placed weighs it)
+    salt: str | None = None  # the cache salt of the calls it serves (their tenant's, gateway/auth/keys.py)
 
 
 @dataclass
@@ -110,7 +112,7 @@ class Prefetcher:
         if slot is not None and slot.released:
             return slot
         if slot is None or not self._usable(slot.url) and not slot.running:
-            url = intent.url or self._route(intent.ids)
+            url = intent.url or self._route(intent.ids, intent.salt, intent.max_tokens)
             if url is None:
                 return slot
             if slot is not None:  # its worker went away: start over on the new one
@@ -118,7 +120,7 @@ class Prefetcher:
                 self._dequeue(slot)
             slot = self.slots[intent.key] = Slot(intent.key, url)
             if intent.url is None:  # routed: the next call or prefetch with this prefix goes the same way
-                self.policy.on_routed(self.hasher.route_for_ids(intent.ids), url)
+                self.policy.on_routed(self.hasher.route_for_ids(intent.ids, intent.salt), url)
         if not self._worth_sending(slot, intent):
             return slot
         if slot.wanted is None:
@@ -187,7 +189,7 @@ class Prefetcher:
         await asyncio.gather(*unpins, return_exceptions=True)
 
     # -- routing and bounds ------------------------------------------------------------------------
-    def _route(self, ids: list[int]) -> str | None:
+    def _route(self, ids: list[int], salt: str | None = None, max_tokens: int = 0) -> str | None:
         """Where a new prefetch goes: the policy's choice, each worker's load counting the calls already
         headed there (a live slot's call follows its prefetch). Without that, the successors of one node all
         found the same idle worker, and once their prefixes sat there every later call of those roles did
@@ -196,12 +198,13 @@ class Prefetcher:
         for slot in self.slots.values():
             if not slot.released:
                 expected[slot.url] = expected.get(slot.url, 0) + 1
+        req = replace(self.hasher.route_for_ids(ids, salt), max_tokens=max_tokens)
         views = [replace(v, in_flight=v.in_flight + expected.get(v.url, 0),
                          num_reqs=v.num_reqs + expected.get(v.url, 0))
                  for v in (w.view() for w in self.pool.healthy())]
         if not views:
             return None
-        return self.policy.choose(self.hasher.route_for_ids(ids), views)
+        return self.policy.choose(req, views)
 
     def _usable(self, url: str) -> bool:
         w = self.pool.workers.get(url)
@@ -249,10 +252,11 @@ class Prefetcher:
         try:
             worker = self.pool.workers[url]
             if intent.pin_only:
-                pin = await self.kv.pin(worker, intent.ids, ttl_s=ttl or 1.0)
+                pin = await self.kv.pin(worker, intent.ids, ttl_s=ttl or 1.0, cache_salt=intent.salt)
                 result = PrefetchResult(pin.pinned_tokens, {"l1": pin.pinned_tokens}, pin.pin_id)
             else:
-                result = await self.kv.prefetch(worker, intent.ids, pin_ttl_s=ttl, priority=-intent.steps)
+                result = await self.kv.prefetch(worker, intent.ids, pin_ttl_s=ttl, priority=-intent.steps,
+                                                cache_salt=intent.salt)
         except (WorkerCallError, KeyError) as exc:
             self._failed(slot, intent, exc)
         else:
@@ -284,7 +288,7 @@ class Prefetcher:
         if result.pin_id is not None and ttl is not None:
             self._hold(slot, result.pin_id, result.resident_tokens, ttl)
         if not intent.pin_only:  # a policy with a memory of what went where learns the prefix is there now
-            self.policy.on_routed(self.hasher.route_for_ids(intent.ids), slot.url)
+            self.policy.on_routed(self.hasher.route_for_ids(intent.ids, intent.salt), slot.url)
         if self.on_change is not None:
             self.on_change(slot, "done", {"tokens": len(intent.ids), "resident_tokens": result.resident_tokens,
                                           "from": dict(result.sources), "pin_id": slot.pin,

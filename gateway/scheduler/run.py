@@ -34,6 +34,7 @@ class NodeState:
     worker: str | None = None
     attempts: int = 0
     rid: str | None = None
+    ready: float | None = None  # when its inputs existed and it joined the gateway's ready set
     started: float | None = None
     first_token: float | None = None
     finished: float | None = None
@@ -67,6 +68,7 @@ class WorkflowRun:
         # through the advance that follows, so a node_started never precedes the node_finished it
         # depends on, even when two results arrive at once.
         self.resolving = asyncio.Lock()
+        self.span = None  # the workflow's trace span while OpenTelemetry is on (engine/tracing.py)
 
     def node_spec(self, node_id: str):
         return self.graph.nodes[node_id]["spec"]

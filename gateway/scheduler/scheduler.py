@@ -24,10 +24,12 @@ task runs under `Lifecycle.guarded`, so no fault strands a slot or a workflow.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 import logging
 import time
 import uuid
 
+from engine import tracing
 from engine.errors import AgentGateError
 from gateway.config import GatewayConfig
 from gateway.errors import WorkerCallError
@@ -58,12 +60,13 @@ class Scheduler(Lifecycle):
         self._enqueued = asyncio.Event()  # set by enqueue(): wakes an idle dispatch loop
 
     # -- entry points ----------------------------------------------------------------------------
-    async def submit(self, spec: WorkflowSpec) -> str:
+    async def submit(self, spec: WorkflowSpec, tenant: str | None = None) -> str:
         wf_id = "wf-" + uuid.uuid4().hex[:16]
         created = await self.journal.write(self.store.create, wf_id, spec_to_json(spec), template=spec.template,
-                                           priority=spec.priority)
+                                           priority=spec.priority, tenant=tenant)
         # It exists from here on: whatever fails next, it runs (here, or resumed) and its id is the answer.
         run = WorkflowRun(wf_id, spec, created)
+        run.span = tracing.start_span("workflow", **{"agentgate.workflow": wf_id, "agentgate.template": spec.template})
         self.runs[wf_id] = run
         self.metrics.workflows.inc(status="submitted")
         await self.guarded(run, self._start(run), "start")
@@ -85,6 +88,7 @@ class Scheduler(Lifecycle):
         spec = spec_from_json(meta["spec"])
         run = WorkflowRun(wf_id, spec, meta["created"], {n.id: states.get(n.id, NodeState()) for n in spec.nodes})
         run.resume_interrupted()
+        run.span = tracing.start_span("workflow", **{"agentgate.workflow": wf_id, "agentgate.resumed": True})
         self.runs[wf_id] = run
         log.info("resuming workflow %s (%d nodes finished)", wf_id,
                  sum(s.status == "finished" for s in run.nodes.values()))
@@ -132,7 +136,8 @@ class Scheduler(Lifecycle):
             del self.ready[key]
             try:
                 messages = render_messages(run.node_spec(key[1]), run.outputs(), run.spec.inputs)
-                route = self._route(messages)
+                spec = run.node_spec(key[1])
+                route = self._route(messages, spec.max_tokens, spec.params.get("cache_salt"))
                 url = self.policy.choose(route, candidates)
                 if self.awareness is not None:  # where its prefix was prefetched, unless clearly busier
                     url = self.awareness.choose_worker(run, key[1], candidates, url)
@@ -148,12 +153,13 @@ class Scheduler(Lifecycle):
             sent += 1
         return sent
 
-    def _route(self, messages: list[dict]) -> RouteRequest:
-        """The prompt's block hashes, when the policy reads them and has a choice to make."""
+    def _route(self, messages: list[dict], max_tokens: int, salt: str | None = None) -> RouteRequest:
+        """The prompt's block hashes and the call's output budget, when the policy reads them and has a
+        choice to make."""
         if not self.policy.uses_prefix or len(self.pool.healthy()) < 2:
             return RouteRequest(0)
         try:
-            return self.hasher.route_for_ids(self.hasher.chat_ids(messages))
+            return replace(self.hasher.route_for_ids(self.hasher.chat_ids(messages), salt), max_tokens=max_tokens)
         except AgentGateError:  # the template rejects these messages: the worker will say why
             return RouteRequest(0)
 
@@ -171,6 +177,11 @@ class Scheduler(Lifecycle):
 
     # -- one LLM node --------------------------------------------------------------------------------
     async def _run_llm(self, call: NodeCall, messages: list[dict]) -> None:
+        with tracing.span(f"node {call.node}", parent=call.run.span, **{
+                "agentgate.workflow": call.run.id, "agentgate.node": call.node, "agentgate.worker": call.url}):
+            await self._call_llm(call, messages)
+
+    async def _call_llm(self, call: NodeCall, messages: list[dict]) -> None:
         run, node, url = call.run, call.node, call.url
         spec, state = run.node_spec(node), run.nodes[node]
         state.attempts += 1
@@ -196,18 +207,20 @@ class Scheduler(Lifecycle):
                 raise WorkerCallError(url, "the worker left the pool")
             priority = self.config.workflow_priority + run.spec.priority
             progress = (Progress.from_json(state.progress) or Progress()) if migratable(spec) else None
-            if progress is not None and progress.resumable:  # its last worker died mid-stream: continue it
-                on_first()
-                body = continuation_body(spec.params, spec.max_tokens, progress, state.rid, priority)
-                result = await run_continuation(worker.client, body, progress, on_delta,
-                                                self.pool.stream_timeouts(worker), self.pool.incremental(worker))
-            else:
-                body = chat_body(spec, messages, state.rid, worker.model_info.get("served_model_name"), priority)
-                progress = Progress() if progress is not None and self.pool.streams_token_ids(worker) else None
-                if progress is not None:
-                    body["return_token_ids"] = True
-                result = await run_chat(worker.client, body, on_delta, on_first, self.pool.stream_timeouts(worker),
-                                        Recorder(progress) if progress is not None else None)
+            with tracing.span("worker call", kind="client", **{"server.address": url, "agentgate.rid": state.rid}):
+                if progress is not None and progress.resumable:  # its last worker died mid-stream: continue it
+                    on_first()
+                    body = continuation_body(spec.params, spec.max_tokens, progress, state.rid, priority)
+                    result = await run_continuation(worker.client, body, progress, on_delta,
+                                                    self.pool.stream_timeouts(worker), self.pool.incremental(worker))
+                else:
+                    body = chat_body(spec, messages, state.rid, worker.model_info.get("served_model_name"), priority)
+                    progress = Progress() if progress is not None and self.pool.streams_token_ids(worker) else None
+                    if progress is not None:
+                        body["return_token_ids"] = True
+                    result = await run_chat(worker.client, body, on_delta, on_first,
+                                            self.pool.stream_timeouts(worker),
+                                            Recorder(progress) if progress is not None else None)
             output = node_output(spec, result, url)
         except WorkerCallError as exc:
             call.release()  # first, so the retry may take the slot
@@ -277,6 +290,7 @@ class Scheduler(Lifecycle):
                 await self.journal.event(run.id, "node_started", {"node": node, "external": True,
                                                                        "messages": messages})
             else:
+                state.ready = time.time()
                 await self.journal.save_node(run.id, node, state.to_json())
                 llm_ready.append(node)
         for node in llm_ready:  # all at once, so the dispatcher ranks them together

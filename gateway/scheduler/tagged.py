@@ -64,6 +64,7 @@ class TaggedCall:
     ids: list[int]
     preferred: str | None
     pin_ttl_s: float | None = None
+    salt: str | None = None  # the call's cache salt (its tenant's)
 
 
 class TaggedCalls:
@@ -98,7 +99,8 @@ class TaggedCalls:
             slot = aw.prefetcher.slots.get(state.predicted.get(node))
             if slot is not None and not slot.released:
                 preferred = slot.url
-        return TaggedCall(template, agent, node, ids, preferred, pin_ttl_s)
+        salt = body.get("cache_salt") if isinstance(body.get("cache_salt"), str) else None
+        return TaggedCall(template, agent, node, ids, preferred, pin_ttl_s, salt)
 
     def prefer(self, call: TaggedCall, url: str, candidates: list[WorkerView]) -> str:
         views = {c.url: c for c in candidates}
@@ -146,14 +148,14 @@ class TaggedCalls:
                 continue
             slot_key = (f"agent:{call.template}:{call.agent}", node)
             if node == call.node:
-                intent = Intent(slot_key, conversation, pin_ttl_s=ttl, url=url, pin_only=True)
+                intent = Intent(slot_key, conversation, pin_ttl_s=ttl, url=url, pin_only=True, salt=call.salt)
                 if ttl is None:
                     continue  # the conversation is resident already; without a pin there is nothing to do
             else:
                 ids, calls = await aw.learning.static_prefix(call.template, node)
                 if calls < MIN_CALLS_FOR_STATIC:
                     continue
-                intent = Intent(slot_key, ids, pin_ttl_s=ttl)
+                intent = Intent(slot_key, ids, pin_ttl_s=ttl, salt=call.salt)
             if aw.prefetcher.want(intent) is not None:
                 state.predicted[node] = slot_key
 

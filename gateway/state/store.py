@@ -8,9 +8,12 @@ Keys (prefix `ag`):
   ag:wf:{id}:owner     string with a TTL: the replica running the workflow (a lease)
   ag:wf:{id}:inbox     hash  node id → result posted on a replica that does not own the workflow
   ag:control           pub/sub channel: {"op": "cancel"|"result", "wf": id} nudges the owner at once
-  ag:workflows         zset  id → created time (listing)
+  ag:wf:{id}:prefetch  hash  (state/prefetch_log.py)
+  ag:workflows         zset  id → created time (listing; ids whose keys expired are swept, sweep_listing)
+  ag:workflows:tenant:{t}  zset  the same, per tenant (a workflow's hash names its `tenant`, "" without keys)
   ag:workflows:active  set   ids not finished yet (what a restart resumes)
   ag:workers           set   worker URLs registered for discovery
+A finished workflow's keys expire `retention_s` after it ended (set_status).
 Every state change is written before the scheduler acts on it, so a crash
 between two writes at worst re-runs a node that had not finished.
 """
@@ -50,21 +53,33 @@ class LeaseLost(Exception):
     """This replica no longer holds the workflow's lease: another runs it."""
 
 
+RETAINED = ("", ":nodes", ":events", ":inbox", ":prefetch")  # a workflow's keys, all expired together
+SWEEP_BATCH = 500
+
+
 class WorkflowStore:
-    def __init__(self, redis: Redis, prefix: str = "ag"):
+    def __init__(self, redis: Redis, prefix: str = "ag", retention_s: float | None = None):
         self.r = redis
         self.p = prefix
+        self.retention_s = retention_s  # None: finished workflows are kept for good
 
     def _wf(self, wf_id: str, suffix: str = "") -> str:
         return f"{self.p}:wf:{wf_id}{suffix}"
 
     # -- workflows ---------------------------------------------------------------------------------
-    async def create(self, wf_id: str, spec: dict, *, template: str | None, priority: int) -> float:
+    def _listing(self, tenant: str | None) -> str:
+        return f"{self.p}:workflows" if tenant is None else f"{self.p}:workflows:tenant:{tenant}"
+
+    async def create(self, wf_id: str, spec: dict, *, template: str | None, priority: int,
+                     tenant: str | None = None) -> float:
         now = time.time()
         async with self.r.pipeline(transaction=True) as pipe:
             pipe.hset(self._wf(wf_id), mapping={"spec": orjson.dumps(spec), "status": "running", "created": now,
-                                                "updated": now, "template": template or "", "priority": priority})
+                                                "updated": now, "template": template or "", "priority": priority,
+                                                "tenant": tenant or ""})
             pipe.zadd(f"{self.p}:workflows", {wf_id: now})
+            if tenant is not None:
+                pipe.zadd(self._listing(tenant), {wf_id: now})
             pipe.sadd(f"{self.p}:workflows:active", wf_id)
             await pipe.execute()
         return now
@@ -90,11 +105,37 @@ class WorkflowStore:
             if status != "running":
                 pipe.hset(self._wf(wf_id), "finished", now)
                 pipe.srem(f"{self.p}:workflows:active", wf_id)
+                if self.retention_s is not None:  # later writes (XADD, HSET) keep the TTL
+                    for suffix in RETAINED:
+                        pipe.expire(self._wf(wf_id, suffix), max(int(self.retention_s), 1))
             await pipe.execute()
 
-    async def list(self, offset: int, limit: int) -> tuple[list[str], int]:
-        """Newest first."""
-        key = f"{self.p}:workflows"
+    async def sweep_listing(self, tenant: str | None = None, older_than: float | None = None) -> int:
+        """Drop listing entries (created before `older_than`) whose workflow expired; how many went."""
+        key = self._listing(tenant)
+        ids = await self.r.zrangebyscore(key, "-inf", older_than if older_than is not None else "+inf",
+                                         start=0, num=SWEEP_BATCH)
+        if not ids:
+            return 0
+        async with self.r.pipeline(transaction=False) as pipe:
+            for wf_id in ids:
+                pipe.exists(self._wf(wf_id))
+            alive = await pipe.execute()
+        gone = [w for w, a in zip(ids, alive) if not a]
+        if gone:
+            await self.r.zrem(key, *gone)
+        return len(gone)
+
+    async def listed_tenants(self) -> list[str]:
+        prefix = f"{self.p}:workflows:tenant:"
+        return [k[len(prefix):] async for k in self.r.scan_iter(match=prefix + "*", count=200)]
+
+    async def forget_listed(self, wf_id: str, tenant: str | None) -> None:
+        await self.r.zrem(self._listing(tenant), wf_id)
+
+    async def list(self, offset: int, limit: int, tenant: str | None = None) -> tuple[list[str], int]:
+        """Newest first; `tenant`: only that tenant's."""
+        key = self._listing(tenant)
         async with self.r.pipeline(transaction=False) as pipe:
             pipe.zrevrange(key, offset, offset + limit - 1)
             pipe.zcard(key)
@@ -208,3 +249,6 @@ class WorkflowStore:
 
     async def register_worker(self, url: str) -> None:
         await self.r.sadd(f"{self.p}:workers", url)
+
+    async def unregister_worker(self, url: str) -> bool:
+        return bool(await self.r.srem(f"{self.p}:workers", url))

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import aiohttp
 import orjson
 
+from engine.tracing import outgoing_headers
 from gateway.errors import WorkerCallError
 from gateway.workers.http1 import ConnectionPool, Response
 
@@ -34,11 +35,13 @@ class StreamTimeouts(NamedTuple):
 
 
 class WorkerClient:
-    def __init__(self, url: str, session: aiohttp.ClientSession | None = None, request_timeout_s: float = 600.0):
+    def __init__(self, url: str, session: aiohttp.ClientSession | None = None, request_timeout_s: float = 600.0,
+                 api_key: str | None = None):
         self.url = url.rstrip("/")
         self.session = session  # for callers that need aiohttp itself; this class does not use it
         self.request_timeout_s = request_timeout_s
-        self.connections = ConnectionPool(self.url)
+        # the worker's --api-key, on every request (SGLang's Bearer auth)
+        self.connections = ConnectionPool(self.url, headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
 
     def close(self) -> None:
         """Close the idle connections (calls in flight close theirs when released)."""
@@ -72,10 +75,14 @@ class WorkerClient:
         """The worker's /get_load summed over its data-parallel ranks."""
         data = await self.get_json("/get_load")
         ranks = data if isinstance(data, list) else [data]
-        total: dict[str, int] = {}
+        total: dict = {}
         for rank in ranks:
             for key in ("num_reqs", "num_waiting_reqs", "num_tokens", "num_prefetch_reqs"):
                 total[key] = total.get(key, 0) + int(rank.get(key, 0) or 0)
+            for key in ("step_s", "token_s"):  # a rank's step costs (engine/step_cost.py): the slowest rank's
+                value = rank.get(key)
+                if isinstance(value, (int, float)) and value >= 0:
+                    total[key] = max(total.get(key, 0.0), float(value))
         return total
 
     async def abort(self, rid: str) -> None:
@@ -97,7 +104,7 @@ class WorkerClient:
         raises OSError if the reply breaks off (TimeoutError once the deadline passes)."""
         timeout_s = self.request_timeout_s if timeout_s is None else timeout_s
         try:
-            resp = await self.connections.request(method, path, body, timeout_s=timeout_s)
+            resp = await self.connections.request(method, path, body, timeout_s=timeout_s, headers=outgoing_headers())
         except TimeoutError as exc:
             raise WorkerCallError(self.url, f"{method} {path}: timed out: no reply within {timeout_s:g} s",
                                   timed_out=True) from exc

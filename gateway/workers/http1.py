@@ -154,7 +154,8 @@ class Response:
 class ConnectionPool:
     """Keep-alive connections to one origin (scheme://host:port[/base path])."""
 
-    def __init__(self, url: str, *, connect_timeout_s: float = 5.0, idle_s: float = 30.0, max_idle: int = 64):
+    def __init__(self, url: str, *, connect_timeout_s: float = 5.0, idle_s: float = 30.0, max_idle: int = 64,
+                 headers: dict[str, str] | None = None):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
@@ -163,14 +164,17 @@ class ConnectionPool:
         self.ssl = ssl.create_default_context() if parts.scheme == "https" else None
         self.base = parts.path.rstrip("/")
         host = f"[{self.host}]" if ":" in self.host else self.host
-        self._host_line = f"Host: {host}:{self.port}\r\n".encode("latin-1")
+        self._host_line = f"Host: {host}:{self.port}\r\n".encode("latin-1")  # and the headers every request carries
+        self._host_line += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items()).encode("latin-1")
         self.connect_timeout_s, self.idle_s, self.max_idle = connect_timeout_s, idle_s, max_idle
         self._idle: list[_Conn] = []
 
     async def request(self, method: str, path: str, body: bytes | None = None, *, timeout_s: float,
-                      content_type: str = "application/json") -> Response:
+                      content_type: str = "application/json", headers: dict[str, str] | None = None) -> Response:
         """Send one request and read the reply's head; the caller reads the body and releases it."""
         head = b"%s %s HTTP/1.1\r\n%s" % (method.encode(), (self.base + path).encode(), self._host_line)
+        for name, value in (headers or {}).items():
+            head += f"{name}: {value}\r\n".encode("latin-1")
         if body is not None:
             head += b"Content-Type: %s\r\nContent-Length: %d\r\n" % (content_type.encode(), len(body))
         message = head + b"\r\n" + (body or b"")

@@ -59,7 +59,8 @@ class WorkerState:
 
     def view(self) -> WorkerView:
         return WorkerView(url=self.url, in_flight=self.in_flight, num_reqs=self.load.get("num_reqs", 0),
-                          num_waiting=self.load.get("num_waiting_reqs", 0))
+                          num_waiting=self.load.get("num_waiting_reqs", 0),
+                          step_s=self.load.get("step_s", 0.0), token_s=self.load.get("token_s", 0.0))
 
 
 class WorkerPool:
@@ -74,7 +75,7 @@ class WorkerPool:
     def add(self, url: str) -> WorkerState:
         url = url.rstrip("/")
         if url not in self.workers:
-            client = WorkerClient(url, self.session, self.config.request_timeout_s)
+            client = WorkerClient(url, self.session, self.config.request_timeout_s, self.config.worker_api_key)
             breaker = CircuitBreaker(self.config.breaker_failures, self.config.breaker_cooldown_s)
             breaker.record_failure(hard=True)  # out until its first probe passes
             breaker.opened_at -= self.config.breaker_cooldown_s  # ...which may run at once

@@ -11,7 +11,8 @@ import pytest
 
 from agentgate import AsyncClient, Client
 from agentgate.cli import main
-from agentgate.examples import code_edit, map_reduce, multi_agent, react
+from agentgate.examples import agents_sdk, code_edit, map_reduce, multi_agent, react
+from agentgate.examples.tools import run_tool
 from agentgate.examples.react_langgraph import TEMPLATE as LANGGRAPH_TEMPLATE
 from tests.support import REPO_ROOT
 
@@ -45,17 +46,23 @@ def finished_state(out: str, url: str):
     return state
 
 
-def test_react_runs_its_tools_and_answers(real_gw, capsys):
+def test_react_calls_its_tools_and_answers(real_gw, capsys):
     state = finished_state(run_example("react", real_gw.url, capsys), real_gw.url)
     assert set(state.nodes) == {"think_1", "act_1", "answer", "finish"}
-    if state.nodes["act_1"].status == "finished":  # the model did not answer at once
-        observation = state.outputs["act_1"]  # a search hit, a calculator result, or the format error
-        assert "[" in observation or "Error" in observation or observation.startswith("Invalid format")
+    # the step is a real tool call, decoded under the grammar of one call to one of its tools
+    [step] = json.loads(state.outputs["think_1"])
+    assert step["name"] in ("search", "calculator", "final_answer") and isinstance(step["arguments"], dict)
+    if step["name"] != "final_answer":  # the client ran the call; its result is the next turn
+        assert state.outputs["act_1"] == run_tool(step["name"], step["arguments"])
         think, answer = state.nodes["think_1"], state.nodes["answer"]
-        # the answer's chat continues think_1's: its prompt, think_1's output as the assistant turn, the
-        # observation; so the cache covers all of think_1's prompt (bar the last partial block) and more
+        # the answer's chat continues think_1's: its prompt, think_1's call as the assistant turn, the
+        # result; so the cache covers all of think_1's prompt (bar the last partial block) and more
         assert answer.prompt_tokens > think.prompt_tokens + think.completion_tokens
         assert answer.cached_tokens >= think.prompt_tokens - 16
+        assert state.outputs["finish"] == state.outputs["answer"].strip()
+    else:
+        assert state.nodes["act_1"].status == state.nodes["answer"].status == "skipped"
+        assert state.outputs["finish"] == step["arguments"]["answer"].strip()
     assert state.outputs["finish"].strip()
     assert state.nodes["think_1"].prompt_tokens > 1000  # system prompt + tool schemas + examples
 
@@ -90,13 +97,24 @@ def test_code_edit_checks_the_edit(real_gw, capsys):
     assert state.nodes["edit"].cached_tokens >= 0.8 * state.nodes["edit"].prompt_tokens
 
 
-def test_langgraph_react_tags_its_calls(real_gw, capsys):
+def test_langgraph_prebuilt_react_agent_calls_tools_and_tags_its_calls(real_gw, capsys):
     out = run_example("react_langgraph", real_gw.url, capsys, "--input", f"question={react.QUESTIONS[1]}")
+    # one required call to search or calculator, then final_answer by name, which ends the run
     assert "agent: finished (2 calls)" in out and "prefix cache:" in out
+    assert re.search(r"(search|calculator)\(\w+=", out) and "final_answer(answer=" in out
     with Client(real_gw.url, timeout=60) as c:
         learned = c.template(LANGGRAPH_TEMPLATE)
-    assert {"agent", "tools", "answer"} <= set(learned["nodes"])
-    assert learned["transitions"].get("agent", {}).get("answer", 0) >= 1, learned["transitions"]
+    assert {"agent", "tools"} <= set(learned["nodes"])  # create_react_agent's graph, from get_graph()
+    assert learned["transitions"].get("agent", {}).get("agent", 0) >= 1, learned["transitions"]
+
+
+def test_agents_sdk_hands_off_and_calls_a_function_tool(real_gw, capsys):
+    out = run_example("agents_sdk", real_gw.url, capsys, "--input", f"question={react.QUESTIONS[1]}")
+    assert "Triage agent → Billing agent" in out and re.search(r"(search|calculator)\(\{", out)
+    assert "agent: finished" in out
+    with Client(real_gw.url, timeout=60) as c:
+        learned = c.template(agents_sdk.TEMPLATE)  # learned from the x-agent-* headers alone
+    assert learned["transitions"].get("triage", {}).get("billing") == 1, learned["transitions"]
 
 
 def test_every_example_builds_realistic_prompts():

@@ -158,3 +158,65 @@ def test_bad_constraints_are_openai_shaped_400s(worker, body, says):
 def test_generate_bad_regex_is_a_400(worker):
     status, reply = http_json("POST", worker + "/generate", {"text": "x", "sampling_params": {"regex": "a("}})
     assert status == 400 and "invalid regex" in reply["error"]["message"]
+
+
+# tool_choice "auto": the model decides. The 135M model rarely calls a tool unprompted (a plain question
+# gets a text answer); after one call and its result in the conversation it writes the next call itself,
+# unconstrained. Whatever it writes, the reply is the parse of the very text it generated.
+AUTO_CASES = {
+    "plain question": (ASK, 64),
+    "after a call in the history": (ASK + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 degrees."},
+        {"role": "assistant", "content": "It is sunny and 21 degrees in Paris."},
+        {"role": "user", "content": "What is the weather in Berlin?"}], 64),
+}
+AUTO_CASES["cut off inside the call"] = (AUTO_CASES["after a call in the history"][0], 10)
+
+
+def _raw_auto_output(worker, tokenizer, messages, max_tokens) -> str:
+    """What the model generates for the auto-mode prompt, unparsed: the same prompt through /generate."""
+    from engine.worker.chat import plan_chat
+    from engine.worker.tool_parsers import make_parser
+
+    plan = plan_chat(tokenizer, make_parser("smollm2"), messages, [WEATHER, TIME], "auto")
+    status, body = http_json("POST", worker + "/generate", {
+        "text": plan.text, "sampling_params": {"temperature": 0, "max_new_tokens": max_tokens}})
+    assert status == 200, body
+    return body["text"]
+
+
+@pytest.mark.parametrize("case", list(AUTO_CASES))
+def test_auto_tool_choice_returns_the_parse_of_what_the_model_wrote(client, worker, tokenizer, case):
+    from engine.worker.tool_parsers import make_parser
+
+    messages, max_tokens = AUTO_CASES[case]
+    raw = _raw_auto_output(worker, tokenizer, messages, max_tokens)
+    content, calls = make_parser("smollm2").parse(raw)
+    r = client.chat.completions.create(model="m", messages=messages, tools=[WEATHER, TIME], tool_choice="auto",
+                                       temperature=0, max_tokens=max_tokens)
+    message, reason = r.choices[0].message, r.choices[0].finish_reason
+    if case == "plain question":  # a text answer: no call, no markup
+        assert not calls and message.tool_calls is None and message.content == raw and "<tool_call>" not in raw
+        assert reason == "length"
+    elif case == "after a call in the history":  # the model's own, unconstrained call
+        assert raw == '<tool_call>[{"name": "get_weather", "arguments": {"city": "Berlin"}}]</tool_call>'
+        assert [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls] == \
+            [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Berlin"})]
+        assert message.content is None and reason == "tool_calls"
+    else:  # a call cut off by max_tokens is no call: its text stays content, never a half-made call
+        assert raw.startswith("<tool_call>[") and not raw.endswith("</tool_call>")
+        assert not calls and content == raw
+        assert message.tool_calls is None and message.content == raw and reason == "length"
+    # streamed, the same reply arrives as deltas
+    stream = client.chat.completions.create(model="m", messages=messages, tools=[WEATHER, TIME], tool_choice="auto",
+                                            temperature=0, max_tokens=max_tokens, stream=True)
+    text, deltas, reasons = "", [], []
+    for chunk in stream:
+        text += chunk.choices[0].delta.content or ""
+        deltas += chunk.choices[0].delta.tool_calls or []
+        reasons.append(chunk.choices[0].finish_reason)
+    assert text == (message.content or "") and reasons[-1] == reason
+    assert [(d.function.name, d.function.arguments) for d in deltas] == \
+        [(c.function.name, c.function.arguments) for c in message.tool_calls or ()]

@@ -62,6 +62,7 @@ class FakeWorker:
     seen_units: list[list] = field(default_factory=list)  # /generate prompts, as token lists
     pins: dict[str, dict] = field(default_factory=dict)
     pins_made: int = 0
+    load_extra: dict = field(default_factory=dict)  # more /get_load fields, e.g. the engine's step costs
     port: int = field(default_factory=free_port)
     runner: web.AppRunner | None = None
 
@@ -105,7 +106,8 @@ class FakeWorker:
 
     async def get_load(self, request):
         n = self.running()
-        return web.json_response([{"dp_rank": 0, "num_reqs": n, "num_waiting_reqs": 0, "num_tokens": 10 * n}])
+        return web.json_response([{"dp_rank": 0, "num_reqs": n, "num_waiting_reqs": 0, "num_tokens": 10 * n,
+                                   **self.load_extra}])
 
     async def abort(self, request):
         self.aborted.append((await request.json()).get("rid"))

@@ -66,20 +66,21 @@ class GatewayHandle:
         assert status == 202, body
         return body["id"]
 
-    async def wait(self, wf_id: str, *, until=("finished", "failed", "cancelled"), timeout: float = 20.0) -> dict:
+    async def wait(self, wf_id: str, *, until=("finished", "failed", "cancelled"), timeout: float = 20.0,
+                   headers=None) -> dict:
         deadline = time.monotonic() + timeout
         while True:
-            status, body, _ = await self.call("GET", f"/v1/workflows/{wf_id}")
+            status, body, _ = await self.call("GET", f"/v1/workflows/{wf_id}", headers=headers)
             assert status == 200, body
             if body["status"] in until:
                 return body
             assert time.monotonic() < deadline, f"workflow still {body['status']}: {body}"
             await asyncio.sleep(0.05)
 
-    async def wait_node(self, wf_id: str, node: str, status: str, timeout: float = 20.0) -> dict:
+    async def wait_node(self, wf_id: str, node: str, status: str, timeout: float = 20.0, headers=None) -> dict:
         deadline = time.monotonic() + timeout
         while True:
-            _, body, _ = await self.call("GET", f"/v1/workflows/{wf_id}")
+            _, body, _ = await self.call("GET", f"/v1/workflows/{wf_id}", headers=headers)
             if body["nodes"][node]["status"] == status:
                 return body
             assert time.monotonic() < deadline, f"node {node} still {body['nodes'][node]['status']}"

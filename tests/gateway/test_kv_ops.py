@@ -188,3 +188,16 @@ async def test_forgetting_a_worker_ends_its_pins_and_rereads_its_kind(fake_worke
     await w.stop()
     await w.start()
     assert await kv.kind(worker) == "agentgate"
+
+
+async def test_a_workers_step_costs_reach_the_routing_view(fake_workers, session):
+    """The embedded engine's /get_load carries its learned step costs; SGLang's does not (view: 0)."""
+    engine, sglang = await fake_workers(2)
+    engine.load_extra = {"step_s": 0.031, "token_s": 0.0042}
+    views = []
+    for w in (engine, sglang):
+        worker = state(w, session)
+        worker.load = await worker.client.get_load()
+        views.append(worker.view())
+    assert (views[0].step_s, views[0].token_s) == (0.031, 0.0042)
+    assert (views[1].step_s, views[1].token_s) == (0.0, 0.0)

@@ -27,9 +27,11 @@ class StubKV:
         self.sent: list[tuple[int, int]] = []  # (tokens, priority)
         self.unpinned: list[str] = []
         self.pin_id = pin_id
+        self.salts: list[str | None] = []
 
-    async def prefetch(self, worker, ids, *, pin_ttl_s=None, priority=None):
+    async def prefetch(self, worker, ids, *, pin_ttl_s=None, priority=None, cache_salt=None):
         self.sent.append((len(ids), priority))
+        self.salts.append(cache_salt)
         await self.gate.wait()
         return PrefetchResult(len(ids) // 16 * 16, {"l1": 0, "l2": 0, "l3": 0, "computed": len(ids)},
                               self.pin_id if pin_ttl_s else None)
@@ -75,6 +77,16 @@ async def test_one_worker_runs_its_bound_nearest_first_and_the_newest_prefix_win
     await settle()
     assert kv.sent == [(64, -2), (50, -1), (48, -2)]  # nearest first; only the newest prefix of "near"
     assert pf.slots[("wf", "near")].resident_tokens == 48 and pf.inflight[URL] == 0
+
+
+async def test_a_prefetch_carries_the_salt_of_the_calls_it_serves():
+    kv = StubKV()
+    kv.gate.set()
+    pf, _ = make(kv, max_inflight=2)
+    pf.want(Intent(("wf", "a"), ids(32), salt="tenant:a"))
+    pf.want(Intent(("wf", "open"), ids(48)))
+    await settle()
+    assert sorted(kv.salts, key=str) == [None, "tenant:a"]
 
 
 async def test_a_prefix_without_a_new_full_block_is_not_sent_again():

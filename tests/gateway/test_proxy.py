@@ -112,3 +112,13 @@ async def test_bad_input_is_refused_openai_shaped(gateway, fake_workers):
     status, err, _ = await gw.call("GET", "/v1/nothing-here")
     assert status == 404 and err["error"]["type"] == "not_found_error"
     assert w.calls == []
+
+
+async def test_output_budget_reads_every_form_of_max_tokens():
+    from gateway.api.openai_proxy import output_budget
+
+    assert output_budget({"max_tokens": 24}) == 24
+    assert output_budget({"max_completion_tokens": 30, "max_tokens": 24}) == 30
+    assert output_budget({"sampling_params": {"max_new_tokens": 12}}) == 12
+    assert output_budget({}) == 0
+    assert output_budget({"max_tokens": True, "sampling_params": "x"}) == 0  # not a count: unknown

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from engine.kvcache.hashing import block_hashes
 from gateway.router.base import RouteRequest, WorkerView
 from gateway.router.policies.kv_aware import KVAwarePolicy
@@ -173,3 +175,67 @@ def test_block_hash_memo_gives_the_engines_hashes_and_stays_bounded():
             assert memo(ids, 16, salt) == block_hashes(ids, 16, salt)
     assert memo(shared, 16, "tenant-a") != memo(shared, 16, "tenant-b")
     assert len(memo._memo) <= 8
+
+
+class TieredSource:
+    """What a KV index says: `l1` holds the prompt in its own pool, every worker can load it from L3."""
+
+    def __init__(self, l1: str | None, l3_credit: float = 0.97):
+        self.l1, self.l3_credit = l1, l3_credit
+
+    def matched_blocks(self, hashes, url: str) -> float:
+        return len(hashes) * (1.0 if url == self.l1 else self.l3_credit)
+
+    def resident_blocks(self, hashes, url: str) -> int:
+        return len(hashes) if url == self.l1 else 0
+
+
+CPU = dict(step_s=0.030, token_s=0.004)  # a row costs an eighth of a step: every row is computed
+GPU = dict(step_s=0.010, token_s=0.00002)  # a row is nearly free next to reading the weights once a step
+
+
+def costed(costs: dict, *loads: int) -> list[WorkerView]:
+    return [WorkerView(url=u, in_flight=n, **costs) for u, n in zip((A, B), loads)]
+
+
+def test_kv_aware_finish_time_takes_a_stage_off_a_busy_holder_on_a_cpu_but_not_on_a_gpu():
+    """A holds a 1,000-token role prompt in L1 and runs five calls; B is idle and can load the prompt
+    from L3. On CPU costs the call finishes sooner on B; on GPU costs the holder keeps it."""
+    policy = KVAwarePolicy(TieredSource(l1=A))
+    call = replace(req_for(list(range(1000)) + [7] * 24), max_tokens=24)
+    assert policy.choose(call, costed(CPU, 0, 0)) == A  # equal loads: the holder (B would load from L3)
+    assert policy.choose(call, costed(CPU, 1, 0)) == A  # one row more is within the margin of an L3 load
+    assert policy.choose(call, costed(CPU, 5, 0)) == B
+    assert policy.choose(call, costed(GPU, 5, 0)) == A
+    a, b = costed(CPU, 5, 0)
+    assert policy.finish_s(call, b) < policy.finish_s(call, a) * (1 - policy.spread_margin)
+
+
+def test_kv_aware_finish_time_never_trades_a_recompute_for_a_shorter_queue():
+    """Nobody else can load the prefix (no L3): recomputing 1,000 tokens costs more than A's queue."""
+    policy = KVAwarePolicy(TieredSource(l1=A, l3_credit=0.0))
+    call = replace(req_for(list(range(1000)) + [7] * 24), max_tokens=24)
+    assert policy.choose(call, costed(CPU, 5, 0)) == A
+
+
+def test_kv_aware_without_step_costs_or_output_budget_keeps_the_slack_rule():
+    policy = KVAwarePolicy(TieredSource(l1=A))
+    call = req_for(list(range(1000)) + [7] * 24)  # no max_tokens
+    assert policy.finish_s(call, costed(CPU, 5, 0)[1]) is None
+    assert policy.choose(call, costed(CPU, 5, 0)) == A
+    budgeted = replace(call, max_tokens=24)
+    assert policy.choose(budgeted, views(5, 0)) == A  # workers that publish no step costs
+
+
+def test_kv_aware_finish_time_spreads_a_burst_of_one_role_over_idle_workers():
+    """Six calls of one role arrive together, A holding the role's prompt: on CPU costs they split
+    between the workers (each placed call counts as load; B's L3 load of the prompt makes A worth
+    one call more), on GPU costs they all meet on A."""
+    for costs, expected in ((CPU, {A: 4, B: 2}), (GPU, {A: 6})):
+        policy = KVAwarePolicy(TieredSource(l1=A))
+        loads = {A: 0, B: 0}
+        for i in range(6):
+            call = replace(req_for(list(range(1000)) + [i] * 40), max_tokens=24)
+            url = policy.choose(call, costed(costs, loads[A], loads[B]))
+            loads[url] += 1
+        assert {u: n for u, n in loads.items() if n} == expected

@@ -240,6 +240,43 @@ def test_quick_run_writes_the_table_plots_and_results(tmp_path):
     assert before == after, "a quick run must not touch BENCHMARKS.md"
 
 
+def test_an_agent_run_becomes_a_record_of_its_calls():
+    from agentgate.state import AgentRun, CallInfo
+
+    run = AgentRun({"answer": "42"}, (CallInfo("triage", 900, 0, 20, 1.5, 101.0),
+                                      CallInfo("billing", 1000, 800, 30, 2.0, 103.0)))
+    rec = report.agent_record(3, "agents_sdk", 1, 100.0, 106.0, run)
+    assert (rec.status, rec.latency, rec.completion_tokens) == ("finished", 6.0, 50)
+    first, second = rec.nodes
+    assert (first.node, first.ready, first.started, first.finished, first.after_tool) == \
+        ("triage_1", 101.0, 101.0, 102.5, False)
+    assert (second.node, second.finished, second.cached_tokens, second.after_tool) == ("billing_2", 105.0, 800, True)
+    assert first.first_token is None  # not streamed: in no TTFT
+    s = report.summarize("agentgate", INF, [rec], workers=1)
+    assert s.hit_rate == pytest.approx(800 / 1900) and s.example_latency == {"agents_sdk": 6.0}
+    assert bench.parse_args(["--examples", "react,agents_sdk,react_langgraph"]).examples == (
+        "react", "agents_sdk", "react_langgraph")
+
+
+@pytest.mark.slow
+def test_quick_run_drives_the_framework_agents_through_the_gateway_and_against_a_worker(tmp_path):
+    proc = subprocess.run([sys.executable, "scripts/bench_workflows.py", "--quick", "--out-dir", str(tmp_path),
+                           "--examples", "react_langgraph,agents_sdk"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "bench_workflows.json").read_text())
+    for cell in results["cells"]:  # agentgate (the gateway) and sequential (a worker's own chat API)
+        assert [w["example"] for w in cell["workflows"]] == ["react_langgraph", "agents_sdk"]
+        for w in cell["workflows"]:
+            assert w["status"] == "finished", w
+            nodes = [n["node"] for n in w["nodes"]]
+            if w["example"] == "react_langgraph":  # a required tool call, then final_answer
+                assert nodes == ["agent_1", "agent_2"]
+            else:  # triage hands off; billing calls a tool, then answers
+                assert nodes[:2] == ["triage_1", "billing_2"] and len(nodes) >= 3
+            assert all(n["completion_tokens"] > 0 for n in w["nodes"])
+
+
 def test_background_prompts_are_unrelated_and_about_the_asked_length():
     from engine.model.prepare import default_model_dir
     from engine.tokenizer import Tokenizer

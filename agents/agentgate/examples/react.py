@@ -1,30 +1,39 @@
-"""ReAct: a support agent that thinks, calls a tool, reads the observation, and repeats.
+"""ReAct: a support agent that calls a tool, reads its result, and repeats, on real tool calls.
 
-The classic text ReAct loop (Thought → Action → Observation …, then Final Answer) over the
-Nimbus Cloud docs, with a search tool and a calculator (agents/agentgate/examples/tools.py). The loop
-is unrolled into a workflow the gateway runs, up to `steps` rounds:
+A ReAct loop (call a tool → read the result → …, then answer) over the Nimbus Cloud docs,
+with a search tool and a calculator (agents/agentgate/examples/tools.py), written as OpenAI
+tool calling: each step is an LLM call with `tools` and tool_choice "required", so the
+worker decodes it under the grammar of one call to search, calculator or final_answer
+(even the 135M model writes a valid call), and the node's output is that parsed call
+(`output="tool_calls"`: `[{"name": ..., "arguments": {...}}]`). The loop is unrolled into
+a workflow the gateway runs, up to `steps` rounds:
 
-    think_1 ─(no Final Answer)→ act_1 → think_2 ─→ act_2 → … → act_K → answer ─→ finish
-       └──────(Final Answer)─────────────────────────────────────────────────────┘
+    think_1 ─(not final_answer)→ act_1 → think_2 ─→ act_2 → … → act_K → answer ─→ finish
+       └──────(final_answer)─────────────────────────────────────────────────────┘
 
-`think_k` is an LLM call; `act_k` is a tool node the client runs (it parses the action,
-calls the tool, and returns the observation); an edge leaves a
-think node toward the next act only while the model has not written "Final Answer:", and
-toward `finish` once it has — so the rest of the loop is skipped, as a real agent stops.
-`answer` forces an answer when the step budget runs out; `finish` extracts it.
+`act_k` is a tool node the client runs: it runs the call think_k made and returns the
+result. An edge leaves a think node toward the next act only while the model has not
+called final_answer, and toward `finish` once it has, so the rest of the loop is skipped
+as a real agent stops. `answer` (plain text) answers when the step budget runs out;
+`finish` takes the answer.
 
-The loop is a chat, as agents send it: the long system prompt (tool schemas, rules, worked
-examples), the question, then each step's output as an assistant turn and its observation as
-the next user turn. So each step's prompt is the previous prompt plus that step's output plus
-the observation, and only the observation is new: the prefix cache (which keeps a call's
-output too), routing that knows where it lives, and a pin held through the tool call pay off.
+The loop is a chat, as agents send it: the long system prompt (rules, worked examples; the
+worker adds the tool schemas), the question, then each step's call as an assistant turn and
+its result as a `tool` turn. A node's messages are text, so the assistant turn writes the
+call as the embedded model's template family does (`<tool_call>[...]</tool_call>`, the
+tokens the step generated). Each step's prompt is the previous prompt plus that step's
+output plus the tool's result, and only the result is new: the prefix cache (which keeps a
+call's output too), routing that knows where it lives, and a pin held through the tool call
+pay off.
 
     agentgate run agents/agentgate/examples/react.py [--quick] [--input question="..."]
 """
 
 from __future__ import annotations
 
-from agentgate.examples.tools import FINAL_ANSWER, final_answer, observe
+import json
+
+from agentgate.examples.tools import CALCULATOR, FINAL_ANSWER, SEARCH, run_tool
 from agentgate.workflow import Workflow, contains
 
 TEMPLATE = "nimbus-react"
@@ -37,67 +46,60 @@ differ, and you must apply the region factor when the customer names a region.
 
 ## Tools
 
-You can call exactly one tool per step. The tools are described with JSON schemas:
+You work by calling tools, one call per step:
 
-{"name": "search", "description": "Full-text search over the Nimbus Cloud documentation (pricing pages, \
-regions, quotas, SLA, support plans, billing, managed databases, Kubernetes, security). Returns the two \
-most relevant paragraphs, each prefixed with the title of its page.", "parameters": {"type": "object", \
-"properties": {"query": {"type": "string", "description": "A few keywords, e.g. 'n1.large price per \
-hour' or 'egress tiers'. Do not write a whole sentence."}}, "required": ["query"]}}
+- search(query): full-text search over the Nimbus Cloud documentation (pricing pages, regions, quotas, SLA, \
+support plans, billing, managed databases, Kubernetes, security). It returns the two most relevant \
+paragraphs, each prefixed with the title of its page. Write a few keywords, e.g. "n1.large price per \
+hour" or "egress tiers", never a whole sentence.
+- calculator(expression): evaluates one arithmetic expression and returns the number. It supports + - * \
+/ // % **, parentheses and the functions round(x, digits), min, max, abs and sqrt. No variables, no \
+units, no text: "3 * 0.168 * 730" or "round(1.08 * 4.10, 2)".
+- final_answer(answer): gives the customer your answer and ends the conversation.
 
-{"name": "calculator", "description": "Evaluates one arithmetic expression and returns the number. \
-Supports + - * / // % **, parentheses and the functions round(x, digits), min, max, abs and sqrt. \
-No variables, no units, no text.", "parameters": {"type": "object", "properties": {"expression": \
-{"type": "string", "description": "For example '3 * 0.168 * 730' or 'round(1.08 * 4.10, 2)'."}}, \
-"required": ["expression"]}}
-
-## Format
-
-Always answer in this exact format, one step at a time:
-
-Thought: what you know so far and what you need next.
-Action: search[keywords]   or   Action: calculator[expression]
-
-Then stop and wait. The system replies with a line that starts with "Observation:". After enough \
-observations to answer, write:
-
-Thought: I now know the answer.
-Final Answer: the answer for the customer, in one to three sentences, with the numbers and their units.
+After each call the system replies with the tool's result. When you have enough results to answer, call \
+final_answer.
 
 ## Rules
 
 1. Never invent a price, a quota or a limit. If the documentation does not say it, search for it; if \
-the search finds nothing, say in the Final Answer that the documentation does not cover it.
-2. One action per step. Do not write an Observation yourself.
+the search finds nothing, say in the final answer that the documentation does not cover it.
+2. One tool call per step. Never write a tool's result yourself.
 3. A month is 730 hours and a year is 8,760 hours, as the billing page says.
 4. Apply region factors: 1.00 for us-east and eu-west, 1.05 for us-west, 1.08 for eu-north and 1.12 \
 for ap-south.
-5. Round money to cents in the Final Answer and say whether the price is per hour, per month or per year.
-6. Be brief. Customers read your answer on a phone.
+5. Round money to cents in the final answer and say whether the price is per hour, per month or per year.
+6. Be brief. Customers read your answer on a phone: one to three sentences, with the numbers and their \
+units.
 
 ## Example 1
 
 Question: What does one n1.medium cost for a 30-day month in us-west?
-Thought: I need the base price of n1.medium.
-Action: search[n1.medium price per hour]
-Observation: [Compute instance pricing] General purpose (n1): ... n1.medium has 4 vCPUs and 8 GiB for \
+Call: search {"query": "n1.medium price per hour"}
+Result: [Compute instance pricing] General purpose (n1): ... n1.medium has 4 vCPUs and 8 GiB for \
 $0.084 per hour. ...
-Thought: 30 days is 720 hours, and us-west is 5% above base.
-Action: calculator[round(0.084 * 720 * 1.05, 2)]
-Observation: 63.5
-Thought: I now know the answer.
-Final Answer: One n1.medium in us-west costs about $63.50 for a 30-day month ($0.0882 per hour).
+Call: calculator {"expression": "round(0.084 * 720 * 1.05, 2)"}
+Result: 63.5
+Call: final_answer {"answer": "One n1.medium in us-west costs about $63.50 for a 30-day month ($0.0882 \
+per hour)."}
 
 ## Example 2
 
 Question: Is there a free control plane for Kubernetes?
-Thought: I should look up the Kubernetes control plane price.
-Action: search[Kubernetes control plane price]
-Observation: [Nimbus Kubernetes Engine] Each cluster has a managed control plane that costs $0.10 per \
-hour. The first cluster of every account has a free control plane. ...
-Thought: I now know the answer.
-Final Answer: Yes: the first cluster of your account has a free control plane; each further cluster's \
-control plane costs $0.10 per hour.
+Call: search {"query": "Kubernetes control plane price"}
+Result: [Nimbus Kubernetes Engine] Each cluster has a managed control plane that costs $0.10 per hour. \
+The first cluster of every account has a free control plane. ...
+Call: final_answer {"answer": "Yes: the first cluster of your account has a free control plane; each \
+further cluster's control plane costs $0.10 per hour."}
+
+## Example 3
+
+Question: How much is 300 GB of standard object storage per month?
+Call: search {"query": "standard object storage price per GB month"}
+Result: [Object storage pricing] Standard storage costs $0.020 per GB per month. ...
+Call: calculator {"expression": "round(300 * 0.020, 2)"}
+Result: 6
+Call: final_answer {"answer": "300 GB of standard object storage costs $6.00 per month."}
 """
 
 QUESTIONS = (
@@ -112,54 +114,71 @@ QUESTIONS = (
 )
 
 
-FIRST_TURN = "Question: {{inputs.question}}\n\nBegin with your first Thought."
-NEXT_TURN = "Observation: {{act_%d}}\n\nContinue with your next Thought."
-LAST_TURN = "Observation: {{act_%d}}\n\nYou have used all your tool calls. Write your Final Answer now."
+STEP_TOOLS = [SEARCH, CALCULATOR, FINAL_ANSWER]
+FIRST_TURN = "Question: {{inputs.question}}"
+LAST_TURN = "You have used all your tool calls. Answer the question now, in one to three sentences."
 
 
-def _conversation(k: int, last_turn: str = NEXT_TURN) -> list[tuple[str, str]]:
-    """The chat before think_k: the question, then each earlier step's output as the assistant's turn
-    and its observation as the user's next turn (last_turn words the final one)."""
+def _conversation(k: int) -> list[tuple[str, str]]:
+    """The chat before think_k: the question, then each earlier step's call as the assistant's turn (in the
+    embedded model's call format) and the tool's result as a `tool` turn."""
     turns = [("user", FIRST_TURN)]
     for j in range(1, k):
-        turns += [("assistant", "{{think_%d}}" % j), ("user", (NEXT_TURN if j < k - 1 else last_turn) % j)]
+        turns += [("assistant", "<tool_call>{{think_%d}}</tool_call>" % j), ("tool", "{{act_%d}}" % j)]
     return turns
 
 
 def _make_act(k: int):
-    """The tool node after think_k: run the action that step wrote; the result is the observation."""
+    """The tool node after think_k: run the call that step made; the result is what the next step reads."""
 
     def act(call) -> str:
-        return observe(call.outputs[f"think_{k}"].strip(), call.inputs["question"])
+        [step] = json.loads(call.outputs[f"think_{k}"])
+        return run_tool(step["name"], step["arguments"])
 
     act.__name__ = f"act_{k}"
     return act
 
 
+def final_answer(step_output: str) -> str | None:
+    """The answer of a step that called final_answer, else None."""
+    try:
+        calls = json.loads(step_output)
+    except ValueError:
+        return None
+    for call in calls if isinstance(calls, list) else ():
+        if isinstance(call, dict) and call.get("name") == "final_answer":
+            return str((call.get("arguments") or {}).get("answer", "")).strip()
+    return None
+
+
 def _finish(outputs) -> str:
-    """The agent's answer: the first Final Answer a think step wrote, else what the forced answer said."""
+    """The agent's answer: the first final_answer a think step called, else what the forced answer said."""
     for node in sorted(n for n in outputs if n.startswith("think_")):
         answer = final_answer(outputs[node])
         if answer is not None:
             return answer
-    return final_answer(outputs.get("answer", "")) or outputs.get("answer", "").strip()
+    return outputs.get("answer", "").strip()
+
+
+CALLED_FINAL = contains('"name": "final_answer"')
 
 
 def build(quick: bool = False, variant: int = 0, steps: int | None = None) -> Workflow:
     """The ReAct workflow for question number `variant` (mod the list). quick: one round, short answers."""
     steps = steps or (1 if quick else 3)
-    think_tokens, answer_tokens = (24, 24) if quick else (64, 96)
+    answer_tokens = 32 if quick else 96
     wf = Workflow(TEMPLATE, inputs={"question": QUESTIONS[variant % len(QUESTIONS)]})
     for k in range(1, steps + 1):
-        think = wf.llm(f"think_{k}", messages=_conversation(k), system=SYSTEM, max_tokens=think_tokens,
-                       stop=["\nObservation:"])
+        think = wf.llm(f"think_{k}", messages=_conversation(k), system=SYSTEM, max_tokens=96, tools=STEP_TOOLS,
+                       tool_choice="required", output="tool_calls")
         if k > 1:
             wf.edge(f"act_{k - 1}", think)
         wf.external(f"act_{k}", _make_act(k))
-        wf.edge(think, f"act_{k}", when=~contains(FINAL_ANSWER))
-    answer = wf.llm("answer", messages=_conversation(steps + 1, LAST_TURN), system=SYSTEM, max_tokens=answer_tokens)
+        wf.edge(think, f"act_{k}", when=~CALLED_FINAL)
+    answer = wf.llm("answer", messages=_conversation(steps + 1) + [("user", LAST_TURN)], system=SYSTEM,
+                    max_tokens=answer_tokens)
     wf.external("finish", _finish)
     for k in range(1, steps + 1):
-        wf.edge(f"think_{k}", "finish", when=contains(FINAL_ANSWER))
+        wf.edge(f"think_{k}", "finish", when=CALLED_FINAL)
     wf.edge(answer, "finish")
     return wf

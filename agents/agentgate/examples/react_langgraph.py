@@ -1,16 +1,23 @@
-"""The ReAct agent of react.py as a LangGraph graph that runs in the client.
+"""The Nimbus support agent of react.py as LangGraph's prebuilt ReAct agent, on real tool calls.
 
-Here the loop is not a workflow the gateway runs: LangGraph runs it, and each `agent` step
-calls the gateway's OpenAI-compatible chat API through `agentgate.langgraph.chat_model`, the
-one line a LangGraph user changes. That model tags every call with agent_hints
-{template, node_id, workflow_id}, and the graph's shape is registered as a template first,
-so the gateway learns which call follows which and can prepare the next one.
+`create_react_agent(model, tools)` is LangGraph's own graph (agent → tools → agent …);
+here LangGraph runs it in the client and each `agent` step calls the gateway's
+OpenAI-compatible chat API. The program is plain LangGraph + LangChain; for agent awareness
+a user changes two lines:
 
-    START → agent ─(no Final Answer)→ tools ─(steps left)→ agent …
-              │                          └─(step budget spent)→ answer → END
-              └─(Final Answer)→ done → END
+    llm = chat_model(url, template=TEMPLATE)             # instead of ChatOpenAI(base_url=url + "/v1")
+    register_graph(Client(url), agent, TEMPLATE)         # once, after create_react_agent
 
-Same system prompt, tools and questions as react.py.
+`chat_model` is a ChatOpenAI whose requests carry agent_hints {template, node_id: "agent",
+workflow_id: the run}, read from LangGraph's public `get_config()`; `register_graph` sends
+the graph's shape (its public `get_graph()`), so the gateway predicts the next `agent` call
+while a tool runs and keeps its prefix in place.
+
+The embedded 135M model rarely calls a tool on its own under tool_choice "auto", so the model
+is picked per step (create_react_agent takes a callable): tool_choice "required" over search,
+calculator and final_answer while steps are left, then final_answer by name. final_answer is
+a `return_direct` tool, so calling it ends the run with the answer as its result. Same system
+prompt, tools and questions as react.py.
 
     agentgate run agents/agentgate/examples/react_langgraph.py [--quick] [--input question="..."]
 """
@@ -18,87 +25,99 @@ Same system prompt, tools and questions as react.py.
 from __future__ import annotations
 
 import time
-from typing import TypedDict
+import warnings
 
-from langchain_core.messages import HumanMessage, SystemMessage
-from langgraph.graph import END, START, StateGraph
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import ToolMessage
+from langchain_core.tools import tool
 
+from agentgate.errors import NotFound
+from agentgate.examples import tools as nimbus
 from agentgate.examples.react import QUESTIONS, SYSTEM
-from agentgate.examples.tools import final_answer, observe
 from agentgate.langgraph import chat_model, register_graph, run_config
 from agentgate.state import AgentRun, CallInfo
 
 TEMPLATE = "nimbus-react-langgraph"
 
 
-class State(TypedDict, total=False):
-    question: str
-    transcript: str  # Thought / Action / Observation lines so far
-    last: str  # the latest agent step
-    steps: int  # tool calls made
-    answer: str
+@tool
+def search(query: str) -> str:
+    """Full-text search over the Nimbus Cloud documentation; returns the two most relevant paragraphs."""
+    return nimbus.run_tool("search", {"query": query})
 
 
-def build_graph(llm, calls: list[CallInfo], max_steps: int):
-    """The compiled graph; every LLM call it makes is appended to `calls`."""
+@tool
+def calculator(expression: str) -> str:
+    """Evaluates one arithmetic expression, e.g. 'round(0.084 * 720 * 1.05, 2)', and returns the number."""
+    return nimbus.run_tool("calculator", {"expression": expression})
 
-    def ask(node: str, prompt: str) -> str:
-        t0 = time.monotonic()
-        reply = llm.invoke([SystemMessage(SYSTEM), HumanMessage(prompt)])
-        usage = reply.usage_metadata or {}
-        calls.append(CallInfo(node, usage.get("input_tokens", 0),
-                              (usage.get("input_token_details") or {}).get("cache_read", 0),
-                              usage.get("output_tokens", 0), time.monotonic() - t0))
-        return reply.content
 
-    def agent(state: State) -> State:
-        prompt = f"Question: {state['question']}\n\n{state.get('transcript', '')}Continue with your next Thought."
-        return {"last": ask("agent", prompt)}
+@tool(return_direct=True)
+def final_answer(answer: str) -> str:
+    """Give the customer the final answer, in one to three sentences with numbers and units."""
+    return answer
 
-    def tools(state: State) -> State:
-        step = state["last"].strip()
-        transcript = f"{state.get('transcript', '')}{step}\nObservation: {observe(step, state['question'])}\n"
-        return {"transcript": transcript, "steps": state.get("steps", 0) + 1}
 
-    def answer(state: State) -> State:
-        prompt = (f"Question: {state['question']}\n\n{state.get('transcript', '')}You have used all your tool "
-                  "calls. Write your Final Answer now.")
-        text = ask("answer", prompt)
-        return {"answer": final_answer(text) or text.strip()}
+TOOLS = [search, calculator, final_answer]
 
-    def after_agent(state: State) -> str:
-        return "done" if final_answer(state["last"]) is not None else "tools"
 
-    def after_tools(state: State) -> str:
-        return "answer" if state["steps"] >= max_steps else "agent"
+class CallLog(BaseCallbackHandler):
+    """Each chat-model call of a run, as CallInfo (LangChain's public callbacks: start, end, usage)."""
 
-    def done(state: State) -> State:
-        return {"answer": final_answer(state["last"]) or ""}
+    def __init__(self, node: str = "agent"):
+        self.node, self.calls, self._started = node, [], {}
 
-    g = StateGraph(State)
-    g.add_node("agent", agent)
-    g.add_node("tools", tools)
-    g.add_node("answer", answer)
-    g.add_node("done", done)
-    g.add_edge(START, "agent")
-    g.add_conditional_edges("agent", after_agent, ["tools", "done"])
-    g.add_conditional_edges("tools", after_tools, ["agent", "answer"])
-    g.add_edge("answer", END)
-    g.add_edge("done", END)
-    return g.compile()
+    def on_chat_model_start(self, serialized, messages, *, run_id, **kwargs) -> None:
+        self._started[run_id] = (time.time(), time.monotonic())
+
+    def on_llm_end(self, response, *, run_id, **kwargs) -> None:
+        wall, t0 = self._started.pop(run_id, (None, None))
+        message = getattr(response.generations[0][0], "message", None)
+        usage = getattr(message, "usage_metadata", None) or {}
+        self.calls.append(CallInfo(self.node, usage.get("input_tokens", 0),
+                                   (usage.get("input_token_details") or {}).get("cache_read", 0),
+                                   usage.get("output_tokens", 0),
+                                   time.monotonic() - t0 if t0 is not None else None, wall))
+
+
+def build_agent(llm, max_steps: int):
+    """create_react_agent over TOOLS: tool_choice "required" for the first max_steps calls, then final_answer."""
+
+    def model(state, runtime):
+        used = sum(isinstance(m, ToolMessage) for m in state["messages"])
+        return llm.bind_tools(TOOLS, tool_choice="required" if used < max_steps else "final_answer")
+
+    from langgraph.prebuilt import create_react_agent
+
+    with warnings.catch_warnings():  # LangGraph 1.x points to langchain.agents.create_agent; both stay supported
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return create_react_agent(model, TOOLS, prompt=SYSTEM)
+
+
+def answer_of(messages) -> str:
+    """The final_answer call's result, else the last message's text."""
+    for m in reversed(messages):
+        if isinstance(m, ToolMessage) and m.name == "final_answer":
+            return str(m.content)
+    return str(messages[-1].content) if messages else ""
 
 
 def run_agent(client, *, quick: bool = False, inputs: dict | None = None, variant: int = 0) -> AgentRun:
     """Register the graph with the gateway `client` talks to, run it once, return its answer and calls.
-    quick: one tool call and short answers."""
-    max_steps, max_tokens = (1, 24) if quick else (3, 64)
+    quick: one tool call before the answer."""
+    max_steps = 1 if quick else 3
     question = (inputs or {}).get("question") or QUESTIONS[variant % len(QUESTIONS)]
-    calls: list[CallInfo] = []
-    llm = chat_model(client.base_url, template=TEMPLATE, max_tokens=max_tokens, temperature=0,
-                     stop=["\nObservation:"], max_retries=1, timeout=client.timeout)
-    graph = build_graph(llm, calls, max_steps)
-    register_graph(client, graph, TEMPLATE)
-    config = {**run_config(), "recursion_limit": 4 * max_steps + 8}  # one workflow id per run of the graph
-    final = graph.invoke({"question": question}, config)
-    return AgentRun(outputs={"question": question, "transcript": final.get("transcript", ""),
-                             "answer": final.get("answer", "")}, calls=tuple(calls))
+    llm = chat_model(client.base_url, template=TEMPLATE, max_tokens=96, temperature=0, max_retries=1,
+                     timeout=client.timeout)
+    agent = build_agent(llm, max_steps)
+    try:
+        register_graph(client, agent, TEMPLATE)
+    except NotFound:  # not a gateway (a worker or sglang-router has no /v1/templates): the agent runs all the same
+        pass
+    log = CallLog()
+    config = {**run_config(), "recursion_limit": 2 * max_steps + 6, "callbacks": [log]}  # one workflow id per run
+    final = agent.invoke({"messages": [("user", question)]}, config)
+    calls = [f"{c['name']}({', '.join(f'{k}={v!r}' for k, v in c['args'].items())})"
+             for m in final["messages"] for c in (getattr(m, "tool_calls", None) or ())]
+    return AgentRun(outputs={"question": question, "tool_calls": "\n".join(calls), "answer": answer_of(final["messages"])},
+                    calls=tuple(log.calls))

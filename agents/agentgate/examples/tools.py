@@ -3,15 +3,15 @@
 The knowledge base is the Nimbus Cloud documentation in data/corpus/ (a fictional cloud
 provider: prices, regions, quotas, SLA), split into paragraphs and ranked with BM25, as a
 retrieval tool in front of a real wiki would do. The calculator evaluates arithmetic only
-(an AST walk, never `eval`). `parse_action` reads the model's `Action: tool[input]` line
-the way text-based ReAct agents do, and `observe` turns it into the observation the next
-step sees — including the error message a real agent shows the model when it wrote no
-valid action.
+(an AST walk, never `eval`). `TOOLS` are their OpenAI function schemas, which the model calls
+through `tool_calls`; `run_tool` runs one call, returning an error the model can read for a
+call it got wrong.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import math
 import operator
 import re
@@ -119,40 +119,37 @@ def search(query: str, k: int = 2) -> str:
     return "\n".join(f"[{p.doc}] {p.text}" for p in found)
 
 
-# -- the agent's action line -----------------------------------------------------------------------------------
-_ACTION = re.compile(r"Action\s*:\s*(search|calculator)\s*(?:\[(.*?)\]|\((.*?)\)|:\s*(.+))", re.I | re.S)
-_ACTION_INPUT = re.compile(r"Action\s*:\s*(search|calculator)\s*\n\s*Action Input\s*:\s*(.+)", re.I)
-FINAL_ANSWER = "Final Answer:"
+# -- the tools as the model calls them -------------------------------------------------------------------------
+def _function(name: str, description: str, arg: str, arg_description: str) -> dict:
+    return {"type": "function", "function": {
+        "name": name, "description": description,
+        "parameters": {"type": "object", "properties": {arg: {"type": "string", "description": arg_description,
+                                                              "maxLength": 120}},
+                       "required": [arg]}}}
 
 
-def parse_action(text: str) -> tuple[str, str] | None:
-    """(tool, input) of the first action the model wrote, or None. Accepts `Action: search[query]` (the
-    format the prompt asks for) and the usual variants: `search(query)`, `search: query`, and an
-    `Action Input:` line."""
-    m = _ACTION_INPUT.search(text)
-    if m:
-        return m.group(1).lower(), m.group(2).strip().splitlines()[0].strip("\"' ")
-    m = _ACTION.search(text)
-    if not m:
-        return None
-    arg = next(g for g in m.groups()[1:] if g is not None)
-    arg = arg.strip().splitlines()[0].strip("\"' ") if arg.strip() else ""
-    return m.group(1).lower(), arg
+SEARCH = _function("search", "Full-text search over the Nimbus Cloud documentation (pricing pages, regions, quotas, "
+                   "SLA, support plans, billing, managed databases, Kubernetes, security). Returns the two most "
+                   "relevant paragraphs, each prefixed with the title of its page.",
+                   "query", "A few keywords, e.g. 'n1.large price per hour' or 'egress tiers'.")
+CALCULATOR = _function("calculator", "Evaluates one arithmetic expression and returns the number. Supports + - * / "
+                       "// % **, parentheses and round(x, digits), min, max, abs and sqrt. No variables, no units.",
+                       "expression", "For example '3 * 0.168 * 730' or 'round(1.08 * 4.10, 2)'.")
+FINAL_ANSWER = _function("final_answer", "Give the customer the final answer and end the conversation.",
+                         "answer", "The answer in one to three sentences, with the numbers and their units.")
+TOOLS = (SEARCH, CALCULATOR)  # what the agent can look up or compute; FINAL_ANSWER ends a workflow's loop
 
 
-def observe(step_output: str, question: str) -> str:
-    """What the agent sees after a step: the tool's result, or — when the step held no valid action — an
-    error saying so, followed by search results for the question itself so the loop can still progress."""
-    action = parse_action(step_output)
-    if action is None or not action[1]:
-        return ("Invalid format: no 'Action: search[...]' or 'Action: calculator[...]' line found. "
-                "Results for the question:\n" + search(question))[:MAX_OBSERVATION_CHARS]
-    tool, arg = action
-    result = calculate(arg) if tool == "calculator" else search(arg)
-    return result[:MAX_OBSERVATION_CHARS]
-
-
-def final_answer(text: str) -> str | None:
-    """The text after "Final Answer:", if the model wrote one."""
-    at = text.find(FINAL_ANSWER)
-    return text[at + len(FINAL_ANSWER):].strip() if at >= 0 else None
+def run_tool(name: str, arguments: dict | str) -> str:
+    """The result of one tool call (arguments as a dict or its JSON text), cut to MAX_OBSERVATION_CHARS; an
+    "Error: ..." the model can read for an unknown tool or missing argument, as a real agent shows it."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            return f"Error: the arguments of {name} are not JSON: {arguments[:80]!r}"
+    if name == "search" and isinstance(arguments.get("query"), str):
+        return search(arguments["query"])[:MAX_OBSERVATION_CHARS]
+    if name == "calculator" and isinstance(arguments.get("expression"), str):
+        return calculate(arguments["expression"])[:MAX_OBSERVATION_CHARS]
+    return f"Error: no tool {name!r} taking {sorted(arguments)}; the tools are {', '.join(TOOL_NAMES)}."

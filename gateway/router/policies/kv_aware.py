@@ -21,6 +21,15 @@ else the worker where the call is cheapest.
    of what it sent where (PrefixRecord). load(w) is the requests on w, each worth
    `load_weight` prefill tokens (a running decode slows a prefill by about that).
    Ties go to the least-loaded worker, then rotate, so equal workers share the work.
+3. Finish time, where the workers publish what their steps cost (engine/step_cost.py:
+   seconds ≈ step_s + token_s × tokens) and the call's output budget is known:
+   finish(w) = max_tokens × (step_s + (load(w) + 1) × token_s) + uncached(w) × token_s,
+   the seconds until the call would be done on w. The holder of step 1 keeps the call
+   unless another worker would finish it more than `spread_margin` sooner; without a
+   holder the soonest finish wins. Where a token is cheap next to a step (a GPU reads
+   its weights once per step for every row) the holder always keeps it; where it is not
+   (a CPU computes every row), an idle worker takes part of a stage that would
+   otherwise queue behind one busy holder — its copy of the shared prefix comes from L3.
 """
 
 from __future__ import annotations
@@ -37,6 +46,10 @@ AFFINITY_THRESHOLD = 0.5  # of the prompt's tokens
 # workers, whose decode steps then each read the weights and slowed each other: 1.5-2x the forward-seconds
 # of sglang-router for the same tokens (BENCHMARKS.md "Workflows against sglang-router").
 BALANCE_SLACK = 64
+# How much sooner (a share of the holder's finish time) another worker must finish a call to take it from the
+# worker that holds its prefix. GPU workers differ by well under 1% (a row costs little next to a step),
+# the 2-core CPU's by 20-40% between an idle worker and one carrying a stage.
+SPREAD_MARGIN = 0.05
 
 
 class PrefixSource(Protocol):
@@ -51,25 +64,34 @@ class KVAwarePolicy(RoutingPolicy):
 
     def __init__(self, prefix: PrefixSource | None = None, *, prefill_weight: float = 1.0,
                  load_weight: float = 64.0, affinity_threshold: float = AFFINITY_THRESHOLD,
-                 balance_slack: int = BALANCE_SLACK):
+                 balance_slack: int = BALANCE_SLACK, spread_margin: float = SPREAD_MARGIN):
         self.record = PrefixRecord()
         self.prefix = prefix or self.record
         self.prefill_weight = prefill_weight
         self.load_weight = load_weight
         self.affinity_threshold = affinity_threshold
         self.balance_slack = balance_slack
+        self.spread_margin = spread_margin
         self._turn = 0
 
     @classmethod
     def from_config(cls, config=None) -> "KVAwarePolicy":
         if config is None:
             return cls()
-        return cls(affinity_threshold=config.affinity_threshold, balance_slack=config.balance_slack)
+        return cls(affinity_threshold=config.affinity_threshold, balance_slack=config.balance_slack,
+                   spread_margin=config.spread_margin)
 
     def cost(self, req: RouteRequest, w: WorkerView) -> float:
-        cached = self.prefix.matched_blocks(req.block_hashes, w.url) * req.block_size
-        uncached = max(req.prompt_tokens - cached, 0)
-        return uncached * self.prefill_weight + w.load * self.load_weight
+        return self.uncached(req, w) * self.prefill_weight + w.load * self.load_weight
+
+    def uncached(self, req: RouteRequest, w: WorkerView) -> float:
+        return max(req.prompt_tokens - self.prefix.matched_blocks(req.block_hashes, w.url) * req.block_size, 0)
+
+    def finish_s(self, req: RouteRequest, w: WorkerView) -> float | None:
+        """Seconds until `req` would be done on `w` (step 3 above), or None when that cannot be told."""
+        if req.max_tokens <= 0 or w.step_s <= 0 and w.token_s <= 0:
+            return None
+        return req.max_tokens * (w.step_s + (w.load + 1) * w.token_s) + self.uncached(req, w) * w.token_s
 
     def holder(self, req: RouteRequest, workers: Sequence[WorkerView]) -> str | None:
         """The worker with affinity for `req` (step 1 above), or None."""
@@ -86,10 +108,17 @@ class KVAwarePolicy(RoutingPolicy):
     def choose(self, req: RouteRequest, workers: Sequence[WorkerView]) -> str:
         self._turn += 1
         url = self.holder(req, workers) if len(workers) > 1 else None
-        if url is not None:
-            return url
         ordered = sorted(workers, key=lambda w: w.url)
         n = len(ordered)
+        finish = {w.url: self.finish_s(req, w) for w in ordered} if n > 1 else {}
+        if finish and all(f is not None for f in finish.values()):
+            best = min(range(n), key=lambda i: (finish[ordered[i].url], ordered[i].load, (i - self._turn) % n))
+            soonest = ordered[best].url
+            if url is None or finish[soonest] < finish[url] * (1.0 - self.spread_margin):
+                return soonest
+            return url
+        if url is not None:
+            return url
         best = min(range(n), key=lambda i: (self.cost(req, ordered[i]), ordered[i].load, (i - self._turn) % n))
         return ordered[best].url
 
