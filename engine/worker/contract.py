@@ -15,6 +15,8 @@ OPS: dict[tuple[str, str], Op] = {
     ("GET", "/health"): Op("200 while the engine runs, else 503", answers={200: ()}, errors=(503,)),
     ("GET", "/ping"): Op("As /health", answers={200: ()}, errors=(503,)),
     ("GET", "/health_generate"): Op("A one-token generation end to end", answers={200: ()}, errors=(503,)),
+    ("GET", "/health/live"): json_op("Liveness: the process serves requests"),
+    ("GET", "/health/ready"): json_op("Readiness: the engine runs (503 with the reason if not)", errors=(503,)),
     ("GET", "/get_server_info"): json_op("Flags and engine state (SGLang's shape)"),
     ("GET", "/server_info"): json_op("As /get_server_info"),
     ("GET", "/get_model_info"): json_op("The served model"),

@@ -4,12 +4,18 @@
 from __future__ import annotations
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from engine.openapi import Op, json_op, serve, sse_op, text_op
 from gateway.api.forwarded import ChatCall, CompletionCall, GenerateCall
 from gateway.api.schemas import NodeResultIn, TemplateIn, WorkflowIn
 
 VERSION = "0.1.0"
+
+
+class WorkerIn(BaseModel):
+    """POST /admin/workers (api/admin.py reads `url`: an http(s) base URL)."""
+    url: str
 _PAGE = {"offset": {"type": "integer", "minimum": 0}, "limit": {"type": "integer", "minimum": 1, "maximum": 200}}
 _CALL_ERRORS = (400, 413, 503)  # 503: no worker could serve it (Retry-After)
 _STATE_ERRORS = (503,)  # the state store (Redis) did not answer (Retry-After)
@@ -44,6 +50,17 @@ OPS: dict[tuple[str, str], Op] = {
     ("GET", "/health/ready"): json_op("Readiness: Redis answers and a worker is healthy", errors=(503,)),
     ("GET", "/metrics"): text_op("Prometheus metrics"),
     ("GET", "/openapi.json"): json_op("This document"),
+    # admin (an admin-scoped key when keys are configured)
+    ("GET", "/admin/workers"): json_op("Every worker with its health, breaker and load", errors=(401, 403)),
+    ("POST", "/admin/workers"): json_op("Register a worker (every replica finds it) and probe it", WorkerIn,
+                                        status=201, errors=(400, 401, 403, 503)),
+    ("DELETE", "/admin/workers"): json_op("Remove a worker", query={"url": {"type": "string"}},
+                                          errors=(400, 401, 403, 404, 503)),
+    ("POST", "/admin/flush_cache"): json_op("Flush every worker's prefix cache", errors=(401, 403)),
+    # the console (gateway/console)
+    ("GET", "/ui"): Op("The console page", answers={200: ("text/html",)}),
+    ("GET", "/ui/"): Op("The console page", answers={200: ("text/html",)}),
+    ("GET", "/ui/api/overview"): json_op("The console's view: workers, running workflows, awareness"),
 }
 
 

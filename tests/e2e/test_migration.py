@@ -88,6 +88,7 @@ def test_streamed_token_ids_are_the_output_ids_and_come_with_their_text(worker):
     with urllib.request.urlopen(req, timeout=120) as r:
         lines = [line[6:] for line in r.read().decode().split("\n") if line.startswith("data: {")]
     chunks = [json.loads(line) for line in lines]
+    assert "prompt_token_ids" in chunks[0], chunks[:3]
     assert chunks[0]["prompt_token_ids"] and isinstance(chunks[0]["prompt_token_ids"][0], int)
     ids = [t for c in chunks for ch in c["choices"] for t in ch.get("token_ids", ())]
     text = "".join(ch["delta"].get("content") or "" for c in chunks for ch in c["choices"])
