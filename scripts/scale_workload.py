@@ -91,7 +91,15 @@ def generate(count: int, rate: float, seed: int, size: str = "8b", kinds: tuple[
         if rate != float("inf"):
             t += rng.expovariate(rate)
     system_tokens = {k: [rng.randint(*s["system"]) for _ in range(SYSTEMS_PER_KIND)] for k in KINDS}
-    for e in entries:  # a code edit's whole conversation fits the context (Qwen3-8B: 40,960 tokens)
+    for e in entries:  # every conversation fits the context (Qwen3-8B: 40,960 tokens), as an agent keeps it
+        if e["kind"] == "react":  # a ReAct loop stops where its history would overflow
+            used, keep = system_tokens["react"][e["system"]] + e["question"] + e["answer"] + 512, []
+            for step in e["steps"]:
+                used += step["out"] + step["obs"] + 8
+                if used > CONTEXT_TOKENS and keep:
+                    break
+                keep.append(step)
+            e["steps"] = keep
         if e["kind"] == "code_edit":
             room = CONTEXT_TOKENS - system_tokens["code_edit"][e["system"]] - e["question"] - 2 * e["edit"] - \
                 e["report"] - 512
