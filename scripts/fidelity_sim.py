@@ -69,8 +69,8 @@ async def replay(trace: dict, stack, progress, task) -> tuple[list, float]:
 
 
 def stats(records: list, makespan: float) -> dict:
-    ttfts = [n.first - n.started for r in records for n in r.nodes
-             if n.type == "llm" and n.first is not None and n.started is not None]
+    ttfts = [n.first_token - n.started for r in records for n in r.nodes
+             if n.kind == "llm" and n.first_token is not None and n.started is not None]
     return {"ttft_p50_s": round(statistics.median(ttfts), 3), "makespan_s": round(makespan, 2), "calls": len(ttfts),
             "failed": sum(r.status != "finished" for r in records)}
 
@@ -98,6 +98,8 @@ def main(argv=None) -> int:
                 records, makespan = asyncio.run(replay(trace, stack, progress, task))
             results[name] = {**stats(records, makespan), "kind": info.get("kind"),
                              "kv_tokens": info["max_total_num_tokens"]}
+            if args.out:  # what is measured so far, in case the next run fails
+                Path(args.out + ".partial").write_text(json.dumps(results, indent=1))
     real, sim = results["real"], results["sim"]
     diff = {k: round(sim[k] / real[k] - 1, 3) for k in ("ttft_p50_s", "makespan_s")}
     verdict = all(abs(v) <= TOLERANCE for v in diff.values())

@@ -26,6 +26,7 @@ from agentgate.workflow import Workflow
 
 KINDS = ("react", "map_reduce", "planner", "code_edit", "chat")
 SYSTEMS_PER_KIND = 4
+CONTEXT_TOKENS = 40960  # the simulated model's context (Qwen3-8B)
 WORDS = ("the of and to in is for on that with as by at from this be are or an it not which have has was "
          "all can more will one about if their there use data time any each new other these some into file "
          "value list step result tool call agent task plan check test error return output input model cache "
@@ -90,6 +91,19 @@ def generate(count: int, rate: float, seed: int, size: str = "8b", kinds: tuple[
         if rate != float("inf"):
             t += rng.expovariate(rate)
     system_tokens = {k: [rng.randint(*s["system"]) for _ in range(SYSTEMS_PER_KIND)] for k in KINDS}
+    for e in entries:  # every conversation fits the context (Qwen3-8B: 40,960 tokens), as an agent keeps it
+        if e["kind"] == "react":  # a ReAct loop stops where its history would overflow
+            used, keep = system_tokens["react"][e["system"]] + e["question"] + e["answer"] + 512, []
+            for step in e["steps"]:
+                used += step["out"] + step["obs"] + 8
+                if used > CONTEXT_TOKENS and keep:
+                    break
+                keep.append(step)
+            e["steps"] = keep
+        if e["kind"] == "code_edit":
+            room = CONTEXT_TOKENS - system_tokens["code_edit"][e["system"]] - e["question"] - 2 * e["edit"] - \
+                e["report"] - 512
+            e["file"] = max(min(e["file"], room), 1)
     return {"format": "agentgate-scale-trace/1", "seed": seed, "size": size, "rate": rate, "count": count,
             "system_tokens": system_tokens, "workflows": entries}
 
