@@ -132,8 +132,8 @@ async def run(base_url: str, question: str, quick: bool = False) -> AgentRun:
     set_tracing_disabled(True)  # nothing leaves the machine
     workflow_id = "sdk-" + uuid.uuid4().hex[:16]
     log = CallLog()
-    result = await Runner.run(build_agents(base_url, workflow_id, 48 if quick else 128), question,
-                              hooks=log, max_turns=MAX_TURNS)
+    agent = build_agents(base_url, workflow_id, nimbus.CALL_MAX_TOKENS if quick else 192)
+    result = await Runner.run(agent, question, hooks=log, max_turns=MAX_TURNS)
     tools = [f"{i.raw_item.name}({i.raw_item.arguments})" for i in result.new_items if i.type == "tool_call_item"]
     return AgentRun(outputs={"question": question, "agents": " → ".join(a for a in _agents(result)),
                              "tool_calls": "\n".join(tools), "answer": str(result.final_output)},

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 
-from agentgate.examples.tools import CALCULATOR, FINAL_ANSWER, SEARCH, run_tool
+from agentgate.examples.tools import CALCULATOR, CALL_MAX_TOKENS, FINAL_ANSWER, SEARCH, run_tool
 from agentgate.workflow import Workflow, contains
 
 TEMPLATE = "nimbus-react"
@@ -169,7 +169,8 @@ def build(quick: bool = False, variant: int = 0, steps: int | None = None) -> Wo
     answer_tokens = 32 if quick else 96
     wf = Workflow(TEMPLATE, inputs={"question": QUESTIONS[variant % len(QUESTIONS)]})
     for k in range(1, steps + 1):
-        think = wf.llm(f"think_{k}", messages=_conversation(k), system=SYSTEM, max_tokens=96, tools=STEP_TOOLS,
+        think = wf.llm(f"think_{k}", messages=_conversation(k), system=SYSTEM, max_tokens=CALL_MAX_TOKENS,
+                       tools=STEP_TOOLS,
                        tool_choice="required", output="tool_calls")
         if k > 1:
             wf.edge(f"act_{k - 1}", think)

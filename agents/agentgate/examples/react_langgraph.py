@@ -107,8 +107,8 @@ def run_agent(client, *, quick: bool = False, inputs: dict | None = None, varian
     quick: one tool call before the answer."""
     max_steps = 1 if quick else 3
     question = (inputs or {}).get("question") or QUESTIONS[variant % len(QUESTIONS)]
-    llm = chat_model(client.base_url, template=TEMPLATE, max_tokens=96, temperature=0, max_retries=1,
-                     timeout=client.timeout)
+    llm = chat_model(client.base_url, template=TEMPLATE, max_tokens=nimbus.CALL_MAX_TOKENS, temperature=0,
+                     max_retries=1, timeout=client.timeout)
     agent = build_agent(llm, max_steps)
     try:
         register_graph(client, agent, TEMPLATE)
@@ -119,5 +119,5 @@ def run_agent(client, *, quick: bool = False, inputs: dict | None = None, varian
     final = agent.invoke({"messages": [("user", question)]}, config)
     calls = [f"{c['name']}({', '.join(f'{k}={v!r}' for k, v in c['args'].items())})"
              for m in final["messages"] for c in (getattr(m, "tool_calls", None) or ())]
-    return AgentRun(outputs={"question": question, "tool_calls": "\n".join(calls), "answer": answer_of(final["messages"])},
-                    calls=tuple(log.calls))
+    return AgentRun(outputs={"question": question, "tool_calls": "\n".join(calls),
+                             "answer": answer_of(final["messages"])}, calls=tuple(log.calls))
