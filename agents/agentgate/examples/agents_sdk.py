@@ -31,10 +31,13 @@ import asyncio
 import dataclasses
 import time
 import uuid
+from typing import Annotated
 
 from agents import (Agent, ModelSettings, OpenAIChatCompletionsModel, RunHooks, Runner, function_tool,
                     set_tracing_disabled)
 from openai import AsyncOpenAI
+
+from pydantic import Field
 
 from agentgate import transport
 from agentgate.errors import NotFound
@@ -53,7 +56,7 @@ BILLING = ("You are the Billing agent of Nimbus Cloud. Answer from the Nimbus do
 
 
 @function_tool
-def search(query: str) -> str:
+def search(query: Annotated[str, Field(max_length=nimbus.ARG_MAX_LENGTH)]) -> str:
     """Full-text search over the Nimbus Cloud documentation; returns the two most relevant paragraphs.
 
     Args:
@@ -63,7 +66,7 @@ def search(query: str) -> str:
 
 
 @function_tool
-def calculator(expression: str) -> str:
+def calculator(expression: Annotated[str, Field(max_length=nimbus.ARG_MAX_LENGTH)]) -> str:
     """Evaluates one arithmetic expression and returns the number.
 
     Args:

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import time
 import warnings
+from typing import Annotated
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import tool
+from pydantic import Field
 
 from agentgate.errors import NotFound
 from agentgate.examples import tools as nimbus
@@ -41,19 +43,19 @@ TEMPLATE = "nimbus-react-langgraph"
 
 
 @tool
-def search(query: str) -> str:
+def search(query: Annotated[str, Field(max_length=nimbus.ARG_MAX_LENGTH)]) -> str:
     """Full-text search over the Nimbus Cloud documentation; returns the two most relevant paragraphs."""
     return nimbus.run_tool("search", {"query": query})
 
 
 @tool
-def calculator(expression: str) -> str:
+def calculator(expression: Annotated[str, Field(max_length=nimbus.ARG_MAX_LENGTH)]) -> str:
     """Evaluates one arithmetic expression, e.g. 'round(0.084 * 720 * 1.05, 2)', and returns the number."""
     return nimbus.run_tool("calculator", {"expression": expression})
 
 
 @tool(return_direct=True)
-def final_answer(answer: str) -> str:
+def final_answer(answer: Annotated[str, Field(max_length=nimbus.ANSWER_MAX_LENGTH)]) -> str:
     """Give the customer the final answer, in one to three sentences with numbers and units."""
     return answer
 
