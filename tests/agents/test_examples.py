@@ -58,7 +58,7 @@ def test_react_calls_its_tools_and_answers(real_gw, capsys):
         # result; so the cache covers all of think_1's prompt (bar the last partial block) and more
         assert answer.prompt_tokens > think.prompt_tokens + think.completion_tokens
         assert answer.cached_tokens >= think.prompt_tokens - 16
-        assert state.outputs["finish"] == state.outputs["answer"].strip()
+        assert state.outputs["finish"] == json.loads(state.outputs["answer"])["answer"].strip()
     else:
         assert state.nodes["act_1"].status == state.nodes["answer"].status == "skipped"
         assert state.outputs["finish"] == step["arguments"]["answer"].strip()
