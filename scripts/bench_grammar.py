@@ -69,6 +69,8 @@ def main() -> int:
     p.add_argument("--tokens", type=int, default=48)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--matmul-backend", default="auto", choices=["auto", "numpy", "torch"],
+                   help="the engine's matmul backend (auto probes at start-up, which takes long on a busy machine)")
     p.add_argument("--no-write", action="store_true", help="print the result, leave BENCHMARKS.md alone")
     args = p.parse_args()
     load_before = os.getloadavg()
@@ -82,7 +84,7 @@ def main() -> int:
     from engine.scheduler.request import SamplingParams
 
     cfg = EngineConfig(model_path=str(prepare_default_model()), dtype="float32", threads=args.threads,
-                       kv_memory_gb=0.25)
+                       kv_memory_gb=0.25, matmul_backend=args.matmul_backend)
     engine = Engine(cfg).start()
     try:
         prompt = engine.tokenizer.encode(PROMPT)
@@ -137,7 +139,8 @@ def section(r: dict, args) -> str:
              f" 1-minute load average {before} before, {after} after ({cores} cores).")
     runs = r["runs_ms_per_token"]
     return (f"{HEADING}\n\n"
-            f"`scripts/bench_grammar.py --tokens {args.tokens} --repeats {args.repeats} --threads {args.threads}`, "
+            f"`scripts/bench_grammar.py --tokens {args.tokens} --repeats {args.repeats} --threads {args.threads} "
+            f"--matmul-backend {args.matmul_backend}`, "
             f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {cores} cores, fp32, greedy, batch 1, the prompt "
             "cached before either run. One engine decodes the same prompt unconstrained and under a JSON Schema "
             "(xgrammar's token bitmask in the sampler), the two runs taking turns; each row is the median of the "

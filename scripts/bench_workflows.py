@@ -26,6 +26,10 @@ Configurations (CONFIGS, one line each):
                     sglang-router (PyPI sglang-router, --policy cache_aware) over the same workers with
                     the same flags as agentgate's (tiers, speculation): only the layer in front differs.
 
+`--examples` also takes the client-driven agents react_langgraph (LangGraph's create_react_agent) and
+agents_sdk (an OpenAI Agents SDK handoff): their framework runs the loop in a client thread and calls the
+chat API of the configuration's gateway, sglang-router or worker; each of their calls is a node of the record.
+
 Reports makespan, TTFT p50/p99, e2e latency, prefix hit rate, tokens/s per worker and per
 user (definitions: scripts/bench_workflows_report.py) into the "## Workflows" section of
 BENCHMARKS.md, docs/pareto.png and docs/timeline.png.

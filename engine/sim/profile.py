@@ -36,10 +36,11 @@ def add_profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the timing table to write (JSON)")
     p.add_argument("--model-path", default=None, help="default: the embedded SmolLM2-135M-Instruct")
     p.add_argument("--threads", type=int, default=2, help="CPU threads, as the workers it stands for run")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="weights' dtype (auto: from the CPU, as the worker chooses it)")
     p.add_argument("--repeats", type=int, default=3, help="measurements per grid point (the median is kept)")
     p.add_argument("--quick", action="store_true", help="a 2 x 2 grid per kind (a smoke run)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the measured prompts' tokens")
 
 
 class Profiler:

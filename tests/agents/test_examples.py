@@ -11,9 +11,8 @@ import pytest
 
 from agentgate import AsyncClient, Client
 from agentgate.cli import main
-from agentgate.examples import agents_sdk, code_edit, map_reduce, multi_agent, react
+from agentgate.examples import agents_sdk, code_edit, map_reduce, multi_agent, react, react_langgraph
 from agentgate.examples.tools import run_tool
-from agentgate.examples.react_langgraph import TEMPLATE as LANGGRAPH_TEMPLATE
 from tests.support import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -59,7 +58,7 @@ def test_react_calls_its_tools_and_answers(real_gw, capsys):
         # result; so the cache covers all of think_1's prompt (bar the last partial block) and more
         assert answer.prompt_tokens > think.prompt_tokens + think.completion_tokens
         assert answer.cached_tokens >= think.prompt_tokens - 16
-        assert state.outputs["finish"] == state.outputs["answer"].strip()
+        assert state.outputs["finish"] == json.loads(state.outputs["answer"])["answer"].strip()
     else:
         assert state.nodes["act_1"].status == state.nodes["answer"].status == "skipped"
         assert state.outputs["finish"] == step["arguments"]["answer"].strip()
@@ -97,24 +96,31 @@ def test_code_edit_checks_the_edit(real_gw, capsys):
     assert state.nodes["edit"].cached_tokens >= 0.8 * state.nodes["edit"].prompt_tokens
 
 
-def test_langgraph_prebuilt_react_agent_calls_tools_and_tags_its_calls(real_gw, capsys):
-    out = run_example("react_langgraph", real_gw.url, capsys, "--input", f"question={react.QUESTIONS[1]}")
-    # one required call to search or calculator, then final_answer by name, which ends the run
-    assert "agent: finished (2 calls)" in out and "prefix cache:" in out
-    assert re.search(r"(search|calculator)\(\w+=", out) and "final_answer(answer=" in out
-    with Client(real_gw.url, timeout=60) as c:
-        learned = c.template(LANGGRAPH_TEMPLATE)
+def test_langgraph_prebuilt_react_agent_calls_tools_and_tags_its_calls(real_gw):
+    with Client(real_gw.url, timeout=300) as c:
+        run = react_langgraph.run_agent(c, quick=True, inputs={"question": react.QUESTIONS[1]})
+        learned = c.template(react_langgraph.TEMPLATE)
+    # one required call to search or calculator, then final_answer by name, whose result ends the run
+    first, last = run.outputs["tool_calls"].splitlines()
+    assert re.fullmatch(r"(search\(query|calculator\(expression)='.+'\)", first), first
+    assert last.startswith("final_answer(answer=") and run.outputs["answer"].strip()
+    assert [c.node for c in run.calls] == ["agent", "agent"]
+    assert run.calls[1].cached_tokens >= run.calls[0].prompt_tokens - 16  # the conversation so far, cached
     assert {"agent", "tools"} <= set(learned["nodes"])  # create_react_agent's graph, from get_graph()
-    assert learned["transitions"].get("agent", {}).get("agent", 0) >= 1, learned["transitions"]
+    assert learned["transitions"].get("agent", {}).get("agent") == 1, learned["transitions"]
 
 
-def test_agents_sdk_hands_off_and_calls_a_function_tool(real_gw, capsys):
-    out = run_example("agents_sdk", real_gw.url, capsys, "--input", f"question={react.QUESTIONS[1]}")
-    assert "Triage agent → Billing agent" in out and re.search(r"(search|calculator)\(\{", out)
-    assert "agent: finished" in out
-    with Client(real_gw.url, timeout=60) as c:
-        learned = c.template(agents_sdk.TEMPLATE)  # learned from the x-agent-* headers alone
-    assert learned["transitions"].get("triage", {}).get("billing") == 1, learned["transitions"]
+def test_agents_sdk_hands_off_and_calls_a_function_tool(real_gw):
+    with Client(real_gw.url, timeout=300) as c:
+        run = agents_sdk.run_agent(c, quick=True, inputs={"question": react.QUESTIONS[1]})
+        learned = c.template(agents_sdk.TEMPLATE)  # registered from the agents' handoffs
+    assert run.outputs["agents"] == "Triage agent → Billing agent"
+    first = run.outputs["tool_calls"].splitlines()[0]  # billing's first call is required
+    assert re.fullmatch(r'(search\(\{"query"|calculator\(\{"expression"): ".+"\}\)', first), first
+    assert run.outputs["answer"].strip()
+    assert [c.node for c in run.calls][:3] == ["triage", "billing", "billing"]
+    assert learned["nodes"] == ["triage", "billing"]
+    assert learned["transitions"]["triage"] == {"billing": 1}, learned["transitions"]
 
 
 def test_every_example_builds_realistic_prompts():

@@ -15,10 +15,12 @@ a template (`handoff_graph`), so the gateway learns triage → billing → billi
 the next call while a tool runs.
 
 The triage agent's only tools are its handoffs and its tool_choice is "required", so it
-always hands off; the billing agent's first call is "required" too (the embedded 135M model
-rarely calls a tool on its own). After a tool runs the SDK resets tool_choice to "auto"
-(its `reset_tool_choice`), and from then on the model decides: it usually answers in text,
-and a call it does write is parsed and run. Same tools and questions as react.py.
+always hands off. The billing agent's calls are "required" too while it has tool calls left
+(one in quick mode, else two), then "none", so it answers in text: the embedded 135M model
+rarely calls a tool on its own, and under "auto" with a call in the conversation it tends to
+call again and again. The switch is a run hook (`CallLog.on_tool_end`) that sets the agent's
+`model_settings`; the agents are built for each run, so no other run sees it. Same tools and
+questions as react.py.
 
     agentgate run agents/agentgate/examples/agents_sdk.py [--quick] [--input question="..."]
 """
@@ -26,12 +28,16 @@ and a call it does write is parsed and run. Same tools and questions as react.py
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
+from typing import Annotated
 
 from agents import (Agent, ModelSettings, OpenAIChatCompletionsModel, RunHooks, Runner, function_tool,
                     set_tracing_disabled)
 from openai import AsyncOpenAI
+
+from pydantic import Field
 
 from agentgate import transport
 from agentgate.errors import NotFound
@@ -50,7 +56,7 @@ BILLING = ("You are the Billing agent of Nimbus Cloud. Answer from the Nimbus do
 
 
 @function_tool
-def search(query: str) -> str:
+def search(query: Annotated[str, Field(max_length=nimbus.ARG_MAX_LENGTH)]) -> str:
     """Full-text search over the Nimbus Cloud documentation; returns the two most relevant paragraphs.
 
     Args:
@@ -60,7 +66,7 @@ def search(query: str) -> str:
 
 
 @function_tool
-def calculator(expression: str) -> str:
+def calculator(expression: Annotated[str, Field(max_length=nimbus.ARG_MAX_LENGTH)]) -> str:
     """Evaluates one arithmetic expression and returns the number.
 
     Args:
@@ -84,7 +90,7 @@ def build_agents(base_url: str, workflow_id: str, max_tokens: int) -> Agent:
                              extra_headers=hint_headers(workflow_id, node))
 
     billing = Agent(name="Billing agent", instructions=BILLING, model=model, tools=[search, calculator],
-                    model_settings=settings("billing"))
+                    model_settings=settings("billing"), reset_tool_choice=False)
     return Agent(name="Triage agent", instructions=TRIAGE, model=model, handoffs=[billing],
                  model_settings=settings("triage"))
 
@@ -112,9 +118,15 @@ class CallLog(RunHooks):
 
     NODES = {"Triage agent": "triage", "Billing agent": "billing"}
 
-    def __init__(self):
+    def __init__(self, tool_calls: int = 1):
         self.calls: list[CallInfo] = []
         self._started = (0.0, 0.0)
+        self.tool_calls_left = tool_calls
+
+    async def on_tool_end(self, context, agent, tool, result) -> None:
+        self.tool_calls_left -= 1
+        if self.tool_calls_left <= 0:  # answer from the results now
+            agent.model_settings = dataclasses.replace(agent.model_settings, tool_choice="none")
 
     async def on_llm_start(self, context, agent, system_prompt, input_items) -> None:
         self._started = (time.time(), time.monotonic())
@@ -131,9 +143,9 @@ async def run(base_url: str, question: str, quick: bool = False) -> AgentRun:
     """One run of the desk against the gateway (or any OpenAI-compatible server) at base_url."""
     set_tracing_disabled(True)  # nothing leaves the machine
     workflow_id = "sdk-" + uuid.uuid4().hex[:16]
-    log = CallLog()
-    result = await Runner.run(build_agents(base_url, workflow_id, 48 if quick else 128), question,
-                              hooks=log, max_turns=MAX_TURNS)
+    log = CallLog(tool_calls=1 if quick else 2)
+    agent = build_agents(base_url, workflow_id, nimbus.CALL_MAX_TOKENS if quick else 192)
+    result = await Runner.run(agent, question, hooks=log, max_turns=MAX_TURNS)
     tools = [f"{i.raw_item.name}({i.raw_item.arguments})" for i in result.new_items if i.type == "tool_call_item"]
     return AgentRun(outputs={"question": question, "agents": " → ".join(a for a in _agents(result)),
                              "tool_calls": "\n".join(tools), "answer": str(result.final_output)},

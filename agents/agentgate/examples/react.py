@@ -14,8 +14,8 @@ a workflow the gateway runs, up to `steps` rounds:
 `act_k` is a tool node the client runs: it runs the call think_k made and returns the
 result. An edge leaves a think node toward the next act only while the model has not
 called final_answer, and toward `finish` once it has, so the rest of the loop is skipped
-as a real agent stops. `answer` (plain text) answers when the step budget runs out;
-`finish` takes the answer.
+as a real agent stops. `answer` calls final_answer by name when the step budget runs
+out (its output is that call's arguments); `finish` takes the answer.
 
 The loop is a chat, as agents send it: the long system prompt (rules, worked examples; the
 worker adds the tool schemas), the question, then each step's call as an assistant turn and
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 
-from agentgate.examples.tools import CALCULATOR, FINAL_ANSWER, SEARCH, run_tool
+from agentgate.examples.tools import CALCULATOR, CALL_MAX_TOKENS, FINAL_ANSWER, SEARCH, run_tool
 from agentgate.workflow import Workflow, contains
 
 TEMPLATE = "nimbus-react"
@@ -116,7 +116,7 @@ QUESTIONS = (
 
 STEP_TOOLS = [SEARCH, CALCULATOR, FINAL_ANSWER]
 FIRST_TURN = "Question: {{inputs.question}}"
-LAST_TURN = "You have used all your tool calls. Answer the question now, in one to three sentences."
+LAST_TURN = "You have used all your tool calls. Call final_answer now."
 
 
 def _conversation(k: int) -> list[tuple[str, str]]:
@@ -157,26 +157,28 @@ def _finish(outputs) -> str:
         answer = final_answer(outputs[node])
         if answer is not None:
             return answer
-    return outputs.get("answer", "").strip()
+    forced = outputs.get("answer")  # final_answer's arguments, as JSON
+    return str(json.loads(forced).get("answer", "")).strip() if forced else ""
 
 
 CALLED_FINAL = contains('"name": "final_answer"')
 
 
 def build(quick: bool = False, variant: int = 0, steps: int | None = None) -> Workflow:
-    """The ReAct workflow for question number `variant` (mod the list). quick: one round, short answers."""
+    """The ReAct workflow for question number `variant` (mod the list). quick: one round."""
     steps = steps or (1 if quick else 3)
-    answer_tokens = 32 if quick else 96
     wf = Workflow(TEMPLATE, inputs={"question": QUESTIONS[variant % len(QUESTIONS)]})
     for k in range(1, steps + 1):
-        think = wf.llm(f"think_{k}", messages=_conversation(k), system=SYSTEM, max_tokens=96, tools=STEP_TOOLS,
+        think = wf.llm(f"think_{k}", messages=_conversation(k), system=SYSTEM, max_tokens=CALL_MAX_TOKENS,
+                       tools=STEP_TOOLS,
                        tool_choice="required", output="tool_calls")
         if k > 1:
             wf.edge(f"act_{k - 1}", think)
         wf.external(f"act_{k}", _make_act(k))
         wf.edge(think, f"act_{k}", when=~CALLED_FINAL)
     answer = wf.llm("answer", messages=_conversation(steps + 1) + [("user", LAST_TURN)], system=SYSTEM,
-                    max_tokens=answer_tokens)
+                    max_tokens=CALL_MAX_TOKENS, tools=STEP_TOOLS, output="tool_call",
+                    tool_choice={"type": "function", "function": {"name": "final_answer"}})
     wf.external("finish", _finish)
     for k in range(1, steps + 1):
         wf.edge(f"think_{k}", "finish", when=CALLED_FINAL)

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import time
 import warnings
+from typing import Annotated
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import tool
+from pydantic import Field
 
 from agentgate.errors import NotFound
 from agentgate.examples import tools as nimbus
@@ -41,19 +43,19 @@ TEMPLATE = "nimbus-react-langgraph"
 
 
 @tool
-def search(query: str) -> str:
+def search(query: Annotated[str, Field(max_length=nimbus.ARG_MAX_LENGTH)]) -> str:
     """Full-text search over the Nimbus Cloud documentation; returns the two most relevant paragraphs."""
     return nimbus.run_tool("search", {"query": query})
 
 
 @tool
-def calculator(expression: str) -> str:
+def calculator(expression: Annotated[str, Field(max_length=nimbus.ARG_MAX_LENGTH)]) -> str:
     """Evaluates one arithmetic expression, e.g. 'round(0.084 * 720 * 1.05, 2)', and returns the number."""
     return nimbus.run_tool("calculator", {"expression": expression})
 
 
 @tool(return_direct=True)
-def final_answer(answer: str) -> str:
+def final_answer(answer: Annotated[str, Field(max_length=nimbus.ANSWER_MAX_LENGTH)]) -> str:
     """Give the customer the final answer, in one to three sentences with numbers and units."""
     return answer
 
@@ -107,8 +109,8 @@ def run_agent(client, *, quick: bool = False, inputs: dict | None = None, varian
     quick: one tool call before the answer."""
     max_steps = 1 if quick else 3
     question = (inputs or {}).get("question") or QUESTIONS[variant % len(QUESTIONS)]
-    llm = chat_model(client.base_url, template=TEMPLATE, max_tokens=96, temperature=0, max_retries=1,
-                     timeout=client.timeout)
+    llm = chat_model(client.base_url, template=TEMPLATE, max_tokens=nimbus.CALL_MAX_TOKENS, temperature=0,
+                     max_retries=1, timeout=client.timeout)
     agent = build_agent(llm, max_steps)
     try:
         register_graph(client, agent, TEMPLATE)
@@ -119,5 +121,5 @@ def run_agent(client, *, quick: bool = False, inputs: dict | None = None, varian
     final = agent.invoke({"messages": [("user", question)]}, config)
     calls = [f"{c['name']}({', '.join(f'{k}={v!r}' for k, v in c['args'].items())})"
              for m in final["messages"] for c in (getattr(m, "tool_calls", None) or ())]
-    return AgentRun(outputs={"question": question, "tool_calls": "\n".join(calls), "answer": answer_of(final["messages"])},
-                    calls=tuple(log.calls))
+    return AgentRun(outputs={"question": question, "tool_calls": "\n".join(calls),
+                             "answer": answer_of(final["messages"])}, calls=tuple(log.calls))

@@ -120,11 +120,17 @@ def search(query: str, k: int = 2) -> str:
 
 
 # -- the tools as the model calls them -------------------------------------------------------------------------
-def _function(name: str, description: str, arg: str, arg_description: str) -> dict:
+# Arguments are bounded, so a call decoded under its schema always closes within a step's max_tokens (a call
+# cut off by max_tokens is no call): about 30 tokens of markup plus at most max_length characters.
+CALL_MAX_TOKENS = 160
+ARG_MAX_LENGTH, ANSWER_MAX_LENGTH = 60, 200  # characters: a query or expression, the final answer
+
+
+def _function(name: str, description: str, arg: str, arg_description: str, max_length: int = ARG_MAX_LENGTH) -> dict:
     return {"type": "function", "function": {
         "name": name, "description": description,
         "parameters": {"type": "object", "properties": {arg: {"type": "string", "description": arg_description,
-                                                              "maxLength": 120}},
+                                                              "maxLength": max_length}},
                        "required": [arg]}}}
 
 
@@ -136,7 +142,7 @@ CALCULATOR = _function("calculator", "Evaluates one arithmetic expression and re
                        "// % **, parentheses and round(x, digits), min, max, abs and sqrt. No variables, no units.",
                        "expression", "For example '3 * 0.168 * 730' or 'round(1.08 * 4.10, 2)'.")
 FINAL_ANSWER = _function("final_answer", "Give the customer the final answer and end the conversation.",
-                         "answer", "The answer in one to three sentences, with the numbers and their units.")
+                         "answer", "The answer in one to three sentences, with the numbers and their units.", ANSWER_MAX_LENGTH)
 TOOLS = (SEARCH, CALCULATOR)  # what the agent can look up or compute; FINAL_ANSWER ends a workflow's loop
 
 
