@@ -14,27 +14,18 @@ import warnings
 
 import pytest
 
+from tests.e2e.framework_tools import weather_and_time_tools
+
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 
 
 async def test_langgraph_prebuilt_react_agent_completes_a_two_tool_task(gw):
     from langchain_core.messages import AIMessage, ToolMessage
-    from langchain_core.tools import tool
     from langchain_openai import ChatOpenAI
     from langgraph.prebuilt import create_react_agent
 
-    @tool
-    def get_weather(city: str) -> str:
-        """Get the current weather in a city."""
-        return f"It is sunny and 21 degrees in {city}."
-
-    @tool
-    def get_time(city: str) -> str:
-        """Get the current local time in a city."""
-        return f"It is 14:05 in {city}."
-
-    tools = [get_weather, get_time]
+    tools = weather_and_time_tools()
     llm = ChatOpenAI(base_url=gw.url + "/v1", api_key="unused", model="default", temperature=0, max_tokens=64)
 
     def model(state, runtime):  # each tool once, in order, then an answer

@@ -19,25 +19,13 @@ import jsonschema
 import pytest
 from pydantic import BaseModel, Field
 
+from tests.e2e.framework_tools import weather_and_time_tools
 from tests.support import REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 
 
-def _tools():
-    from langchain_core.tools import tool
 
-    @tool
-    def get_weather(city: str) -> str:
-        """Get the current weather in a city."""
-        return f"It is sunny and 21 degrees in {city}."
-
-    @tool
-    def get_time(city: str) -> str:
-        """Get the current local time in a city."""
-        return f"It is 14:05 in {city}."
-
-    return [get_weather, get_time]
 
 
 async def test_create_agent_completes_a_two_tool_task_and_its_next_call_is_prefetched(gw):
@@ -49,7 +37,7 @@ async def test_create_agent_completes_a_two_tool_task_and_its_next_call_is_prefe
     from agentgate.langgraph import chat_model, register_graph, run_config
     from gateway.scheduler.awareness import AWARENESS
 
-    tools = _tools()
+    tools = weather_and_time_tools()
     template = "weather-agent-" + uuid.uuid4().hex[:6]
     llm = chat_model(gw.url, template=template, temperature=0, max_tokens=64)  # the one changed line
 
@@ -92,10 +80,10 @@ async def test_bind_tools_and_tool_node_in_a_hand_built_graph(gw):
     """The classic LangGraph agent: a model node calling `bind_tools`, `ToolNode` and `tools_condition`."""
     from langchain_core.messages import AIMessage, ToolMessage
     from langchain_openai import ChatOpenAI
-    from langgraph.graph import END, START, MessagesState, StateGraph
+    from langgraph.graph import START, MessagesState, StateGraph
     from langgraph.prebuilt import ToolNode, tools_condition
 
-    tools = _tools()
+    tools = weather_and_time_tools()
     llm = ChatOpenAI(base_url=gw.url + "/v1", api_key="unused", model="default", temperature=0, max_tokens=48)
 
     async def agent(state: MessagesState):  # a named call first, then an answer from its result
@@ -159,5 +147,8 @@ def test_the_adapter_uses_public_names_only():
     modules = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     attributes = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)]
     assert "get_config" in imported and "get_graph" in attributes  # what it does use
-    private = [x for x in imported + modules + attributes if x and any(p.startswith("_") for p in x.split("."))]
+    def is_private(part: str) -> bool:  # _name, not a dunder such as __future__ or __name__
+        return part.startswith("_") and not (part.startswith("__") and part.endswith("__"))
+
+    private = [x for x in imported + modules + attributes if x and any(is_private(p) for p in x.split("."))]
     assert private == []
