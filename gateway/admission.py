@@ -67,16 +67,21 @@ class TokenBucket:
         return (cost - self.level) / self.rate
 
 
+def output_budget(body: dict) -> int:
+    """A call's most output tokens, in whichever form it came (OpenAI's or SGLang's); 0 when not given."""
+    params = body.get("sampling_params") if isinstance(body.get("sampling_params"), dict) else {}
+    for value in (body.get("max_completion_tokens"), body.get("max_tokens"), params.get("max_new_tokens")):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
+
+
 def estimate_tokens(body: dict, default_max_tokens: int) -> int:
     """A call's cost for the token rate: the tokens it may generate plus its prompt's (~4 chars each)."""
-    out = body.get("max_completion_tokens") or body.get("max_tokens")
-    sp = body.get("sampling_params")
-    if out is None and isinstance(sp, dict):
-        out = sp.get("max_new_tokens")
     prompt = body.get("messages") or body.get("prompt") or body.get("text") or body.get("input_ids") or ""
     size = len(prompt) if isinstance(prompt, list) and prompt and isinstance(prompt[0], int) else \
         len(str(prompt)) // CHARS_PER_TOKEN
-    return (out if isinstance(out, int) and out > 0 else default_max_tokens) + size
+    return (output_budget(body) or default_max_tokens) + size
 
 
 def workflow_tokens(spec) -> int:

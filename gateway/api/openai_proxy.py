@@ -31,7 +31,7 @@ from gateway.api.schemas import AgentHints
 from gateway.auth.keys import scoped_name, tenant_salt
 from gateway.auth.middleware import tenant_of
 from gateway.errors import NoWorkerError, WorkerCallError
-from gateway.admission import estimate_tokens
+from gateway.admission import estimate_tokens, output_budget
 from gateway.keys import ADMISSION, CONFIG, HASHER, METRICS, POLICY, POOL, TEMPLATES
 from gateway.router.base import RouteRequest
 from gateway.scheduler.awareness_ctx import TAGGED
@@ -66,15 +66,6 @@ def extract_hints(body: dict, headers) -> AgentHints | None:
         return AgentHints.model_validate(hints)
     except ValueError as exc:
         raise BadRequestError(f"invalid agent_hints: {exc}", param="agent_hints") from None
-
-
-def output_budget(body: dict) -> int:
-    """The call's most output tokens, in whichever form it came (OpenAI's or SGLang's); 0 when not given."""
-    params = body.get("sampling_params") if isinstance(body.get("sampling_params"), dict) else {}
-    for value in (body.get("max_completion_tokens"), body.get("max_tokens"), params.get("max_new_tokens")):
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return 0
 
 
 async def route_request(request: web.Request, path: str, body: dict) -> RouteRequest:

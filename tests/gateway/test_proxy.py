@@ -115,7 +115,7 @@ async def test_bad_input_is_refused_openai_shaped(gateway, fake_workers):
 
 
 async def test_output_budget_reads_every_form_of_max_tokens():
-    from gateway.api.openai_proxy import output_budget
+    from gateway.admission import output_budget
 
     assert output_budget({"max_tokens": 24}) == 24
     assert output_budget({"max_completion_tokens": 30, "max_tokens": 24}) == 30
