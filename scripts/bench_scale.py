@@ -216,6 +216,9 @@ def parse_args(argv=None):
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--speedup", type=float, default=None, help="simulated seconds per wall second (default 0.25; "
                                                                "quick 1)")
+    p.add_argument("--kv-oversubscribe", type=float, default=0.0, metavar="X",
+                   help="size every worker's L1 (--kv-blocks) so the workload's working set is X times the "
+                        "cluster's L1 capacity (never below two of its largest calls); 0: the GPU's own memory")
     p.add_argument("--max-running", type=int, default=256, help="--max-running-requests of every sim worker")
     p.add_argument("--configs", default=None, help=f"comma-separated, of {', '.join(c.name for c in CONFIGS)}")
     p.add_argument("--rates", default=None, help="workflow arrivals per simulated second, light to overload")
@@ -242,20 +245,20 @@ def parse_args(argv=None):
     args.rates = [float(r) for r in (args.rates or ("inf" if q else "0.5,1,2,4")).split(",")]
     args.workflows = args.workflows or (5 if q else 200)
     args.size = args.size or ("quick" if q else "8b")
-    if args.speedup <= 0 or args.tp < 1:
-        p.error("--speedup must be positive and --tp at least 1")
+    if args.speedup <= 0 or args.tp < 1 or args.kv_oversubscribe < 0:
+        p.error("--speedup must be positive, --tp at least 1 and --kv-oversubscribe at least 0")
     args.out_dir = Path(args.out_dir) if args.out_dir else (None if q else ROOT / "docs")
     args.threads, args.kv_memory_gb, args.trace_dir = 1, 0.0, None  # bench_workflows.Stack reads these
     return args
 
 
-def row(s, extra: dict, workers: int) -> dict:
+def row(s, extra: dict, workers: int, tp: int = 1) -> dict:
     p = extra.get("precision_recall", (None, None))
     return {"config": s.config, "workers": workers, "rate": s.rate, "valid": extra["lag"]["valid"],
             "workflows": s.workflows, "failed": s.failed, "e2e_p50_s": s.e2e_p50_s, "e2e_p99_s": s.e2e_p99_s,
             "ttft_p99_s": s.ttft_p99_s, "ttft_after_tool_p50_s": s.ttft_after_tool_p50_s,
             "ttft_after_tool_p99_s": extra["after_tool_p99"], "hit_rate": s.hit_rate,
-            "prefetch_precision": p[0], "prefetch_recall": p[1], "tps_per_gpu": s.tps_per_worker,
+            "prefetch_precision": p[0], "prefetch_recall": p[1], "tps_per_gpu": s.tps_per_worker / tp,
             "tps_per_user": s.tps_per_user, "gateway_cpu_s": s.cpu.get("gateway"), **extra["gateway"],
             "lag": extra["lag"]}
 
@@ -319,7 +322,7 @@ def targets(rows: list[dict]) -> list[str]:
     return out
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, meta: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -331,7 +334,9 @@ def plot(rows: list[dict], path: Path) -> None:
         for cfg in dict.fromkeys(r["config"] for r in rows):
             pts = sorted((r for r in rows if r["workers"] == w and r["config"] == cfg), key=lambda r: r["rate"])
             ax.plot([p["tps_per_user"] for p in pts], [p["tps_per_gpu"] for p in pts], marker="o", label=cfg)
-        ax.set_title(f"SIMULATED: {w} x H100, Qwen3-8B")
+        m = meta or {}
+        ax.set_title(f"SIMULATED: {w} x {m.get('gpu', 'h100_sxm')} x tp{m.get('tp', 1)}, {m.get('model', 'Qwen/Qwen3-8B')}"
+                     + (f", KV {m['kv_oversubscribed']}x oversubscribed" if m.get("kv_blocks") else ""), fontsize=9)
         ax.set_xlabel("output tokens/s per user (simulated)")
         ax.set_ylabel("output tokens/s per GPU (simulated)")
         ax.grid(alpha=0.3)
@@ -354,7 +359,14 @@ def main(argv=None) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="bench_scale_logs_"))
     flags = bw.worker_flags()
     traces = {rate: scale_workload.generate(args.workflows, rate, args.seed, args.size) for rate in args.rates}
-    suffix = "_quick" if args.quick else ""
+    suffix = ("_quick" if args.quick else "") + variant(args.model, args.tp)
+    kv = {}
+    if args.kv_oversubscribe:  # one size for every rate: the largest working set of their traces
+        blocks, factor = min((scale_workload.kv_blocks_for(t, args.kv_oversubscribe, w) for t in traces.values()
+                              for w in args.workers), key=lambda bf: -bf[0])
+        args.worker_arg = [*args.worker_arg, "--kv-blocks", str(blocks)]
+        kv = {"kv_oversubscribe": args.kv_oversubscribe, "kv_blocks": blocks, "kv_oversubscribed": round(factor, 2)}
+        suffix += f"_kv{args.kv_oversubscribe:g}x"
     (out_dir / f"scale_trace{suffix}.json").write_text(json.dumps(traces[args.rates[-1]]))
     rows: list[dict] = []
     console = Console(stderr=True)
@@ -371,13 +383,13 @@ def main(argv=None) -> int:
             summary = report.summarize(config.name, rate, records, workers, None, None, None, cpu)
             extra = {"lag": extra.pop("lag"), "gateway": extra, "after_tool_p99": after_tool_p99(records),
                      "precision_recall": precision_recall(records)}
-            rows.append(row(summary, extra, workers))
+            rows.append(row(summary, extra, workers, args.tp))
             progress.advance(overall)
             (out_dir / f"bench_scale{suffix}.partial.json").write_text(json.dumps(rows, indent=1))  # so far
     meta = {"command": " ".join(["scripts/bench_scale.py", *(argv if argv is not None else sys.argv[1:])]).strip(),
             "when": time.strftime("%Y-%m-%d"), "gpu": args.gpu, "model": args.model, "tp": args.tp,
             "speedup": args.speedup, "workflows": args.workflows, "size": args.size, "seed": args.seed}
-    meta["quick"] = args.quick
+    meta.update(quick=args.quick, suffix=suffix, **kv)
     (out_dir / f"bench_scale{suffix}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     code = write(meta, rows, out_dir, args)
     console.print(f"results in {out_dir}")
@@ -386,27 +398,43 @@ def main(argv=None) -> int:
 
 def write(meta: dict, rows: list[dict], out_dir: Path, args) -> int:
     """The plot, the markdown section (and BENCHMARKS.md's, for a full run into docs/)."""
-    suffix = "_quick" if meta.get("quick") else ""
-    plot(rows, out_dir / f"pareto_scale{suffix}.png")
+    suffix = meta.get("suffix", "_quick" if meta.get("quick") else "")
+    plot(rows, out_dir / f"pareto_scale{suffix}.png", meta)
     text = section(meta, rows, out_dir / f"pareto_scale{suffix}.png")
     (out_dir / f"bench_scale{suffix}.md").write_text(text)
     in_docs = out_dir.resolve() == (ROOT / "docs").resolve()
     if in_docs and not meta.get("quick") and not args.no_write:
-        update_benchmarks_md(SECTION, text)
+        update_benchmarks_md(heading(meta), text)
     print(text)
     return 0 if all(r["failed"] == 0 for r in rows) else 1
 
 
 def section(meta: dict, rows: list[dict], plot_path: Path) -> str:
     image = f"docs/{plot_path.name}" if plot_path.parent.resolve() == (ROOT / "docs").resolve() else str(plot_path)
-    lines = [SECTION, "", f"**Everything here is simulated**: sim workers (`--backend sim`, {meta['gpu']}, {meta['model']}, "
+    kv = (f" L1 KV sized to {meta['kv_blocks']} blocks per worker (`--kv-oversubscribe {meta['kv_oversubscribe']:g}`: "
+          f"the workload's working set is {meta['kv_oversubscribed']}x the cluster's L1)." if meta.get("kv_blocks") else "")
+    lines = [heading(meta), "", f"**Everything here is simulated**: sim workers (`--backend sim`, {meta['gpu']}, {meta['model']}, "
              f"tp{meta['tp']}; step times from aiconfigurator-core), simulated time at {meta['speedup']}x real time, "
              f"converted back to simulated seconds. `{meta['command']}` ({meta['when']}), {meta['workflows']} workflows "
              f"per cell ({meta['size']} sizes, seed {meta['seed']}). A cell whose median step lag exceeds 5% of the "
-             "median step time is INVALID.", "", *table(rows), "", f"![simulated Pareto]({image})", "",
+             "median step time is INVALID." + kv, "", *table(rows), "", f"![simulated Pareto]({image})", "",
              "Targets (at the highest rate where agentgate's p99 TTFT <= 1 s):", "", *targets(rows), "",
              *fidelity_lines(plot_path.parent / "fidelity_sim.json")]
     return "\n".join(lines)
+
+
+def variant(model: str, tp: int) -> str:
+    """The file-name suffix of a run on another model or TP than the default Qwen3-8B TP1 ("" for it)."""
+    if (model, tp) == ("Qwen/Qwen3-8B", 1):
+        return ""
+    return "_" + model.rsplit("/", 1)[-1].lower() + f"_tp{tp}"
+
+
+def heading(meta: dict) -> str:
+    """The BENCHMARKS.md section of this run: the default one, or one per model/TP and KV sizing."""
+    extra = [f"{meta['model']} TP{meta['tp']}"] if variant(meta["model"], meta["tp"]) else []
+    extra += [f"KV {meta['kv_oversubscribe']:g}x oversubscribed"] if meta.get("kv_blocks") else []
+    return SECTION + (f": {', '.join(extra)}" if extra else "")
 
 
 def fidelity_lines(path: Path) -> list[str]:

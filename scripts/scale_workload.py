@@ -108,6 +108,41 @@ def generate(count: int, rate: float, seed: int, size: str = "8b", kinds: tuple[
             "system_tokens": system_tokens, "workflows": entries}
 
 
+def footprint(trace: dict) -> tuple[int, int]:
+    """(working set, largest call) in tokens: the KV the whole trace keeps if nothing is evicted (each
+    workflow's own context at its largest, each system prompt it uses once) and the longest single
+    prompt plus output, which any worker must hold to serve it."""
+    systems: set[tuple[str, int]] = set()
+    total = largest = 0
+    for e in trace["workflows"]:
+        kind = e["kind"]
+        sys_t = trace["system_tokens"][kind][e["system"]]
+        systems.add((kind, e["system"]))
+        if kind == "react":
+            own = [e["question"] + sum(st["out"] + st["obs"] + 8 for st in e["steps"]) + e["answer"]]
+        elif kind == "map_reduce":
+            own = [e["plan"] + m["chunk"] + m["out"] for m in e["maps"]]
+            own.append(e["question"] + sum(m["out"] for m in e["maps"]) + e["reduce"])
+        elif kind == "planner":
+            own = [e["question"] + e["plan"] + x["obs"] + x["out"] for x in e["executors"]]
+            own.append(e["question"] + sum(x["out"] for x in e["executors"]) + e["critic"])
+        elif kind == "code_edit":
+            own = [e["question"] + e["file"] + 2 * e["edit"] + e["report"] + e["fix"]]
+        else:
+            own = [sum(t["in"] + t["out"] for t in e["turns"])]
+        total += sum(own)
+        largest = max(largest, sys_t + max(own))
+    return total + sum(trace["system_tokens"][k][i] for k, i in systems), largest
+
+
+def kv_blocks_for(trace: dict, oversubscribe: float, workers: int, block_size: int = 16) -> tuple[int, float]:
+    """Each worker's L1 KV blocks so that the trace's working set is `oversubscribe` times the cluster's
+    L1 capacity, but never below two of its largest calls; (blocks, the oversubscription they give)."""
+    working, largest = footprint(trace)
+    blocks = max(int(working // (oversubscribe * workers * block_size)), 2 * math.ceil(largest / block_size))
+    return blocks, working / (blocks * workers * block_size)
+
+
 def _tool(seconds: float, output: str, time_scale: float):
     async def tool(call):
         await asyncio.sleep(seconds * time_scale)

@@ -45,7 +45,7 @@ from gateway.router.base import RoutingPolicy, WorkerView
 from gateway.router.prompts import PromptHasher
 from gateway.scheduler.executor import render_messages
 from gateway.scheduler.pipelining import StreamTap, pipelining_for
-from gateway.scheduler.prefetch import Intent, Prefetcher
+from gateway.scheduler.prefetch import RENEW_BEFORE_S, Intent, Prefetcher
 from gateway.scheduler.records import Reporter, RunPlan
 from gateway.scheduler.run import WorkflowRun
 from gateway.state.learning import LearningStore
@@ -56,7 +56,8 @@ from gateway.workers.kv_ops import KVOps
 from gateway.workers.pool import WorkerPool
 
 log = logging.getLogger("agentgate.gateway.awareness")
-PLAN_INTERVAL_S = 0.5  # passes over every running workflow: renew pins, retry deferred prefetches
+PLAN_INTERVAL_S = 0.5  # passes over the running workflows whose pins need renewing or retrying, or whose
+# template learned something new (Prefetcher.due); deferred prefetches are pumped
 DECODE_EWMA = 0.2
 
 
@@ -291,6 +292,17 @@ class Awareness:
                      if run.nodes[n].started and run.nodes[n].finished}
         await self.learning.record_run(run.spec.template, finished, taken, durations)
 
+    async def _learned_now(self) -> dict:
+        """What each running template has learned (the store's cached copy); a template Redis cannot
+        answer for is left out (its runs' own passes meet the outage)."""
+        out = {}
+        for template in {r.spec.template for r in self.runs.values() if r.spec.template}:
+            try:
+                out[template] = await self.learning.learned(template)
+            except Exception as exc:
+                log.debug("learned of %s not read: %r", template, exc)
+        return out
+
     def _spawn(self, coro, name: str) -> asyncio.Task:
         task = asyncio.create_task(coro, name=name)
         self._background.add(task)
@@ -306,8 +318,12 @@ class Awareness:
                 del self.plans[wf_id]
                 for key in [k for k in self.prefetcher.slots if k[0] == wf_id]:
                     self.prefetcher.forget(key)
-            for run in list(self.runs.values()):
-                self._schedule(run)
+            due = self.prefetcher.due(RENEW_BEFORE_S + PLAN_INTERVAL_S)
+            learned = await self._learned_now()
+            for run in list(self.runs.values()):  # a pass only where time or what was learned changes its answer
+                plan = self.plans.get(run.id)
+                if plan is None or run.id in due or learned.get(run.spec.template, plan.learned) is not plan.learned:
+                    self._schedule(run)
             self.prefetcher.pump_all()
 
 

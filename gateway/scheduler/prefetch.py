@@ -75,6 +75,7 @@ class Slot:
     pin_expires: float = 0.0  # monotonic
     pin_held_s: float = 0.0
     pin_refused: bool = False  # the worker's pinned capacity was full: prefetch without a pin from then on
+    pin_ttl_s: float | None = None  # the pin the last prefetch sent asked for (None: unpinned)
     released: bool = False
 
     @property
@@ -147,6 +148,20 @@ class Prefetcher:
             return False  # held long enough: let it lapse rather than hold memory for a call that never comes
         return slot.pin is None and not slot.pending or slot.pin is not None and \
             slot.pin_expires - time.monotonic() < min(RENEW_BEFORE_S, intent.pin_ttl_s / 4)
+
+    def due(self, within_s: float) -> set[str]:
+        """The workflows with a slot that wanting its prefix again would act on within `within_s`: a pin
+        to renew before it lapses, or a pin to take again (a prefetch failed, or its pin lapsed). Every
+        other slot waits for its prefix to grow, which only the workflow's own progress does."""
+        now, wall, out = time.monotonic(), time.time(), set()
+        for (owner, _), slot in self.slots.items():
+            if slot.released or slot.pin_ttl_s is None or slot.pin_refused or slot.failures >= MAX_FAILURES:
+                continue
+            if slot.pin_since is not None and wall - slot.pin_since > self.max_hold_s:
+                continue
+            if slot.pin is not None and slot.pin_expires - now < within_s or slot.pin is None and not slot.pending:
+                out.add(owner)
+        return out
 
     def release(self, key: tuple[str, str]) -> Slot | None:
         """The slot's call started, or will never run: let go of its pin and queued work."""
@@ -248,7 +263,7 @@ class Prefetcher:
     # -- one prefetch --------------------------------------------------------------------------------
     async def _send(self, slot: Slot, intent: Intent) -> None:
         url = slot.url
-        ttl = None if slot.pin_refused else intent.pin_ttl_s
+        ttl = slot.pin_ttl_s = None if slot.pin_refused else intent.pin_ttl_s
         try:
             worker = self.pool.workers[url]
             if intent.pin_only:

@@ -54,6 +54,8 @@ class LearningStore:
             taken[(source, target)] = int(count)
         learned = Learned(visits={k: int(v) for k, v in visits.items()}, taken=taken,
                           latency_s={k: orjson.loads(v)["s"] for k, v in latency.items()})
+        if hit is not None and hit[1] == learned:  # unchanged: the same object, so the runs planned on it
+            learned = hit[1]  # share one copy and can tell that nothing new was learned
         self._cache[name] = (time.monotonic(), learned)
         return learned
 

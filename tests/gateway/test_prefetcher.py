@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from gateway.config import GatewayConfig
+from gateway.errors import WorkerCallError
 from gateway.metrics import Metrics
 from gateway.router.policies.least_load import LeastLoadPolicy
 from gateway.router.prompts import PromptHasher
@@ -165,3 +166,31 @@ async def test_prefetches_of_one_node_s_successors_spread_over_idle_workers():
     assert [s.url for s in slots] == ["http://worker-b", URL, "http://worker-b", URL]
     kv.gate.set()
     await pf.close()
+
+
+async def test_due_names_the_workflows_whose_pins_need_a_pass_and_no_other():
+    """The awareness tick plans only these: a pin about to lapse, or a pinned prefix whose prefetch
+    failed (to retry); an unpinned prefix or a pin far from lapsing needs nothing until its prefix grows."""
+    kv = StubKV(pin_id="p")
+    kv.gate.set()
+    pf, _ = make(kv, max_inflight=4)
+    pf.want(Intent(("wf-static", "n"), ids(32)))  # unpinned
+    pf.want(Intent(("wf-long", "n"), ids(32), pin_ttl_s=60))
+    pf.want(Intent(("wf-short", "n"), ids(32), pin_ttl_s=1))
+    await settle()
+    assert pf.slots[("wf-long", "n")].pin == pf.slots[("wf-short", "n")].pin == "p"
+    assert pf.due(2.5) == {"wf-short"}
+    assert pf.due(61) == {"wf-short", "wf-long"}
+    failing = StubKV()
+    pf.kv = failing
+
+    async def refuse(*a, **k):
+        raise WorkerCallError(URL, "no")
+
+    failing.prefetch = refuse
+    pf.want(Intent(("wf-failed", "n"), ids(32), pin_ttl_s=60))
+    await settle()
+    assert pf.slots[("wf-failed", "n")].failures == 1
+    assert pf.due(2.5) == {"wf-short", "wf-failed"}
+    pf.release(("wf-short", "n"))
+    assert pf.due(2.5) == {"wf-failed"}

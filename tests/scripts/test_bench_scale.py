@@ -65,3 +65,47 @@ def test_quick_run_writes_the_table_plot_trace_and_results(tmp_path):
     assert (tmp_path / "pareto_scale_quick.png").stat().st_size > 0
     assert "At scale (simulated H100)" in proc.stdout and "simulated" in proc.stdout
     assert (REPO_ROOT / "BENCHMARKS.md").read_text() == before, "a quick run must not touch BENCHMARKS.md"
+
+
+def test_kv_oversubscription_sizes_l1_from_the_traces_working_set():
+    trace = scale_workload.generate(60, 2.0, 3)
+    working, largest = scale_workload.footprint(trace)
+    systems = sum(sum(ns) for ns in trace["system_tokens"].values())
+    assert largest < 40960 + 8000 and working > 60 * 2000 and working < 60 * 40960 + systems
+    blocks, factor = scale_workload.kv_blocks_for(trace, 3.0, 2)
+    assert blocks == working // (3 * 2 * 16) and 3.0 <= factor < 3.01  # >= 3x the cluster's L1
+    small = scale_workload.generate(5, 2.0, 0, "quick")  # never below two of its largest calls
+    blocks, factor = scale_workload.kv_blocks_for(small, 3.0, 2)
+    assert blocks == 2 * -(-scale_workload.footprint(small)[1] // 16) and factor < 3.0
+    args = bench_scale.parse_args(["--kv-oversubscribe", "3", "--model", "meta-llama/Llama-3.1-70B", "--tp", "4"])
+    assert args.kv_oversubscribe == 3.0 and args.tp == 4
+    with pytest.raises(SystemExit):
+        bench_scale.parse_args(["--kv-oversubscribe", "-1"])
+
+
+def test_a_tp4_run_reports_per_gpu_and_gets_its_own_section_and_files():
+    meta = {"model": "meta-llama/Llama-3.1-70B", "tp": 4, "kv_blocks": 100, "kv_oversubscribe": 3.0}
+    assert bench_scale.heading(meta) == bench_scale.SECTION + ": meta-llama/Llama-3.1-70B TP4, KV 3x oversubscribed"
+    assert bench_scale.heading({"model": "Qwen/Qwen3-8B", "tp": 1}) == bench_scale.SECTION
+    assert bench_scale.variant("meta-llama/Llama-3.1-70B", 4) == "_llama-3.1-70b_tp4"
+    assert bench_scale.variant("Qwen/Qwen3-8B", 1) == ""
+    node = report.NodeRecord("a", "llm", "finished", "w", 0.0, 0.0, 1.0, 2.0)
+    s = report.summarize("agentgate", 1.0, [report.WorkflowRecord(0, "react", 0, 0.0, 2.0, "finished", None, (node,))],
+                         2, None, None, None, {})
+    extra = {"lag": {"valid": True}, "gateway": {}, "after_tool_p99": None, "precision_recall": (None, None)}
+    assert bench_scale.row(s, extra, 2, tp=4)["tps_per_gpu"] == s.tps_per_worker / 4
+
+
+def test_every_ablation_differs_from_agentgate_in_its_one_switch():
+    by = {c.name: c for c in bench_scale.CONFIGS}
+    full = by["agentgate"]
+    assert set(by) >= {"no_prediction", "no_pins", "no_tiers", "no_pipelining", "no_priorities", "kv_aware_radix",
+                       "round_robin", "sglang_router", "sequential"}
+    assert by["no_prediction"].gateway == (*full.gateway, "--no-prediction")
+    assert by["no_pins"].gateway == (*full.gateway, "--no-pinning")
+    assert by["no_tiers"].gateway == full.gateway and by["no_tiers"].worker == (*full.worker, "--l2-blocks", "0",
+                                                                                  "--l3", "none")
+    assert dict(zip(by["no_pipelining"].gateway[::2], by["no_pipelining"].gateway[1::2]))["--token-pipelining"] == "off"
+    assert dict(zip(by["no_priorities"].gateway[::2], by["no_priorities"].gateway[1::2]))["--workflow-priority"] == "0"
+    assert by["sequential"].gateway is None and by["sequential"].router is None
+    assert by["sglang_router"].router == ("--policy", "cache_aware")

@@ -1,0 +1,80 @@
+"""What the gateway keeps per workflow is freed when the workflow ends (finished, failed or
+cancelled, with prefetches, pins and a tool wait on the way), and a workflow waiting on a tool costs
+no plan passes while nothing it holds needs renewing: the two bounds on holding thousands of
+workflows in flight (scripts/bench_gateway_scale.py measures them)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.keys import SCHEDULER
+from gateway.scheduler.awareness import AWARENESS, PLAN_INTERVAL_S
+from tests.gateway.test_awareness import node, start, system, until  # noqa: F401 (start: a fixture)
+
+pytestmark = pytest.mark.asyncio
+
+
+def shape(i: int) -> dict:
+    """A caller, a tool, a predicted successor; every other one branches on the tool's answer."""
+    wf = {"nodes": [node("a", system(f"S{i % 2}"), f"Question {i}: which tool?"), {"id": "tool", "type": "external"},
+                    node("d", system(f"S{i % 2}"), "Tool said {{tool}}. Summarize.")],
+          "edges": [{"from": "a", "to": "tool"}]}
+    if i % 2:
+        wf["nodes"].append(node("e", system("E"), "Never: {{tool}}"))
+        wf["edges"].append({"from": "tool", "to": "e", "condition": {"contains": "NEVER-THERE"}})
+    return wf
+
+
+def per_run_state(gw) -> dict:
+    sched, aw = gw.app[SCHEDULER], gw.app[AWARENESS]
+    pf = aw.prefetcher
+    return {"runs": dict(sched.runs), "tasks": dict(sched.tasks), "ready": dict(sched.ready), "plans": dict(aw.plans),
+            "slots": dict(pf.slots), "ledger": dict(pf.ledger), "queued": {u: q for u, q in pf.queues.items() if q},
+            "inflight": {u: n for u, n in pf.inflight.items() if n}, "journal_tokens": dict(sched.journal._tokens),
+            "journal_locks": dict(sched.journal._locks)}
+
+
+async def test_nothing_of_a_run_lingers_after_it_ends(start, fake_workers):
+    (w,) = await fake_workers(1, kv_api=True)
+    gw = await start([w], default_tool_latency_s=30.0)
+    ids = [await gw.submit(shape(i)) for i in range(6)]
+    for wf in ids:
+        await gw.wait_node(wf, "tool", "waiting")
+    aw = gw.app[AWARENESS]
+    await until(lambda: all((wf, "d") in aw.prefetcher.slots for wf in ids))
+    held = per_run_state(gw)
+    assert set(held["runs"]) == set(ids) and set(held["plans"]) == set(ids) and held["ledger"]
+    for wf in ids[:4]:  # two finish, two take the branch that skips `e`, two are cancelled
+        await gw.call("POST", f"/v1/workflows/{wf}/nodes/tool/result", {"output": "ok"})
+    for wf in ids[4:]:
+        await gw.call("DELETE", f"/v1/workflows/{wf}")
+    states = [(await gw.wait(wf))["status"] for wf in ids]
+    assert states == ["finished"] * 4 + ["cancelled"] * 2
+    await until(lambda: not any(per_run_state(gw).values()))
+
+
+async def test_a_workflow_waiting_on_a_tool_is_not_replanned_until_a_pin_needs_it(start, fake_workers):
+    (w,) = await fake_workers(1, kv_api=True)
+    gw = await start([w], default_tool_latency_s=60.0)  # its callers' pins last about a minute
+    wf = await gw.submit(shape(0))
+    await gw.wait_node(wf, "tool", "waiting")
+    aw = gw.app[AWARENESS]
+    await until(lambda: (wf, "d") in aw.prefetcher.slots and aw.prefetcher.slots[(wf, "d")].pin is not None)
+    passes = []
+    original = aw._plan
+
+    async def counted(run, plan):
+        passes.append(run.id)
+        await original(run, plan)
+
+    aw._plan = counted
+    await asyncio.sleep(PLAN_INTERVAL_S * 4)  # four ticks: nothing due
+    assert passes == [] and aw.prefetcher.due(2.5) == set()
+    slot = aw.prefetcher.slots[(wf, "d")]
+    slot.pin_expires -= 3600  # as if its pin were about to lapse: the next tick renews it
+    await until(lambda: wf in passes)
+    await until(lambda: aw.prefetcher.slots[(wf, "d")].prefetches >= 2)
+    await gw.call("POST", f"/v1/workflows/{wf}/nodes/tool/result", {"output": "ok"})
+    assert (await gw.wait(wf))["status"] == "finished"
