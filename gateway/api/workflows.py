@@ -173,35 +173,52 @@ async def events(request: web.Request) -> web.StreamResponse:
 async def _follow(request: web.Request, wf_id: str, store, config) -> web.StreamResponse:
     after = request.headers.get("Last-Event-ID") or request.query.get("after") or "0-0"
     resp = await open_sse(request)
+    runs, bell = request.app[SCHEDULER].runs, request.app[STORE].bell
     done, down_since = False, None
-    while not done:
-        try:
-            batch = await store.read_events(wf_id, after, block_ms=EVENT_POLL_MS)
-            ended = not batch and await _replayed_all(store, wf_id, after)
-            down_since = None
-        except (OSError, RedisError) as exc:
-            down_since = down_since or time.monotonic()
-            if time.monotonic() - down_since > config.redis_retry_s:
-                err = StateUnavailableError(f"the state store (Redis) is unavailable: {exc}")
-                await resp.write(b"event: error\ndata: %s\n\n" % orjson.dumps(err.to_json()))
-                break
-            await resp.write(b": waiting for Redis\n\n")
-            await asyncio.sleep(REDIS_WAIT_S)
-            continue
-        if ended:
-            break  # ended before this client connected and everything was replayed
-        if not batch:
-            await resp.write(b": keep-alive\n\n")
-            continue
-        for eid, type_, data in batch:
-            await resp.write(b"id: %s\nevent: %s\ndata: %s\n\n" % (eid.encode(), type_.encode(), orjson.dumps(data)))
-            after = eid
-            done = done or type_ == "workflow_finished"
+    with bell.watching(wf_id):
+        while not done:
+            # A workflow this replica runs: its appends ring the bell, so the read need not block in Redis
+            # (thousands of followers would queue for the followers' connections); one run elsewhere:
+            # a blocking read.
+            local, rung = wf_id in runs, bell.rung(wf_id)
+            try:
+                batch = await store.read_events(wf_id, after, block_ms=None if local else EVENT_POLL_MS)
+                ended = not batch and not local and await _replayed_all(store, wf_id, after)
+                down_since = None
+            except (OSError, RedisError) as exc:
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since > config.redis_retry_s:
+                    err = StateUnavailableError(f"the state store (Redis) is unavailable: {exc}")
+                    await resp.write(b"event: error\ndata: %s\n\n" % orjson.dumps(err.to_json()))
+                    break
+                await resp.write(b": waiting for Redis\n\n")
+                await asyncio.sleep(REDIS_WAIT_S)
+                continue
+            if ended:
+                break  # ended before this client connected and everything was replayed
+            if not batch:
+                await _idle(resp, bell, runs, wf_id, rung, local)
+                continue
+            for eid, type_, data in batch:
+                await resp.write(b"id: %s\nevent: %s\ndata: %s\n\n" % (eid.encode(), type_.encode(),
+                                                                       orjson.dumps(data)))
+                after = eid
+                done = done or type_ == "workflow_finished"
     try:
         await resp.write_eof()
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     return resp
+
+
+async def _idle(resp: web.StreamResponse, bell, runs, wf_id: str, rung: int, local: bool) -> None:
+    """Nothing new to send: a keep-alive every EVENT_POLL_MS until the bell rings past `rung` (or the
+    workflow leaves this replica); for a workflow run elsewhere, one (its read blocked already)."""
+    if not local:
+        await resp.write(b": keep-alive\n\n")
+        return
+    while wf_id in runs and not await bell.wait(wf_id, rung, EVENT_POLL_MS / 1000):
+        await resp.write(b": keep-alive\n\n")
 
 
 async def _replayed_all(store, wf_id: str, after: str) -> bool:

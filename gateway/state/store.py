@@ -25,6 +25,8 @@ import time
 import orjson
 from redis.asyncio import Redis
 
+from gateway.state.bell import EventBell
+
 # Refresh our lease; re-take it if it lapsed while Redis was away (a restart drops keys whose TTL passed
 # meanwhile) and nobody took it since, as long as the workflow is still active.
 _REFRESH = """
@@ -62,6 +64,7 @@ class WorkflowStore:
         self.r = redis
         self.p = prefix
         self.retention_s = retention_s  # None: finished workflows are kept for good
+        self.bell = EventBell()  # rung after every append: this replica's SSE followers of the workflow wake
 
     def _wf(self, wf_id: str, suffix: str = "") -> str:
         return f"{self.p}:wf:{wf_id}{suffix}"
@@ -206,7 +209,9 @@ class WorkflowStore:
 
     # -- events --------------------------------------------------------------------------------
     async def append_event(self, wf_id: str, type_: str, data: dict) -> str:
-        return await self.r.xadd(self._wf(wf_id, ":events"), {"type": type_, "data": orjson.dumps(data)})
+        eid = await self.r.xadd(self._wf(wf_id, ":events"), {"type": type_, "data": orjson.dumps(data)})
+        self.bell.ring(wf_id)
+        return eid
 
     async def append_events(self, wf_id: str, events: list[tuple[str, dict]]) -> None:
         """Several events in one round trip, in order."""
@@ -215,6 +220,7 @@ class WorkflowStore:
             for type_, data in events:
                 pipe.xadd(key, {"type": type_, "data": orjson.dumps(data)})
             await pipe.execute()
+        self.bell.ring(wf_id)
 
     async def read_events(self, wf_id: str, after: str = "0-0", *, block_ms: int | None = None,
                           count: int = 500) -> list[tuple[str, str, dict]]:

@@ -78,3 +78,53 @@ async def test_a_workflow_waiting_on_a_tool_is_not_replanned_until_a_pin_needs_i
     await until(lambda: aw.prefetcher.slots[(wf, "d")].prefetches >= 2)
     await gw.call("POST", f"/v1/workflows/{wf}/nodes/tool/result", {"output": "ok"})
     assert (await gw.wait(wf))["status"] == "finished"
+
+
+async def test_the_bell_wakes_a_watcher_once_per_append_and_forgets_the_unwatched():
+    from gateway.state.bell import EventBell
+
+    bell = EventBell()
+    bell.ring("wf")  # nobody watches: nothing kept
+    assert len(bell) == 0 and bell.rung("wf") == 0
+    with bell.watching("wf"):
+        since = bell.rung("wf")
+        assert await bell.wait("wf", since, 0.01) is False
+        waiter = asyncio.create_task(bell.wait("wf", since, 5.0))
+        await asyncio.sleep(0)
+        bell.ring("wf")
+        assert await waiter is True
+        assert await bell.wait("wf", since, 5.0) is True  # rang since `since`: at once
+    assert len(bell) == 0
+
+
+async def test_many_followers_of_local_workflows_share_one_redis_connection(gateway, fake_workers):
+    """Followers of workflows this replica runs wait on its bell, not in a blocking Redis read: forty
+    of them over one follower connection (a wait for it times out after 2 s) get every event, and
+    none of them ever has to say it is waiting for Redis."""
+    (w,) = await fake_workers(1)
+    gw = await gateway([w.url], redis_follower_connections=1, redis_pool_timeout_s=2.0)
+    ids = [await gw.submit({"nodes": [{"id": "a", "messages": [{"role": "user", "content": f"hi {i}"}]},
+                                      {"id": "tool", "type": "external"}], "edges": [{"from": "a", "to": "tool"}]})
+           for i in range(40)]
+
+    async def follow(wf: str) -> tuple[list[str], str]:
+        kinds, text = [], ""
+        async with gw.session.get(f"{gw.url}/v1/workflows/{wf}/events") as r:
+            assert r.status == 200
+            async for raw in r.content:
+                line = raw.decode()
+                text += line
+                if line.startswith("event: "):
+                    kinds.append(line[7:].strip())
+        return kinds, text
+
+    streams = [asyncio.create_task(follow(wf)) for wf in ids]
+    for wf in ids:
+        await gw.wait_node(wf, "tool", "waiting")
+    await asyncio.sleep(3.0)  # idle streams: keep-alives only (a blocking read each would queue 40 s here)
+    for wf in ids:
+        await gw.call("POST", f"/v1/workflows/{wf}/nodes/tool/result", {"output": "ok"})
+    for kinds, text in await asyncio.gather(*streams):
+        assert kinds[0] == "workflow_started" and kinds[-1] == "workflow_finished"
+        assert kinds.count("node_started") == kinds.count("node_finished") == 2  # the call, then the tool
+        assert "waiting for Redis" not in text
