@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from array import array
 
 from aiohttp import web
 
@@ -45,7 +46,7 @@ from gateway.router.base import RoutingPolicy, WorkerView
 from gateway.router.prompts import PromptHasher
 from gateway.scheduler.executor import render_messages
 from gateway.scheduler.pipelining import StreamTap, pipelining_for
-from gateway.scheduler.prefetch import RENEW_BEFORE_S, Intent, Prefetcher
+from gateway.scheduler.prefetch import RENEW_BEFORE_S, Intent, Prefetcher, token_array
 from gateway.scheduler.records import Reporter, RunPlan
 from gateway.scheduler.run import WorkflowRun
 from gateway.state.learning import LearningStore
@@ -220,12 +221,14 @@ class Awareness:
         if slot is not None:
             rec.worker = slot.url
 
-    def _prefix_ids(self, plan: RunPlan, node: str, messages: list[dict], complete: bool) -> list[int]:
-        signature = (complete, *(m["content"] for m in messages))
+    def _prefix_ids(self, plan: RunPlan, node: str, messages: list[dict], complete: bool) -> array:
+        # Kept per pending node while the run lasts: a hash of what was rendered, not the texts, and
+        # the ids as an array (4 bytes a token), so thousands of runs in flight stay small.
+        signature = hash((complete, *(m["content"] for m in messages)))
         cached = plan.prefix_cache.get(node)
         if cached is not None and cached[0] == signature:
             return cached[1]
-        ids = knowable_prefix_ids(self.hasher, messages, complete)
+        ids = token_array(knowable_prefix_ids(self.hasher, messages, complete))
         plan.prefix_cache[node] = (signature, ids)
         return ids
 

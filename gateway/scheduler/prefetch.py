@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -43,10 +44,15 @@ RENEW_BEFORE_S = 2.0  # a pin this close to lapsing on a slot still wanted is re
 MAX_FAILURES = 3  # a slot whose prefetches failed this often stops asking
 
 
+def token_array(ids) -> array:
+    """Token ids as a compact array (what slots and plans keep of a prefix)."""
+    return ids if isinstance(ids, array) else array("I", ids)
+
+
 @dataclass(frozen=True)
 class Intent:
     key: tuple[str, str]
-    ids: list[int]
+    ids: list[int] | array  # want() keeps it as an array
     steps: int = 1
     pin_ttl_s: float | None = None
     url: str | None = None  # a fixed worker (a caller's conversation); None: route it
@@ -63,7 +69,7 @@ class Slot:
     wanted: Intent | None = None  # the newest intent not sent yet
     queued_at: float = 0.0
     running: bool = False
-    sent_ids: list[int] = field(default_factory=list)  # the prefix of the last prefetch sent
+    sent_ids: array = field(default_factory=lambda: array("I"))  # the prefix of the last prefetch sent
     resident_tokens: int = 0
     sources: dict = field(default_factory=lambda: dict.fromkeys(TIERS, 0))
     prefetches: int = 0
@@ -109,6 +115,8 @@ class Prefetcher:
         block = self.hasher.block_size
         if len(intent.ids) < block:
             return self.slots.get(intent.key)
+        if not isinstance(intent.ids, array):  # kept while the slot lives: 4 bytes a token, not a list's 36
+            intent = replace(intent, ids=token_array(intent.ids))
         slot = self.slots.get(intent.key)
         if slot is not None and slot.released:
             return slot
@@ -253,7 +261,7 @@ class Prefetcher:
             slot = self.slots[key]
             intent, slot.wanted = slot.wanted, None
             slot.running = True
-            slot.sent_ids = list(intent.ids)
+            slot.sent_ids = intent.ids
             self.inflight[url] = self.inflight.get(url, 0) + 1
             task = asyncio.create_task(self._send(slot, intent), name=f"prefetch {url}")
             self.tasks.add(task)

@@ -11,6 +11,7 @@ precision; a finished call's cached_tokens says whether the prefix was hit.
 from __future__ import annotations
 
 import asyncio
+from array import array
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 
@@ -64,7 +65,7 @@ class RunPlan:
     records: dict[str, NodeRecord] = field(default_factory=dict)
     forecast: dict[str, Forecast] = field(default_factory=dict)
     learned: Learned = field(default_factory=Learned)
-    prefix_cache: dict[str, tuple[tuple, list[int]]] = field(default_factory=dict)  # node → (messages, ids)
+    prefix_cache: dict[str, tuple[int, array]] = field(default_factory=dict)  # node → (hash of its texts, ids)
     callers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # external node → caller slot keys
     dirty: set[str] = field(default_factory=set)
     observed: set[str] = field(default_factory=set)  # finished calls already accounted for

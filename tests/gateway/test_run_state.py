@@ -1,11 +1,12 @@
-"""What the gateway keeps per workflow is freed when the workflow ends (finished, failed or
-cancelled, with prefetches, pins and a tool wait on the way), and a workflow waiting on a tool costs
-no plan passes while nothing it holds needs renewing: the two bounds on holding thousands of
-workflows in flight (scripts/bench_gateway_scale.py measures them)."""
+"""What the gateway keeps per workflow is compact and freed when the workflow ends (finished or
+cancelled, with prefetches, pins and a tool wait on the way); a workflow waiting on a tool costs no
+plan passes while nothing it holds needs renewing; its SSE stream waits on the bell, not in Redis:
+the bounds on holding thousands of workflows in flight (scripts/bench_gateway_scale.py measures them)."""
 
 from __future__ import annotations
 
 import asyncio
+from array import array
 
 import pytest
 
@@ -46,6 +47,10 @@ async def test_nothing_of_a_run_lingers_after_it_ends(start, fake_workers):
     await until(lambda: all((wf, "d") in aw.prefetcher.slots for wf in ids))
     held = per_run_state(gw)
     assert set(held["runs"]) == set(ids) and set(held["plans"]) == set(ids) and held["ledger"]
+    # what a run keeps of its prefixes is compact: a hash of the texts, the ids as 4-byte arrays
+    kept = [v for plan in held["plans"].values() for v in plan.prefix_cache.values()]
+    assert len(kept) >= len(ids) and all(isinstance(sig, int) and isinstance(t, array) for sig, t in kept)
+    assert all(isinstance(slot.sent_ids, array) and slot.sent_ids.itemsize == 4 for slot in held["slots"].values())
     for wf in ids[:4]:  # two finish, two take the branch that skips `e`, two are cancelled
         await gw.call("POST", f"/v1/workflows/{wf}/nodes/tool/result", {"output": "ok"})
     for wf in ids[4:]:
