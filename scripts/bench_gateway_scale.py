@@ -151,8 +151,8 @@ async def hold(stack: GatewayStack, count: int, args, progress, task) -> dict:
     clients = [AsyncClient(url, timeout=3600.0) for _ in range(max(1, -(-count // PER_CLIENT)))]
     loop = asyncio.get_running_loop()
     try:
-        for e in entries[:args.warmup]:  # whole workflows, tools answering at once
-            await clients[0].run(scale_workload.build(trace, e, time_scale=0.0))
+        await asyncio.gather(*(clients[0].run(scale_workload.build(trace, e, time_scale=0.0))  # whole workflows,
+                               for e in entries[:args.warmup]))  # tools answering at once
         await asyncio.sleep(2.0)
         snap_idle = await loop.run_in_executor(None, stack.snapshot)
         idle = await loop.run_in_executor(None, gauge.window, args.hold_s)
@@ -243,7 +243,7 @@ def _site(tb) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke run: 2 sim workers, 10 and 30 held workflows of "
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 sim workers, 20 held workflows of "
                                                         "the small sizes, with --tracemalloc; outputs in a temp dir")
     p.add_argument("--counts", default=None, help="workflows held at once, one run each (default 100,500,2000)")
     p.add_argument("--workers", type=int, default=None, help="sim workers (default 8; quick 2)")
@@ -262,15 +262,10 @@ def parse_args(argv=None):
                    help="longest wait for the workflows to reach their tools, and to end once cancelled")
     p.add_argument("--tracemalloc", action="store_true", help="run the gateway under tracemalloc and diff its heap")
     p.add_argument("--top", type=int, default=12, help="allocation sites listed per heap diff")
-    p.add_argument("--worker-arg", action="append", default=[])
-    p.add_argument("--gateway-arg", action="append", default=[])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", default=None, help="default docs/ (quick: a temp dir); BENCHMARKS.md is updated "
-                                                   "only when it is docs/ and --no-write is not given")
-    p.add_argument("--no-write", action="store_true")
+    bench_scale.add_run_args(p)
     args = p.parse_args(argv)
     q = args.quick
-    args.counts = [int(c) for c in (args.counts or ("10,30" if q else "100,500,2000")).split(",")]
+    args.counts = [int(c) for c in (args.counts or ("20" if q else "100,500,2000")).split(",")]
     args.workers = args.workers or (2 if q else 8)
     args.size = args.size or ("quick" if q else "8b")
     args.warmup = args.warmup if args.warmup is not None else (2 if q else 10)

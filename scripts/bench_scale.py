@@ -206,6 +206,16 @@ def after_tool_p99(records: list) -> float:
     return report._pct(vals, 99)
 
 
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The flags bench_scale shares with bench_gateway_scale: extra process flags, seed, outputs."""
+    p.add_argument("--worker-arg", action="append", default=[])
+    p.add_argument("--gateway-arg", action="append", default=[])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", default=None, help="default docs/ (quick: a temp dir); BENCHMARKS.md is updated "
+                                                   "only when it is docs/ and --no-write is not given")
+    p.add_argument("--no-write", action="store_true")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: 2 sim workers, agentgate + round_robin, "
@@ -224,12 +234,7 @@ def parse_args(argv=None):
     p.add_argument("--rates", default=None, help="workflow arrivals per simulated second, light to overload")
     p.add_argument("--workflows", type=int, default=None, help="workflows per cell (default 200; quick 5)")
     p.add_argument("--size", default=None, choices=sorted(scale_workload.SIZES), help="workload sizes (default 8b)")
-    p.add_argument("--worker-arg", action="append", default=[])
-    p.add_argument("--gateway-arg", action="append", default=[])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", default=None, help="default docs/ (quick: a temp dir); BENCHMARKS.md is updated "
-                                                   "only when it is docs/ and --no-write is not given")
-    p.add_argument("--no-write", action="store_true")
+    add_run_args(p)
     p.add_argument("--from-json", default=None, metavar="PATH",
                    help="run nothing: rewrite the plot and the section from a bench_scale.json (and the "
                         "fidelity_sim.json beside it)")
@@ -335,8 +340,9 @@ def plot(rows: list[dict], path: Path, meta: dict | None = None) -> None:
             pts = sorted((r for r in rows if r["workers"] == w and r["config"] == cfg), key=lambda r: r["rate"])
             ax.plot([p["tps_per_user"] for p in pts], [p["tps_per_gpu"] for p in pts], marker="o", label=cfg)
         m = meta or {}
+        over = (m.get("kv_oversubscribed") or {}).get(str(w))
         ax.set_title(f"SIMULATED: {w} x {m.get('gpu', 'h100_sxm')} x tp{m.get('tp', 1)}, {m.get('model', 'Qwen/Qwen3-8B')}"
-                     + (f", KV {m['kv_oversubscribed']}x oversubscribed" if m.get("kv_blocks") else ""), fontsize=9)
+                     + (f", KV {over}x oversubscribed" if over else ""), fontsize=9)
         ax.set_xlabel("output tokens/s per user (simulated)")
         ax.set_ylabel("output tokens/s per GPU (simulated)")
         ax.grid(alpha=0.3)
@@ -360,12 +366,12 @@ def main(argv=None) -> int:
     flags = bw.worker_flags()
     traces = {rate: scale_workload.generate(args.workflows, rate, args.seed, args.size) for rate in args.rates}
     suffix = ("_quick" if args.quick else "") + variant(args.model, args.tp)
-    kv = {}
-    if args.kv_oversubscribe:  # one size for every rate: the largest working set of their traces
-        blocks, factor = min((scale_workload.kv_blocks_for(t, args.kv_oversubscribe, w) for t in traces.values()
-                              for w in args.workers), key=lambda bf: -bf[0])
-        args.worker_arg = [*args.worker_arg, "--kv-blocks", str(blocks)]
-        kv = {"kv_oversubscribe": args.kv_oversubscribe, "kv_blocks": blocks, "kv_oversubscribed": round(factor, 2)}
+    kv, blocks = {}, {}
+    if args.kv_oversubscribe:  # per cluster size, one for every rate: the largest working set of their traces
+        blocks = {w: max((scale_workload.kv_blocks_for(t, args.kv_oversubscribe, w) for t in traces.values()),
+                         key=lambda bf: bf[0]) for w in args.workers}
+        kv = {"kv_oversubscribe": args.kv_oversubscribe, "kv_blocks": {str(w): b for w, (b, _) in blocks.items()},
+              "kv_oversubscribed": {str(w): round(f, 2) for w, (_, f) in blocks.items()}}
         suffix += f"_kv{args.kv_oversubscribe:g}x"
     (out_dir / f"scale_trace{suffix}.json").write_text(json.dumps(traces[args.rates[-1]]))
     rows: list[dict] = []
@@ -375,7 +381,8 @@ def main(argv=None) -> int:
                   console=console) as progress:
         overall = progress.add_task("cells", total=len(cells))
         for workers, config, rate in cells:
-            cell_args = argparse.Namespace(**{**vars(args), "workers": workers})
+            sized = ["--kv-blocks", str(blocks[workers][0])] if blocks else []
+            cell_args = argparse.Namespace(**{**vars(args), "workers": workers, "worker_arg": [*args.worker_arg, *sized]})
             task = progress.add_task(f"{workers} x {config.name} @ {report.rate_label(rate)}", total=args.workflows)
             with SimStack(cell_args, config, flags, log_dir) as stack:
                 records, extra = asyncio.run(run_cell(traces[rate], stack, cell_args, progress, task))
@@ -411,8 +418,9 @@ def write(meta: dict, rows: list[dict], out_dir: Path, args) -> int:
 
 def section(meta: dict, rows: list[dict], plot_path: Path) -> str:
     image = f"docs/{plot_path.name}" if plot_path.parent.resolve() == (ROOT / "docs").resolve() else str(plot_path)
-    kv = (f" L1 KV sized to {meta['kv_blocks']} blocks per worker (`--kv-oversubscribe {meta['kv_oversubscribe']:g}`: "
-          f"the workload's working set is {meta['kv_oversubscribed']}x the cluster's L1)." if meta.get("kv_blocks") else "")
+    kv = (f" L1 KV sized by `--kv-oversubscribe {meta['kv_oversubscribe']:g}`: blocks per worker by cluster size "
+          f"{meta['kv_blocks']}, the working set over the cluster's L1 {meta['kv_oversubscribed']}."
+          if meta.get("kv_blocks") else "")
     lines = [heading(meta), "", f"**Everything here is simulated**: sim workers (`--backend sim`, {meta['gpu']}, {meta['model']}, "
              f"tp{meta['tp']}; step times from aiconfigurator-core), simulated time at {meta['speedup']}x real time, "
              f"converted back to simulated seconds. `{meta['command']}` ({meta['when']}), {meta['workflows']} workflows "

@@ -54,16 +54,17 @@ def test_records_are_converted_to_simulated_seconds():
 @pytest.mark.slow
 def test_quick_run_writes_the_table_plot_trace_and_results(tmp_path):
     before = (REPO_ROOT / "BENCHMARKS.md").read_text()
-    proc = subprocess.run([sys.executable, "scripts/bench_scale.py", "--quick", "--out-dir", str(tmp_path)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "scripts/bench_scale.py", "--quick", "--kv-oversubscribe", "3",
+                           "--out-dir", str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    data = json.loads((tmp_path / "bench_scale_quick.json").read_text())
+    data = json.loads((tmp_path / "bench_scale_quick_kv3x.json").read_text())
+    trace = scale_workload.generate(5, float("inf"), 0, "quick")  # L1 sized from it (here: two largest calls)
+    assert data["meta"]["kv_blocks"] == {"2": scale_workload.kv_blocks_for(trace, 3.0, 2)[0]}
     assert [(r["config"], r["workers"]) for r in data["rows"]] == [("agentgate", 2), ("round_robin", 2)]
     assert all(r["failed"] == 0 and r["workflows"] == 5 and r["lag"]["median_step_ms"] > 0 for r in data["rows"])
-    trace = json.loads((tmp_path / "scale_trace_quick.json").read_text())
-    assert trace == scale_workload.generate(5, float("inf"), 0, "quick")
-    assert (tmp_path / "pareto_scale_quick.png").stat().st_size > 0
-    assert "At scale (simulated H100)" in proc.stdout and "simulated" in proc.stdout
+    assert json.loads((tmp_path / "scale_trace_quick_kv3x.json").read_text()) == trace
+    assert (tmp_path / "pareto_scale_quick_kv3x.png").stat().st_size > 0
+    assert "At scale (simulated H100): KV 3x oversubscribed" in proc.stdout and "simulated" in proc.stdout
     assert (REPO_ROOT / "BENCHMARKS.md").read_text() == before, "a quick run must not touch BENCHMARKS.md"
 
 
