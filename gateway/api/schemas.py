@@ -13,6 +13,7 @@ from gateway.errors import ValidationProblems
 from gateway.planner.conditions import RegexUnsupported, compile_regex
 from gateway.planner.spec import Condition, EdgeSpec, NodeSpec, WorkflowSpec
 from gateway.planner.templates import TemplateEdge, TemplateGraph
+from gateway.planner.texts import shared
 
 # Sampling fields of a node, forwarded to the worker's /v1/chat/completions as they are: those checked as a
 # forwarded call's are (gateway/api/forwarded.py), and the others the worker takes (OpenAI's names, SGLang's
@@ -124,7 +125,7 @@ class NodeIn(Sampling):
         return self
 
     def to_spec(self, default_max_tokens: int) -> NodeSpec:
-        return NodeSpec(id=self.id, kind=self.type, messages=tuple((m.role, m.content) for m in self.messages),
+        return NodeSpec(id=self.id, kind=self.type, messages=tuple((m.role, shared(m.content)) for m in self.messages),
                         model=self.model, params=self._params, max_tokens=self.max_tokens or default_max_tokens,
                         max_retries=self.max_retries, output=self.output)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from gateway.planner.texts import shared
+
 
 @dataclass(frozen=True)
 class Condition:
@@ -67,7 +69,8 @@ def spec_to_json(spec: WorkflowSpec) -> dict:
 
 
 def spec_from_json(data: dict) -> WorkflowSpec:
-    nodes = tuple(NodeSpec(**{**n, "messages": tuple(tuple(m) for m in n["messages"])}) for n in data["nodes"])
+    nodes = tuple(NodeSpec(**{**n, "messages": tuple((m[0], shared(m[1])) for m in n["messages"])})
+                  for n in data["nodes"])
     edges = tuple(EdgeSpec(e["source"], e["target"], Condition(**e["condition"]) if e.get("condition") else None)
                   for e in data["edges"])
     return WorkflowSpec(nodes=nodes, edges=edges, inputs=data.get("inputs") or {}, template=data.get("template"),

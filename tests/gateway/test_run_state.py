@@ -133,3 +133,35 @@ async def test_many_followers_of_local_workflows_share_one_redis_connection(gate
         assert kinds[0] == "workflow_started" and kinds[-1] == "workflow_finished"
         assert kinds.count("node_started") == kinds.count("node_finished") == 2  # the call, then the tool
         assert "waiting for Redis" not in text
+
+
+async def test_the_text_pool_keeps_one_copy_of_each_long_text_within_its_bounds():
+    from gateway.planner.texts import TextPool
+
+    pool = TextPool(max_texts=2, max_chars=10_000, min_chars=8)
+    a, a2 = "".join(["system prompt "] * 40), "".join(["system prompt "] * 40)
+    assert a is not a2 and pool(a) is a and pool(a2) is a
+    assert pool("short") == "short" and len(pool) == 1 and pool(None) is None
+    b, c = "b" * 300, "c" * 300
+    pool(b), pool(c)  # a is the oldest: it goes
+    assert len(pool) == 2 and pool("".join(["system prompt "] * 40)) is not a
+    big = TextPool(max_texts=10, max_chars=1000, min_chars=8)
+    for ch in "xyz":
+        big(ch * 400)
+    assert big.chars <= 1000 and len(big) == 2
+
+
+async def test_workflows_hold_one_copy_of_the_system_prompt_they_share(start, fake_workers):
+    (w,) = await fake_workers(1, kv_api=True)
+    gw = await start([w], default_tool_latency_s=30.0)
+    sp = system("shared")
+    wf = {"nodes": [node("a", sp, "Which tool?"), {"id": "tool", "type": "external"}, node("d", sp, "Said {{tool}}")],
+          "edges": [{"from": "a", "to": "tool"}]}
+    ids = [await gw.submit(wf) for _ in range(2)]  # each parsed from its own JSON body
+    for wf in ids:
+        await gw.wait_node(wf, "tool", "waiting")
+    runs = gw.app[SCHEDULER].runs
+    texts = [runs[wf].node_spec(n).messages[0][1] for wf in ids for n in ("a", "d")]
+    assert len({id(t) for t in texts}) == 1
+    for wf in ids:
+        await gw.call("DELETE", f"/v1/workflows/{wf}")
