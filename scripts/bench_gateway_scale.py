@@ -294,6 +294,7 @@ def main(argv=None) -> int:
             task = progress.add_task(f"{count} workflows submitted", total=count)
             with GatewayStack(args, config, bw.worker_flags(), log_dir) as stack:
                 rows.append(asyncio.run(hold(stack, count, args, progress, task)))
+            (out_dir / "bench_gateway_scale.partial.json").write_text(json.dumps(rows, indent=1))  # so far
     meta = {"command": " ".join(["scripts/bench_gateway_scale.py", *(argv if argv is not None else sys.argv[1:])]),
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "workers": args.workers, "gpu": args.gpu,
             "model": args.model, "size": args.size, "follow": args.follow, "hold_s": args.hold_s,
@@ -330,8 +331,10 @@ def section(meta: dict, rows: list[dict]) -> str:
         lines += ["", f"Where the heap grew from {big['count'] // 2} to {big['count']} held (KB per workflow, by the "
                   "last frame in this repository):", "", "| site | KB / workflow |", "|---|---|"]
         lines += [f"| `{t['site']}` | {t['kb_per_workflow']} |" for t in big["heap_marginal"]["top"]]
-        lines += ["", f"Left allocated after all {big['count']} were cancelled: "
-                  f"{big['heap_after_end']['total_kb_per_workflow']} KB per workflow."]
+        after = big["heap_after_end"]
+        lines += ["", f"Left allocated after all {big['count']} were cancelled: {after['total_kb_per_workflow']} KB "
+                  "per workflow, at " + ", ".join(f"`{t['site']}` {t['kb_per_workflow']}" for t in after["top"][:6])
+                  + " (the gateway's bounded caches and its KV index of the workers' blocks)."]
     return "\n".join(lines) + "\n"
 
 
