@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from array import array
 from collections import OrderedDict
 from pathlib import Path
 
@@ -29,7 +30,7 @@ class SegmentEncoder:
         self.added = added
         self._split = re.compile("(" + "|".join(re.escape(t) for t in sorted(added, key=len, reverse=True)) + ")") \
             if added else None
-        self._cache: OrderedDict[str, list[int]] = OrderedDict()
+        self._cache: OrderedDict[str, array] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -52,7 +53,7 @@ class SegmentEncoder:
                 ids.extend(self._piece(piece))
         return ids
 
-    def _piece(self, piece: str) -> list[int]:
+    def _piece(self, piece: str) -> list[int] | array:
         cached = self._cache.get(piece)
         if cached is not None:
             self._cache.move_to_end(piece)
@@ -61,7 +62,7 @@ class SegmentEncoder:
         self.misses += 1
         ids = self.tokenizer.encode(piece)
         if len(piece) <= MAX_CACHED_CHARS:
-            self._cache[piece] = ids
+            self._cache[piece] = array("I", ids)  # 4 bytes a token kept, not a list's 36
             if len(self._cache) > MAX_ENTRIES:
                 self._cache.popitem(last=False)
         return ids

@@ -158,6 +158,7 @@ def test_piecewise_cached_encoding_equals_whole_text_encoding(tokenizer, model_d
     for text in texts * 2:  # the second round is served from the cache
         assert encoder.encode(text) == tokenizer.encode(text), repr(text[:80])
     assert encoder.hits > 0
+    assert all(type(v).__name__ == "array" and v.itemsize == 4 for v in encoder._cache.values())  # kept compact
 
 
 def test_block_hash_memo_gives_the_engines_hashes_and_stays_bounded():
