@@ -1,7 +1,8 @@
 """The gateway's own cost per in-flight workflow: RSS and CPU while it holds N workflows at once.
 
 One fresh stack per N: a Redis, one `agentgate sim-cluster` process (--workers sim GPUs, Qwen3-8B on
-H100 by default) and the gateway in full (bench_scale's "agentgate" configuration). N workflows of
+H100 by default, L1 and L2 but no shared L3 store: nothing here reads it, and its files would take
+minutes to delete) and the gateway in full (bench_scale's "agentgate" configuration). N workflows of
 the scale workload (scripts/scale_workload.py: ReAct, planner/executors, code edits, chat; map-reduce
 is left out, it has no tool to wait on) are submitted at once through the SDK (AsyncClient.run, one
 SSE event stream each, as agents run them; --follow none: submitted only). Their tools never answer,
@@ -60,7 +61,7 @@ class GatewayStack(bench_scale.SimStack):
         from engine.redis_server import RedisServer, free_port
 
         self.redis = RedisServer().start()
-        self.start_workers(["--redis-url", self.redis.url, "--l3", f"dir:{self.tmp / 'kv-l3'}"])
+        self.start_workers(["--redis-url", self.redis.url, "--l3", "none"])  # no shared store: no GBs to delete
         port = free_port()
         self.gateway_url = f"http://127.0.0.1:{port}"
         self.snapshots = self.tmp / "gateway-heap"
@@ -294,7 +295,7 @@ def main(argv=None) -> int:
             task = progress.add_task(f"{count} workflows submitted", total=count)
             with GatewayStack(args, config, bw.worker_flags(), log_dir) as stack:
                 rows.append(asyncio.run(hold(stack, count, args, progress, task)))
-            (out_dir / "bench_gateway_scale.partial.json").write_text(json.dumps(rows, indent=1))  # so far
+                (out_dir / "bench_gateway_scale.partial.json").write_text(json.dumps(rows, indent=1))  # so far
     meta = {"command": " ".join(["scripts/bench_gateway_scale.py", *(argv if argv is not None else sys.argv[1:])]),
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "workers": args.workers, "gpu": args.gpu,
             "model": args.model, "size": args.size, "follow": args.follow, "hold_s": args.hold_s,
