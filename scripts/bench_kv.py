@@ -36,7 +36,7 @@ TIERS = ("L1", "L2", "L3", "recompute")
 
 def prefix_ids(tokenizer, n: int) -> list[int]:
     src = "".join((ROOT / p).read_text() for p in ("engine/kvcache/radix.py", "engine/scheduler/scheduler.py",
-                                                   "engine/runner.py"))
+                                                   "engine/runtime/engine.py", "engine/runtime/outputs.py"))
     ids = tokenizer.encode("<|im_start|>system\nYou are a code review agent. The repository follows.\n" + src)
     assert len(ids) >= n, f"only {len(ids)} tokens of source text"
     return ids[:n]
@@ -48,8 +48,8 @@ def bench_ttft(args) -> dict:
 
     from engine.config import EngineConfig
     from engine.model.prepare import prepare_default_model
-    from engine.runner import Engine
-    from engine.scheduler.request import Request, SamplingParams
+    from engine.runtime.engine import Engine
+    from engine.request import Request, SamplingParams
 
     l3_dir = tempfile.mkdtemp(prefix="agentgate-bench-l3-")
     cfg = EngineConfig(model_path=str(prepare_default_model()), dtype=args.dtype, threads=args.threads,

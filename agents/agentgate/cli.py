@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run an SGLang-compatible CPU engine worker, or SGLang itself (--backend sglang)")
     add_worker_args(w)
     w.set_defaults(func=run_worker)
-    from engine.sim.cluster import add_cluster_args, run_cluster
+    from engine.worker.sim_cluster import add_cluster_args, run_cluster
 
     sc = sub.add_parser("sim-cluster", help="many simulated GPU workers (--backend sim) in one process")
     add_cluster_args(sc)

@@ -27,36 +27,19 @@ short.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
-import torch
-
 from engine.kvcache.pool import KVPool
 from engine.kvcache.radix import RadixCache
-from engine.model.batch import ForwardBatch, build_prefill_segment, build_short_group
-from engine.scheduler.request import Request, Status
+from engine.request import Request, Status
+from engine.scheduler.batch import ScheduledBatch, forward_tensors
+from engine.scheduler.sharing import SHARE_MIN_TOKENS, shared_blocks, shared_in_flight
 from engine.spec.base import Speculator
-
-
-@dataclass
-class ScheduledBatch:
-    forward: ForwardBatch
-    sampled: list[tuple[Request, int]]  # (request, its logit rows) in row order: 1, or 1 + drafts
-    chunks: list[tuple[Request, int]]  # (request, tokens prefilled this step)
-    decodes: list[Request]  # plain decodes and verify segments alike
-
-    @property
-    def requests(self) -> list[Request]:
-        return [r for r, _ in self.sampled]
-
-
-SPEC_PUSH_EMA = 0.4  # acceptance (EMA) above which a miss does not pause speculation
-SPEC_DECAY = 0.8  # per verify: how fast the acceptance estimate forgets
-SHARE_MIN_TOKENS = 32  # a shared prefix this long, being computed by a running prefill, is worth waiting for
+from engine.spec.draft import DraftLength
 
 
 class Scheduler:
@@ -68,11 +51,10 @@ class Scheduler:
         self.speculator = speculator
         # what the model runner reads for a step: by default the packed tensors the model computes on;
         # a runner without a model (engine/sim) passes its own, lighter make-up
-        self.make_forward = make_forward or self._forward_tensors
+        self.make_forward = make_forward or functools.partial(forward_tensors, pool)
         # what a step of m rows costs against one row (MatmulPlan.relative_cost): the draft length
         # is chosen to give the most tokens per unit of that cost
-        self.row_cost = row_cost or (lambda m: 1.0)
-        self.max_draft = max_draft if speculator is not None else 0
+        self.drafts = DraftLength(max_draft if speculator is not None else 0, row_cost)
         self.pool = pool
         self.cache = cache
         self.bs = pool.block_size
@@ -208,40 +190,11 @@ class Scheduler:
         out, self.resident = self.resident, []
         return out
 
-    # -- in-batch prefix sharing --------------------------------------------------------------
-    def _shared(self, req: Request, running: Request) -> tuple[int, int]:
-        """(common, left): tokens of the full blocks at the start of req's fill ids that equal a running
-        prefill's, and how many of those it has yet to compute."""
-        if req.salt != running.salt:
-            return 0, 0
-        bs, n = self.bs, min(len(req.fill_ids), len(running.fill_ids)) // self.bs * self.bs
-        x, y = req.fill_ids, running.fill_ids
-        common = 0
-        while common < n and x[common:common + bs] == y[common:common + bs]:
-            common += bs
-        return common, common - running.num_computed // bs * bs
-
-    def _uncached_start(self, req: Request) -> int:
-        """Tokens of req's prompt the cache (and what staging brought up) already holds."""
-        return max(self.cache.match_prefix(req.fill_ids[:-1], req.salt).num_tokens, len(req.staged) * self.bs)
-
+    # -- in-batch prefix sharing (engine/scheduler/sharing.py) ----------------------------------
     def _shared_in_flight(self, req: Request, *, foreground_only: bool) -> bool:
-        """Whether a running prefill is computing at least SHARE_MIN_TOKENS of the blocks req
-        would compute next (then req waits a step: those blocks reach the cache chunk by chunk).
-        A call never waits on one of a lower priority: that one prefills in small chunks beside it."""
         others = [r for r in self.running if r.in_prefill
                   and (not foreground_only or not r.background and r.priority >= req.priority)]
-        if not others:
-            return False
-        start = None
-        for r in others:
-            common, left = self._shared(req, r)
-            if left < SHARE_MIN_TOKENS:
-                continue  # little or nothing of it left to compute there
-            start = self._uncached_start(req) if start is None else start
-            if common - start >= SHARE_MIN_TOKENS:
-                return True
-        return False
+        return shared_in_flight(req, others, self.cache, self.bs)
 
     def _yield_shared_prefetches(self, req: Request, chunks: list[tuple[Request, int]]) -> None:
         """A call about to be admitted takes over what running prefetches would compute of its prefix:
@@ -249,7 +202,7 @@ class Scheduler:
         for r in [r for r in self.running if r.background and r.in_prefill]:
             if any(c is r for c, _ in chunks):
                 continue  # already in this step's batch
-            if self._shared(req, r)[1] >= SHARE_MIN_TOKENS:
+            if shared_blocks(req, r, self.bs)[1] >= SHARE_MIN_TOKENS:
                 self._preempt(r)
 
     def _schedule_decodes(self) -> list[Request]:
@@ -274,13 +227,7 @@ class Scheduler:
 
     def _propose(self, req: Request) -> list[int]:
         """Draft tokens for this step, with slots for them; never preempts for a draft."""
-        if not self.max_draft or not req.can_speculate:
-            return []
-        if req.spec_cooldown > 0:
-            req.spec_cooldown -= 1
-            return []
-        room = req.params.max_new_tokens - len(req.output_ids) - 1  # the bonus token is the last one
-        k = min(req.spec_k or self.max_draft, room)
+        k = self.drafts.next_k(req)
         draft = self.speculator.propose(req.all_ids, k) if k > 0 else []
         if draft and req.grammar is not None:  # a token the grammar rejects is never worth a row
             draft = req.grammar.valid_prefix(draft)
@@ -295,43 +242,13 @@ class Scheduler:
     def after_verify(self, req: Request, accepted: int) -> None:
         """Account for one verify step whose tokens are appended (num_computed
         advanced with them): give back the blocks that only held rejected
-        drafts, and adapt the next draft length."""
-        proposed = len(req.draft)
+        drafts, and adapt the next draft length (engine/spec/draft.py)."""
         need = req.num_computed // self.bs + 1  # the next step writes at position num_computed
         if not req.finished and len(req.blocks) > need:
             surplus, req.blocks = req.blocks[need:], req.blocks[:need]
             self.cache.release(surplus)  # never cached: beyond every computed full block
-        req.spec_verify_ct += 1
-        req.spec_proposed += proposed
-        req.spec_accepted += accepted
+        self.drafts.observe(req, len(req.draft), accepted)
         req.draft = []
-        # The draft length that gives the most tokens per unit of step cost, for the
-        # per-token acceptance recent verifies suggest (accepted drafts are successes,
-        # a rejection ends a run: the geometric estimate). Inside copied text a miss is
-        # a passing divergence; in free text misses are the rule, and where no length
-        # pays for its extra rows, proposing backs off exponentially.
-        req.spec_ema = 0.5 * req.spec_ema + 0.5 * (accepted / proposed)
-        req.spec_hits = SPEC_DECAY * req.spec_hits + accepted
-        req.spec_rejects = SPEC_DECAY * req.spec_rejects + (accepted < proposed)
-        p = (req.spec_hits + 1.0) / (req.spec_hits + req.spec_rejects + 2.0)
-        req.spec_k, gain = self.best_draft_length(p)
-        if gain < 1.0 or accepted == 0 and req.spec_ema < SPEC_PUSH_EMA:
-            req.spec_misses += 1
-            req.spec_cooldown = min(64, 2 ** (req.spec_misses + 1))
-            req.spec_k = min(req.spec_k, 2)  # the probe after the pause is a short one
-        elif accepted:
-            req.spec_misses = 0
-
-    def best_draft_length(self, p: float) -> tuple[int, float]:
-        """(k, gain): the draft length in 1..max_draft with the most expected tokens per step cost,
-        (1 + p + … + p^k) / cost(1 + k), and that gain over plain decoding."""
-        best, gain, expected = 1, 0.0, 1.0
-        for k in range(1, self.max_draft + 1):
-            expected += p ** k
-            g = expected / self.row_cost(1 + k)
-            if g > gain:
-                best, gain = k, g
-        return best, gain
 
     def _victims(self) -> list[Request]:
         """Running requests in the order they give way: prefetches, then the lowest priority, newest first."""
@@ -422,39 +339,6 @@ class Scheduler:
         sampled = [(req, 1 + len(req.draft)) for req in decodes]
         sampled += [(req, 1) for req, n in chunks if req.num_computed + n == len(req.fill_ids)]
         return ScheduledBatch(self.make_forward(decodes, chunks), sampled, chunks, decodes)
-
-    def _forward_tensors(self, decodes: list[Request], chunks: list[tuple[Request, int]]) -> ForwardBatch:
-        ids: list[int] = []
-        positions: list[int] = []
-        write: list[torch.Tensor] = []
-        prefills, logit_rows, short, row = [], [], [], 0
-        for req in decodes:
-            # a decode: its last token; a verify: that token + its drafts, every row's logits wanted
-            pos, n = req.num_computed, 1 + len(req.draft)
-            ids.append(req.all_ids[pos])
-            ids.extend(req.draft)
-            positions.extend(range(pos, pos + n))
-            write.append(self.pool.slots(req.blocks, pos + n, pos))
-            short.append((row, n, pos + n, req.blocks))
-            logit_rows.extend(range(row, row + n))
-            row += n
-        for req, n in chunks:
-            start = req.num_computed
-            ids.extend(req.fill_ids[start:start + n])
-            positions.extend(range(start, start + n))
-            write.append(self.pool.slots(req.blocks, start + n, start))  # [n]
-            prefills.append(build_prefill_segment(row, n, start, req.blocks, self.bs))
-            row += n
-            if start + n == len(req.fill_ids):  # last chunk: its final row gives the next token
-                logit_rows.append(row - 1)
-        return ForwardBatch(
-            input_ids=torch.tensor(ids, dtype=torch.long),
-            positions=torch.tensor(positions, dtype=torch.long),
-            write_slots=torch.cat(write),
-            short=build_short_group(short, self.bs) if short else None,
-            prefills=prefills,
-            logit_rows=torch.tensor(logit_rows, dtype=torch.long),
-        )
 
     # -- accounting --------------------------------------------------------------------------
     def blocks_in_use(self) -> int:

@@ -19,8 +19,8 @@ import orjson
 from aiohttp import web
 
 from engine.errors import BadRequestError
-from engine.runner import Engine
-from engine.scheduler.request import Request, SamplingParams, StepOutput
+from engine.runtime.engine import Engine
+from engine.request import Request, SamplingParams, StepOutput
 
 ENGINE = web.AppKey("engine", Engine)
 SERVER_ARGS = web.AppKey("server_args", dict)

@@ -21,7 +21,7 @@ from engine.kvcache.publisher import EventPublisher, RedisUnavailableError, conn
 from engine.kvcache.wire import HEARTBEAT_TTL_S, TIERS, WorkerInfo
 
 if TYPE_CHECKING:  # the flags must parse without importing torch (agentgate --help)
-    from engine.runner import Engine
+    from engine.runtime.engine import Engine
 
 PUBLISHER = web.AppKey("kv_publisher", EventPublisher)
 WORKER_INFO = web.AppKey("kv_worker_info", WorkerInfo)
@@ -81,7 +81,7 @@ async def kv_snapshot(request: web.Request) -> web.Response:
     # Read before the engine snapshot: every event after `upto` is then either in the snapshot or
     # in an entry after it, and replaying those is harmless (wire.py).
     upto, upto_seq = publisher.last_entry if publisher is not None else ("0-0", -1)
-    snap = await asyncio.wrap_future(engine.call(engine.kv_snapshot))
+    snap = await asyncio.wrap_future(engine.call(engine.kv.snapshot))
     return json_response({"worker": info.url, "model": info.model, "epoch": info.epoch,
                           "block_size": snap["block_size"], "l3": snap["l3"], "upto": upto, "upto_seq": upto_seq,
                           "tiers": {tier: snap["tiers"].get(tier, []) for tier in TIERS}})

@@ -89,7 +89,7 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
     from engine.sglang.cli import add_sglang_args
 
     add_sglang_args(p)
-    from engine.sim.cli import add_sim_args
+    from engine.worker.sim_backend import add_sim_args
 
     add_sim_args(p)
 
@@ -131,7 +131,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
         return run_sglang_worker(args)
     if args.backend == "sim" and not args.extra:
-        from engine.sim.cli import run_sim_worker
+        from engine.worker.sim_backend import run_sim_worker
 
         return run_sim_worker(args, engine_config(args))
     if args.extra:
@@ -141,7 +141,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
     from engine.hostshare import HostRegistry, choose_threads
     from engine.launch import server_loop
-    from engine.runner import Engine
+    from engine.runtime.engine import Engine
     from engine.worker.host_threads import attach_host_share
     from engine.worker.server import create_app
 

@@ -4,7 +4,7 @@ ours (`agentgate:*`), written by prometheus_client with the process metrics (eng
 from __future__ import annotations
 
 from engine.prom import counter, exposition, gauge, histogram
-from engine.runner import Engine
+from engine.runtime.engine import Engine
 
 EXTRA_HELP = {  # the sim worker's clock (engine/sim/engine.py extra_gauges)
     "agentgate:sim_steps_total": "Simulated steps run",

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.errors import BadRequestError, NotFoundError
-from engine.scheduler.request import SamplingParams
+from engine.request import SamplingParams
 from engine.worker.bridge import (ENGINE, SERVER_ARGS, Collected, close_sse, collect_all, json_response, merge_streams,
                                   open_sse, read_json, run_request, send_sse, start_streams)
 from engine.worker.chat import ChatPlan, plan_chat

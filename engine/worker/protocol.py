@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from engine.errors import BadRequestError
 from engine.grammar import Constraint
-from engine.scheduler.request import SamplingParams
+from engine.request import SamplingParams
 
 MAX_N = 16
 MAX_STOP = 16

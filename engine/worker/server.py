@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.errors import AgentGateError, BadRequestError, NotFoundError, error_body
-from engine.runner import Engine
+from engine.runtime.engine import Engine
 from engine.tracing import observe_requests
 from engine.worker import contract, openai_api
 from engine.worker.auth import key_middleware
@@ -130,7 +130,7 @@ async def health_generate(request: web.Request) -> web.Response:
 
 async def server_info(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    usage = engine.kv_usage()
+    usage = engine.kv.usage()
     desc = engine.describe()
     info = dict(request.app[SERVER_ARGS])
     info.update({
@@ -186,7 +186,7 @@ async def get_load(request: web.Request) -> web.Response:
 
 async def kv_stats(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    return json_response(await asyncio.wrap_future(engine.call(engine.kv_stats)))
+    return json_response(await asyncio.wrap_future(engine.call(engine.kv.stats)))
 
 
 # -- KV prefetch and pins (ours; docs/architecture.md §3.1 "Worker API") ------------------------------
@@ -206,7 +206,7 @@ async def kv_prefetch(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     body = parse(PrefetchRequest, await read_json(request))
     ids = _prefix_ids(engine, body)
-    result = await asyncio.wrap_future(engine.prefetch(ids, body.cache_salt, body.pin_ttl_s, body.priority))
+    result = await asyncio.wrap_future(engine.kv.prefetch(ids, body.cache_salt, body.pin_ttl_s, body.priority))
     return json_response(result)
 
 
@@ -214,7 +214,7 @@ async def kv_pin(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     body = parse(PinRequest, await read_json(request))
     ids = _prefix_ids(engine, body)
-    pin = await asyncio.wrap_future(engine.call(lambda: engine.pin(ids, body.cache_salt, body.ttl_s)))
+    pin = await asyncio.wrap_future(engine.call(lambda: engine.kv.pin(ids, body.cache_salt, body.ttl_s)))
     if pin is None:
         raise NotFoundError("no block of this prefix is resident in L1; prefetch it first "
                             "(POST /kv/prefetch with pin_ttl_s)", param="input_ids")
@@ -230,7 +230,7 @@ async def kv_unpin(request: web.Request) -> web.Response:
         ids = None
     else:
         ids = _prefix_ids(engine, body)
-    dropped = await asyncio.wrap_future(engine.call(lambda: engine.unpin(body.pin_id, ids, body.cache_salt)))
+    dropped = await asyncio.wrap_future(engine.call(lambda: engine.kv.unpin(body.pin_id, ids, body.cache_salt)))
     if dropped is None:
         raise NotFoundError(f"no such pin ({body.pin_id or 'for this prefix'}); it may have expired", param="pin_id")
     return json_response({"pin_id": dropped, "unpinned": True})
@@ -246,14 +246,14 @@ async def metrics(request: web.Request) -> web.Response:
 def _usage(engine: Engine) -> dict:
     """Engine thread: L1 usage plus the pinned and the L2 blocks."""
     l2 = engine.tiers.host
-    return {**engine.kv_usage(), "pinned_blocks": engine.pins.num_blocks,
+    return {**engine.kv.usage(), "pinned_blocks": engine.pins.num_blocks,
             "l2_used_blocks": len(l2) if l2 is not None else 0}
 
 
 # -- control ---------------------------------------------------------------------------------
 async def flush_cache(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    ok = await asyncio.wrap_future(engine.call(engine.flush_cache))
+    ok = await asyncio.wrap_future(engine.call(engine.kv.flush))
     return web.Response(text=FLUSH_OK, status=200 if ok else 400)
 
 

@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind
 
 from engine import tracing
 from engine.config import EngineConfig
-from engine.runner import Engine
+from engine.runtime.engine import Engine
 from engine.worker.server import create_app
 from tests.gateway.support import GatewayHandle, fast_config, llm
 from tests.support import ENGINE_DEFAULTS, free_port

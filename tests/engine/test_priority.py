@@ -9,7 +9,7 @@ import torch
 
 from engine.kvcache.pool import KVPool
 from engine.kvcache.radix import RadixCache
-from engine.scheduler.request import Request, SamplingParams, Status
+from engine.request import Request, SamplingParams, Status
 from engine.scheduler.scheduler import Scheduler
 
 BS = 16

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from engine.scheduler.request import SamplingParams
+from engine.request import SamplingParams
 from tests.support import generate, greedy, record_shared_prefix_reads, wait_idle
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def prompt_ids(tokenizer):
 
 def _tree(engine) -> tuple[dict, list]:
     def read():
-        usage = engine.kv_usage()
+        usage = engine.kv.usage()
         return {k: usage[k] for k in ("free_blocks", "cached_blocks", "used_blocks")}, sorted(engine.cache.snapshot())
     return engine.call(read).result(timeout=60)
 

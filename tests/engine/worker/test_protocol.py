@@ -8,7 +8,7 @@ import math
 import pytest
 
 from engine.errors import BadRequestError, ContextLengthError
-from engine.scheduler.request import SamplingParams
+from engine.request import SamplingParams
 from engine.worker.protocol import (ChatCompletionRequest, CompletionRequest, GenerateRequest,
                                     GenerateSamplingParams, build_sampling_params, parse, reject_unsupported)
 

@@ -16,7 +16,7 @@ import socket
 import sys
 from pathlib import Path
 
-from engine.sim.cli import build_sim_app, sim_spec
+from engine.worker.sim_backend import build_sim_app, sim_spec
 
 
 def add_cluster_args(p: argparse.ArgumentParser) -> None:
