@@ -20,22 +20,34 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from engine.tracing import observe_requests
+from common.tracing import observe_requests
+from gateway.admission import Admission
 from gateway.api import admin, contract, openai_proxy, system, templates, workflows
-from gateway.console import api as console
 from gateway.api.http import error_middleware
 from gateway.auth.middleware import auth_middleware
 from gateway.config import GatewayConfig
-from gateway.admission import Admission
+from gateway.console import api as console
 from gateway.janitor import janitor_ctx
-from gateway.keys import (ADMISSION, CONFIG, FOLLOWERS, HASHER, METRICS, POLICY, POOL, REDIS, SCHEDULER, SESSION,
-                          STORE, TEMPLATES)
-from gateway.kvindex.lifecycle import kvindex_ctx
+from gateway.keys import (
+    ADMISSION,
+    CONFIG,
+    FOLLOWERS,
+    HASHER,
+    METRICS,
+    POLICY,
+    POOL,
+    REDIS,
+    SCHEDULER,
+    SESSION,
+    STORE,
+    TEMPLATES,
+)
+from gateway.contexts import kvindex_ctx
 from gateway.metrics import Metrics
 from gateway.router.prompts import PromptHasher
 from gateway.router.registry import make_policy
-from gateway.scheduler.awareness import AWARENESS
-from gateway.scheduler.awareness_ctx import awareness_ctx
+from gateway.keys import AWARENESS
+from gateway.contexts import awareness_ctx
 from gateway.scheduler.scheduler import Scheduler
 from gateway.state.store import WorkflowStore
 from gateway.state.templates import TemplateStore

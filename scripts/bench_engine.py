@@ -58,8 +58,8 @@ def corpus_ids(tokenizer_encode, n: int, seed: int) -> list[int]:
 def run_ours(args) -> dict:
     from engine.config import EngineConfig
     from engine.model.prepare import prepare_default_model
-    from engine.runtime.engine import Engine
     from engine.request import Request, SamplingParams
+    from engine.runtime.engine import Engine
 
     engine = Engine(EngineConfig(model_path=str(prepare_default_model()), dtype=args.dtype, threads=args.threads,
                                  kv_memory_gb=KV_POOL_GB, device=args.device, l3="none")).start()

@@ -80,8 +80,8 @@ def main() -> int:
     from engine.config import EngineConfig
     from engine.grammar import Constraint
     from engine.model.prepare import prepare_default_model
-    from engine.runtime.engine import Engine
     from engine.request import SamplingParams
+    from engine.runtime.engine import Engine
 
     cfg = EngineConfig(model_path=str(prepare_default_model()), dtype="float32", threads=args.threads,
                        kv_memory_gb=0.25, matmul_backend=args.matmul_backend)

@@ -55,8 +55,8 @@ def prompts() -> dict[str, list[str]]:
 def run_config(args) -> dict:
     from engine.config import EngineConfig
     from engine.model.prepare import prepare_default_model
-    from engine.runtime.engine import Engine
     from engine.request import Request, SamplingParams
+    from engine.runtime.engine import Engine
 
     engine = Engine(EngineConfig(model_path=str(prepare_default_model()), dtype="float32", threads=args.threads,
                                  kv_memory_gb=0.5, speculative_algorithm=args.role,

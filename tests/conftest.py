@@ -36,7 +36,7 @@ def model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(model_dir):
-    from engine.tokenizer import Tokenizer
+    from common.tokenizer import Tokenizer
 
     return Tokenizer(model_dir)
 

@@ -26,11 +26,18 @@ from typing import Any
 
 import torch
 
+from common.errors import BadRequestError, ContextLengthError
+from common.tokenizer import Tokenizer
 from engine.compute import ComputeThread
-from engine.config import EngineConfig, ModelConfig, choose_dtype, default_batch_tokens, default_prefetch_chunk
-from engine.errors import BadRequestError, ContextLengthError
-from engine.hostshare import choose_threads
+from engine.config import (
+    EngineConfig,
+    ModelConfig,
+    choose_dtype,
+    default_batch_tokens,
+    default_prefetch_chunk,
+)
 from engine.grammar import GrammarBackend
+from engine.hostshare import choose_threads
 from engine.kvcache.events import EventLog
 from engine.kvcache.host import HostPool
 from engine.kvcache.pins import PinTable
@@ -51,7 +58,6 @@ from engine.scheduler.scheduler import Scheduler
 from engine.spec.ngram import NgramSpeculator
 from engine.stats import EngineStats
 from engine.step_cost import StepCost
-from engine.tokenizer import Tokenizer
 from engine.trace import StepTrace
 
 log = logging.getLogger("agentgate.engine")

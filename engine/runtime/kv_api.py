@@ -9,7 +9,7 @@ import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
-from engine.errors import BadRequestError, ConflictError
+from common.errors import BadRequestError, ConflictError
 from engine.request import Request, SamplingParams, StepOutput
 
 if TYPE_CHECKING:

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from common.tokenizer import IncrementalDetokenizer
 from engine.request import Request, Status, StepOutput
 from engine.sampling import sample, token_logprobs
 from engine.scheduler.batch import ScheduledBatch
 from engine.spec.verify import verify
-from engine.tokenizer import IncrementalDetokenizer
 
 if TYPE_CHECKING:
     from engine.runtime.engine import Engine

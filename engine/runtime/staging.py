@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from engine.kvcache.hashing import block_hashes
+from common.hashing import block_hashes
 from engine.kvcache.tiered import Loaded, Step
 from engine.request import Request
 

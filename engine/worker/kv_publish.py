@@ -1,5 +1,5 @@
 """The worker's half of the KV index: its flags, the EventPublisher's lifecycle
-in the app, and `GET /kv/snapshot` (shapes in engine/kvcache/wire.py).
+in the app, and `GET /kv/snapshot` (shapes in common/kvwire.py).
 
 Without a Redis URL the worker runs as before and publishes nothing; the
 snapshot route still answers (upto "0-0"), so a gateway can seed its index
@@ -17,8 +17,13 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from engine.kvcache.publisher import EventPublisher, RedisUnavailableError, connect, redact
-from engine.kvcache.wire import HEARTBEAT_TTL_S, TIERS, WorkerInfo
+from common.kvwire import HEARTBEAT_TTL_S, TIERS, WorkerInfo
+from engine.kvcache.publisher import (
+    EventPublisher,
+    RedisUnavailableError,
+    connect,
+    redact,
+)
 
 if TYPE_CHECKING:  # the flags must parse without importing torch (agentgate --help)
     from engine.runtime.engine import Engine
@@ -73,7 +78,8 @@ async def _publisher_lifecycle(app: web.Application):
 
 
 async def kv_snapshot(request: web.Request) -> web.Response:
-    from engine.worker.bridge import ENGINE, json_response
+    from common.http import json_response
+    from engine.worker.bridge import ENGINE
 
     engine = request.app[ENGINE]
     info = request.app[WORKER_INFO]

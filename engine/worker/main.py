@@ -10,9 +10,9 @@ import os
 import sys
 import time
 
-from engine.cliargs import Parser
-from engine.logconf import access_log_options, add_logging_args
-from engine.tracing import configure_process
+from common.cliargs import Parser
+from common.logconf import access_log_options, add_logging_args
+from common.tracing import configure_process
 from engine.worker.kv_publish import add_publish_args, setup_publishing
 
 
@@ -139,8 +139,8 @@ def run_worker(args: argparse.Namespace) -> int:
         return 2
     from aiohttp import web
 
+    from common.launch import server_loop
     from engine.hostshare import HostRegistry, choose_threads
-    from engine.launch import server_loop
     from engine.runtime.engine import Engine
     from engine.worker.host_threads import attach_host_share
     from engine.worker.server import create_app

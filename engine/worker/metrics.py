@@ -1,9 +1,9 @@
 """GET /metrics of the worker: SGLang's metric names (`sglang:*`, so SGLang dashboards work) and
-ours (`agentgate:*`), written by prometheus_client with the process metrics (engine/prom.py)."""
+ours (`agentgate:*`), written by prometheus_client with the process metrics (common/prom.py)."""
 
 from __future__ import annotations
 
-from engine.prom import counter, exposition, gauge, histogram
+from common.prom import counter, exposition, gauge, histogram
 from engine.runtime.engine import Engine
 
 EXTRA_HELP = {  # the sim worker's clock (engine/sim/engine.py extra_gauges)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
-from engine.errors import BadRequestError
+from common.errors import BadRequestError
 from engine.grammar import Constraint
 from engine.request import SamplingParams
 

@@ -14,43 +14,45 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.errors import AgentGateError, BadRequestError, NotFoundError, error_body
+from common.errors import BadRequestError, NotFoundError, error_body
+from common.http import error_middleware, json_response, open_sse, read_json
+from common.prom import CONTENT_TYPE as PROM_CONTENT_TYPE
+from common.tracing import observe_requests
 from engine.runtime.engine import Engine
-from engine.tracing import observe_requests
 from engine.worker import contract, openai_api
 from engine.worker.auth import key_middleware
-from engine.worker.bridge import (ENGINE, SERVER_ARGS, Collected, close_sse, collect_all, json_response, merge_streams,
-                                  new_rid, open_sse, read_json, run_request, send_sse, start_streams)
-from engine.prom import CONTENT_TYPE as PROM_CONTENT_TYPE
+from engine.worker.bridge import (
+    ENGINE,
+    SERVER_ARGS,
+    Collected,
+    close_sse,
+    collect_all,
+    merge_streams,
+    new_rid,
+    run_request,
+    send_sse,
+    start_streams,
+)
 from engine.worker.metrics import render_metrics
+from engine.worker.protocol import (
+    AbortRequest,
+    GenerateRequest,
+    GenerateSamplingParams,
+    KVPrefix,
+    PinRequest,
+    PrefetchRequest,
+    UnpinRequest,
+    build_sampling_params,
+    parse,
+    reject_unsupported,
+)
 from engine.worker.structured import compiled, from_sampling
-from engine.worker.protocol import (AbortRequest, GenerateRequest, GenerateSamplingParams, KVPrefix, PinRequest,
-                                    PrefetchRequest, UnpinRequest, build_sampling_params, parse, reject_unsupported)
 
 log = logging.getLogger("agentgate.worker")
 
 VERSION = "0.1.0"
 FLUSH_OK = ("Cache flushed.\nPlease check backend logs for more details. (When there are running or waiting "
             "requests, the operation will not be performed.)\n")
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler):
-    """Every error leaves as OpenAI-shaped JSON with its 4xx/5xx status."""
-    try:
-        return await handler(request)
-    except AgentGateError as exc:
-        return json_response(exc.to_json(), status=exc.status)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
-        return json_response(error_body(exc.reason or str(exc), kind, exc.status), status=exc.status)
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception as exc:  # a bug, reported as a 500 rather than a dropped connection
-        log.exception("unhandled error on %s", request.path)
-        return json_response(error_body(f"internal error: {exc}", "internal_error", 500), status=500)
 
 
 def create_app(engine: Engine, server_args: dict, api_key: str | None = None) -> web.Application:

@@ -8,7 +8,13 @@ import logging
 import sys
 import time
 
-from engine.sim.hardware import DEFAULT_STORAGE_GBPS, GPUS, MODELS, kv_capacity_tokens, lookup
+from engine.sim.hardware import (
+    DEFAULT_STORAGE_GBPS,
+    GPUS,
+    MODELS,
+    kv_capacity_tokens,
+    lookup,
+)
 
 SIM_STEP_TOKENS = 8192  # SGLang's chunked prefill size on an 80 GB-class GPU
 SIM_PREFETCH_CHUNK_TOKENS = 128  # as on a GPU (engine/config.py)
@@ -91,7 +97,7 @@ def build_sim_app(args: argparse.Namespace, base_cfg, spec=None):
 def run_sim_worker(args: argparse.Namespace, base_cfg) -> int:
     from aiohttp import web
 
-    from engine.launch import server_loop
+    from common.launch import server_loop
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     t0 = time.monotonic()

@@ -85,7 +85,7 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def run_cluster(args: argparse.Namespace) -> int:
-    from engine.launch import server_loop
+    from common.launch import server_loop
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.workers < 1:

@@ -23,18 +23,20 @@ import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from engine.errors import AgentGateError, BadRequestError, ServiceUnavailableError
-from gateway.api.forwarded import check_call
-from gateway.api.http import json_response, parse_json, read_body
+from common import sse
+from common.errors import AgentGateError, BadRequestError, ServiceUnavailableError
+from common.http import json_response, parse_json
+from common.workflow.sampling import check_call
+from common.workflow.schemas import AgentHints
+from gateway.admission import estimate_tokens, output_budget
+from gateway.api.http import read_body
 from gateway.api.proxy_migration import StreamWatch, armed
-from gateway.api.schemas import AgentHints
 from gateway.auth.keys import scoped_name, tenant_salt
 from gateway.auth.middleware import tenant_of
 from gateway.errors import NoWorkerError, WorkerCallError
-from gateway.admission import estimate_tokens, output_budget
 from gateway.keys import ADMISSION, CONFIG, HASHER, METRICS, POLICY, POOL, TEMPLATES
 from gateway.router.base import RouteRequest
-from gateway.scheduler.awareness_ctx import TAGGED
+from gateway.keys import TAGGED
 from gateway.scheduler.executor import with_priority
 from gateway.workers.client import StreamTimeouts
 from gateway.workers.http1 import Response
@@ -208,7 +210,7 @@ async def _relay_stream(request: web.Request, resp: Response, pool: WorkerPool, 
                                                         watch.body.get("priority") or 0):
                 break  # continued on another worker from the tokens produced (proxy_migration.py)
             err = ServiceUnavailableError(f"worker {what}")  # code: its status, which SDKs map to a type
-            await out.write(b"data: " + orjson.dumps(err.to_json()) + b"\n\ndata: [DONE]\n\n")
+            await out.write(sse.encode(err.to_json()) + sse.DONE)
             break
         if timeouts is not None:
             resp.extend(timeouts.inter_token_s)

@@ -14,6 +14,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway.workers.view import WorkerView
+
 
 @dataclass(frozen=True)
 class RouteRequest:
@@ -21,23 +23,6 @@ class RouteRequest:
     block_hashes: tuple[int, ...] = ()
     block_size: int = 16
     max_tokens: int = 0  # the call's output budget, when known (0: unknown)
-
-
-@dataclass(frozen=True)
-class WorkerView:
-    url: str
-    in_flight: int = 0  # calls this gateway has open on the worker
-    num_reqs: int = 0  # running + waiting requests the worker reported in /get_load
-    num_waiting: int = 0
-    # what a step costs the worker (engine/step_cost.py, from its /get_load): seconds ≈ step_s + token_s ×
-    # tokens in the step; 0 where the worker does not say
-    step_s: float = 0.0
-    token_s: float = 0.0
-
-    @property
-    def load(self) -> int:
-        """Requests on the worker; max() because num_reqs already counts ours once polled."""
-        return max(self.in_flight, self.num_reqs)
 
 
 class RoutingPolicy(ABC):

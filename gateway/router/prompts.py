@@ -14,8 +14,8 @@ import asyncio
 import logging
 from pathlib import Path
 
-from engine.kvcache.hashing import hash_block, root_hash
-from engine.tokenizer import Tokenizer
+from common.hashing import hash_block, root_hash
+from common.tokenizer import Tokenizer
 from gateway.router.base import RouteRequest
 from gateway.router.segment_cache import SegmentEncoder
 
@@ -49,7 +49,7 @@ def normalize_messages(messages: list) -> list[dict]:
 
 
 class BlockHashMemo:
-    """engine.kvcache.hashing.block_hashes, remembering each (parent hash, block) it hashed.
+    """common.hashing.block_hashes, remembering each (parent hash, block) it hashed.
 
     Agents resend the same system prompts and histories, so most blocks of a call were hashed
     before; a dict look-up of the block's ids costs a tenth of hashing it again. The result is

@@ -35,8 +35,8 @@ import asyncio
 import logging
 import time
 
-from aiohttp import web
 
+from common.workflow.run import WorkflowRun
 from gateway.config import GatewayConfig
 from gateway.metrics import Metrics
 from gateway.planner.predict import Timing, forecast, pin_ttl
@@ -47,7 +47,6 @@ from gateway.scheduler.executor import render_messages
 from gateway.scheduler.pipelining import StreamTap, pipelining_for
 from gateway.scheduler.prefetch import Intent, Prefetcher
 from gateway.scheduler.records import Reporter, RunPlan
-from gateway.scheduler.run import WorkflowRun
 from gateway.state.learning import LearningStore
 from gateway.state.prefetch_log import PrefetchLog
 from gateway.state.store import WorkflowStore
@@ -309,6 +308,3 @@ class Awareness:
             for run in list(self.runs.values()):
                 self._schedule(run)
             self.prefetcher.pump_all()
-
-
-AWARENESS = web.AppKey("awareness", Awareness)

@@ -13,9 +13,9 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from common.workflow.spec import NodeSpec
+from common.workflow.templating import render
 from gateway.errors import WorkerCallError
-from gateway.planner.spec import NodeSpec
-from gateway.planner.templating import render
 from gateway.workers.client import StreamTimeouts, WorkerClient
 
 

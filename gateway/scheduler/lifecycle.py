@@ -37,15 +37,15 @@ import time
 import uuid
 from collections.abc import Coroutine
 
-from engine import tracing
-from engine.errors import ConflictError, NotFoundError
-from engine.logconf import WORKFLOW_ID
+from common import tracing
+from common.errors import ConflictError, NotFoundError
+from common.logconf import WORKFLOW_ID
+from common.workflow.run import TERMINAL, WorkflowRun
 from gateway.config import GatewayConfig
 from gateway.errors import StateUnavailableError
 from gateway.metrics import Metrics
 from gateway.scheduler import forwarding
 from gateway.scheduler.ownership import NodeCall
-from gateway.scheduler.run import TERMINAL, WorkflowRun
 from gateway.state.journal import OUTAGE, Journal
 from gateway.state.store import LeaseLost, WorkflowStore
 from gateway.state.templates import TemplateStore

@@ -14,11 +14,12 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 
+from common.workflow.run import WorkflowRun
 from gateway.metrics import Metrics
-from gateway.planner.predict import Forecast, Learned
+from gateway.planner.predict import Forecast
+from gateway.state.learning import Learned
 from gateway.scheduler.pipelining import StreamTap
 from gateway.scheduler.prefetch import Prefetcher, Slot
-from gateway.scheduler.run import WorkflowRun
 from gateway.state.prefetch_log import PrefetchLog, summarize
 from gateway.state.store import WorkflowStore
 

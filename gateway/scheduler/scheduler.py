@@ -24,24 +24,30 @@ task runs under `Lifecycle.guarded`, so no fault strands a slot or a workflow.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 import logging
 import time
 import uuid
+from dataclasses import replace
 
-from engine import tracing
-from engine.errors import AgentGateError
+from common import tracing
+from common.errors import AgentGateError
+from common.workflow.run import NodeState, WorkflowRun
+from common.workflow.spec import WorkflowSpec, spec_from_json, spec_to_json
 from gateway.config import GatewayConfig
 from gateway.errors import WorkerCallError
 from gateway.metrics import Metrics
-from gateway.planner.spec import WorkflowSpec, spec_from_json, spec_to_json
 from gateway.router.base import RouteRequest, RoutingPolicy
 from gateway.router.prompts import PromptHasher
 from gateway.scheduler.executor import chat_body, node_output, render_messages, run_chat
 from gateway.scheduler.lifecycle import CANCELLED, Lifecycle
-from gateway.scheduler.migration import Progress, Recorder, continuation_body, migratable, run_continuation
+from gateway.scheduler.migration import (
+    Progress,
+    Recorder,
+    continuation_body,
+    migratable,
+    run_continuation,
+)
 from gateway.scheduler.ownership import NodeCall
-from gateway.scheduler.run import NodeState, WorkflowRun
 from gateway.state.store import WorkflowStore
 from gateway.workers.pool import WorkerPool
 

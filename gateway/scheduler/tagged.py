@@ -31,11 +31,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from engine.errors import AgentGateError
+from common.errors import AgentGateError
+from common.workflow.templates import TemplateGraph
 from gateway.planner.next_calls import next_calls
 from gateway.planner.predict import pin_ttl
 from gateway.planner.prefix import common_prefix, cut_after_last_special, special_ids
-from gateway.planner.templates import TemplateGraph
 from gateway.router.base import WorkerView
 from gateway.router.prompts import THREAD_THRESHOLD_CHARS
 from gateway.scheduler.awareness import Awareness

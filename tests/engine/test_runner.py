@@ -8,11 +8,18 @@ import time
 
 import pytest
 
-from engine.errors import BadRequestError, ContextLengthError
-from engine.kvcache.hashing import block_hashes
-from engine.runtime.engine import Engine
+from common.errors import BadRequestError, ContextLengthError
+from common.hashing import block_hashes
 from engine.request import SamplingParams
-from tests.support import engine_state, generate, greedy, record_shared_prefix_reads, submit, wait_idle
+from engine.runtime.engine import Engine
+from tests.support import (
+    engine_state,
+    generate,
+    greedy,
+    record_shared_prefix_reads,
+    submit,
+    wait_idle,
+)
 
 pytestmark = pytest.mark.slow
 

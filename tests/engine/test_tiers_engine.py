@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import ConflictError
-from engine.kvcache.hashing import block_hashes
+from common.errors import ConflictError
+from common.hashing import block_hashes
 from engine.kvcache.store import decode_block
 from tests.support import generate, greedy, submit, wait_idle
 

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from engine.kvcache.hashing import block_hashes
-from gateway.kvindex.credit import IndexPrefixSource, TierCredit
+from common.hashing import block_hashes
+from gateway.router.prefix_source import IndexPrefixSource, TierCredit
 from gateway.kvindex.index import KVIndex, PrefixMatch
 from gateway.router.base import RouteRequest, WorkerView
 from gateway.router.policies.kv_aware import KVAwarePolicy

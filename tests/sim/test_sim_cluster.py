@@ -67,7 +67,7 @@ async def test_every_worker_of_the_cluster_is_a_whole_sim_worker(cluster):
 
 
 async def test_the_gateways_index_covers_every_worker_of_the_cluster(gw, cluster):
-    from gateway.kvindex.lifecycle import KV_INDEX
+    from gateway.keys import KV_INDEX
 
     _, urls = cluster
     for i, url in enumerate(urls):  # a prompt on each worker, so each publishes blocks

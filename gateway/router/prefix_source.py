@@ -6,8 +6,8 @@ copied from host RAM, one in L3 read from the shared store, so they save less.
 The L2/L3 numbers are 1 − (tier cost / recompute cost) per 1,000 prefix tokens as
 scripts/bench_kv.py measured them on the CPU engine (BENCHMARKS.md "KV tiers":
 0.984 and 0.979, rounded down); on a GPU, where recompute is far cheaper, set
-them again with --kv-credit-l2/--kv-credit-l3. They live here and nowhere else
-(GatewayConfig's defaults and those flags read them).
+them again with --kv-credit-l2/--kv-credit-l3. They live in gateway/config.py with the other
+constants (GatewayConfig's defaults and those flags read them).
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway.config import L1_CREDIT, L2_CREDIT, L3_CREDIT, RECENT_S
 from gateway.kvindex.index import NO_MATCH, KVIndex, PrefixMatch
 from gateway.router.prefix_record import PrefixRecord
 
-L1_CREDIT = 1.0
-L2_CREDIT = 0.98
-L3_CREDIT = 0.97
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,6 @@ class TierCredit:
         return match.l1 * self.l1 + match.l2 * self.l2 + match.l3 * self.l3
 
 
-RECENT_S = 30.0  # a prefix sent to a worker this recently counts as cached there, indexed yet or not
 
 
 class IndexPrefixSource:

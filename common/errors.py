@@ -64,3 +64,16 @@ class ServiceUnavailableError(AgentGateError):
 
 def error_body(message: str, type_: str, status: int, *, param: str | None = None, code: str | int | None = None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code if code is not None else status}}
+
+
+class ValidationProblems(UnprocessableError):
+    """A 422 that lists every problem found, not just the first."""
+
+    def __init__(self, problems: list[str], *, param: str | None = None):
+        super().__init__("invalid workflow: " + "; ".join(problems), param=param, code="invalid_workflow")
+        self.problems = list(problems)
+
+    def to_json(self) -> dict:
+        body = super().to_json()
+        body["error"]["problems"] = self.problems
+        return body

@@ -10,7 +10,7 @@ from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
 
-from engine.errors import BadRequestError
+from common.errors import BadRequestError
 
 
 class Tokenizer:
@@ -33,6 +33,11 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
+
+    @property
+    def pre_tokenizer(self):
+        """The HF pre-tokenizer (`pre_tokenize_str(text)` -> [(piece, (start, end))]), None when it has none."""
+        return self._tok.pre_tokenizer
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)

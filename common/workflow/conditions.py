@@ -16,7 +16,7 @@ from typing import Any
 
 import re2
 
-from gateway.planner.spec import Condition
+from common.workflow.spec import Condition
 
 _MISSING = object()
 _PATH_TOKEN = re.compile(r"\[(\d+)\]|\.?([^.\[\]]+)")

@@ -6,16 +6,24 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
-from gateway.api.forwarded import Sampling
-from gateway.errors import ValidationProblems
-from gateway.planner.conditions import RegexUnsupported, compile_regex
-from gateway.planner.spec import Condition, EdgeSpec, NodeSpec, WorkflowSpec
-from gateway.planner.templates import TemplateEdge, TemplateGraph
+from common.errors import ValidationProblems
+from common.workflow.conditions import RegexUnsupported, compile_regex
+from common.workflow.sampling import Sampling
+from common.workflow.spec import Condition, EdgeSpec, NodeSpec, WorkflowSpec
+from common.workflow.templates import TemplateEdge, TemplateGraph
 
 # Sampling fields of a node, forwarded to the worker's /v1/chat/completions as they are: those checked as a
-# forwarded call's are (gateway/api/forwarded.py), and the others the worker takes (OpenAI's names, SGLang's
+# forwarded call's are (common/workflow/sampling.py), and the others the worker takes (OpenAI's names, SGLang's
 # regex / ebnf).
 CHECKED_SAMPLING = tuple(Sampling.model_fields)
 SAMPLING_FIELDS = CHECKED_SAMPLING + ("logit_bias", "skip_special_tokens", "no_stop_trim", "regex", "ebnf")

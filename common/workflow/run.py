@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 
 import networkx as nx
 
-from gateway.planner.conditions import evaluate
-from gateway.planner.dag import build_graph, critical_paths
-from gateway.planner.spec import WorkflowSpec
+from common.workflow.conditions import evaluate
+from common.workflow.dag import build_graph, critical_paths
+from common.workflow.spec import WorkflowSpec
 
 RESOLVED = frozenset({"finished", "skipped"})
 TERMINAL = frozenset({"finished", "skipped", "failed", "cancelled"})
@@ -68,7 +68,7 @@ class WorkflowRun:
         # through the advance that follows, so a node_started never precedes the node_finished it
         # depends on, even when two results arrive at once.
         self.resolving = asyncio.Lock()
-        self.span = None  # the workflow's trace span while OpenTelemetry is on (engine/tracing.py)
+        self.span = None  # the workflow's trace span while OpenTelemetry is on (common/tracing.py)
 
     def node_spec(self, node_id: str):
         return self.graph.nodes[node_id]["spec"]

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from engine.errors import BadRequestError
+from common.errors import BadRequestError
 
 MAX_STOP = 16
 Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]

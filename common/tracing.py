@@ -18,8 +18,13 @@ from typing import Iterator
 
 from aiohttp import web
 
-from engine.cliargs import fail
-from engine.logconf import REQUEST_ID, REQUEST_ID_HEADER, install_request_ids, setup_logging
+from common.cliargs import fail
+from common.logconf import (
+    REQUEST_ID,
+    REQUEST_ID_HEADER,
+    install_request_ids,
+    setup_logging,
+)
 
 try:
     from opentelemetry import propagate, trace
@@ -71,7 +76,9 @@ def _exporter(name: str):
         return ConsoleSpanExporter()
     if name == "otlp":
         try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                OTLPSpanExporter,
+            )
         except ImportError:
             raise RuntimeError("OTEL_TRACES_EXPORTER=otlp needs opentelemetry-exporter-otlp-proto-http") from None
         return OTLPSpanExporter()

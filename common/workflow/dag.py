@@ -16,8 +16,8 @@ from itertools import islice
 
 import networkx as nx
 
-from gateway.planner.spec import WorkflowSpec
-from gateway.planner.templating import references
+from common.workflow.spec import WorkflowSpec
+from common.workflow.templating import references
 
 # The weight of an external node (a tool call) in critical-path units (expected output tokens).
 EXTERNAL_WEIGHT = 32

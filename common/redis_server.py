@@ -1,4 +1,5 @@
-"""A private redis-server on a free local port, for when REDIS_URL is unset.
+"""A private redis-server on a free local port, for when REDIS_URL is unset, and how a Redis URL
+may appear in logs (`redact`).
 
 Started by the launcher and by the test suite; data lives in a temp dir and
 nothing is saved. The binary is Debian's `redis-server` from PATH (scripts/up
@@ -13,6 +14,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 
 def free_port() -> int:
@@ -92,3 +94,13 @@ class RedisServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def redact(url: str) -> str:
+    """The URL as it may appear in logs and errors: any password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
