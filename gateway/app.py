@@ -157,22 +157,16 @@ async def _health_loop(app: web.Application, stopping: asyncio.Event, discovery:
 async def _load_tokenizer(app: web.Application) -> None:
     """Hash prefixes with the workers' own tokenizer once one of them tells us its model dir."""
     hasher = app[HASHER]
-    if hasher.tokenizer is not None:
-        return
     model_dir = app[POOL].model_dir()
-    if model_dir is None or model_dir == hasher.tried:
+    if hasher.tokenizer is not None or model_dir is None or model_dir == hasher.tried:
         return
-    hasher.tried = model_dir
-    fresh = await asyncio.to_thread(PromptHasher.from_model_dir, model_dir)
-    if fresh.tokenizer is not None:
-        hasher.tokenizer, hasher.encoder = fresh.tokenizer, fresh.encoder
+    if await asyncio.to_thread(hasher.load, model_dir):
         log.info("prefix hashing uses the tokenizer in %s", model_dir)
 
 
 async def _scheduler(app: web.Application):
-    scheduler = Scheduler(app[CONFIG], app[STORE], app[POOL], app[POLICY], app[HASHER], app[METRICS])
-    scheduler.templates = app[TEMPLATES]
-    scheduler.awareness = app[AWARENESS]
+    scheduler = Scheduler(app[CONFIG], app[STORE], app[POOL], app[POLICY], app[HASHER], app[METRICS],
+                          templates=app[TEMPLATES], awareness=app[AWARENESS])
     app[AWARENESS].attach(scheduler.runs)
     app[SCHEDULER] = scheduler
     await scheduler.start()

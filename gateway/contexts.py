@@ -42,9 +42,9 @@ async def kvindex_ctx(app: web.Application):
     policy = app[POLICY]
     if isinstance(policy, KVAwarePolicy):
         # Workers the index does not cover (plain workers that publish nothing) keep the policy's own record.
-        policy.prefix = IndexPrefixSource(index, policy.record,
-                                          TierCredit(l2=config.kv_credit_l2, l3=config.kv_credit_l3),
-                                          recent_s=config.kv_recent_s)
+        policy.use_prefix_source(IndexPrefixSource(index, policy.record,
+                                                   TierCredit(l2=config.kv_credit_l2, l3=config.kv_credit_l3),
+                                                   recent_s=config.kv_recent_s))
     consumer = KVIndexConsumer(config.redis_url, index, app[SESSION], group=config.kvindex_group,
                                registry_interval_s=config.kvindex_registry_interval_s)
     app[KV_CONSUMER] = consumer

@@ -98,6 +98,17 @@ class PromptHasher:
             log.warning("no tokenizer.json under %s; prefix hashing falls back to bytes", model_dir)
         return cls(None, block_size)
 
+    def load(self, model_dir: str) -> bool:
+        """Take the tokenizer of model_dir (blocking: call it in a thread), once per model dir; whether
+        prefix hashing now uses a tokenizer."""
+        if self.tokenizer is not None or model_dir == self.tried:
+            return self.tokenizer is not None
+        self.tried = model_dir
+        fresh = PromptHasher.from_model_dir(model_dir, self.block_size)
+        if fresh.tokenizer is not None:
+            self.tokenizer, self.encoder = fresh.tokenizer, fresh.encoder
+        return self.tokenizer is not None
+
     def chat_ids(self, messages: list, tools=None, template_kwargs: dict | None = None) -> list[int]:
         msgs = normalize_messages(messages)
         if self.tokenizer is None:

@@ -57,19 +57,20 @@ CANCELLED = "cancelled by the client"
 
 
 class Lifecycle:
-    def __init__(self, config: GatewayConfig, store: WorkflowStore, pool: WorkerPool, metrics: Metrics):
+    def __init__(self, config: GatewayConfig, store: WorkflowStore, pool: WorkerPool, metrics: Metrics, *,
+                 templates: TemplateStore | None = None, awareness=None):
         self.config = config
         self.store = store
         self.pool = pool
         self.metrics = metrics
-        self.journal = Journal(store, metrics, retry_s=config.redis_retry_s, max_buffered=config.redis_buffer_events)
         self.owner = "gw-" + uuid.uuid4().hex[:12]
-        self.journal.lease = (self.owner, config.lease_ttl_s)
+        self.journal = Journal(store, metrics, retry_s=config.redis_retry_s, max_buffered=config.redis_buffer_events,
+                               lease=(self.owner, config.lease_ttl_s))
         self.runs: dict[str, WorkflowRun] = {}
         self.tasks: dict[tuple[str, str], asyncio.Task] = {}
         self._loops: list[asyncio.Task] = []
-        self.templates: TemplateStore | None = None  # learns transitions from templated workflows
-        self.awareness = None  # agent awareness (scheduler/awareness.py): prediction, prefetch, pins
+        self.templates = templates  # learns transitions from templated workflows
+        self.awareness = awareness  # agent awareness (scheduler/awareness.py): prediction, prefetch, pins
 
     # Implemented by Scheduler.
     async def resume(self, wf_id: str) -> None: ...

@@ -49,6 +49,7 @@ from gateway.scheduler.migration import (
 )
 from gateway.scheduler.ownership import NodeCall
 from gateway.state.store import WorkflowStore
+from gateway.state.templates import TemplateStore
 from gateway.workers.pool import WorkerPool
 
 log = logging.getLogger("agentgate.gateway")
@@ -57,8 +58,8 @@ AGING_TOKENS_PER_S = 64.0
 
 class Scheduler(Lifecycle):
     def __init__(self, config: GatewayConfig, store: WorkflowStore, pool: WorkerPool, policy: RoutingPolicy,
-                 hasher: PromptHasher, metrics: Metrics):
-        super().__init__(config, store, pool, metrics)
+                 hasher: PromptHasher, metrics: Metrics, *, templates: TemplateStore | None = None, awareness=None):
+        super().__init__(config, store, pool, metrics, templates=templates, awareness=awareness)
         self.policy = policy
         self.hasher = hasher
         self.ready: dict[tuple[str, str], tuple[float, int]] = {}  # (wf, node) → (enqueued at, seq)

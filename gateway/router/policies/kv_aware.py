@@ -63,6 +63,10 @@ class KVAwarePolicy(RoutingPolicy):
         self.spread_margin = spread_margin
         self._turn = 0
 
+    def use_prefix_source(self, prefix: PrefixSource) -> None:
+        """Read what workers hold from `prefix` (the KV index) from now on; the record stays for the rest."""
+        self.prefix = prefix
+
     @classmethod
     def from_config(cls, config=None) -> "KVAwarePolicy":
         if config is None:
