@@ -4,7 +4,7 @@ Start-up order (cleanup_ctx, undone in reverse): HTTP client session → Redis �
 KV index (its consumer task, gateway/kvindex) → worker pool (first probe, then a
 background health loop that also picks up workers from the Redis registry and
 loads the tokenizer once a worker names its model) → agent awareness
-(prediction, prefetch and pins; gateway/scheduler/awareness.py) → scheduler
+(prediction, prefetch and pins; gateway/awareness/runs.py) → scheduler
 (claims and resumes unfinished workflows, then dispatches).
 """
 

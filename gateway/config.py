@@ -90,7 +90,7 @@ class GatewayConfig:
     # ...and where workers publish their step costs, another worker takes the call when it would finish it
     # this share sooner (kv_aware step 3; 1 = never)
     spread_margin: float = SPREAD_MARGIN
-    # Agent awareness (gateway/scheduler/awareness.py). The three switches are the ablations:
+    # Agent awareness (gateway/awareness/runs.py). The three switches are the ablations:
     # prediction off = no prefetch, pins or pipelining at all; pinning off = prefetch without pins
     # (and no caller pins during tool calls); token_pipelining "on" | "off" | "auto" (auto: the
     # measured default; a workflow's options.token_pipelining decides for it, except under "off").

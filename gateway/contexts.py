@@ -12,8 +12,8 @@ from gateway.kvindex.consumer import KVIndexConsumer
 from gateway.router.prefix_source import IndexPrefixSource, TierCredit
 from gateway.kvindex.index import KVIndex
 from gateway.router.policies.kv_aware import KVAwarePolicy
-from gateway.scheduler.awareness import Awareness
-from gateway.scheduler.tagged import TaggedCalls
+from gateway.awareness.runs import Awareness
+from gateway.awareness.tagged import TaggedCalls
 from gateway.state.learning import LearningStore
 from gateway.workers.kv_ops import KVOps
 

@@ -13,9 +13,9 @@ from gateway.kvindex.index import KVIndex
 from gateway.metrics import Metrics
 from gateway.router.base import RoutingPolicy
 from gateway.router.prompts import PromptHasher
-from gateway.scheduler.awareness import Awareness
+from gateway.awareness.runs import Awareness
 from gateway.scheduler.scheduler import Scheduler
-from gateway.scheduler.tagged import TaggedCalls
+from gateway.awareness.tagged import TaggedCalls
 from gateway.state.store import WorkflowStore
 from gateway.state.templates import TemplateStore
 from gateway.workers.pool import WorkerPool

@@ -83,7 +83,7 @@ class Metrics:
                                      "State writes to Redis retried after a failure")
         self.events_dropped = Counter("agentgate_gateway_events_dropped_total",
                                       "Token events dropped because the outage buffer was full")
-        # Agent awareness (gateway/scheduler/awareness.py, prefetch.py, tagged.py).
+        # Agent awareness (gateway/awareness/runs.py, prefetch.py, tagged.py).
         self.predictions = Counter("agentgate_gateway_predictions_total",
                                    "Predicted calls whose prefix was prefetched, by source (workflow|client) and "
                                    "outcome (used: the call came; wasted: it did not)")

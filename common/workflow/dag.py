@@ -47,6 +47,11 @@ def _node_refs(node) -> set[str]:
 
 def validate(spec: WorkflowSpec) -> list[str]:
     """Every problem of the graph, as human-readable sentences; [] when valid."""
+    return checked_graph(spec)[1]
+
+
+def checked_graph(spec: WorkflowSpec) -> tuple[nx.DiGraph, list[str]]:
+    """The workflow's graph (what WorkflowRun runs on, built once per run) and every problem of it."""
     problems: list[str] = []
     ids = [n.id for n in spec.nodes]
     for node_id, count in Counter(ids).items():
@@ -73,8 +78,10 @@ def validate(spec: WorkflowSpec) -> list[str]:
             for name in sorted(input_refs):
                 if name not in spec.inputs:
                     problems.append(f"node '{node.id}': unknown input reference {{{{inputs.{name}}}}}")
-    g = build_graph(spec)
-    g.remove_edges_from(nx.selfloop_edges(g))  # reported above
+    graph = g = build_graph(spec)
+    if any(True for _ in nx.selfloop_edges(g)):
+        g = g.copy()
+        g.remove_edges_from(list(nx.selfloop_edges(g)))  # reported above
     for cycle in islice(nx.simple_cycles(g), MAX_CYCLES_REPORTED):
         problems.append("cycle: " + " -> ".join([*cycle, cycle[0]]))
     roots = [n for n in g if g.in_degree(n) == 0]
@@ -84,7 +91,7 @@ def validate(spec: WorkflowSpec) -> list[str]:
     unreachable = sorted(set(g) - reachable)
     if unreachable:
         problems.append("unreachable nodes (no path from any start node): " + ", ".join(unreachable))
-    return problems
+    return graph, problems
 
 
 def node_weight(node) -> int:

@@ -53,11 +53,13 @@ class NodeState:
 
 
 class WorkflowRun:
-    def __init__(self, wf_id: str, spec: WorkflowSpec, created: float, nodes: dict[str, NodeState] | None = None):
+    def __init__(self, wf_id: str, spec: WorkflowSpec, created: float, nodes: dict[str, NodeState] | None = None,
+                 graph: nx.DiGraph | None = None):
+        """`graph`: the spec's graph when the caller built it already (dag.checked_graph at submission)."""
         self.id = wf_id
         self.spec = spec
         self.created = created
-        self.graph: nx.DiGraph = build_graph(spec)
+        self.graph: nx.DiGraph = graph if graph is not None else build_graph(spec)
         self.order = list(nx.topological_sort(self.graph))
         self.remaining = critical_paths(self.graph)
         self.nodes = nodes or {n.id: NodeState() for n in spec.nodes}

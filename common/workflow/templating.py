@@ -32,3 +32,8 @@ def render(text: str, outputs: dict[str, str], inputs: dict[str, Any]) -> str:
         return outputs.get(name) or ""
 
     return REF.sub(sub, text)
+
+
+def render_messages(spec, outputs: dict[str, str], inputs: dict) -> list[dict]:
+    """A node's messages (common/workflow/spec.py NodeSpec) with every reference rendered."""
+    return [{"role": role, "content": render(content, outputs, inputs)} for role, content in spec.messages]

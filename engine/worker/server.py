@@ -14,12 +14,12 @@ from typing import Any
 
 from aiohttp import web
 
-from common.errors import BadRequestError, NotFoundError, error_body
+from common.errors import BadRequestError, error_body
 from common.http import error_middleware, json_response, open_sse, read_json
 from common.prom import CONTENT_TYPE as PROM_CONTENT_TYPE
 from common.tracing import observe_requests
 from engine.runtime.engine import Engine
-from engine.worker import contract, openai_api
+from engine.worker import contract, kv_routes, openai_api
 from engine.worker.auth import key_middleware
 from engine.worker.bridge import (
     ENGINE,
@@ -38,10 +38,6 @@ from engine.worker.protocol import (
     AbortRequest,
     GenerateRequest,
     GenerateSamplingParams,
-    KVPrefix,
-    PinRequest,
-    PrefetchRequest,
-    UnpinRequest,
     build_sampling_params,
     parse,
     reject_unsupported,
@@ -78,10 +74,7 @@ def create_app(engine: Engine, server_args: dict, api_key: str | None = None) ->
     r.add_route("*", "/flush_cache", flush_cache)
     r.add_post("/abort_request", abort_request)
     r.add_get("/metrics", metrics)
-    r.add_get("/kv/stats", kv_stats)
-    r.add_post("/kv/prefetch", kv_prefetch)
-    r.add_post("/kv/pin", kv_pin)
-    r.add_post("/kv/unpin", kv_unpin)
+    kv_routes.add_routes(app)
     openai_api.add_routes(app)
     contract.add_routes(app)
     app.cleanup_ctx.append(_engine_lifecycle)
@@ -184,58 +177,6 @@ async def get_load(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     load = await asyncio.wrap_future(engine.call(engine.load))
     return json_response([{"dp_rank": 0, **load}])
-
-
-async def kv_stats(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
-    return json_response(await asyncio.wrap_future(engine.call(engine.kv.stats)))
-
-
-# -- KV prefetch and pins (ours; docs/architecture.md §3.1 "Worker API") ------------------------------
-def _prefix_ids(engine: Engine, body: KVPrefix) -> list[int]:
-    if (body.text is None) == (body.input_ids is None):
-        raise BadRequestError("Either text or input_ids should be provided (exactly one).", param="text")
-    ids = engine.tokenizer.encode(body.text) if body.text is not None else body.input_ids
-    if not ids:
-        raise BadRequestError("the prefix is empty", param="input_ids" if body.text is None else "text")
-    engine.validate(ids, 0)
-    return ids
-
-
-async def kv_prefetch(request: web.Request) -> web.Response:
-    """Make a prefix's full blocks resident in L1 (promote, load or compute at low
-    priority); with pin_ttl_s, pin them. Cheap when they already are."""
-    engine = request.app[ENGINE]
-    body = parse(PrefetchRequest, await read_json(request))
-    ids = _prefix_ids(engine, body)
-    result = await asyncio.wrap_future(engine.kv.prefetch(ids, body.cache_salt, body.pin_ttl_s, body.priority))
-    return json_response(result)
-
-
-async def kv_pin(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
-    body = parse(PinRequest, await read_json(request))
-    ids = _prefix_ids(engine, body)
-    pin = await asyncio.wrap_future(engine.call(lambda: engine.kv.pin(ids, body.cache_salt, body.ttl_s)))
-    if pin is None:
-        raise NotFoundError("no block of this prefix is resident in L1; prefetch it first "
-                            "(POST /kv/prefetch with pin_ttl_s)", param="input_ids")
-    return json_response(pin)
-
-
-async def kv_unpin(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
-    body = parse(UnpinRequest, await read_json(request))
-    if body.pin_id is not None:
-        if body.text is not None or body.input_ids is not None:
-            raise BadRequestError("give pin_id or the prefix, not both", param="pin_id")
-        ids = None
-    else:
-        ids = _prefix_ids(engine, body)
-    dropped = await asyncio.wrap_future(engine.call(lambda: engine.kv.unpin(body.pin_id, ids, body.cache_salt)))
-    if dropped is None:
-        raise NotFoundError(f"no such pin ({body.pin_id or 'for this prefix'}); it may have expired", param="pin_id")
-    return json_response({"pin_id": dropped, "unpinned": True})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -137,10 +137,8 @@ async def _forward(request: web.Request, path: str, raw: bytes, body: dict, hint
         candidates = [w.view() for w in pool.healthy() if w.url not in tried]
         if not candidates:
             break
-        url = policy.choose(route, candidates)
-        if tagged is not None:
-            url = request.app[TAGGED].prefer(tagged, url, candidates)
-        policy.on_routed(route, url)
+        url = policy.route(route, candidates, tagged.preferred if tagged is not None else None,
+                           request.app[CONFIG].prefetch_affinity_slack)
         worker = pool.reserve(url)
         metrics.routed.inc(worker=url)
         timeouts = pool.stream_timeouts(worker) if streamed else None

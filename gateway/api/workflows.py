@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from common import sse
 from common.errors import BadRequestError, NotFoundError, ValidationProblems
 from common.http import json_response, open_sse
-from common.workflow.dag import build_graph, validate
+from common.workflow.dag import build_graph, checked_graph
 from common.workflow.schemas import NodeResultIn, WorkflowIn, parse_or_422
 from common.workflow.spec import WorkflowSpec, spec_from_json
 from gateway.admission import workflow_tokens
@@ -40,14 +40,14 @@ def add_routes(app: web.Application) -> None:
 
 async def submit(request: web.Request) -> web.Response:
     body = parse_or_422(WorkflowIn, await read_json(request))
-    spec = body.to_spec(request.app[CONFIG].default_max_tokens)
-    problems = validate(spec)
+    tenant = tenant_of(request)
+    spec = for_tenant(body.to_spec(request.app[CONFIG].default_max_tokens), tenant)
+    graph, problems = checked_graph(spec)  # the run's graph too: built once
     if problems:
         raise ValidationProblems(problems)
-    tenant = tenant_of(request)
     admission, scheduler = request.app[ADMISSION], request.app[SCHEDULER]
     admission.admit_workflow(tenant, workflow_tokens(spec), scheduler.runs)
-    wf_id = await scheduler.submit(for_tenant(spec, tenant), tenant)
+    wf_id = await scheduler.submit(spec, tenant, graph)
     admission.started_workflow(wf_id, tenant)
     return json_response({"id": wf_id, "status": "running", "events": f"/v1/workflows/{wf_id}/events"}, status=202)
 

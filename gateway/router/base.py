@@ -40,6 +40,20 @@ class RoutingPolicy(ABC):
     def choose(self, req: RouteRequest, workers: Sequence[WorkerView]) -> str:
         """URL of the worker for `req`; `workers` is never empty."""
 
+    def route(self, req: RouteRequest, workers: Sequence[WorkerView], prefer: str | None = None,
+              slack: int = 0) -> str:
+        """The one route decision of a call: the policy's choice, unless `prefer` (a worker where the call's
+        prefix was fetched ahead of it) is among `workers` and carries at most `slack` more requests; the
+        policy learns where the call went."""
+        url = self.choose(req, workers)
+        if prefer is not None and prefer != url:
+            views = {w.url: w for w in workers}
+            mine = views.get(prefer)
+            if mine is not None and mine.load <= views[url].load + slack:
+                url = prefer
+        self.on_routed(req, url)
+        return url
+
     def on_routed(self, req: RouteRequest, url: str) -> None:
         """The call for `req` was sent to `url`."""
 

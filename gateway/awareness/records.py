@@ -18,8 +18,8 @@ from common.workflow.run import WorkflowRun
 from gateway.metrics import Metrics
 from gateway.planner.predict import Forecast
 from gateway.state.learning import Learned
-from gateway.scheduler.pipelining import StreamTap
-from gateway.scheduler.prefetch import Prefetcher, Slot
+from gateway.awareness.pipelining import StreamTap
+from gateway.awareness.prefetch import Prefetcher, Slot
 from gateway.state.prefetch_log import PrefetchLog, summarize
 from gateway.state.store import WorkflowStore
 

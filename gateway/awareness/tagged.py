@@ -36,10 +36,9 @@ from common.workflow.templates import TemplateGraph
 from gateway.planner.next_calls import next_calls
 from gateway.planner.predict import pin_ttl
 from gateway.planner.prefix import common_prefix, cut_after_last_special, special_ids
-from gateway.router.base import WorkerView
 from gateway.router.prompts import THREAD_THRESHOLD_CHARS
-from gateway.scheduler.awareness import Awareness
-from gateway.scheduler.prefetch import Intent
+from gateway.awareness.runs import Awareness
+from gateway.awareness.prefetch import Intent
 from gateway.state.journal import OUTAGE
 from gateway.state.templates import TemplateStore
 from gateway.tasks import cancel_and_wait
@@ -101,13 +100,6 @@ class TaggedCalls:
                 preferred = slot.url
         salt = body.get("cache_salt") if isinstance(body.get("cache_salt"), str) else None
         return TaggedCall(template, agent, node, ids, preferred, pin_ttl_s, salt)
-
-    def prefer(self, call: TaggedCall, url: str, candidates: list[WorkerView]) -> str:
-        views = {c.url: c for c in candidates}
-        mine = views.get(call.preferred) if call.preferred else None
-        if mine is not None and mine.load <= views[url].load + self.aw.config.prefetch_affinity_slack:
-            return mine.url
-        return url
 
     def end(self, call: TaggedCall, url: str) -> None:
         """The call's response was relayed: learn from it and predict the next (in the background)."""

@@ -2,12 +2,13 @@
 prefetch and pin their prompt prefix on the worker that will serve them, keep a
 tool caller's conversation pinned while the tool runs, and say what it did.
 
-The scheduler calls in at five points (each a no-op when prediction is off or
+The scheduler calls in at six points (each a no-op when prediction is off or
 the gateway has no tokenizer):
 - `on_advance(run)` after nodes finished/became ready/were skipped: plan again;
-- `choose_worker(...)` at dispatch: the worker holding the node's prefetched
-  prefix, unless its load is more than `prefetch_affinity_slack` above the
-  policy's pick;
+- `prefetched_at(run, node)` at dispatch: the worker holding the node's
+  prefetched prefix, which the route decision prefers unless its load is more
+  than `prefetch_affinity_slack` above the policy's pick (router/base.py
+  `RoutingPolicy.route`), and `on_dispatch(run, node, url)` once it is sent;
 - `on_call_started(run, node)` at the call's first token: the worker holds the
   prefix for the call itself now, so its pins go;
 - `on_tokens(run, node, text)` while a call streams: token pipelining (a plan
@@ -37,16 +38,16 @@ import time
 
 
 from common.workflow.run import WorkflowRun
+from common.workflow.templating import render_messages
 from gateway.config import GatewayConfig
 from gateway.metrics import Metrics
 from gateway.planner.predict import Timing, forecast, pin_ttl
 from gateway.planner.prefix import knowable_prefix_ids, render_known
-from gateway.router.base import RoutingPolicy, WorkerView
+from gateway.router.base import RoutingPolicy
 from gateway.router.prompts import PromptHasher
-from gateway.scheduler.executor import render_messages
-from gateway.scheduler.pipelining import StreamTap, pipelining_for
-from gateway.scheduler.prefetch import Intent, Prefetcher
-from gateway.scheduler.records import Reporter, RunPlan
+from gateway.awareness.pipelining import StreamTap, pipelining_for
+from gateway.awareness.prefetch import Intent, Prefetcher
+from gateway.awareness.records import Reporter, RunPlan
 from gateway.state.learning import LearningStore
 from gateway.state.prefetch_log import PrefetchLog
 from gateway.state.store import WorkflowStore
@@ -98,19 +99,19 @@ class Awareness:
         if self.enabled:
             self._schedule(run)
 
-    def choose_worker(self, run: WorkflowRun, node: str, candidates: list[WorkerView], url: str) -> str:
+    def prefetched_at(self, run: WorkflowRun, node: str) -> str | None:
+        """The worker that holds (or is fetching) the node's prefix, for the route decision to prefer."""
+        slot = self.prefetcher.slots.get((run.id, node))
+        return slot.url if slot is not None and not slot.released and run.id in self.plans else None
+
+    def on_dispatch(self, run: WorkflowRun, node: str, chosen: str) -> None:
+        """The node went to `chosen`: stop its token pipelining plan, count whether it was predicted."""
         plan = self.plans.get(run.id)
         if plan is None:
-            return url
+            return
         if plan.stream is not None:
             plan.stream.reset(node)
         slot = self.prefetcher.slots.get((run.id, node))
-        chosen = url
-        if slot is not None and not slot.released and slot.url != url:
-            views = {c.url: c for c in candidates}
-            mine = views.get(slot.url)
-            if mine is not None and mine.load <= views[url].load + self.config.prefetch_affinity_slack:
-                chosen = slot.url
         rec = plan.records.get(node)
         if run.graph.in_degree(node):  # a node with inputs could have been predicted: recall's denominator
             self.metrics.predictable_calls.inc(source="workflow", predicted=str(bool(rec and rec.predicted)).lower())
@@ -118,7 +119,6 @@ class Awareness:
             plan.dirty.add(node)
             rec.dispatched_to = chosen
             rec.late = slot.pending if slot is not None else None
-        return chosen
 
     def on_call_started(self, run: WorkflowRun, node: str) -> None:
         plan = self.plans.get(run.id)
