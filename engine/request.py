@@ -79,7 +79,7 @@ class Request:
     top_logprobs_num: int = 0
     arrival: float = field(default_factory=time.monotonic)
     background: bool = False  # a prefetch: admitted after everything else, prefilled in small chunks
-    priority: int = 0  # SGLang's: higher first; prefetches rank among themselves (engine/scheduler)
+    priority: int = 0  # SGLang's: higher first; prefetches rank among themselves (engine/batching)
 
     # -- state, owned by the engine thread --
     status: Status = Status.WAITING

@@ -35,7 +35,7 @@ TIERS = ("L1", "L2", "L3", "recompute")
 
 
 def prefix_ids(tokenizer, n: int) -> list[int]:
-    src = "".join((ROOT / p).read_text() for p in ("engine/kvcache/radix.py", "engine/scheduler/scheduler.py",
+    src = "".join((ROOT / p).read_text() for p in ("engine/kvcache/radix.py", "engine/batching/batcher.py",
                                                    "engine/runtime/engine.py", "engine/runtime/outputs.py"))
     ids = tokenizer.encode("<|im_start|>system\nYou are a code review agent. The repository follows.\n" + src)
     assert len(ids) >= n, f"only {len(ids)} tokens of source text"

@@ -106,7 +106,7 @@ def greedy(max_new_tokens: int, **kwargs):
 
 def engine_state(engine) -> tuple[bool, dict]:
     """(has work, kv.usage()) read consistently in the engine thread."""
-    return engine.call(lambda: (engine.scheduler.has_work(), engine.kv.usage())).result(timeout=60)
+    return engine.call(lambda: (engine.batcher.has_work(), engine.kv.usage())).result(timeout=60)
 
 
 def wait_idle(engine, timeout: float = 60.0) -> dict:
@@ -199,7 +199,7 @@ def record_shared_prefix_reads(monkeypatch, min_blocks: int) -> list[int]:
     """Lower the engine's shared-prefix threshold to min_blocks and record, per step it builds,
     how many decoding sequences read a prefix through the shared path."""
     import engine.model.batch as batch
-    import engine.scheduler.batch as step_batch
+    import engine.batching.batch as step_batch
 
     counts: list[int] = []
     real = step_batch.build_short_group

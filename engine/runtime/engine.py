@@ -53,8 +53,8 @@ from engine.runtime.kv_api import KVApi
 from engine.runtime.loop import StepLoop
 from engine.runtime.outputs import Outputs
 from engine.runtime.staging import Staging
-from engine.scheduler.batch import ScheduledBatch
-from engine.scheduler.scheduler import Scheduler
+from engine.batching.batch import ScheduledBatch
+from engine.batching.batcher import Batcher
 from engine.spec.ngram import NgramSpeculator
 from engine.stats import EngineStats
 from engine.step_cost import StepCost
@@ -110,7 +110,7 @@ class Engine:
         self.speculator = make_speculator(cfg.speculative_algorithm)
         step, solo = ((cfg.max_batch_tokens, cfg.max_batch_tokens) if cfg.max_batch_tokens
                       else default_batch_tokens(self.device, self.threads))
-        self.scheduler = Scheduler(self.pool, self.cache, step, cfg.max_running_requests,
+        self.batcher = Batcher(self.pool, self.cache, step, cfg.max_running_requests,
                                    self.speculator, cfg.speculative_num_draft_tokens,
                                    cfg.prefetch_chunk_tokens if cfg.prefetch_chunk_tokens >= 0
                                    else default_prefetch_chunk(self.device),
@@ -311,7 +311,7 @@ class Engine:
                 "kvcache_gb": self.pool.bytes() / 2**30}
 
     def load(self) -> dict:
-        s = self.scheduler
+        s = self.batcher
         running = [r for r in s.running if not r.background]
         staged = self.staging.requests()
         waiting = len(s.waiting) + sum(not r.background for r in staged)

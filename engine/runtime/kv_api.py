@@ -86,7 +86,7 @@ class KVApi:
 
     def usage(self) -> dict:
         e = self.engine
-        used = e.scheduler.blocks_in_use()
+        used = e.batcher.blocks_in_use()
         return {"total_blocks": e.pool.num_blocks, "free_blocks": e.pool.num_free,
                 "cached_blocks": e.cache.num_cached_blocks, "evictable_blocks": e.cache.num_evictable(),
                 "used_blocks": used, "token_usage": used / e.pool.num_blocks, "block_size": e.pool.block_size}
@@ -94,7 +94,7 @@ class KVApi:
     def flush(self) -> bool:
         """Engine thread: drop the prefix cache and the pins; False while requests run."""
         e = self.engine
-        if e.scheduler.has_work() or e.staging.waiting:
+        if e.batcher.has_work() or e.staging.waiting:
             return False
         e.pins.clear()
         return e.cache.flush()

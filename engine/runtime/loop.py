@@ -27,13 +27,13 @@ class StepLoop:
         while not e.stopping:
             self.drain_inbox()
             try:
-                batch = e.scheduler.schedule()
+                batch = e.batcher.schedule()
             except Exception as exc:  # a scheduler bug must not kill the worker: fail what is in flight
                 log.exception("scheduling failed")
-                for req in list(e.scheduler.running) + e.scheduler.queued():
+                for req in list(e.batcher.running) + e.batcher.queued():
                     e.outputs.finish(req, {"type": "abort", "message": f"engine error: {exc}"})
                 continue
-            for req in e.scheduler.take_resident():
+            for req in e.batcher.take_resident():
                 e.outputs.finish(req, {"type": "length", "length": 0})
             if batch is None:
                 e.wake.wait(0.05)
@@ -82,7 +82,7 @@ class StepLoop:
                 e.staging.resume(*payload)
             elif kind == "abort":
                 rid, abort_all, prefix = payload
-                targets = list(e.scheduler.running) + e.scheduler.queued() + e.staging.requests()
+                targets = list(e.batcher.running) + e.batcher.queued() + e.staging.requests()
                 for req in targets:
                     if abort_all or req.rid == rid or (prefix and rid and req.rid.startswith(rid)):
                         e.outputs.finish(req, {"type": "abort", "message": "Aborted by request"})

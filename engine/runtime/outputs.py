@@ -17,7 +17,7 @@ import torch
 from common.tokenizer import IncrementalDetokenizer
 from engine.request import Request, Status, StepOutput
 from engine.sampling import sample, token_logprobs
-from engine.scheduler.batch import ScheduledBatch
+from engine.batching.batch import ScheduledBatch
 from engine.spec.verify import verify
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class Outputs:
         for req, n in batch.chunks:
             req.num_computed += n
             req.prefilled += n
-            e.scheduler.on_prefill_chunk(req)
+            e.batcher.on_prefill_chunk(req)
         plain, plain_rows, verifies, row = [], [], [], 0
         for req, n in batch.sampled:
             if req.draft:
@@ -60,7 +60,7 @@ class Outputs:
                 req.num_computed = base + m
                 self.append(req, tok, None)
                 produced += 1
-            e.scheduler.after_verify(req, accepted)
+            e.batcher.after_verify(req, accepted)
             with e.stats.lock:
                 e.stats.spec_verifies += 1
                 e.stats.spec_proposed += n - 1
@@ -144,11 +144,11 @@ class Outputs:
         e = self.engine
         if req.finished:
             return
-        if e.staging.release(req) or not e.scheduler.holds(req):
-            e.scheduler.release_staged(req)  # never queued (staging, or a prefetch done at once)
+        if e.staging.release(req) or not e.batcher.holds(req):
+            e.batcher.release_staged(req)  # never queued (staging, or a prefetch done at once)
             req.status = Status.FINISHED
         else:
-            e.scheduler.remove(req)
+            e.batcher.remove(req)
         req.finish_reason = reason
         self.detok.pop(req.rid, None)
         e.forget(req.rid)

@@ -35,7 +35,7 @@ class Staging:
     def stage(self, req: Request) -> None:
         e = self.engine
         if not e.tiers.enabled and not req.background:
-            e.scheduler.add(req)
+            e.batcher.add(req)
             return
         bs = e.cfg.block_size
         # what admission will match: all but the last token (a prefetch keeps every full block)
@@ -79,4 +79,4 @@ class Staging:
         if req.background and len(req.staged) * bs == len(ids) // bs * bs:
             e.outputs.finish(req, {"type": "length", "length": 0})  # a prefetch with nothing left to compute
             return
-        e.scheduler.add(req)
+        e.batcher.add(req)

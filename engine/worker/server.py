@@ -135,7 +135,7 @@ async def server_info(request: web.Request) -> web.Response:
         **desc.get("details", {}),
         "version": VERSION,
         "page_size": engine.pool.block_size,
-        "chunked_prefill_size": engine.scheduler.max_batch_tokens,  # as resolved (the flag's 0 = the device's default)
+        "chunked_prefill_size": engine.batcher.max_batch_tokens,  # as resolved (the flag's 0 = the device's default)
         "max_total_num_tokens": engine.pool.num_blocks * engine.pool.block_size,
         "max_req_input_len": engine.context_length - 1,
         "context_length": engine.context_length,

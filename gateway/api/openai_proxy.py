@@ -70,8 +70,14 @@ def extract_hints(body: dict, headers) -> AgentHints | None:
         raise BadRequestError(f"invalid agent_hints: {exc}", param="agent_hints") from None
 
 
-async def route_request(request: web.Request, path: str, body: dict) -> RouteRequest:
-    route = await _prompt_route(request, path, body)
+async def route_request(request: web.Request, path: str, body: dict, ids: list[int] | None = None) -> RouteRequest:
+    """The call's RouteRequest; `ids`: its prompt's token ids when they are known already (a tagged call's,
+    tokenized by awareness), so the prompt is tokenized once."""
+    if ids is not None:
+        salt = body.get("cache_salt") if isinstance(body.get("cache_salt"), str) else None
+        route = request.app[HASHER].route_for_ids(ids, salt)
+    else:
+        route = await _prompt_route(request, path, body)
     budget = output_budget(body)
     return replace(route, max_tokens=budget) if budget and route.prompt_tokens else route
 
@@ -126,7 +132,8 @@ async def _forward(request: web.Request, path: str, raw: bytes, body: dict, hint
             log.warning("could not record a template transition: %s", exc)
     pool, policy, metrics = request.app[POOL], request.app[POLICY], request.app[METRICS]
     needs_prefix = policy.uses_prefix and len(pool.healthy()) > 1
-    route = await route_request(request, path, body) if needs_prefix else RouteRequest(prompt_tokens=0)
+    route = await route_request(request, path, body, tagged.ids if tagged is not None else None) if needs_prefix \
+        else RouteRequest(prompt_tokens=0)
     # as sent, unless agent_hints came out of it or the tenant's salt went in
     payload = raw if hints is None and tenant is None else orjson.dumps(body)
     streamed = body.get("stream") is True

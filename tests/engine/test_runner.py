@@ -281,7 +281,7 @@ def test_mixed_priorities_give_every_request_the_tokens_it_gets_alone(engine_tin
     watchers = [submit(engine_tiny, p, params, priority=i % 2 * 3) for i, p in enumerate(medium_prompts)]
     assert ids_of(w.wait() for w in watchers) == want
     # Lower priorities prefill 8 tokens a step beside the higher ones: chunks that end mid-block.
-    scheduler = engine_chunked.scheduler
+    scheduler = engine_chunked.batcher
     chunk = scheduler.low_priority_chunk
     engine_chunked.call(lambda: setattr(scheduler, "low_priority_chunk", 8)).result(timeout=60)
     try:

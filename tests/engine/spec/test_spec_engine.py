@@ -122,7 +122,7 @@ def test_a_tiny_pool_preempts_speculating_requests_without_changing_a_token(make
     want = [o.output_ids for o in generate(plain, prompts, params)]
     got = generate(tiny, prompts, params)
     assert [o.output_ids for o in got] == want
-    assert tiny.scheduler.num_preemptions > 0  # decode growth, drafts included, ran the pool dry
+    assert tiny.batcher.num_preemptions > 0  # decode growth, drafts included, ran the pool dry
     assert wait_idle(tiny)["used_blocks"] == 0
     tiny.stop()
 

@@ -36,13 +36,13 @@ from typing import Any
 from engine.kvcache.pool import KVPool
 from engine.kvcache.radix import RadixCache
 from engine.request import Request, Status
-from engine.scheduler.batch import ScheduledBatch, forward_tensors
-from engine.scheduler.sharing import SHARE_MIN_TOKENS, shared_blocks, shared_in_flight
+from engine.batching.batch import ScheduledBatch, forward_tensors
+from engine.batching.sharing import SHARE_MIN_TOKENS, shared_blocks, shared_in_flight
 from engine.spec.base import Speculator
 from engine.spec.draft import DraftLength
 
 
-class Scheduler:
+class Batcher:
     def __init__(self, pool: KVPool, cache: RadixCache, max_batch_tokens: int, max_running: int,
                  speculator: Speculator | None = None, max_draft: int = 0, background_chunk: int = 128,
                  max_background: int = 2, row_cost: Callable[[int], float] | None = None,
@@ -190,7 +190,7 @@ class Scheduler:
         out, self.resident = self.resident, []
         return out
 
-    # -- in-batch prefix sharing (engine/scheduler/sharing.py) ----------------------------------
+    # -- in-batch prefix sharing (engine/batching/sharing.py) ----------------------------------
     def _shared_in_flight(self, req: Request, *, foreground_only: bool) -> bool:
         others = [r for r in self.running if r.in_prefill
                   and (not foreground_only or not r.background and r.priority >= req.priority)]
