@@ -50,7 +50,7 @@ from gateway.keys import AWARENESS
 from gateway.contexts import awareness_ctx
 from gateway.scheduler.scheduler import Scheduler
 from gateway.state.store import WorkflowStore
-from gateway.state.templates import TemplateStore
+from gateway.state.template_store import TemplateStore
 from gateway.workers.pool import WorkerPool
 from gateway.workers.registry import RegistryDiscovery
 

@@ -17,7 +17,7 @@ from gateway.awareness.runs import Awareness
 from gateway.scheduler.scheduler import Scheduler
 from gateway.awareness.tagged import TaggedCalls
 from gateway.state.store import WorkflowStore
-from gateway.state.templates import TemplateStore
+from gateway.state.template_store import TemplateStore
 from gateway.workers.pool import WorkerPool
 
 CONFIG = web.AppKey("config", GatewayConfig)

@@ -20,7 +20,7 @@ from common.errors import ValidationProblems
 from common.workflow.conditions import RegexUnsupported, compile_regex
 from common.workflow.sampling import Sampling
 from common.workflow.spec import Condition, EdgeSpec, NodeSpec, WorkflowSpec
-from common.workflow.templates import TemplateEdge, TemplateGraph
+from common.workflow.template_graph import TemplateEdge, TemplateGraph
 
 # Sampling fields of a node, forwarded to the worker's /v1/chat/completions as they are: those checked as a
 # forwarded call's are (common/workflow/sampling.py), and the others the worker takes (OpenAI's names, SGLang's

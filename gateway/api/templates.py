@@ -13,7 +13,7 @@ from aiohttp import web
 from common.errors import NotFoundError, ValidationProblems
 from common.http import json_response
 from common.workflow.schemas import TemplateIn, parse_or_422
-from common.workflow.templates import TemplateGraph, predict_next, validate_template
+from common.workflow.template_graph import TemplateGraph, predict_next, validate_template
 from gateway.api.http import read_json
 from gateway.auth.keys import scoped_name
 from gateway.auth.middleware import principal, tenant_of

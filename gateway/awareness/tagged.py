@@ -32,7 +32,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from common.errors import AgentGateError
-from common.workflow.templates import TemplateGraph
+from common.workflow.template_graph import TemplateGraph
 from gateway.planner.next_calls import next_calls
 from gateway.planner.predict import pin_ttl
 from gateway.planner.prefix import common_prefix, cut_after_last_special, special_ids
@@ -40,7 +40,7 @@ from gateway.router.prompts import THREAD_THRESHOLD_CHARS
 from gateway.awareness.runs import Awareness
 from gateway.awareness.prefetch import Intent
 from gateway.state.journal import OUTAGE
-from gateway.state.templates import TemplateStore
+from gateway.state.template_store import TemplateStore
 from gateway.tasks import cancel_and_wait
 
 log = logging.getLogger("agentgate.gateway.awareness")

@@ -49,7 +49,7 @@ from gateway.scheduler.ownership import NodeCall
 from gateway.state.journal import OUTAGE, Journal
 from gateway.scheduler.hooks import NO_AWARENESS, AwarenessHooks
 from gateway.state.store import LeaseLost, WorkflowStore
-from gateway.state.templates import TemplateStore
+from gateway.state.template_store import TemplateStore
 from gateway.tasks import cancel_and_wait
 from gateway.workers.pool import WorkerPool
 

@@ -51,7 +51,7 @@ from gateway.scheduler.migration import (
 )
 from gateway.scheduler.ownership import NodeCall
 from gateway.state.store import WorkflowStore
-from gateway.state.templates import TemplateStore
+from gateway.state.template_store import TemplateStore
 from gateway.workers.pool import WorkerPool
 
 log = logging.getLogger("agentgate.gateway")

@@ -7,7 +7,7 @@
                                 a client-driven agent spends between a call for that node and its next
   ag:tpl:{name}:prefix:{node}   {"ids": token ids, "n": calls}: the longest prefix every tagged call
                                 for that node shared so far, cut after a special token
-Transition counts between tagged calls stay in state/templates.py. Reads are
+Transition counts between tagged calls stay in state/template_store.py. Reads are
 cached for `cache_s` per template, so planning on every node event costs no
 round trip.
 """

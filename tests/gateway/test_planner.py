@@ -14,7 +14,7 @@ from common.workflow.spec import (
     spec_from_json,
     spec_to_json,
 )
-from common.workflow.templates import (
+from common.workflow.template_graph import (
     TemplateEdge,
     TemplateGraph,
     predict_next,

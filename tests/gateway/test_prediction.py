@@ -7,7 +7,7 @@ import pytest
 
 from common.workflow.run import WorkflowRun
 from common.workflow.spec import Condition, EdgeSpec, NodeSpec, WorkflowSpec
-from common.workflow.templates import TemplateEdge, TemplateGraph
+from common.workflow.template_graph import TemplateEdge, TemplateGraph
 from gateway.planner.next_calls import next_calls
 from gateway.planner.predict import Timing, edge_probability, forecast, pin_ttl
 from gateway.state.learning import Learned
