@@ -5,7 +5,7 @@ How it counts. The gateway runs in this process, on a real Redis and a stand-in 
 (scripts/standin_worker.py), and one workflow of one LLM node is submitted with POST /v1/workflows.
 From just before that request until the workflow is finished, `sys.setprofile` records every Python
 function call (not coroutine resumptions: a frame seen before is skipped) whose code lives in the
-repository's gateway/, common/ or engine/ folders, on the asyncio tasks of that request and of what it
+repository's gateway/, common/ or engine/ folders (the node answers `--tokens` tokens, 1 by default), on the asyncio tasks of that request and of what it
 starts (the periodic loops — health probes, leases, janitor, KV index, awareness tick — are left out).
 A hop is a call whose file differs from the previous recorded call's file; a re-entry is a hop into a
 file the path already left once. It prints the totals, the files by entries, and the path itself
@@ -81,7 +81,7 @@ def summarize(calls: list[tuple[str, str]]) -> dict:
             "path": path, "calls": len(calls)}
 
 
-async def run(root: Path) -> dict:
+async def run(root: Path, tokens: int) -> dict:
     sys.path.insert(0, str(root))
     from aiohttp import ClientSession, web
 
@@ -95,7 +95,7 @@ async def run(root: Path) -> dict:
 
     redis = RedisServer().start()
     wport = free_port()
-    worker = subprocess.Popen([sys.executable, "-m", "scripts.standin_worker", "--port", str(wport), "--tokens", "4",
+    worker = subprocess.Popen([sys.executable, "-m", "scripts.standin_worker", "--port", str(wport), "--tokens", str(tokens),
                                "--token-delay", "0"], cwd=ROOT)
     try:
         wurl = f"http://127.0.0.1:{wport}"
@@ -113,7 +113,7 @@ async def run(root: Path) -> dict:
             runner = web.AppRunner(app)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", gport).start()
-            body = {"nodes": [{"id": "a", "type": "llm", "max_tokens": 4,
+            body = {"nodes": [{"id": "a", "type": "llm", "max_tokens": tokens,
                                "messages": [{"role": "user", "content": "Say hello."}]}]}
             async with session.post(f"http://127.0.0.1:{gport}/v1/workflows", json=body) as r:  # warm-up
                 answer = await r.json()
@@ -149,8 +149,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default=str(ROOT), help="the repository tree whose gateway is traced")
     p.add_argument("--path", action="store_true", help="print the collapsed path")
+    p.add_argument("--tokens", type=int, default=1,
+                   help="the node's output tokens (1: the streaming loop is walked once, so the count is the path's)")
     args = p.parse_args()
-    out = asyncio.run(run(Path(args.root).resolve()))
+    out = asyncio.run(run(Path(args.root).resolve(), args.tokens))
     print(f"hops {out['hops']} among {out['files']} files; re-entries {out['reentries']}; calls {out['calls']}")
     print("entries per file:", ", ".join(f"{f} {n}" for f, n in out["entries"].most_common(12)))
     if args.path:
