@@ -1,5 +1,5 @@
 """Ships a worker's KV events to Redis and keeps its registry entry alive
-(the wire contract is engine/kvcache/wire.py).
+(the wire contract is common/kvwire.py).
 
 One daemon thread with a synchronous Redis client does all the talking, so the
 engine thread only ever appends to its EventLog (a list append under a lock)
@@ -22,16 +22,25 @@ import logging
 import threading
 import time
 from collections import deque
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from common.kvwire import (
+    DEFAULT_STREAM_MAXLEN,
+    HEARTBEAT_TTL_S,
+    WORKER_IDS,
+    WORKERS_SET,
+    EventBatch,
+    WorkerInfo,
+    event,
+    stream_key,
+    worker_key,
+)
+from common.redis_server import redact
 from engine.kvcache.events import EventLog, KVEvent
-from engine.kvcache.wire import (DEFAULT_STREAM_MAXLEN, HEARTBEAT_TTL_S, WORKER_IDS, WORKERS_SET, EventBatch,
-                                 WorkerInfo, event, stream_key, worker_key)
 
 log = logging.getLogger("agentgate.kvpublish")
 
@@ -45,16 +54,6 @@ FIRST_RETRY_S = 0.1
 
 class RedisUnavailableError(RuntimeError):
     """Redis could not be reached when publishing was asked for (a start-up error)."""
-
-
-def redact(url: str) -> str:
-    """The URL as it may appear in logs and errors: any password replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def connect(redis_url: str) -> redis.Redis:

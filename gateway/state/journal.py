@@ -47,12 +47,13 @@ T = TypeVar("T")
 
 
 class Journal:
-    def __init__(self, store: WorkflowStore, metrics: Metrics, *, retry_s: float, max_buffered: int):
+    def __init__(self, store: WorkflowStore, metrics: Metrics, *, retry_s: float, max_buffered: int,
+                 lease: tuple[str, float] | None = None):
         self.store = store
         self.metrics = metrics
         self.retry_s = retry_s
         self.max_buffered = max_buffered
-        self.lease: tuple[str, float] | None = None  # (owner, ttl_s): node writes fenced by the workflow's lease
+        self.lease = lease  # (owner, ttl_s): node writes fenced by the workflow's lease
         self.down_since: float | None = None  # monotonic: when the current outage began, None while Redis answers
         self._tokens: dict[str, list[tuple[str, dict]]] = {}  # workflow → token events not written yet, in order
         self._buffered = 0

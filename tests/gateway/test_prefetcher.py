@@ -12,7 +12,7 @@ from gateway.errors import WorkerCallError
 from gateway.metrics import Metrics
 from gateway.router.policies.least_load import LeastLoadPolicy
 from gateway.router.prompts import PromptHasher
-from gateway.scheduler.prefetch import Intent, Prefetcher
+from gateway.awareness.prefetch import Intent, Prefetcher
 from gateway.workers.kv_ops import PrefetchResult
 from gateway.workers.pool import WorkerPool
 

@@ -10,8 +10,8 @@ from array import array
 
 import pytest
 
-from gateway.keys import SCHEDULER
-from gateway.scheduler.awareness import AWARENESS, PLAN_INTERVAL_S
+from gateway.awareness.runs import PLAN_INTERVAL_S
+from gateway.keys import AWARENESS, SCHEDULER
 from tests.gateway.test_awareness import node, start, system, until  # noqa: F401 (start: a fixture)
 
 pytestmark = pytest.mark.asyncio
@@ -136,7 +136,7 @@ async def test_many_followers_of_local_workflows_share_one_redis_connection(gate
 
 
 async def test_the_text_pool_keeps_one_copy_of_each_long_text_within_its_bounds():
-    from gateway.planner.texts import TextPool
+    from common.workflow.texts import TextPool
 
     pool = TextPool(max_texts=2, max_chars=10_000, min_chars=8)
     a, a2 = "".join(["system prompt "] * 40), "".join(["system prompt "] * 40)
