@@ -56,9 +56,9 @@ class GatewayStack(bench_scale.SimStack):
     """bench_scale's stack (sim-cluster workers, Redis) with the gateway optionally under tracemalloc."""
 
     def start(self) -> None:
-        from engine.launch import wait_healthy
+        from common.launch import wait_healthy
+        from common.redis_server import RedisServer, free_port
         from engine.model.prepare import default_model_dir
-        from engine.redis_server import RedisServer, free_port
 
         self.redis = RedisServer().start()
         self.start_workers(["--redis-url", self.redis.url, "--l3", "none"])  # no shared store: no GBs to delete
