@@ -29,8 +29,9 @@ import logging
 import time
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
+from gateway.awareness.slots import Intent, Slot, token_array
 from gateway.errors import WorkerCallError
 from gateway.metrics import Metrics
 from gateway.router.base import RoutingPolicy
@@ -42,51 +43,6 @@ from gateway.workers.pool import WorkerPool
 log = logging.getLogger("agentgate.gateway.prefetch")
 RENEW_BEFORE_S = 2.0  # a pin this close to lapsing on a slot still wanted is renewed
 MAX_FAILURES = 3  # a slot whose prefetches failed this often stops asking
-
-
-def token_array(ids) -> array:
-    """Token ids as a compact array (what slots and plans keep of a prefix)."""
-    return ids if isinstance(ids, array) else array("I", ids)
-
-
-@dataclass(frozen=True)
-class Intent:
-    key: tuple[str, str]
-    ids: list[int] | array  # want() keeps it as an array
-    steps: int = 1
-    pin_ttl_s: float | None = None
-    url: str | None = None  # a fixed worker (a caller's conversation); None: route it
-    pin_only: bool = False  # pin what the worker holds, compute nothing
-    min_new_blocks: int = 1  # send only once the prefix holds this many full blocks more than the last one sent
-    max_tokens: int = 0  # the predicted call's output budget (where it is placed weighs it)
-    salt: str | None = None  # the cache salt of the calls it serves (their tenant's, gateway/auth/keys.py)
-
-
-@dataclass
-class Slot:
-    key: tuple[str, str]
-    url: str
-    wanted: Intent | None = None  # the newest intent not sent yet
-    queued_at: float = 0.0
-    running: bool = False
-    sent_ids: array = field(default_factory=lambda: array("I"))  # the prefix of the last prefetch sent
-    resident_tokens: int = 0
-    sources: dict = field(default_factory=lambda: dict.fromkeys(TIERS, 0))
-    prefetches: int = 0
-    failures: int = 0
-    error: str | None = None
-    pin: str | None = None
-    pinned_tokens: int = 0
-    pin_since: float | None = None  # wall clock
-    pin_expires: float = 0.0  # monotonic
-    pin_held_s: float = 0.0
-    pin_refused: bool = False  # the worker's pinned capacity was full: prefetch without a pin from then on
-    pin_ttl_s: float | None = None  # the pin the last prefetch sent asked for (None: unpinned)
-    released: bool = False
-
-    @property
-    def pending(self) -> bool:
-        return self.running or self.wanted is not None
 
 
 class Prefetcher:

@@ -20,7 +20,8 @@ from gateway.metrics import Metrics
 from gateway.planner.predict import Forecast
 from gateway.state.learning import Learned
 from gateway.awareness.pipelining import StreamTap
-from gateway.awareness.prefetch import Prefetcher, Slot
+from gateway.awareness.prefetch import Prefetcher
+from gateway.awareness.slots import Slot
 from gateway.state.prefetch_log import PrefetchLog, summarize
 from gateway.state.store import WorkflowStore
 

@@ -46,7 +46,8 @@ from gateway.planner.prefix import knowable_prefix_ids, render_known
 from gateway.router.base import RoutingPolicy
 from gateway.router.prompts import PromptHasher
 from gateway.awareness.pipelining import StreamTap, pipelining_for
-from gateway.awareness.prefetch import RENEW_BEFORE_S, Intent, Prefetcher, token_array
+from gateway.awareness.prefetch import RENEW_BEFORE_S, Prefetcher
+from gateway.awareness.slots import Intent, token_array
 from gateway.awareness.records import Reporter, RunPlan
 from gateway.state.learning import LearningStore
 from gateway.state.prefetch_log import PrefetchLog

@@ -38,7 +38,7 @@ from gateway.planner.predict import pin_ttl
 from gateway.planner.prefix import common_prefix, cut_after_last_special, special_ids
 from gateway.router.prompts import THREAD_THRESHOLD_CHARS
 from gateway.awareness.runs import Awareness
-from gateway.awareness.prefetch import Intent
+from gateway.awareness.slots import Intent
 from gateway.state.journal import OUTAGE
 from gateway.state.template_store import TemplateStore
 from gateway.tasks import cancel_and_wait

@@ -79,7 +79,7 @@ def test_the_base_install_has_no_torch_and_the_client_imports_without_it():
     from importlib.metadata import packages_distributions
 
     dists = packages_distributions()
-    ours = {"agentgate", "engine", "gateway"}
+    ours = {"agentgate", "common", "engine", "gateway"}
     third_party = {m for m in loaded - ours if m in dists}
     needed = {d.lower().replace("_", "-") for m in third_party for d in dists[m]}
     assert needed <= _closure(base), f"the client imports packages the base install lacks: {needed - _closure(base)}"
