@@ -65,7 +65,8 @@ class RedisServer:
              "--save", "", "--dir", self.dir, "--protected-mode", "yes", *(("--requirepass", self.password) if self.password else ()),
              *(("--appendonly", "yes", "--appendfsync", "always") if self.durable else ("--appendonly", "no")),
              *(("--cluster-enabled", "yes", "--cluster-config-file", f"{self.dir}/nodes.conf",
-                "--cluster-node-timeout", "5000") if self.cluster else ())],
+                # a free bus port of its own: the default, port + 10000, may be taken or past 65535
+                "--cluster-port", str(free_port()), "--cluster-node-timeout", "5000") if self.cluster else ())],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

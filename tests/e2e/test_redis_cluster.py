@@ -17,11 +17,15 @@ import pytest
 import pytest_asyncio
 from redis.asyncio.cluster import RedisCluster
 
+from engine.kvcache.wire import WORKER_IDS, WORKERS_SET, stream_key
 from engine.redis_client import async_client
 from engine.redis_server import RedisClusterServer
+from gateway.janitor import sweep_kv
 from gateway.keys import HASHER, POLICY, POOL, REDIS, SCHEDULER
 from gateway.kvindex.lifecycle import KV_INDEX
 from gateway.state.notify import nudge, subscription
+from gateway.state.store import WorkflowStore
+from gateway.workers.registry import read_registry
 from tests.gateway.fake_worker import FakeWorker
 from tests.gateway.support import GatewayHandle, fast_config, llm
 from tests.support import start_worker, stop_worker
@@ -173,3 +177,28 @@ async def test_kv_aware_routing_follows_the_index_on_the_cluster(cluster, kv_wor
     finally:
         await gw.stop()
         await fake.stop()
+
+
+async def test_the_janitor_and_the_registry_prune_work_on_the_cluster(cluster):
+    """The cross-node reads (SCAN over every master) and the registry's prune script, on the cluster."""
+    redis = async_client(cluster.url, decode_responses=True)
+    try:
+        await redis.sadd(WORKER_IDS, "http://gone:1")  # listed, its key never written: pruned by the script
+        await redis.sadd(WORKERS_SET, "http://gone:1")
+        assert (await read_registry(redis)).expired == ["http://gone:1"]
+        assert not await redis.sismember(WORKER_IDS, "http://gone:1")
+        assert not await redis.sismember(WORKERS_SET, "http://gone:1")
+        old = f"{(time.time() - 3600) * 1000:.0f}-0"
+        await redis.xadd(stream_key("gone-model"), {"worker": "w"}, id=old)  # nobody serves it, idle for an hour
+        await redis.xgroup_create(stream_key("gone-model"), "kvindex:gone", id="0")
+        assert await sweep_kv(redis, 60.0, "kvindex:mine") == (1, 0)
+        assert not await redis.exists(stream_key("gone-model"))
+        store = WorkflowStore(redis, "cljan", retention_s=60)
+        tenants = [f"t{i}" for i in range(6)]  # listings spread over the masters
+        for t in tenants:
+            await store.create(f"wf-{t}", {"nodes": []}, template=None, priority=0, tenant=t)
+            await redis.delete(f"cljan:wf:{{wf-{t}}}")  # as if its retention ran out
+        assert sorted(await store.listed_tenants()) == tenants
+        assert [await store.sweep_listing(t) for t in tenants] == [1] * len(tenants)
+    finally:
+        await redis.aclose()
