@@ -29,6 +29,7 @@ from gateway.api.http import error_middleware
 from gateway.auth.middleware import auth_middleware
 from gateway.config import GatewayConfig
 from gateway.admission import Admission
+from gateway.admission_shared import SharedLimits
 from gateway.janitor import janitor_ctx
 from gateway.keys import (ADMISSION, CONFIG, FOLLOWERS, HASHER, METRICS, POLICY, POOL, REDIS, SCHEDULER, SESSION,
                           STORE, TEMPLATES)
@@ -110,6 +111,7 @@ async def _redis(app: web.Application):
     app[STORE] = WorkflowStore(redis, config.key_prefix, config.retention_s)
     app[FOLLOWERS] = WorkflowStore(followers, config.key_prefix, config.retention_s)
     app[TEMPLATES] = TemplateStore(redis, app[CONFIG].key_prefix)
+    app[ADMISSION].shared = SharedLimits(redis, config.key_prefix, config.request_timeout_s)  # across replicas
     yield
     await followers.aclose()
     await redis.aclose()

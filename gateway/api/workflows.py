@@ -45,7 +45,7 @@ async def submit(request: web.Request) -> web.Response:
         raise ValidationProblems(problems)
     tenant = tenant_of(request)
     admission, scheduler = request.app[ADMISSION], request.app[SCHEDULER]
-    admission.admit_workflow(tenant, workflow_tokens(spec), scheduler.runs)
+    await admission.admit_workflow(tenant, workflow_tokens(spec), scheduler.runs)
     wf_id = await scheduler.submit(for_tenant(spec, tenant), tenant)
     admission.started_workflow(wf_id, tenant)
     return json_response({"id": wf_id, "status": "running", "events": f"/v1/workflows/{wf_id}/events"}, status=202)
