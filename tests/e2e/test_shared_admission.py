@@ -83,7 +83,7 @@ def test_the_token_rate_holds_across_two_replicas(worker, tmp_path):
 
 @pytest.mark.slow
 def test_concurrency_holds_across_two_replicas(worker, tmp_path):
-    long_call = {**CHAT, "max_tokens": 400, "ignore_eos": True, "stream": True}
+    long_call = {**CHAT, "max_tokens": 64, "ignore_eos": True, "stream": True}
     with two_replicas(worker, tmp_path, "--tenant-concurrency", "1") as (a, b):
         req = urllib.request.Request(f"http://127.0.0.1:{a}/v1/chat/completions", method="POST",
                                      data=json.dumps(long_call).encode(), headers={"Content-Type": "application/json"})
