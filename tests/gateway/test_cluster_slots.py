@@ -29,6 +29,7 @@ from engine.kvcache.events import EventLog
 from engine.kvcache.publisher import EventPublisher
 from engine.kvcache.wire import WORKER_IDS, WORKERS_SET, WorkerInfo
 from engine.redis_server import RedisServer
+from gateway.admission_shared import SharedLimits
 from gateway.janitor import sweep_kv
 from gateway.kvindex.consumer import KVIndexConsumer
 from gateway.kvindex.index import KVIndex
@@ -149,6 +150,10 @@ async def exercise_gateway(url: str) -> None:
         await learning.record_run("tpl", ["a", "b"], [("a", "b")], {"a": 0.5})
         assert (await learning.learned("tpl")).visits == {"a": 1, "b": 1}
         await learning.save_static_prefix("tpl", "a", [1, 2], 1)
+        limits = SharedLimits(r, "ag", lease_s=60)
+        assert await limits.take("acme", 60, 10) == 0.0
+        place = await limits.enter("acme", 2)
+        await limits.leave("acme", place)
         await r.sadd(WORKER_IDS, "http://gone:1")  # listed, its key expired: pruned by the script
         await r.sadd(WORKERS_SET, "http://gone:1")
         assert (await read_registry(r)).expired == ["http://gone:1"]
