@@ -4,10 +4,8 @@ Why one thread: libgomp (torch's OpenMP) keeps a team of worker threads per thre
 has ever run a parallel region with more than one thread, for as long as that thread
 lives, and shrinking the count later does not release them. Once the teams' threads
 outnumber the cores, libgomp stops spinning between parallel regions and parks its
-workers on futexes, so every small op of a decode step pays a wake-up. Measured on a
-2-core AVX-512 EPYC, bf16, 2 threads: a batch-1 decode forward took 50-56 ms on the
-engine thread when the main thread had loaded the weights with 2 threads, 25-27 ms when
-all torch work ran on the engine thread (and 33 ms with the whole loop on the main thread).
+workers on futexes, so every small op of a decode step pays a wake-up: a decode step ran
+about twice as long (BENCHMARKS.md "Design measurements").
 
 So an engine builds its model, measures its matmul plan and runs its loop on one
 ComputeThread; any other thread that touches torch (the L3 reader and writer) calls

@@ -94,13 +94,11 @@ def choose_dtype(requested: str = "auto", device: str = "cpu") -> torch.dtype:
 
 
 # Tokens per forward step when --max-batch-tokens is not given. A step is what every running request waits
-# for, so on a CPU it is kept short: one thread prefills ~450-500 tok/s whatever the chunk (measured on the
-# 2-core EPYC, bf16: 430 tok/s at 128-token chunks, 490 at 256, 460 at 512, 510 at 2048), so 256 tokens per
-# thread keep a step near half a second where 2048 made it 4 s, and cost no throughput. A GPU runs 2048
-# tokens in a fraction of that.
-# With two threads the short chunks cost ~10% of a lone prompt's prefill speed (772 vs 857 tok/s, medians of
-# six 1,540-token prompts at 512 vs 2,048 tokens a step), and a prefill with no other request in the engine
-# delays nobody, so by default such a lone prefill takes steps of SOLO_STEP_TOKENS.
+# for, so on a CPU it is kept short: a thread's prefill speed hardly depends on the chunk, so 256 tokens per
+# thread keep a step near half a second where 2048 made it 4 s, and cost no throughput (BENCHMARKS.md
+# "Design measurements"). A GPU runs 2048 tokens in a fraction of that.
+# With two threads the short chunks cost ~10% of a lone prompt's prefill speed, and a prefill with no other
+# request in the engine delays nobody, so by default such a lone prefill takes steps of SOLO_STEP_TOKENS.
 CPU_STEP_TOKENS_PER_THREAD = 256
 GPU_STEP_TOKENS = 2048
 SOLO_STEP_TOKENS = 2048

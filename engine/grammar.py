@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import torch
 
-from engine.errors import BadRequestError
+from common.errors import BadRequestError
 
 KINDS = ("json_schema", "json_object", "regex", "ebnf", "tool_call")
 CACHE_SIZE = 128  # compiled grammars kept (LRU)

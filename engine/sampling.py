@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.scheduler.request import Request
+from engine.request import Request
 
 
 def sample(logits: torch.Tensor, reqs: list[Request], eos_ids: tuple[int, ...] = ()) -> list[int]:

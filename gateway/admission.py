@@ -20,7 +20,7 @@ from collections import deque
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
-from engine.errors import AgentGateError, ServiceUnavailableError
+from common.errors import AgentGateError, ServiceUnavailableError
 from gateway.admission_shared import SharedLimits
 
 CHARS_PER_TOKEN = 4

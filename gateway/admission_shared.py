@@ -15,7 +15,7 @@ import asyncio
 import logging
 import secrets
 
-from gateway.state.journal import OUTAGE
+from common.redis_client import OUTAGE
 
 log = logging.getLogger("agentgate.gateway")
 

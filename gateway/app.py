@@ -4,7 +4,7 @@ Start-up order (cleanup_ctx, undone in reverse): HTTP client session → Redis �
 KV index (its consumer task, gateway/kvindex) → worker pool (first probe, then a
 background health loop that also picks up workers from the Redis registry and
 loads the tokenizer once a worker names its model) → agent awareness
-(prediction, prefetch and pins; gateway/scheduler/awareness.py) → scheduler
+(prediction, prefetch and pins; gateway/awareness/runs.py) → scheduler
 (claims and resumes unfinished workflows, then dispatches).
 """
 
@@ -21,27 +21,39 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from engine.redis_client import async_cluster, is_cluster
-from engine.tracing import observe_requests
+from common.redis_client import async_cluster, is_cluster
+from common.tracing import observe_requests
+from gateway.admission import Admission
+from gateway.admission_shared import SharedLimits
 from gateway.api import admin, contract, openai_proxy, system, templates, workflows
-from gateway.console import api as console
 from gateway.api.http import error_middleware
 from gateway.auth.middleware import auth_middleware
 from gateway.config import GatewayConfig
-from gateway.admission import Admission
-from gateway.admission_shared import SharedLimits
+from gateway.console import api as console
 from gateway.janitor import janitor_ctx
-from gateway.keys import (ADMISSION, CONFIG, FOLLOWERS, HASHER, METRICS, POLICY, POOL, REDIS, SCHEDULER, SESSION,
-                          STORE, TEMPLATES)
-from gateway.kvindex.lifecycle import kvindex_ctx
+from gateway.keys import (
+    ADMISSION,
+    CONFIG,
+    FOLLOWERS,
+    HASHER,
+    METRICS,
+    POLICY,
+    POOL,
+    REDIS,
+    SCHEDULER,
+    SESSION,
+    STORE,
+    TEMPLATES,
+)
+from gateway.contexts import kvindex_ctx
 from gateway.metrics import Metrics
 from gateway.router.prompts import PromptHasher
 from gateway.router.registry import make_policy
-from gateway.scheduler.awareness import AWARENESS
-from gateway.scheduler.awareness_ctx import awareness_ctx
+from gateway.keys import AWARENESS
+from gateway.contexts import awareness_ctx
 from gateway.scheduler.scheduler import Scheduler
 from gateway.state.store import WorkflowStore
-from gateway.state.templates import TemplateStore
+from gateway.state.template_store import TemplateStore
 from gateway.workers.pool import WorkerPool
 from gateway.workers.registry import RegistryDiscovery
 
@@ -160,22 +172,16 @@ async def _health_loop(app: web.Application, stopping: asyncio.Event, discovery:
 async def _load_tokenizer(app: web.Application) -> None:
     """Hash prefixes with the workers' own tokenizer once one of them tells us its model dir."""
     hasher = app[HASHER]
-    if hasher.tokenizer is not None:
-        return
     model_dir = app[POOL].model_dir()
-    if model_dir is None or model_dir == hasher.tried:
+    if hasher.tokenizer is not None or model_dir is None or model_dir == hasher.tried:
         return
-    hasher.tried = model_dir
-    fresh = await asyncio.to_thread(PromptHasher.from_model_dir, model_dir)
-    if fresh.tokenizer is not None:
-        hasher.tokenizer, hasher.encoder = fresh.tokenizer, fresh.encoder
+    if await asyncio.to_thread(hasher.load, model_dir):
         log.info("prefix hashing uses the tokenizer in %s", model_dir)
 
 
 async def _scheduler(app: web.Application):
-    scheduler = Scheduler(app[CONFIG], app[STORE], app[POOL], app[POLICY], app[HASHER], app[METRICS])
-    scheduler.templates = app[TEMPLATES]
-    scheduler.awareness = app[AWARENESS]
+    scheduler = Scheduler(app[CONFIG], app[STORE], app[POOL], app[POLICY], app[HASHER], app[METRICS],
+                          templates=app[TEMPLATES], awareness=app[AWARENESS])
     app[AWARENESS].attach(scheduler.runs)
     app[SCHEDULER] = scheduler
     await scheduler.start()

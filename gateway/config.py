@@ -6,11 +6,25 @@ from dataclasses import dataclass
 
 from gateway.admission import Limits
 from gateway.auth.keys import KeyTable
-from gateway.kvindex.credit import L2_CREDIT, L3_CREDIT, RECENT_S
-from gateway.router.policies.kv_aware import AFFINITY_THRESHOLD, BALANCE_SLACK, SPREAD_MARGIN
-
 
 DEFAULT_WORKER_SLOTS = 64  # a worker's calls at once until its own limit is read (the engine's default)
+# Tier credit (gateway/router/prefix_source.py): what a block cached in each tier saves against recomputing it.
+L1_CREDIT = 1.0
+L2_CREDIT = 0.98
+L3_CREDIT = 0.97
+RECENT_S = 30.0  # a prefix sent to a worker this recently counts as cached there, indexed yet or not
+# kv_aware affinity (gateway/router/policies/kv_aware.py): the share of the prompt's tokens a worker's own pool
+# must hold to get the call.
+AFFINITY_THRESHOLD = 0.5  # of the prompt's tokens
+# Requests above the least-loaded candidate that a holder may carry and still get the call: SGLang's
+# cache_aware default (balance_abs_threshold). On the 2-core host, 4 spread a diamond's calls over both
+# workers, whose decode steps then each read the weights and slowed each other: 1.5-2x the forward-seconds
+# of sglang-router for the same tokens (BENCHMARKS.md "Workflows against sglang-router").
+BALANCE_SLACK = 64
+# How much sooner (a share of the holder's finish time) another worker must finish a call to take it from the
+# worker that holds its prefix. GPU workers differ by well under 1% (a row costs little next to a step),
+# the 2-core CPU's by 20-40% between an idle worker and one carrying a stage.
+SPREAD_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -76,7 +90,7 @@ class GatewayConfig:
     # ...and where workers publish their step costs, another worker takes the call when it would finish it
     # this share sooner (kv_aware step 3; 1 = never)
     spread_margin: float = SPREAD_MARGIN
-    # Agent awareness (gateway/scheduler/awareness.py). The three switches are the ablations:
+    # Agent awareness (gateway/awareness/runs.py). The three switches are the ablations:
     # prediction off = no prefetch, pins or pipelining at all; pinning off = prefetch without pins
     # (and no caller pins during tool calls); token_pipelining "on" | "off" | "auto" (auto: the
     # measured default; a workflow's options.token_pipelining decides for it, except under "off").

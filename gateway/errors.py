@@ -1,8 +1,8 @@
-"""Gateway-specific errors, on top of the one hierarchy in engine/errors.py."""
+"""Gateway-specific errors, on top of the one hierarchy in common/errors.py."""
 
 from __future__ import annotations
 
-from engine.errors import AgentGateError, ServiceUnavailableError, UnprocessableError
+from common.errors import AgentGateError, ServiceUnavailableError
 
 
 class PayloadTooLargeError(AgentGateError):
@@ -17,19 +17,6 @@ class RequestTimeoutError(AgentGateError):
 
     def __init__(self, message: str):
         super().__init__(message, code="request_timeout")
-
-
-class ValidationProblems(UnprocessableError):
-    """A 422 that lists every problem found, not just the first."""
-
-    def __init__(self, problems: list[str], *, param: str | None = None):
-        super().__init__("invalid workflow: " + "; ".join(problems), param=param, code="invalid_workflow")
-        self.problems = list(problems)
-
-    def to_json(self) -> dict:
-        body = super().to_json()
-        body["error"]["problems"] = self.problems
-        return body
 
 
 class NoWorkerError(ServiceUnavailableError):

@@ -17,9 +17,9 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from engine.kvcache.wire import PREFIX, stream_key
+from common.kvwire import PREFIX, stream_key
 from gateway.keys import CONFIG, REDIS, STORE
-from gateway.kvindex.lifecycle import KV_CONSUMER
+from gateway.keys import KV_CONSUMER
 from gateway.workers.registry import read_registry
 
 log = logging.getLogger("agentgate.gateway.janitor")

@@ -8,12 +8,16 @@ from redis.asyncio import Redis
 
 from gateway.admission import Admission
 from gateway.config import GatewayConfig
+from gateway.kvindex.consumer import KVIndexConsumer
+from gateway.kvindex.index import KVIndex
 from gateway.metrics import Metrics
 from gateway.router.base import RoutingPolicy
 from gateway.router.prompts import PromptHasher
+from gateway.awareness.runs import Awareness
 from gateway.scheduler.scheduler import Scheduler
+from gateway.awareness.tagged import TaggedCalls
 from gateway.state.store import WorkflowStore
-from gateway.state.templates import TemplateStore
+from gateway.state.template_store import TemplateStore
 from gateway.workers.pool import WorkerPool
 
 CONFIG = web.AppKey("config", GatewayConfig)
@@ -28,3 +32,7 @@ FOLLOWERS = web.AppKey("followers", WorkflowStore)  # the same keys over the SSE
 TEMPLATES = web.AppKey("templates", TemplateStore)
 POOL = web.AppKey("pool", WorkerPool)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
+AWARENESS = web.AppKey("awareness", Awareness)
+TAGGED = web.AppKey("tagged_calls", TaggedCalls)
+KV_INDEX = web.AppKey("kv_index", KVIndex)
+KV_CONSUMER = web.AppKey("kv_consumer", KVIndexConsumer)

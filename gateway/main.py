@@ -9,12 +9,15 @@ import os
 import socket
 import sys
 
-from engine.cliargs import HEADER_TIMEOUT_S, Parser, positive_float
-from engine.logconf import access_log_options, add_logging_args
-from engine.tracing import configure_process
-from gateway.config import GatewayConfig
-from gateway.kvindex.credit import L2_CREDIT, L3_CREDIT, RECENT_S
-from gateway.router.policies.kv_aware import AFFINITY_THRESHOLD, BALANCE_SLACK, SPREAD_MARGIN
+from common.cliargs import HEADER_TIMEOUT_S, Parser, positive_float
+from common.logconf import access_log_options, add_logging_args
+from common.tracing import configure_process
+from gateway.config import L2_CREDIT, L3_CREDIT, RECENT_S, GatewayConfig
+from gateway.router.policies.kv_aware import (
+    AFFINITY_THRESHOLD,
+    BALANCE_SLACK,
+    SPREAD_MARGIN,
+)
 from gateway.router.registry import POLICIES
 
 
@@ -172,7 +175,7 @@ def awareness_options(args: argparse.Namespace) -> dict:
 def run_gateway(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from engine.launch import server_loop
+    from common.launch import server_loop
     from gateway.app import create_app
 
     failed = configure_process(args.log_level, args.log_format, "agentgate gateway", "agentgate-gateway")
@@ -211,7 +214,7 @@ def run_gateway(args: argparse.Namespace) -> int:
     redis_url = args.redis_url or os.environ.get("REDIS_URL")
     private = None
     if not redis_url:
-        from engine.redis_server import RedisServer
+        from common.redis_server import RedisServer
 
         private = RedisServer().start()
         redis_url = private.url

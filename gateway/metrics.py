@@ -1,4 +1,4 @@
-"""Prometheus metrics of the gateway, written by prometheus_client (engine/prom.py).
+"""Prometheus metrics of the gateway, written by prometheus_client (common/prom.py).
 
 Counters and histograms live on one `Metrics` object hung off the app; gauges
 (workers, load, running workflows) are read from the live objects at scrape time.
@@ -9,9 +9,14 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
-from engine.prom import cumulative_buckets, exposition
+from common.prom import cumulative_buckets, exposition
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -78,7 +83,7 @@ class Metrics:
                                      "State writes to Redis retried after a failure")
         self.events_dropped = Counter("agentgate_gateway_events_dropped_total",
                                       "Token events dropped because the outage buffer was full")
-        # Agent awareness (gateway/scheduler/awareness.py, prefetch.py, tagged.py).
+        # Agent awareness (gateway/awareness/runs.py, prefetch.py, tagged.py).
         self.predictions = Counter("agentgate_gateway_predictions_total",
                                    "Predicted calls whose prefix was prefetched, by source (workflow|client) and "
                                    "outcome (used: the call came; wasted: it did not)")

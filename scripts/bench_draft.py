@@ -38,7 +38,7 @@ def main() -> int:
     from engine.config import EngineConfig
     from engine.model.llama import apply_rope, rms_norm
     from engine.model.prepare import prepare_default_model
-    from engine.runner import Engine
+    from engine.runtime.engine import Engine
     from tests.support import generate, greedy
 
     eng = Engine(EngineConfig(model_path=str(prepare_default_model()), dtype="float32", threads=2,

@@ -58,8 +58,8 @@ def corpus_ids(tokenizer_encode, n: int, seed: int) -> list[int]:
 def run_ours(args) -> dict:
     from engine.config import EngineConfig
     from engine.model.prepare import prepare_default_model
-    from engine.runner import Engine
-    from engine.scheduler.request import Request, SamplingParams
+    from engine.request import Request, SamplingParams
+    from engine.runtime.engine import Engine
 
     engine = Engine(EngineConfig(model_path=str(prepare_default_model()), dtype=args.dtype, threads=args.threads,
                                  kv_memory_gb=KV_POOL_GB, device=args.device, l3="none")).start()
@@ -97,7 +97,7 @@ def run_ours(args) -> dict:
         return results
 
     def flush():
-        assert engine.call(engine.flush_cache).result()
+        assert engine.call(engine.kv.flush).result()
 
     out = {"system": "agentgate", "dtype": str(engine.dtype).removeprefix("torch."), "threads": engine.threads,
            "matmul_plan": engine.plan.describe(), "device": device_name(args.device)}

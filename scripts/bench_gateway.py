@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.launch import wait_healthy  # noqa: E402
+from common.launch import wait_healthy  # noqa: E402
 from scripts.benchlib import update_benchmarks_md  # noqa: E402
 
 SYSTEM = "You are a helpful agent. " * 20
@@ -181,7 +181,7 @@ def checkout(rev: str) -> Path:
 
 
 def start_gateway(root: Path, wurls: list[str], redis_url: str, policy: str, procs: list) -> str:
-    from engine.redis_server import free_port
+    from common.redis_server import free_port
 
     port = free_port()
     procs.append(subprocess.Popen(
@@ -208,8 +208,8 @@ def main() -> int:
         serve_fake(args.serve_fake, args.model_path)
         return 0
 
+    from common.redis_server import RedisServer, free_port
     from engine.model.prepare import default_model_dir, is_prepared
-    from engine.redis_server import RedisServer, free_port
 
     model = default_model_dir()
     model_path = str(model) if is_prepared(model) else "/nonexistent"
@@ -239,7 +239,7 @@ def main() -> int:
         redis.stop()
         if baseline_root is not None:
             shutil.rmtree(baseline_root, ignore_errors=True)
-    from engine.tokenizer import Tokenizer
+    from common.tokenizer import Tokenizer
 
     prompt_tokens = "~130"
     if model_path != "/nonexistent":

@@ -43,7 +43,7 @@ PROMPT = ("<|im_start|>user\nDescribe Paris as a JSON record with city, country,
 
 def run(engine, prompt_ids, params) -> tuple[list[int], list[float]]:
     """(output ids, arrival time of each token) of one request."""
-    from engine.scheduler.request import Request
+    from engine.request import Request
 
     stamps, ids, done = [], [], threading.Event()
 
@@ -80,8 +80,8 @@ def main() -> int:
     from engine.config import EngineConfig
     from engine.grammar import Constraint
     from engine.model.prepare import prepare_default_model
-    from engine.runner import Engine
-    from engine.scheduler.request import SamplingParams
+    from engine.request import SamplingParams
+    from engine.runtime.engine import Engine
 
     cfg = EngineConfig(model_path=str(prepare_default_model()), dtype="float32", threads=args.threads,
                        kv_memory_gb=0.25, matmul_backend=args.matmul_backend)

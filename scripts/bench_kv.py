@@ -35,8 +35,8 @@ TIERS = ("L1", "L2", "L3", "recompute")
 
 
 def prefix_ids(tokenizer, n: int) -> list[int]:
-    src = "".join((ROOT / p).read_text() for p in ("engine/kvcache/radix.py", "engine/scheduler/scheduler.py",
-                                                   "engine/runner.py"))
+    src = "".join((ROOT / p).read_text() for p in ("engine/kvcache/radix.py", "engine/batching/batcher.py",
+                                                   "engine/runtime/engine.py", "engine/runtime/outputs.py"))
     ids = tokenizer.encode("<|im_start|>system\nYou are a code review agent. The repository follows.\n" + src)
     assert len(ids) >= n, f"only {len(ids)} tokens of source text"
     return ids[:n]
@@ -48,8 +48,8 @@ def bench_ttft(args) -> dict:
 
     from engine.config import EngineConfig
     from engine.model.prepare import prepare_default_model
-    from engine.runner import Engine
-    from engine.scheduler.request import Request, SamplingParams
+    from engine.request import Request, SamplingParams
+    from engine.runtime.engine import Engine
 
     l3_dir = tempfile.mkdtemp(prefix="agentgate-bench-l3-")
     cfg = EngineConfig(model_path=str(prepare_default_model()), dtype=args.dtype, threads=args.threads,
@@ -126,7 +126,7 @@ def bench_index(args) -> dict:
     """Index look-up over 10k blocks: 80 chains of 125 blocks spread over four workers + L3."""
     import random
 
-    from engine.kvcache.hashing import block_hashes
+    from common.hashing import block_hashes
     from gateway.kvindex.index import KVIndex
 
     rng = random.Random(0)
@@ -162,10 +162,10 @@ def bench_events(args) -> dict:
     """Events/s: EventLog → publisher thread → Redis stream; stream → KVIndex."""
     import redis
 
+    from common.kvwire import EventBatch, WorkerInfo, stream_key
+    from common.redis_server import RedisServer
     from engine.kvcache.events import EventLog
     from engine.kvcache.publisher import EventPublisher
-    from engine.kvcache.wire import EventBatch, WorkerInfo, stream_key
-    from engine.redis_server import RedisServer
     from gateway.kvindex.index import KVIndex
 
     server = RedisServer().start()

@@ -99,8 +99,8 @@ def main() -> int:
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
 
+    from common.redis_server import RedisServer
     from engine.model.prepare import prepare_default_model
-    from engine.redis_server import RedisServer
     from tests.support import start_worker, stop_worker
 
     model_dir = prepare_default_model()

@@ -84,7 +84,7 @@ class SimStack(bw.Stack):
     def start_workers(self, extra: list[str]) -> None:
         urls = self.tmp / "urls"
         a = self.args
-        proc = self._spawn([sys.executable, "-m", "engine.sim.cluster", "--workers", str(a.workers), "--port", "0",
+        proc = self._spawn([sys.executable, "-m", "engine.worker.sim_cluster", "--workers", str(a.workers), "--port", "0",
                             "--urls-file", str(urls), "--gpu", a.gpu, "--model", a.model, "--tp", str(a.tp),
                             "--speedup", str(a.speedup), "--log-level", "warning",
                             "--max-running-requests", str(a.max_running), *extra, *self.config.worker,

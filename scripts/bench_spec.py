@@ -55,8 +55,8 @@ def prompts() -> dict[str, list[str]]:
 def run_config(args) -> dict:
     from engine.config import EngineConfig
     from engine.model.prepare import prepare_default_model
-    from engine.runner import Engine
-    from engine.scheduler.request import Request, SamplingParams
+    from engine.request import Request, SamplingParams
+    from engine.runtime.engine import Engine
 
     engine = Engine(EngineConfig(model_path=str(prepare_default_model()), dtype="float32", threads=args.threads,
                                  kv_memory_gb=0.5, speculative_algorithm=args.role,
@@ -82,7 +82,7 @@ def run_config(args) -> dict:
         rows = []
         for text in texts:
             ids = engine.tokenizer.encode(text)
-            assert engine.call(engine.flush_cache).result()
+            assert engine.call(engine.kv.flush).result()
             run(ids, 8)  # warm this prompt's prefix, so both configs time decode, not prefill
             t = time.perf_counter()
             r = run(ids, args.max_new_tokens)

@@ -194,9 +194,9 @@ class Stack:
         self.stop()
 
     def start(self) -> None:
-        from engine.launch import wait_healthy
+        from common.launch import wait_healthy
+        from common.redis_server import RedisServer, free_port
         from engine.model.prepare import default_model_dir
-        from engine.redis_server import RedisServer, free_port
 
         self.redis = RedisServer().start()
         extra = []
@@ -219,9 +219,9 @@ class Stack:
 
     def start_workers(self, extra: list[str]) -> None:
         """The engine worker processes (`extra`: the Redis and L3 flags), one at a time, each warmed up."""
-        from engine.launch import wait_healthy
+        from common.launch import wait_healthy
+        from common.redis_server import free_port
         from engine.model.prepare import default_model_dir
-        from engine.redis_server import free_port
 
         for i in range(self.args.workers):  # one at a time: each measures its matmul plan at start-up
             port = free_port()
@@ -315,8 +315,8 @@ ROUTER_START_TIMEOUT_S = 120
 def start_sglang_router(stack: Stack, worker_urls: list[str], flags: tuple[str, ...]) -> str:
     """The real sglang-router (its Rust binary, from PyPI sglang-router) in front of `worker_urls`; its URL
     once it has registered every worker (it reads their /get_server_info and /get_model_info)."""
-    from engine.launch import wait_healthy
-    from engine.redis_server import free_port
+    from common.launch import wait_healthy
+    from common.redis_server import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -592,7 +592,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     args = parse_args(argv)
     args.out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="bench_workflows_"))

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from engine.redis_server import RedisServer, free_port
+from common.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 240

@@ -36,7 +36,7 @@ def model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(model_dir):
-    from engine.tokenizer import Tokenizer
+    from common.tokenizer import Tokenizer
 
     return Tokenizer(model_dir)
 
@@ -46,7 +46,7 @@ def make_engine(model_dir):
     """make_engine(**EngineConfig overrides) -> a started in-process Engine; every
     one is stopped at session end at the latest."""
     from engine.config import EngineConfig
-    from engine.runner import Engine
+    from engine.runtime.engine import Engine
 
     started = []
 

@@ -83,7 +83,7 @@ _rids = itertools.count()
 
 def submit(engine, prompt_ids: list[int], params, *, rid: str | None = None, **request_kwargs) -> RequestWatcher:
     """Submit one request to an in-process engine; returns its watcher."""
-    from engine.scheduler.request import Request
+    from engine.request import Request
 
     rid = rid or f"test-{next(_rids)}"
     watcher = RequestWatcher(rid)
@@ -99,18 +99,18 @@ def generate(engine, prompts: list[list[int]], params, **request_kwargs) -> list
 
 
 def greedy(max_new_tokens: int, **kwargs):
-    from engine.scheduler.request import SamplingParams
+    from engine.request import SamplingParams
 
     return SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, **kwargs)
 
 
 def engine_state(engine) -> tuple[bool, dict]:
-    """(has work, kv_usage()) read consistently in the engine thread."""
-    return engine.call(lambda: (engine.scheduler.has_work(), engine.kv_usage())).result(timeout=60)
+    """(has work, kv.usage()) read consistently in the engine thread."""
+    return engine.call(lambda: (engine.batcher.has_work(), engine.kv.usage())).result(timeout=60)
 
 
 def wait_idle(engine, timeout: float = 60.0) -> dict:
-    """Wait until the engine has no request left; returns its kv_usage() then."""
+    """Wait until the engine has no request left; returns its kv.usage() then."""
     deadline = time.monotonic() + timeout
     while True:
         busy, usage = engine_state(engine)
@@ -199,10 +199,10 @@ def record_shared_prefix_reads(monkeypatch, min_blocks: int) -> list[int]:
     """Lower the engine's shared-prefix threshold to min_blocks and record, per step it builds,
     how many decoding sequences read a prefix through the shared path."""
     import engine.model.batch as batch
-    import engine.scheduler.scheduler as scheduler
+    import engine.batching.batch as step_batch
 
     counts: list[int] = []
-    real = scheduler.build_short_group
+    real = step_batch.build_short_group
 
     def spy(seqs, block_size, share=True):
         group = real(seqs, block_size, share)
@@ -210,5 +210,5 @@ def record_shared_prefix_reads(monkeypatch, min_blocks: int) -> list[int]:
         return group
 
     monkeypatch.setattr(batch, "MIN_SHARED_BLOCKS", min_blocks)
-    monkeypatch.setattr(scheduler, "build_short_group", spy)
+    monkeypatch.setattr(step_batch, "build_short_group", spy)
     return counts

@@ -1,4 +1,5 @@
-"""`AsyncClient`: the asyncio twin of `Client` (aiohttp), same methods as coroutines.
+"""`AsyncClient`: the asyncio twin of `Client` (aiohttp), same methods as coroutines (the plain
+endpoints are written once, in agents/agentgate/api.py).
 
     async with AsyncClient(url) as gw:
         async for event in gw.events(wf_id):
@@ -19,17 +20,17 @@ from typing import Any
 import aiohttp
 
 from agentgate import transport
-from agentgate.client import chat_payload
+from agentgate.api import GatewayApi, chat_payload
 from agentgate.errors import AgentGateError, ToolFailed, WorkflowFailed
 from agentgate.events import Event, SSEDecoder, WorkflowFinished
-from agentgate.state import ChatChunk, ChatResult, WorkflowPage, WorkflowState
+from agentgate.state import ChatChunk, WorkflowState
 from agentgate.tools import ToolCall, ToolRunner, call_tool, prepare, result_payload, upstream_of
 
 # Errors from a connection that broke after the request was sent (it may have been acted on).
 LOST = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
-class AsyncClient:
+class AsyncClient(GatewayApi):
     def __init__(self, base_url: str | None = None, *, timeout: float = 60.0,
                  retry: transport.RetryPolicy | None = None, headers: Mapping[str, str] | None = None,
                  api_key: str | None = None):
@@ -56,25 +57,6 @@ class AsyncClient:
         return self._session
 
     # -- workflows ---------------------------------------------------------------------------------
-    async def submit(self, workflow, *, inputs: Mapping[str, Any] | None = None) -> str:
-        payload = workflow.to_dict() if hasattr(workflow, "to_dict") else dict(workflow)
-        if inputs:
-            payload["inputs"] = {**payload.get("inputs", {}), **inputs}
-        return (await self._call("POST", "/v1/workflows", json=payload))["id"]
-
-    async def get(self, workflow_id: str) -> WorkflowState:
-        return WorkflowState.from_json(await self._call("GET", f"/v1/workflows/{workflow_id}"))
-
-    async def list(self, *, offset: int = 0, limit: int = 20) -> WorkflowPage:
-        return WorkflowPage.from_json(await self._call("GET", "/v1/workflows",
-                                                       query={"offset": offset, "limit": limit}))
-
-    async def cancel(self, workflow_id: str) -> str:
-        return (await self._call("DELETE", f"/v1/workflows/{workflow_id}"))["status"]
-
-    async def post_result(self, workflow_id: str, node: str, output: Any) -> dict:
-        return await self._call("POST", f"/v1/workflows/{workflow_id}/nodes/{node}/result", json={"output": output})
-
     async def events(self, workflow_id: str, last_event_id: str | None = None) -> AsyncIterator[Event]:
         """Every event after `last_event_id` until workflow_finished; reconnects with Last-Event-ID."""
         last, failures = last_event_id, 0
@@ -151,11 +133,6 @@ class AsyncClient:
         await self.post_result(call.workflow_id, call.node, result_payload(value))
 
     # -- single calls ------------------------------------------------------------------------------
-    async def chat(self, messages: list[dict] | str, *, model: str | None = None,
-                   agent_hints: Mapping[str, Any] | None = None, **sampling) -> ChatResult:
-        return ChatResult.from_json(await self._call("POST", "/v1/chat/completions",
-                                                     json=chat_payload(messages, model, agent_hints, sampling)))
-
     async def chat_stream(self, messages: list[dict] | str, *, model: str | None = None,
                           agent_hints: Mapping[str, Any] | None = None, **sampling) -> AsyncIterator[ChatChunk]:
         """POST /v1/chat/completions with stream=True: its chunks as they arrive (the last one carries
@@ -181,22 +158,10 @@ class AsyncClient:
             else:  # the caller stopped early (or the stream broke): drop the connection, not reuse it
                 resp.close()
 
-    async def register_template(self, name: str, nodes: list, edges: list) -> dict:
-        return await self._call("POST", "/v1/templates", json={"name": name, "nodes": nodes, "edges": edges})
-
-    async def template(self, name: str) -> dict:
-        return await self._call("GET", f"/v1/templates/{name}")
-
-    async def health(self) -> dict:
-        return await self._call("GET", "/health")
-
     # -- HTTP ----------------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, **kwargs) -> transport.HttpRequest:
-        headers = {**self.headers, **kwargs.pop("headers", {})}
-        return transport.request(self.base_url, method, path, headers=headers, **kwargs)
-
-    async def _call(self, method: str, path: str, **kwargs) -> Any:
-        return await self._send(self._request(method, path, **kwargs), transport.decode)
+    async def _call(self, method: str, path: str, *, then: Callable[[Any], Any] | None = None, **kwargs) -> Any:
+        body = await self._send(self._request(method, path, **kwargs), transport.decode)
+        return then(body) if then is not None else body
 
     async def _send(self, req: transport.HttpRequest, decode: Callable | None, *,
                     timeout: aiohttp.ClientTimeout | None = None):

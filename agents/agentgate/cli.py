@@ -19,12 +19,12 @@ import subprocess
 import sys
 import time
 
-from engine.launch import wait_healthy
+from common.launch import wait_healthy
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from common.redis_server import RedisServer
     from engine.model.prepare import prepare_default_model
-    from engine.redis_server import RedisServer
 
     if args.workers < 1 or args.threads < 0:
         print("agentgate up: --workers must be at least 1 and --threads at least 0", file=sys.stderr)
@@ -78,7 +78,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Every subcommand's flags (each with help; --help shows the defaults)."""
-    from engine.cliargs import Parser
+    from common.cliargs import Parser
     from engine.worker.main import add_worker_args, run_worker
 
     parser = Parser(prog="agentgate")
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run an SGLang-compatible CPU engine worker, or SGLang itself (--backend sglang)")
     add_worker_args(w)
     w.set_defaults(func=run_worker)
-    from engine.sim.cluster import add_cluster_args, run_cluster
+    from engine.worker.sim_cluster import add_cluster_args, run_cluster
 
     sc = sub.add_parser("sim-cluster", help="many simulated GPU workers (--backend sim) in one process")
     add_cluster_args(sc)

@@ -1,8 +1,9 @@
-"""`Client`: the blocking SDK client (stdlib urllib; no event loop, safe in any thread).
+"""`Client`: the blocking SDK client (stdlib http.client over a keep-alive connection pool; no event loop,
+safe in any thread).
 
-Its twin `AsyncClient` (agents/agentgate/async_client.py) has the same methods as
-coroutines and async iterators; both build requests and read answers through
-agents/agentgate/transport.py, so they retry, time out and raise the same way.
+Its twin `AsyncClient` (agents/agentgate/async_client.py) has the same methods as coroutines and async
+iterators: the plain endpoints are written once in agents/agentgate/api.py, and both build requests and
+read answers through agents/agentgate/transport.py, so they retry, time out and raise the same way.
 
     with Client("http://127.0.0.1:8000") as gw:
         state = gw.run(wf)               # submit, stream, run tool callables, return the final state
@@ -14,33 +15,37 @@ from __future__ import annotations
 import asyncio
 import http.client
 import inspect
+import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from agentgate import transport
+from agentgate.api import GatewayApi, chat_payload
 from agentgate.errors import AgentGateError, ToolFailed, WorkflowFailed
 from agentgate.events import Event, SSEDecoder, WorkflowFinished
-from agentgate.state import ChatChunk, ChatResult, WorkflowPage, WorkflowState
+from agentgate.state import ChatChunk, WorkflowState
 from agentgate.tools import ToolRunner, bind, prepare, result_payload, upstream_of
 
 # Errors from a connection that broke after the request was sent (it may have been acted on).
 LOST = (OSError, http.client.HTTPException)
+# What a kept-alive connection the gateway closed while idle raises on its next use (nothing was acted on).
+STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 
-class Client:
+class Client(GatewayApi):
     def __init__(self, base_url: str | None = None, *, timeout: float = 60.0,
                  retry: transport.RetryPolicy | None = None, headers: Mapping[str, str] | None = None,
-                 api_key: str | None = None):
+                 api_key: str | None = None, max_connections: int = 8):
         """`timeout`: seconds for each request (for event streams: the longest silence; the gateway
-        sends a keep-alive every second). `retry`: how 503s and connection failures are retried."""
+        sends a keep-alive every second). `retry`: how 503s and connection failures are retried.
+        `max_connections`: idle connections kept for reuse (threads may share one Client)."""
         self.base_url = transport.base_url(base_url)
         self.timeout = timeout
         self.retry = retry or transport.RetryPolicy()
         self.headers = transport.auth_headers(api_key, headers)  # api_key: else $AGENTGATE_API_KEY
-        self._opener = urllib.request.build_opener()
+        self._pool = ConnectionPool(self.base_url, max_connections)
 
     def __enter__(self) -> "Client":
         return self
@@ -49,54 +54,37 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Nothing to release: every request opens and closes its own connection."""
+        """Close the kept-alive connections (the client stays usable: it opens new ones)."""
+        self._pool.close()
 
-    # -- workflows ---------------------------------------------------------------------------------
-    def submit(self, workflow, *, inputs: Mapping[str, Any] | None = None) -> str:
-        """POST /v1/workflows; a Workflow is validated locally first. Returns the workflow id."""
-        payload = workflow.to_dict() if hasattr(workflow, "to_dict") else dict(workflow)
-        if inputs:
-            payload["inputs"] = {**payload.get("inputs", {}), **inputs}
-        return self._call("POST", "/v1/workflows", json=payload)["id"]
-
-    def get(self, workflow_id: str) -> WorkflowState:
-        return WorkflowState.from_json(self._call("GET", f"/v1/workflows/{workflow_id}"))
-
-    def list(self, *, offset: int = 0, limit: int = 20) -> WorkflowPage:
-        return WorkflowPage.from_json(self._call("GET", "/v1/workflows", query={"offset": offset, "limit": limit}))
-
-    def cancel(self, workflow_id: str) -> str:
-        return self._call("DELETE", f"/v1/workflows/{workflow_id}")["status"]
-
-    def post_result(self, workflow_id: str, node: str, output: Any) -> dict:
-        return self._call("POST", f"/v1/workflows/{workflow_id}/nodes/{node}/result", json={"output": output})
-
+    # -- what streams ------------------------------------------------------------------------------
     def events(self, workflow_id: str, last_event_id: str | None = None) -> Iterator[Event]:
         """Every event after `last_event_id` (from the start when None) until workflow_finished.
         A dropped stream reconnects with Last-Event-ID, so no event is lost or repeated."""
         last, failures = last_event_id, 0
         while True:
             headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last} if last else {})}
-            resp = self._open(self._request("GET", f"/v1/workflows/{workflow_id}/events", headers=headers))
+            req = self._request("GET", f"/v1/workflows/{workflow_id}/events", headers=headers)
+            stream = self._send(req, stream=True)
             try:
-                with resp:
-                    decoder = SSEDecoder()
-                    for raw in resp:
-                        event = decoder.feed(raw.decode("utf-8"))
-                        if event is None:
-                            continue
-                        last, failures = event.id or last, 0
-                        yield event
-                        if isinstance(event, WorkflowFinished):
-                            return
+                decoder = SSEDecoder()
+                for raw in stream:
+                    event = decoder.feed(raw.decode("utf-8"))
+                    if event is None:
+                        continue
+                    last, failures = event.id or last, 0
+                    yield event
+                    if isinstance(event, WorkflowFinished):
+                        return
                 return  # ended before this stream began, and everything was replayed
             except LOST as exc:
                 delay = self.retry.delay(failures)
                 if delay is None:
-                    raise transport.unreachable(self._request("GET", f"/v1/workflows/{workflow_id}/events"),
-                                                exc, failures + 1) from exc
+                    raise transport.unreachable(req, exc, failures + 1) from exc
                 failures += 1
                 time.sleep(delay)
+            finally:
+                stream.close()
 
     def wait(self, workflow_id: str) -> WorkflowState:
         """Block until the workflow ends; its final state."""
@@ -137,14 +125,6 @@ class Client:
         except AgentGateError:
             pass  # already ended: nothing left to stop
 
-    # -- single calls ------------------------------------------------------------------------------
-    def chat(self, messages: list[dict] | str, *, model: str | None = None,
-             agent_hints: Mapping[str, Any] | None = None, **sampling) -> ChatResult:
-        """POST /v1/chat/completions, not streamed (chat_stream streams). `agent_hints` {workflow_id,
-        template, node_id, ...} tell the gateway where this call sits in an agent's graph."""
-        return ChatResult.from_json(self._call("POST", "/v1/chat/completions",
-                                               json=chat_payload(messages, model, agent_hints, sampling)))
-
     def chat_stream(self, messages: list[dict] | str, *, model: str | None = None,
                     agent_hints: Mapping[str, Any] | None = None, **sampling) -> Iterator[ChatChunk]:
         """POST /v1/chat/completions with stream=True: its chunks as they arrive (the last one carries
@@ -156,56 +136,41 @@ class Client:
         req = self._request("POST", "/v1/chat/completions",
                             json=chat_payload(messages, model, agent_hints, sampling, stream=True),
                             headers={"Accept": "text/event-stream"})
-        with self._open(req) as resp:
-            for line in resp:
+        stream = self._send(req, stream=True)
+        try:
+            for line in stream:
                 data = transport.stream_data(line)
                 if data == transport.DONE:
                     return
                 if data is not None:
                     yield ChatChunk.from_json(data)
-
-    def register_template(self, name: str, nodes: list, edges: list) -> dict:
-        """POST /v1/templates: a graph by name, for calls tagged with agent_hints.template."""
-        return self._call("POST", "/v1/templates", json={"name": name, "nodes": nodes, "edges": edges})
-
-    def template(self, name: str) -> dict:
-        return self._call("GET", f"/v1/templates/{name}")
-
-    def health(self) -> dict:
-        """GET /health. A gateway without healthy workers answers 503: raised as Unavailable after retries."""
-        return self._call("GET", "/health")
+        finally:
+            stream.close()
 
     # -- HTTP ----------------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, **kwargs) -> transport.HttpRequest:
-        headers = {**self.headers, **kwargs.pop("headers", {})}
-        return transport.request(self.base_url, method, path, headers=headers, **kwargs)
+    def _call(self, method: str, path: str, *, then: Callable[[Any], Any] | None = None, **kwargs) -> Any:
+        body = self._send(self._request(method, path, **kwargs))
+        return then(body) if then is not None else body
 
-    def _call(self, method: str, path: str, **kwargs) -> Any:
-        req = self._request(method, path, **kwargs)
-        return self._send(req, _read)
-
-    def _open(self, req: transport.HttpRequest):
-        return self._send(req, lambda resp: resp)
-
-    def _send(self, req: transport.HttpRequest, use: Callable):
-        """Open `req` and apply `use` to the 2xx response, retrying what transport says is safe."""
+    def _send(self, req: transport.HttpRequest, *, stream: bool = False):
+        """The decoded JSON of the 2xx answer, or (stream) the open answer as a `Stream` of lines for the
+        caller to close. Retries what transport says is safe."""
         attempt = 0
         while True:
             wait, error = None, None
             try:
-                resp = self._opener.open(urllib.request.Request(req.url, data=req.body, headers=req.headers,
-                                                                method=req.method), timeout=self.timeout)
-                return use(resp)
-            except urllib.error.HTTPError as exc:
-                with exc:
-                    status, raw, headers = exc.code, exc.read(), exc.headers
-                if not transport.retryable_status(status):
-                    transport.decode(status, raw, headers)  # raises its typed error
-                wait = self.retry.delay(attempt, retry_after=transport.retry_after(headers.get("Retry-After")))
+                conn, resp = self._pool.exchange(req, self.timeout)
+                if resp.status < 300 and stream:
+                    return Stream(self._pool, conn, resp)
+                raw = resp.read()
+                self._pool.give_back(conn, resp)
+                if not transport.retryable_status(resp.status):
+                    return transport.decode(resp.status, raw, resp.headers)
+                wait = self.retry.delay(attempt, retry_after=transport.retry_after(resp.headers.get("Retry-After")))
                 if wait is None:
-                    transport.decode(status, raw, headers)
-            except urllib.error.URLError as exc:  # could not connect or send: never acted on
-                wait, error = self.retry.delay(attempt), exc
+                    transport.decode(resp.status, raw, resp.headers)  # raises Unavailable
+            except NotSent as exc:  # could not connect or send: never acted on
+                wait, error = self.retry.delay(attempt), exc.__cause__
             except LOST as exc:  # lost after sending: only a GET may be repeated
                 wait, error = (self.retry.delay(attempt) if req.idempotent else None), exc
             if wait is None:
@@ -214,24 +179,97 @@ class Client:
             time.sleep(wait)
 
 
-def _read(resp) -> Any:
-    with resp:
-        return transport.decode(resp.status, resp.read(), resp.headers)
+class NotSent(Exception):
+    """The request never reached the gateway whole (no connection, or the send failed)."""
 
 
-def chat_payload(messages, model, agent_hints, sampling, *, stream: bool = False) -> dict:
-    """The /v1/chat/completions body. Streamed calls ask for usage in the last chunk unless the caller
-    set stream_options."""
-    if isinstance(messages, str):
-        messages = [{"role": "user", "content": messages}]
-    body: dict[str, Any] = {"messages": list(messages), **sampling, "stream": stream}
-    if stream:
-        body.setdefault("stream_options", {"include_usage": True})
-    if model is not None:
-        body["model"] = model
-    if agent_hints:
-        body["agent_hints"] = {k: v for k, v in agent_hints.items() if v is not None}
-    return body
+class ConnectionPool:
+    """Keep-alive HTTP/1.1 connections to one gateway, reused call after call; any thread may take one."""
+
+    def __init__(self, base_url: str, size: int):
+        parts = urlsplit(base_url)
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if self.https else 80)
+        self.size = size
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def exchange(self, req: transport.HttpRequest, timeout: float):
+        """Send req and read the answer's head: (connection, response). A kept-alive connection the
+        gateway had closed is replaced by a fresh one once; NotSent when no connection takes it."""
+        target = urlsplit(req.url)
+        path = (target.path or "/") + (f"?{target.query}" if target.query else "")
+        while True:
+            conn, reused = self._take(timeout)
+            try:
+                conn.request(req.method, path, body=req.body, headers=req.headers)
+            except OSError as exc:
+                conn.close()
+                if reused:
+                    continue
+                raise NotSent(str(exc)) from exc
+            try:
+                return conn, conn.getresponse()
+            except STALE:
+                conn.close()
+                if reused:
+                    continue
+                raise
+            except BaseException:
+                conn.close()
+                raise
+
+    def give_back(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> None:
+        """The answer is read to its end: keep the connection for the next call, if the gateway will."""
+        if resp.will_close or not resp.isclosed():
+            conn.close()
+            return
+        with self._lock:
+            if len(self._idle) < self.size:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _take(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is not None:
+            conn.timeout = timeout
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)
+            return conn, True
+        kind = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+        return kind(self.host, self.port, timeout=timeout), False
+
+
+class Stream:
+    """An open 2xx answer read line by line; closing it early drops the connection (which aborts a streamed
+    call on the worker), reading it to its end gives the connection back."""
+
+    def __init__(self, pool: ConnectionPool, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse):
+        self.pool, self.conn, self.resp = pool, conn, resp
+        self.status, self.headers = resp.status, resp.headers
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.resp.readline():
+            yield line
+
+    def close(self) -> None:
+        if self.conn is None:
+            return
+        if self.resp.isclosed():
+            self.pool.give_back(self.conn, self.resp)
+        else:
+            self.resp.close()
+            self.conn.close()
+        self.conn = None
 
 
 async def _await(awaitable):

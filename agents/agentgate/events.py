@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from common.sse import SSEParser
+
 
 @dataclass(frozen=True)
 class Event:
@@ -105,38 +107,17 @@ def make_event(id: str, type: str, data: Any) -> Event:
 
 class SSEDecoder:
     """Feed it the stream one line at a time (newline stripped or not); it returns an Event at each
-    blank line that ends one. Comments (`: keep-alive`) and unknown fields are skipped."""
+    blank line that ends one (common/sse.py parses the lines)."""
 
     def __init__(self) -> None:
-        self._id: str | None = None
-        self._type = "message"
-        self._data: list[str] = []
+        self._parser = SSEParser()
 
     def feed(self, line: str) -> Event | None:
-        line = line.rstrip("\r\n")
-        if not line:
-            return self._dispatch()
-        if line.startswith(":"):
+        msg = self._parser.feed_line(line)
+        if msg is None:
             return None
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "id":
-            self._id = value
-        elif name == "event":
-            self._type = value
-        elif name == "data":
-            self._data.append(value)
-        return None
-
-    def _dispatch(self) -> Event | None:
-        if not self._data:
-            self._type = "message"
-            return None
-        raw = "\n".join(self._data)
         try:
-            data = orjson.loads(raw)
+            data = orjson.loads(msg.data)
         except orjson.JSONDecodeError:
-            data = {"value": raw}
-        event = make_event(self._id or "", self._type, data)
-        self._type, self._data = "message", []
-        return event
+            data = {"value": msg.data}
+        return make_event(msg.id or "", msg.event, data)

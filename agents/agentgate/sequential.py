@@ -16,7 +16,7 @@ The workflow benchmark measures both as baselines; they also run a workflow agai
 worker while debugging.
 
 The semantics are the gateway's own, imported rather than re-implemented: the DAG with its
-readiness and skip rules (gateway/scheduler/run.py), `{{ref}}` rendering and edge conditions.
+readiness and skip rules (common/workflow/run.py), `{{ref}}` rendering and edge conditions.
 Among ready nodes the one that comes first in topological order runs first. The result is a
 `WorkflowState` shaped like GET /v1/workflows/{id} (timings included), so a caller measures
 both paths with the same code.
@@ -39,9 +39,9 @@ from agentgate.async_client import AsyncClient
 from agentgate.errors import AgentGateError
 from agentgate.state import WorkflowState
 from agentgate.tools import ToolCall, call_tool, prepare, result_payload
-from gateway.api.schemas import WorkflowIn
-from gateway.planner.templating import render
-from gateway.scheduler.run import NodeState, WorkflowRun
+from common.workflow.run import NodeState, WorkflowRun
+from common.workflow.schemas import WorkflowIn
+from common.workflow.templating import render
 
 DEFAULT_MAX_TOKENS = 128  # the gateway's default for nodes that name none
 

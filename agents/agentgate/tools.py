@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentgate.events import Event, NodeFinished, NodeStarted
-from gateway.planner.templating import references
+from common.workflow.templating import references
 
 RESERVED = ("call", "prompt", "messages", "inputs", "outputs")
 

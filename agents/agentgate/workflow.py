@@ -24,11 +24,10 @@ from typing import Any
 import networkx as nx
 
 from agentgate.errors import ValidationFailed
-from gateway.api.schemas import NODE_FIELDS, WorkflowIn, parse_or_422
-from gateway.errors import ValidationProblems
-from gateway.planner.dag import validate as validate_spec
-from gateway.planner.templating import references
-
+from common.errors import ValidationProblems
+from common.workflow.dag import validate as validate_spec
+from common.workflow.schemas import NODE_FIELDS, WorkflowIn, parse_or_422
+from common.workflow.templating import references
 
 
 class _Unset:

@@ -4,7 +4,7 @@ drained by whoever ships them (the Redis publisher, tests).
 An event is {op, tier, block_hashes, parent_hash, ts, token_ids}. Whoever drains
 the log says where the events come from: the Redis publisher sends them in
 batches that carry worker, model, epoch and seq, without the token ids
-(engine/kvcache/wire.py; docs/architecture.md §3.2), so the cache itself stays
+(common/kvwire.py; docs/architecture.md §3.2), so the cache itself stays
 ignorant of where it runs.
 """
 

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from engine.errors import ConflictError
+from common.errors import ConflictError
 from engine.kvcache.radix import RadixCache
 
 

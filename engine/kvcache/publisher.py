@@ -1,5 +1,5 @@
 """Ships a worker's KV events to Redis and keeps its registry entry alive
-(the wire contract is engine/kvcache/wire.py).
+(the wire contract is common/kvwire.py).
 
 One daemon thread with a synchronous Redis client does all the talking, so the
 engine thread only ever appends to its EventLog (a list append under a lock)
@@ -22,7 +22,6 @@ import logging
 import threading
 import time
 from collections import deque
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -30,10 +29,20 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from common.kvwire import (
+    DEFAULT_STREAM_MAXLEN,
+    HEARTBEAT_TTL_S,
+    WORKER_IDS,
+    WORKERS_SET,
+    EventBatch,
+    WorkerInfo,
+    event,
+    stream_key,
+    worker_key,
+)
+from common.redis_client import sync_client
+from common.redis_server import redact
 from engine.kvcache.events import EventLog, KVEvent
-from engine.kvcache.wire import (DEFAULT_STREAM_MAXLEN, HEARTBEAT_TTL_S, WORKER_IDS, WORKERS_SET, EventBatch,
-                                 WorkerInfo, event, stream_key, worker_key)
-from engine.redis_client import sync_client
 
 log = logging.getLogger("agentgate.kvpublish")
 
@@ -49,19 +58,9 @@ class RedisUnavailableError(RuntimeError):
     """Redis could not be reached when publishing was asked for (a start-up error)."""
 
 
-def redact(url: str) -> str:
-    """The URL as it may appear in logs and errors: any password replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
 def connect(redis_url: str) -> redis.Redis | RedisCluster:
     """A client that fails fast (no retries of its own: callers decide when to retry), PING'ed once;
-    a redis+cluster:// URL gives redis-py's cluster client (engine/redis_client.py)."""
+    a redis+cluster:// URL gives redis-py's cluster client (common/redis_client.py)."""
     try:
         client = sync_client(redis_url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S,
                              retry=Retry(NoBackoff(), 0))

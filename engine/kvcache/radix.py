@@ -20,8 +20,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+from common.hashing import block_hashes
 from engine.kvcache.events import EventLog
-from engine.kvcache.hashing import block_hashes
 from engine.kvcache.pool import KVPool
 
 

@@ -12,13 +12,13 @@ So each forward step runs in one mode, chosen by its token count from a plan
 that `MatmulPlan.probe` measures on this machine at start-up:
   numpy — projections on OpenBLAS (all threads), torch ops on 1 thread;
   gemv  — the same, one OpenBLAS matrix-vector product per row: OpenBLAS
-          leaves its GEMV kernel for a packing GEMM at two rows, and on the
-          AVX-512 EPYC of 2026-12-05 one layer's projections took 100 µs for
-          one row, 523 µs for two (474 µs for eight), so a 2–4-row speculative
-          verify cost twice a decode step; as rows of GEMVs, 200–400 µs;
+          leaves its GEMV kernel for a packing GEMM at two rows, which made a
+          2–4-row speculative verify cost about twice a decode step; as rows of
+          GEMVs it costs a fraction more than one;
   pad8  — numpy with the rows padded by zeros to a multiple of eight: the same
-          OpenBLAS took 988 µs for six rows and 474 µs for eight (the LM head
-          8.6 against 4.7 ms), so a batch of 5–7 decodes ran at half speed;
+          OpenBLAS ran six rows slower than eight, so a batch of 5–7 decodes
+          ran at half speed;
+(the timings behind both are in BENCHMARKS.md "Design measurements")
   torch — everything on torch with all threads.
 Non-fp32 or non-CPU weights always use torch.
 """

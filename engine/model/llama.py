@@ -59,8 +59,8 @@ def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_from
     rounds to it anyway) and torch's softmax computes in fp32 inside and rounds once, so the
     elementwise passes read half the bytes an fp32 copy would; the mask touches only the
     columns it can hide.
-    Why not SDPA: torch's CPU kernel for a few query rows costs 2–10× this in bf16 (measured on
-    an AVX-512 EPYC, one thread: 10.2 vs 1.1 ms per layer at B=8, L=1024, one row each).
+    Why not SDPA: torch's CPU kernel for a few query rows costs several times this in bf16
+    (BENCHMARKS.md "Design measurements").
     """
     B, n, Hq, d = q.shape
     Hkv = k.shape[0]

@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 
-from engine.redis_server import free_port
+from common.redis_server import free_port
 
 
 def add_sglang_args(p: argparse.ArgumentParser) -> None:
@@ -41,7 +41,12 @@ def add_sglang_args(p: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace):
-    from engine.sglang.args import L3Config, LaunchConfigError, SGLangOptions, dp_size_of
+    from engine.sglang.args import (
+        L3Config,
+        LaunchConfigError,
+        SGLangOptions,
+        dp_size_of,
+    )
 
     if not args.model_path:
         raise LaunchConfigError("--backend sglang needs --model-path (a Hugging Face id or a local directory)")
@@ -85,8 +90,8 @@ def free_port_range(n: int, attempts: int = 50) -> int:
 
 
 def run_sglang_worker(args: argparse.Namespace) -> int:
+    from common.kvwire import HEARTBEAT_TTL_S
     from engine.kvcache.publisher import RedisUnavailableError
-    from engine.kvcache.wire import HEARTBEAT_TTL_S
     from engine.sglang.args import LaunchConfigError
     from engine.sglang.launcher import SGLangWorker, serve
 

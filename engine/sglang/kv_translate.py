@@ -1,7 +1,7 @@
 """SGLang KV events → agentgate KV events, recorded into an EventLog.
 
 SGLang names a block by its own hash; the gateway's index names it by ours
-(engine/kvcache/hashing.py), so that one index serves both worker kinds. A
+(common/hashing.py), so that one index serves both worker kinds. A
 BlockStored event carries the blocks' token ids and the SGLang hash of the
 block before them, which is enough to recompute our chain: our hash of a block
 = hash_block(our hash of its parent, its tokens), where a block with no parent
@@ -29,8 +29,8 @@ import logging
 import threading
 from collections import Counter
 
+from common.hashing import hash_block, root_hash
 from engine.kvcache.events import EventLog
-from engine.kvcache.hashing import hash_block, root_hash
 from engine.sglang.kv_wire import Cleared, Removed, Stored, Unknown
 from engine.sglang.pinned import MEDIUM_TIERS
 

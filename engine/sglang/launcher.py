@@ -30,9 +30,9 @@ import uuid
 
 import orjson
 
+from common.kvwire import HEARTBEAT_TTL_S, WorkerInfo
 from engine.kvcache.events import EventLog
 from engine.kvcache.publisher import EventPublisher, connect
-from engine.kvcache.wire import HEARTBEAT_TTL_S, WorkerInfo
 from engine.sglang.args import EVENTS_TOPIC, SGLANG_MODULE, SGLangOptions, build_command
 from engine.sglang.kv_bridge import KVBridge
 

@@ -4,7 +4,7 @@ Everything else is the Engine's own: the scheduler (continuous batching, chunked
 priorities, preemption), the radix cache, the L2/L3 tiers, prefetch and pins, KV events, stats.
 The overrides sit at the model-runner boundary only:
 - the scheduler builds a light step make-up (`SimStep`) instead of packed tensors;
-- `_forward` asks the step model for the step's time, sleeps it on the simulated clock and answers
+- `forward` asks the step model for the step's time, sleeps it on the simulated clock and answers
   with the token each row predicts (`SimLogits`: the request's deterministic stream);
 - sampling/verification read those tokens (a grammar still masks them);
 - the KV pools hold one element per token (the block tables, hashes and events are real; the
@@ -21,15 +21,17 @@ import torch
 
 from engine.config import EngineConfig, ModelConfig
 from engine.kvcache.pool import KVPool
-from engine.runner import Engine
-from engine.scheduler.request import Request
+from engine.request import Request
+from engine.runtime.engine import Engine
+from engine.runtime.outputs import Outputs
+from engine.runtime.staging import Staging
 from engine.sim.clock import IdleMark, SimClock
 from engine.sim.hardware import GIB, Gpu, SimModelSpec
 from engine.sim.steptime import StepWork
 from engine.sim.tokens import TokenStream, request_seed
 
-PLAN_CONTEXT = 4096
-RUNNER_UP_LOGPROB = -30.0  # what a logit 30 above the rest leaves to every other token  # context at which the draft-length cost curve is read
+PLAN_CONTEXT = 4096  # context at which the draft-length cost curve is read
+RUNNER_UP_LOGPROB = -30.0  # what a logit 30 above the rest leaves to every other token
 
 
 @dataclass(frozen=True)
@@ -109,14 +111,74 @@ class SimPlan:
         return f"sim: {self.step_model.name}"
 
 
+class SimOutputs(Outputs):
+    """Tokens are the rows' stream tokens; a grammar still masks them."""
+
+    def _dense(self, targets: list[int], req: Request, drafts: list[int] | None = None) -> torch.Tensor:
+        """Rows that put all their weight on the targets, masked by the request's grammar."""
+        rows = torch.zeros(len(targets), self.engine.model_config.vocab_size)
+        rows[torch.arange(len(targets)), torch.tensor(targets)] = 1.0
+        if drafts is None:
+            req.grammar.mask(rows)
+        else:
+            req.grammar.mask(rows, drafts)
+        return rows
+
+    def choose(self, reqs: list[Request], logits: SimLogits) -> tuple[list[int], list | None]:
+        tokens = list(logits.targets)
+        for i, req in enumerate(reqs):
+            if req.grammar is not None:  # the grammar's choice where it forbids the stream's token
+                tokens[i] = int(self._dense([tokens[i]], req)[0].argmax())
+        logprobs = None
+        if any(r.return_logprob for r in reqs):  # the stream's token is certain: logprob 0, the runners-up -30
+            vocab = self.engine.model_config.vocab_size
+            logprobs = [(0.0, [(0.0, tok)] + [(RUNNER_UP_LOGPROB, (tok + k) % vocab)
+                                              for k in range(1, r.top_logprobs_num)])
+                        for r, tok in zip(reqs, tokens)]
+        return tokens, logprobs
+
+    def verify(self, rows: SimLogits, req: Request) -> tuple[list[int], int]:
+        targets = rows.targets
+        if req.grammar is not None:
+            targets = self._dense(targets, req, req.draft).argmax(dim=-1).tolist()
+        j = 0
+        while j < len(req.draft) and req.draft[j] == targets[j]:
+            j += 1
+        return req.draft[:j] + [targets[j]], j
+
+    def finish(self, req: Request, reason: dict) -> None:
+        super().finish(req, reason)
+        self.engine.streams.pop(req.rid, None)
+
+
+class SimStaging(Staging):
+    """KV tiers: copies take their bytes' time."""
+
+    def promote(self, req: Request, steps, fut) -> None:
+        e = self.engine
+        before = req.tier_tokens.get("l2", 0) + req.tier_tokens.get("l3", 0)
+        super().promote(req, steps, fut)
+        moved = req.tier_tokens.get("l2", 0) + req.tier_tokens.get("l3", 0) - before
+        e.debt += moved * e.sim.model.kv_bytes_per_token / e.sim.pcie_bytes_per_s
+
+    def loaded(self, req: Request, steps, fut) -> None:  # the L3 reader thread: the storage read's time
+        e = self.engine
+        tokens = sum(s.tier == "l3" for s in steps) * e.cfg.block_size
+        time.sleep(tokens * e.sim.model.kv_bytes_per_token / e.sim.storage_bytes_per_s / e.sim.speedup)
+        super().loaded(req, steps, fut)
+
+
 class SimEngine(Engine):
+    outputs_class = SimOutputs
+    staging_class = SimStaging
+
     def __init__(self, cfg: EngineConfig, sim: SimSpec):
         self.sim = sim
         self.clock = SimClock(sim.speedup)
         self.streams: dict[str, TokenStream] = {}
-        self._debt = 0.0  # simulated seconds of host<->GPU copies the next step waits for
+        self.debt = 0.0  # simulated seconds of host<->GPU copies the next step waits for
         super().__init__(cfg)
-        self._wake = IdleMark()
+        self.wake = IdleMark()
         self.context_length = min(self.context_length, sim.model.context_length)
 
     # -- construction: no weights, one-element KV blocks ---------------------------------------
@@ -135,69 +197,23 @@ class SimEngine(Engine):
         return sim_step
 
     # -- the step ---------------------------------------------------------------------------------
-    def _forward(self, batch, t0: float) -> SimLogits:
-        predicted = self.sim.step_model.seconds(batch.forward.work()) + self._debt
-        self._debt = 0.0
+    def forward(self, batch, t0: float) -> SimLogits:
+        predicted = self.sim.step_model.seconds(batch.forward.work()) + self.debt
+        self.debt = 0.0
         targets: list[int] = []
         for req, n in batch.sampled:
-            targets += self._stream(req).take(len(req.output_ids), n)
-        self.clock.run_step(predicted, self._wake.idle_end)
+            targets += self.stream(req).take(len(req.output_ids), n)
+        self.clock.run_step(predicted, self.wake.idle_end)
         return SimLogits(targets)
 
-    def _stream(self, req: Request) -> TokenStream:
+    def stream(self, req: Request) -> TokenStream:
+        """req's deterministic token stream (engine/sim/tokens.py)."""
         stream = self.streams.get(req.rid)
         if stream is None:
             banned = set(self.model_config.eos_token_ids) | set(req.params.stop_token_ids)
             seed = request_seed(req.prompt_ids, req.params.seed, self.cfg.seed)
             stream = self.streams[req.rid] = TokenStream(req.prompt_ids, seed, self.model_config.vocab_size, banned)
         return stream
-
-    def _dense(self, targets: list[int], req: Request, drafts: list[int] | None = None) -> torch.Tensor:
-        """Rows that put all their weight on the targets, masked by the request's grammar."""
-        rows = torch.zeros(len(targets), self.model_config.vocab_size)
-        rows[torch.arange(len(targets)), torch.tensor(targets)] = 1.0
-        if drafts is None:
-            req.grammar.mask(rows)
-        else:
-            req.grammar.mask(rows, drafts)
-        return rows
-
-    def _choose(self, reqs: list[Request], logits: SimLogits) -> tuple[list[int], list | None]:
-        tokens = list(logits.targets)
-        for i, req in enumerate(reqs):
-            if req.grammar is not None:  # the grammar's choice where it forbids the stream's token
-                tokens[i] = int(self._dense([tokens[i]], req)[0].argmax())
-        logprobs = None
-        if any(r.return_logprob for r in reqs):  # the stream's token is certain: logprob 0, the runners-up -30
-            logprobs = [(0.0, [(0.0, tok)] + [(RUNNER_UP_LOGPROB, (tok + k) % self.model_config.vocab_size)
-                                              for k in range(1, r.top_logprobs_num)])
-                        for r, tok in zip(reqs, tokens)]
-        return tokens, logprobs
-
-    def _verify(self, rows: SimLogits, req: Request) -> tuple[list[int], int]:
-        targets = rows.targets
-        if req.grammar is not None:
-            targets = self._dense(targets, req, req.draft).argmax(dim=-1).tolist()
-        j = 0
-        while j < len(req.draft) and req.draft[j] == targets[j]:
-            j += 1
-        return req.draft[:j] + [targets[j]], j
-
-    def _finish(self, req: Request, reason: dict) -> None:
-        super()._finish(req, reason)
-        self.streams.pop(req.rid, None)
-
-    # -- KV tiers: copies take their bytes' time ------------------------------------------------------
-    def _promote(self, req: Request, steps, fut) -> None:
-        before = req.tier_tokens.get("l2", 0) + req.tier_tokens.get("l3", 0)
-        super()._promote(req, steps, fut)
-        moved = req.tier_tokens.get("l2", 0) + req.tier_tokens.get("l3", 0) - before
-        self._debt += moved * self.sim.model.kv_bytes_per_token / self.sim.pcie_bytes_per_s
-
-    def _loaded(self, req: Request, steps, fut) -> None:  # the L3 reader thread: the storage read's time
-        tokens = sum(s.tier == "l3" for s in steps) * self.cfg.block_size
-        time.sleep(tokens * self.sim.model.kv_bytes_per_token / self.sim.storage_bytes_per_s / self.sim.speedup)
-        super()._loaded(req, steps, fut)
 
     # -- what the server reports --------------------------------------------------------------------
     def describe(self) -> dict:

@@ -54,7 +54,7 @@ class Profiler:
 
     def run(self, prompts: list[list[int]], new_tokens: int) -> list[str]:
         """Submit the prompts together, wait for all; their rids."""
-        from engine.scheduler.request import Request, SamplingParams
+        from engine.request import Request, SamplingParams
 
         done = threading.Semaphore(0)
         rids = [f"profile-{os.urandom(6).hex()}" for _ in prompts]
@@ -135,7 +135,7 @@ def run_profile(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from engine.config import EngineConfig
-    from engine.runner import Engine
+    from engine.runtime.engine import Engine
 
     if args.repeats < 1 or args.threads < 1:
         print("agentgate profile: --repeats and --threads must be at least 1", file=sys.stderr)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from engine.sampling import probs
-from engine.scheduler.request import Request
+from engine.request import Request
 
 
 def verify(rows: torch.Tensor, drafts: list[int], req: Request) -> tuple[list[int], int]:

@@ -7,16 +7,10 @@ import hmac
 
 from aiohttp import web
 
-from engine.errors import AuthenticationError
+from common.errors import AuthenticationError
+from common.http import bearer_token
 
 OPEN_PATHS = frozenset({"/health", "/health_generate", "/ping", "/health/live", "/health/ready"})
-
-
-def bearer_token(headers) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header, else None."""
-    scheme, _, token = (headers.get("Authorization") or "").partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
 
 
 def key_middleware(api_key: str):

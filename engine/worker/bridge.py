@@ -15,12 +15,12 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from engine.errors import BadRequestError
-from engine.runner import Engine
-from engine.scheduler.request import Request, SamplingParams, StepOutput
+from common import sse
+from common.errors import BadRequestError
+from engine.request import Request, SamplingParams, StepOutput
+from engine.runtime.engine import Engine
 
 ENGINE = web.AppKey("engine", Engine)
 SERVER_ARGS = web.AppKey("server_args", dict)
@@ -80,33 +80,12 @@ def new_rid(given: str | None) -> str:
     return given or uuid.uuid4().hex
 
 
-async def read_json(request: web.Request) -> Any:
-    raw = await request.read()
-    if not raw:
-        raise BadRequestError("the request body is empty; a JSON object is expected")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequestError(f"malformed JSON body: {exc}") from None
-
-
-def json_response(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
-
-
-async def open_sse(request: web.Request) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                       "X-Accel-Buffering": "no"})
-    await resp.prepare(request)
-    return resp
-
-
 async def send_sse(resp: web.StreamResponse, obj: Any) -> None:
-    await resp.write(b"data: " + orjson.dumps(obj) + b"\n\n")
+    await resp.write(sse.encode(obj))
 
 
 async def close_sse(resp: web.StreamResponse) -> None:
-    await resp.write(b"data: [DONE]\n\n")
+    await resp.write(sse.DONE)
     await resp.write_eof()
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from typing import NamedTuple
 
-from engine.errors import BadRequestError
+from common.errors import BadRequestError
 from engine.grammar import Constraint
 from engine.worker.tool_parsers import ToolCall, ToolCallParser
 

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from engine.openapi import Op, json_op, serve, text_op
-from engine.worker.protocol import (AbortRequest, ChatCompletionRequest, CompletionRequest, GenerateRequest,
-                                    PinRequest, PrefetchRequest, UnpinRequest)
+from common.openapi import Op, json_op, serve, text_op
+from engine.worker.protocol import (
+    AbortRequest,
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerateRequest,
+    PinRequest,
+    PrefetchRequest,
+    UnpinRequest,
+)
 
 VERSION = "0.1.0"
 

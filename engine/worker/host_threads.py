@@ -16,7 +16,7 @@ import logging
 from aiohttp import web
 
 from engine.hostshare import HostRegistry, ThreadChoice, host_cores
-from engine.runner import Engine
+from engine.runtime.engine import Engine
 
 log = logging.getLogger("agentgate.worker")
 REBALANCE_S = 2.0

@@ -1,5 +1,5 @@
 """The worker's half of the KV index: its flags, the EventPublisher's lifecycle
-in the app, and `GET /kv/snapshot` (shapes in engine/kvcache/wire.py).
+in the app, and `GET /kv/snapshot` (shapes in common/kvwire.py).
 
 Without a Redis URL the worker runs as before and publishes nothing; the
 snapshot route still answers (upto "0-0"), so a gateway can seed its index
@@ -17,11 +17,16 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from engine.kvcache.publisher import EventPublisher, RedisUnavailableError, connect, redact
-from engine.kvcache.wire import HEARTBEAT_TTL_S, TIERS, WorkerInfo
+from common.kvwire import HEARTBEAT_TTL_S, TIERS, WorkerInfo
+from engine.kvcache.publisher import (
+    EventPublisher,
+    RedisUnavailableError,
+    connect,
+    redact,
+)
 
 if TYPE_CHECKING:  # the flags must parse without importing torch (agentgate --help)
-    from engine.runner import Engine
+    from engine.runtime.engine import Engine
 
 PUBLISHER = web.AppKey("kv_publisher", EventPublisher)
 WORKER_INFO = web.AppKey("kv_worker_info", WorkerInfo)
@@ -73,7 +78,8 @@ async def _publisher_lifecycle(app: web.Application):
 
 
 async def kv_snapshot(request: web.Request) -> web.Response:
-    from engine.worker.bridge import ENGINE, json_response
+    from common.http import json_response
+    from engine.worker.bridge import ENGINE
 
     engine = request.app[ENGINE]
     info = request.app[WORKER_INFO]
@@ -81,7 +87,7 @@ async def kv_snapshot(request: web.Request) -> web.Response:
     # Read before the engine snapshot: every event after `upto` is then either in the snapshot or
     # in an entry after it, and replaying those is harmless (wire.py).
     upto, upto_seq = publisher.last_entry if publisher is not None else ("0-0", -1)
-    snap = await asyncio.wrap_future(engine.call(engine.kv_snapshot))
+    snap = await asyncio.wrap_future(engine.call(engine.kv.snapshot))
     return json_response({"worker": info.url, "model": info.model, "epoch": info.epoch,
                           "block_size": snap["block_size"], "l3": snap["l3"], "upto": upto, "upto_seq": upto_seq,
                           "tiers": {tier: snap["tiers"].get(tier, []) for tier in TIERS}})

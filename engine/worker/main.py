@@ -10,9 +10,9 @@ import os
 import sys
 import time
 
-from engine.cliargs import HEADER_TIMEOUT_S, Parser, positive_float
-from engine.logconf import access_log_options, add_logging_args
-from engine.tracing import configure_process
+from common.cliargs import HEADER_TIMEOUT_S, Parser, positive_float
+from common.logconf import access_log_options, add_logging_args
+from common.tracing import configure_process
 from engine.worker.kv_publish import add_publish_args, setup_publishing
 
 
@@ -93,7 +93,7 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
     from engine.sglang.cli import add_sglang_args
 
     add_sglang_args(p)
-    from engine.sim.cli import add_sim_args
+    from engine.worker.sim_backend import add_sim_args
 
     add_sim_args(p)
 
@@ -135,7 +135,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
         return run_sglang_worker(args)
     if args.backend == "sim" and not args.extra:
-        from engine.sim.cli import run_sim_worker
+        from engine.worker.sim_backend import run_sim_worker
 
         return run_sim_worker(args, engine_config(args))
     if args.extra:
@@ -143,9 +143,9 @@ def run_worker(args: argparse.Namespace) -> int:
         return 2
     from aiohttp import web
 
+    from common.launch import server_loop
     from engine.hostshare import HostRegistry, choose_threads
-    from engine.launch import server_loop
-    from engine.runner import Engine
+    from engine.runtime.engine import Engine
     from engine.worker.host_threads import attach_host_share
     from engine.worker.server import create_app
 

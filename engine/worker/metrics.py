@@ -1,10 +1,10 @@
 """GET /metrics of the worker: SGLang's metric names (`sglang:*`, so SGLang dashboards work) and
-ours (`agentgate:*`), written by prometheus_client with the process metrics (engine/prom.py)."""
+ours (`agentgate:*`), written by prometheus_client with the process metrics (common/prom.py)."""
 
 from __future__ import annotations
 
-from engine.prom import counter, exposition, gauge, histogram
-from engine.runner import Engine
+from common.prom import counter, exposition, gauge, histogram
+from engine.runtime.engine import Engine
 
 EXTRA_HELP = {  # the sim worker's clock (engine/sim/engine.py extra_gauges)
     "agentgate:sim_steps_total": "Simulated steps run",
@@ -64,7 +64,7 @@ def render_metrics(engine: Engine, model_name: str, load: dict, usage: dict) -> 
         "sglang:gen_throughput": s.gen_throughput(),
         "sglang:cache_hit_rate": (s.cached_tokens / s.prompt_tokens) if s.prompt_tokens else 0.0,
         "sglang:max_total_num_tokens": usage["total_blocks"] * usage["block_size"],
-        "sglang:num_retracted_reqs": engine.scheduler.num_preemptions,
+        "sglang:num_retracted_reqs": engine.batcher.num_preemptions,
         "sglang:spec_accept_rate": s.spec_accept_rate(),
         "sglang:spec_accept_length": s.spec_accept_length(),
         "agentgate:kv_free_blocks": usage["free_blocks"],

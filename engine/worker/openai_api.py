@@ -12,14 +12,36 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.errors import BadRequestError, NotFoundError
-from engine.scheduler.request import SamplingParams
-from engine.worker.bridge import (ENGINE, SERVER_ARGS, Collected, close_sse, collect_all, json_response, merge_streams,
-                                  open_sse, read_json, run_request, send_sse, start_streams)
+from common.errors import BadRequestError, NotFoundError
+from common.http import json_response, open_sse, read_json
+from engine.request import SamplingParams
+from engine.worker.bridge import (
+    ENGINE,
+    SERVER_ARGS,
+    Collected,
+    close_sse,
+    collect_all,
+    merge_streams,
+    run_request,
+    send_sse,
+    start_streams,
+)
 from engine.worker.chat import ChatPlan, plan_chat
-from engine.worker.protocol import (MAX_N, MAX_TOP_LOGPROBS, ChatCompletionRequest, CompletionRequest,
-                                    build_sampling_params, parse, reject_unsupported)
-from engine.worker.structured import compiled, from_response_format, from_sampling, merge
+from engine.worker.protocol import (
+    MAX_N,
+    MAX_TOP_LOGPROBS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    build_sampling_params,
+    parse,
+    reject_unsupported,
+)
+from engine.worker.structured import (
+    compiled,
+    from_response_format,
+    from_sampling,
+    merge,
+)
 from engine.worker.token_ids import CommittedIds
 from engine.worker.tool_parsers import StreamingToolCalls, ToolCallParser, make_parser
 

@@ -12,9 +12,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
-from engine.errors import BadRequestError
+from common.errors import BadRequestError
 from engine.grammar import Constraint
-from engine.scheduler.request import SamplingParams
+from engine.request import SamplingParams
 
 MAX_N = 16
 MAX_STOP = 16

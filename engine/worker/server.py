@@ -14,43 +14,41 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.errors import AgentGateError, BadRequestError, NotFoundError, error_body
-from engine.runner import Engine
-from engine.tracing import observe_requests
-from engine.worker import contract, openai_api
+from common.errors import BadRequestError, error_body
+from common.http import error_middleware, json_response, open_sse, read_json
+from common.prom import CONTENT_TYPE as PROM_CONTENT_TYPE
+from common.tracing import observe_requests
+from engine.runtime.engine import Engine
+from engine.worker import contract, kv_routes, openai_api
 from engine.worker.auth import key_middleware
-from engine.worker.bridge import (ENGINE, SERVER_ARGS, Collected, close_sse, collect_all, json_response, merge_streams,
-                                  new_rid, open_sse, read_json, run_request, send_sse, start_streams)
-from engine.prom import CONTENT_TYPE as PROM_CONTENT_TYPE
+from engine.worker.bridge import (
+    ENGINE,
+    SERVER_ARGS,
+    Collected,
+    close_sse,
+    collect_all,
+    merge_streams,
+    new_rid,
+    run_request,
+    send_sse,
+    start_streams,
+)
 from engine.worker.metrics import render_metrics
+from engine.worker.protocol import (
+    AbortRequest,
+    GenerateRequest,
+    GenerateSamplingParams,
+    build_sampling_params,
+    parse,
+    reject_unsupported,
+)
 from engine.worker.structured import compiled, from_sampling
-from engine.worker.protocol import (AbortRequest, GenerateRequest, GenerateSamplingParams, KVPrefix, PinRequest,
-                                    PrefetchRequest, UnpinRequest, build_sampling_params, parse, reject_unsupported)
 
 log = logging.getLogger("agentgate.worker")
 
 VERSION = "0.1.0"
 FLUSH_OK = ("Cache flushed.\nPlease check backend logs for more details. (When there are running or waiting "
             "requests, the operation will not be performed.)\n")
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler):
-    """Every error leaves as OpenAI-shaped JSON with its 4xx/5xx status."""
-    try:
-        return await handler(request)
-    except AgentGateError as exc:
-        return json_response(exc.to_json(), status=exc.status)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
-        return json_response(error_body(exc.reason or str(exc), kind, exc.status), status=exc.status)
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception as exc:  # a bug, reported as a 500 rather than a dropped connection
-        log.exception("unhandled error on %s", request.path)
-        return json_response(error_body(f"internal error: {exc}", "internal_error", 500), status=500)
 
 
 def create_app(engine: Engine, server_args: dict, api_key: str | None = None) -> web.Application:
@@ -76,10 +74,7 @@ def create_app(engine: Engine, server_args: dict, api_key: str | None = None) ->
     r.add_route("*", "/flush_cache", flush_cache)
     r.add_post("/abort_request", abort_request)
     r.add_get("/metrics", metrics)
-    r.add_get("/kv/stats", kv_stats)
-    r.add_post("/kv/prefetch", kv_prefetch)
-    r.add_post("/kv/pin", kv_pin)
-    r.add_post("/kv/unpin", kv_unpin)
+    kv_routes.add_routes(app)
     openai_api.add_routes(app)
     contract.add_routes(app)
     app.cleanup_ctx.append(_engine_lifecycle)
@@ -130,7 +125,7 @@ async def health_generate(request: web.Request) -> web.Response:
 
 async def server_info(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    usage = engine.kv_usage()
+    usage = engine.kv.usage()
     desc = engine.describe()
     info = dict(request.app[SERVER_ARGS])
     info.update({
@@ -140,7 +135,7 @@ async def server_info(request: web.Request) -> web.Response:
         **desc.get("details", {}),
         "version": VERSION,
         "page_size": engine.pool.block_size,
-        "chunked_prefill_size": engine.scheduler.max_batch_tokens,  # as resolved (the flag's 0 = the device's default)
+        "chunked_prefill_size": engine.batcher.max_batch_tokens,  # as resolved (the flag's 0 = the device's default)
         "max_total_num_tokens": engine.pool.num_blocks * engine.pool.block_size,
         "max_req_input_len": engine.context_length - 1,
         "context_length": engine.context_length,
@@ -184,58 +179,6 @@ async def get_load(request: web.Request) -> web.Response:
     return json_response([{"dp_rank": 0, **load}])
 
 
-async def kv_stats(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
-    return json_response(await asyncio.wrap_future(engine.call(engine.kv_stats)))
-
-
-# -- KV prefetch and pins (ours; docs/architecture.md §3.1 "Worker API") ------------------------------
-def _prefix_ids(engine: Engine, body: KVPrefix) -> list[int]:
-    if (body.text is None) == (body.input_ids is None):
-        raise BadRequestError("Either text or input_ids should be provided (exactly one).", param="text")
-    ids = engine.tokenizer.encode(body.text) if body.text is not None else body.input_ids
-    if not ids:
-        raise BadRequestError("the prefix is empty", param="input_ids" if body.text is None else "text")
-    engine.validate(ids, 0)
-    return ids
-
-
-async def kv_prefetch(request: web.Request) -> web.Response:
-    """Make a prefix's full blocks resident in L1 (promote, load or compute at low
-    priority); with pin_ttl_s, pin them. Cheap when they already are."""
-    engine = request.app[ENGINE]
-    body = parse(PrefetchRequest, await read_json(request))
-    ids = _prefix_ids(engine, body)
-    result = await asyncio.wrap_future(engine.prefetch(ids, body.cache_salt, body.pin_ttl_s, body.priority))
-    return json_response(result)
-
-
-async def kv_pin(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
-    body = parse(PinRequest, await read_json(request))
-    ids = _prefix_ids(engine, body)
-    pin = await asyncio.wrap_future(engine.call(lambda: engine.pin(ids, body.cache_salt, body.ttl_s)))
-    if pin is None:
-        raise NotFoundError("no block of this prefix is resident in L1; prefetch it first "
-                            "(POST /kv/prefetch with pin_ttl_s)", param="input_ids")
-    return json_response(pin)
-
-
-async def kv_unpin(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
-    body = parse(UnpinRequest, await read_json(request))
-    if body.pin_id is not None:
-        if body.text is not None or body.input_ids is not None:
-            raise BadRequestError("give pin_id or the prefix, not both", param="pin_id")
-        ids = None
-    else:
-        ids = _prefix_ids(engine, body)
-    dropped = await asyncio.wrap_future(engine.call(lambda: engine.unpin(body.pin_id, ids, body.cache_salt)))
-    if dropped is None:
-        raise NotFoundError(f"no such pin ({body.pin_id or 'for this prefix'}); it may have expired", param="pin_id")
-    return json_response({"pin_id": dropped, "unpinned": True})
-
-
 async def metrics(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     snapshot = await asyncio.wrap_future(engine.call(lambda: (engine.load(), _usage(engine))))
@@ -246,14 +189,14 @@ async def metrics(request: web.Request) -> web.Response:
 def _usage(engine: Engine) -> dict:
     """Engine thread: L1 usage plus the pinned and the L2 blocks."""
     l2 = engine.tiers.host
-    return {**engine.kv_usage(), "pinned_blocks": engine.pins.num_blocks,
+    return {**engine.kv.usage(), "pinned_blocks": engine.pins.num_blocks,
             "l2_used_blocks": len(l2) if l2 is not None else 0}
 
 
 # -- control ---------------------------------------------------------------------------------
 async def flush_cache(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    ok = await asyncio.wrap_future(engine.call(engine.flush_cache))
+    ok = await asyncio.wrap_future(engine.call(engine.kv.flush))
     return web.Response(text=FLUSH_OK, status=200 if ok else 400)
 
 

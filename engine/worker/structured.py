@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from engine.errors import BadRequestError
+from common.errors import BadRequestError
 from engine.grammar import Constraint
 
 

@@ -30,7 +30,7 @@ import uuid
 from abc import ABC, abstractmethod
 from typing import NamedTuple
 
-from engine.errors import BadRequestError
+from common.errors import BadRequestError
 from engine.grammar import Constraint
 
 

@@ -7,8 +7,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from engine.errors import BadRequestError, NotFoundError
-from gateway.api.http import json_response, read_json
+from common.errors import BadRequestError, NotFoundError
+from common.http import json_response
+from gateway.api.http import read_json
 from gateway.auth.middleware import require_admin
 from gateway.errors import WorkerCallError
 from gateway.keys import POOL, STORE

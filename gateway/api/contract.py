@@ -6,9 +6,9 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel
 
-from engine.openapi import Op, json_op, serve, sse_op, text_op
-from gateway.api.forwarded import ChatCall, CompletionCall, GenerateCall
-from gateway.api.schemas import NodeResultIn, TemplateIn, WorkflowIn
+from common.openapi import Op, json_op, serve, sse_op, text_op
+from common.workflow.sampling import ChatCall, CompletionCall, GenerateCall
+from common.workflow.schemas import NodeResultIn, TemplateIn, WorkflowIn
 
 VERSION = "0.1.0"
 

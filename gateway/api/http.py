@@ -1,4 +1,5 @@
-"""JSON in, JSON and SSE out, and the error middleware that makes every error OpenAI-shaped."""
+"""The gateway's bounded request reads (size, time) and its error middleware: common/http.py's OpenAI-shaped
+errors, plus Retry-After for Redis outages and no-worker 503s, and request metrics."""
 
 from __future__ import annotations
 
@@ -6,19 +7,19 @@ import asyncio
 import logging
 import time
 
-import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from engine.errors import AgentGateError, BadRequestError, error_body
-from gateway.errors import NoWorkerError, PayloadTooLargeError, RequestTimeoutError, StateUnavailableError
+from common.http import error_response, json_response, parse_json
+from gateway.errors import (
+    NoWorkerError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    StateUnavailableError,
+)
 from gateway.keys import CONFIG, METRICS
 
 log = logging.getLogger("agentgate.gateway")
-
-
-def json_response(data, status: int = 200, headers: dict | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -37,20 +38,6 @@ async def read_body(request: web.Request) -> bytes:
 
 async def read_json(request: web.Request):
     return parse_json(await read_body(request))
-
-
-def parse_json(raw: bytes):
-    try:
-        return orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError as exc:
-        raise BadRequestError(f"malformed JSON body: {exc}") from None
-
-
-async def open_sse(request: web.Request) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                       "X-Accel-Buffering": "no"})
-    await resp.prepare(request)
-    return resp
 
 
 @web.middleware
@@ -72,29 +59,27 @@ async def error_middleware(request: web.Request, handler):
                                     retry_after=request.app[CONFIG].retry_after_s)
         status = err.status
         return json_response(err.to_json(), status=err.status, headers={"Retry-After": str(err.retry_after)})
-    except AgentGateError as exc:
+    except RequestTimeoutError as exc:  # what is left of a trickled body is not waited for
         status = exc.status
-        retry = getattr(exc, "retry_after", None)  # 429s and 503s say when to come back
-        resp = json_response(exc.to_json(), status=exc.status, headers={"Retry-After": str(retry)} if retry else None)
-        if isinstance(exc, RequestTimeoutError):  # what is left of a trickled body is not waited for
-            resp.force_close()
-            await resp.prepare(request)
-            await resp.write_eof()
-            if request.transport is not None:
-                request.transport.close()  # after what was written is flushed
+        resp = error_response(request, exc)
+        resp.force_close()
+        await resp.prepare(request)
+        await resp.write_eof()
+        if request.transport is not None:
+            request.transport.close()  # after what was written is flushed
         return resp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         status = exc.status
-        kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
-        return json_response(error_body(exc.reason or str(exc), kind, exc.status), status=exc.status)
+        return error_response(request, exc)
     except (asyncio.CancelledError, ConnectionResetError):
         status = 499
         raise
-    except Exception as exc:  # a bug: a 500 with a message, not a dropped connection
-        log.exception("unhandled error on %s", request.path)
-        return json_response(error_body(f"internal error: {exc}", "internal_error", 500), status=500)
+    except Exception as exc:  # AgentGateErrors with their status; a bug as a 500 with a message
+        resp = error_response(request, exc)
+        status = resp.status
+        return resp
     finally:
         metrics = request.app[METRICS]
         metrics.requests.inc(route=route, status=status)

@@ -23,18 +23,20 @@ import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from engine.errors import AgentGateError, BadRequestError, ServiceUnavailableError
-from gateway.api.forwarded import check_call
-from gateway.api.http import json_response, parse_json, read_body
+from common import sse
+from common.errors import AgentGateError, BadRequestError, ServiceUnavailableError
+from common.http import json_response, parse_json
+from common.workflow.sampling import check_call
+from common.workflow.schemas import AgentHints
+from gateway.admission import estimate_tokens, output_budget
+from gateway.api.http import read_body
 from gateway.api.proxy_migration import StreamWatch, armed
-from gateway.api.schemas import AgentHints
 from gateway.auth.keys import scoped_name, tenant_salt
 from gateway.auth.middleware import tenant_of
 from gateway.errors import NoWorkerError, WorkerCallError
-from gateway.admission import estimate_tokens, output_budget
 from gateway.keys import ADMISSION, CONFIG, HASHER, METRICS, POLICY, POOL, TEMPLATES
 from gateway.router.base import RouteRequest
-from gateway.scheduler.awareness_ctx import TAGGED
+from gateway.keys import TAGGED
 from gateway.scheduler.executor import with_priority
 from gateway.workers.client import StreamTimeouts
 from gateway.workers.http1 import Response
@@ -68,8 +70,14 @@ def extract_hints(body: dict, headers) -> AgentHints | None:
         raise BadRequestError(f"invalid agent_hints: {exc}", param="agent_hints") from None
 
 
-async def route_request(request: web.Request, path: str, body: dict) -> RouteRequest:
-    route = await _prompt_route(request, path, body)
+async def route_request(request: web.Request, path: str, body: dict, ids: list[int] | None = None) -> RouteRequest:
+    """The call's RouteRequest; `ids`: its prompt's token ids when they are known already (a tagged call's,
+    tokenized by awareness), so the prompt is tokenized once."""
+    if ids is not None:
+        salt = body.get("cache_salt") if isinstance(body.get("cache_salt"), str) else None
+        route = request.app[HASHER].route_for_ids(ids, salt)
+    else:
+        route = await _prompt_route(request, path, body)
     budget = output_budget(body)
     return replace(route, max_tokens=budget) if budget and route.prompt_tokens else route
 
@@ -124,7 +132,8 @@ async def _forward(request: web.Request, path: str, raw: bytes, body: dict, hint
             log.warning("could not record a template transition: %s", exc)
     pool, policy, metrics = request.app[POOL], request.app[POLICY], request.app[METRICS]
     needs_prefix = policy.uses_prefix and len(pool.healthy()) > 1
-    route = await route_request(request, path, body) if needs_prefix else RouteRequest(prompt_tokens=0)
+    route = await route_request(request, path, body, tagged.ids if tagged is not None else None) if needs_prefix \
+        else RouteRequest(prompt_tokens=0)
     # as sent, unless agent_hints came out of it or the tenant's salt went in
     payload = raw if hints is None and tenant is None else orjson.dumps(body)
     streamed = body.get("stream") is True
@@ -135,10 +144,8 @@ async def _forward(request: web.Request, path: str, raw: bytes, body: dict, hint
         candidates = [w.view() for w in pool.healthy() if w.url not in tried]
         if not candidates:
             break
-        url = policy.choose(route, candidates)
-        if tagged is not None:
-            url = request.app[TAGGED].prefer(tagged, url, candidates)
-        policy.on_routed(route, url)
+        url = policy.route(route, candidates, tagged.preferred if tagged is not None else None,
+                           request.app[CONFIG].prefetch_affinity_slack)
         worker = pool.reserve(url)
         metrics.routed.inc(worker=url)
         timeouts = pool.stream_timeouts(worker) if streamed else None
@@ -208,7 +215,7 @@ async def _relay_stream(request: web.Request, resp: Response, pool: WorkerPool, 
                                                         watch.body.get("priority") or 0):
                 break  # continued on another worker from the tokens produced (proxy_migration.py)
             err = ServiceUnavailableError(f"worker {what}")  # code: its status, which SDKs map to a type
-            await out.write(b"data: " + orjson.dumps(err.to_json()) + b"\n\ndata: [DONE]\n\n")
+            await out.write(sse.encode(err.to_json()) + sse.DONE)
             break
         if timeouts is not None:
             resp.extend(timeouts.inter_token_s)

@@ -17,8 +17,16 @@ import time
 import orjson
 from aiohttp import web
 
+from common import sse
+from common.sse import SSEParser
 from gateway.errors import WorkerCallError
-from gateway.scheduler.migration import Progress, Recorder, continuation_body, run_continuation, same_computation
+from gateway.scheduler.migration import (
+    Progress,
+    Recorder,
+    continuation_body,
+    run_continuation,
+    same_computation,
+)
 from gateway.workers.pool import WorkerPool
 
 log = logging.getLogger("agentgate.gateway")
@@ -44,16 +52,14 @@ class StreamWatch:
         self.recorder = Recorder(self.progress)
         self.envelope: dict = {}
         self.finished = False
-        self._pending = b""
+        self._parser = SSEParser()
 
     def feed(self, chunk: bytes) -> None:
-        lines = (self._pending + chunk).split(b"\n")
-        self._pending = lines.pop()
-        for line in lines:
-            if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
+        for msg in self._parser.feed(chunk):
+            if msg.done:
                 continue
             try:
-                data = orjson.loads(line[5:].strip())
+                data = orjson.loads(msg.data)
             except orjson.JSONDecodeError:
                 continue
             if not isinstance(data, dict):
@@ -103,8 +109,8 @@ class StreamWatch:
                                               "finish_reason": result.finish_reason}]})
         if (self.body.get("stream_options") or {}).get("include_usage"):
             await _send(out, {**env, "choices": [], "usage": result.usage})
-        await out.write(b"data: [DONE]\n\n")
+        await out.write(sse.DONE)
 
 
 async def _send(out: web.StreamResponse, chunk: dict) -> None:
-    await out.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+    await out.write(sse.encode(chunk))

@@ -7,9 +7,9 @@ import asyncio
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from engine.errors import ServiceUnavailableError
-from engine.prom import CONTENT_TYPE as PROM_CONTENT_TYPE
-from gateway.api.http import json_response
+from common.errors import ServiceUnavailableError
+from common.http import json_response
+from common.prom import CONTENT_TYPE as PROM_CONTENT_TYPE
 from gateway.keys import CONFIG, METRICS, POOL, REDIS, SCHEDULER
 
 READY_PING_S = 1.0  # a Redis that takes longer to answer a PING is as good as down for serving

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from engine.errors import NotFoundError
-from gateway.api.http import json_response, read_json
-from gateway.api.schemas import TemplateIn, parse_or_422
+from common.errors import NotFoundError, ValidationProblems
+from common.http import json_response
+from common.workflow.schemas import TemplateIn, parse_or_422
+from common.workflow.template_graph import TemplateGraph, predict_next, validate_template
+from gateway.api.http import read_json
 from gateway.auth.keys import scoped_name
 from gateway.auth.middleware import principal, tenant_of
-from gateway.errors import ValidationProblems
 from gateway.keys import TEMPLATES
-from gateway.planner.templates import TemplateGraph, predict_next, validate_template
 
 
 def add_routes(app: web.Application) -> None:

@@ -6,20 +6,21 @@ import asyncio
 import dataclasses
 import time
 
-import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from engine.errors import BadRequestError, NotFoundError
-from gateway.api.http import json_response, open_sse, read_json
-from gateway.api.schemas import NodeResultIn, WorkflowIn, parse_or_422
+from common import sse
+from common.errors import BadRequestError, NotFoundError, ValidationProblems
+from common.http import json_response, open_sse
+from common.workflow.dag import build_graph, checked_graph
+from common.workflow.schemas import NodeResultIn, WorkflowIn, parse_or_422
+from common.workflow.spec import WorkflowSpec, spec_from_json
+from gateway.admission import workflow_tokens
+from gateway.api.http import read_json
 from gateway.auth.keys import scoped_name, tenant_salt, unscoped_name
 from gateway.auth.middleware import check_owner, principal, tenant_of
-from gateway.errors import StateUnavailableError, ValidationProblems
-from gateway.admission import workflow_tokens
+from gateway.errors import StateUnavailableError
 from gateway.keys import ADMISSION, CONFIG, FOLLOWERS, SCHEDULER, STORE
-from gateway.planner.dag import build_graph, validate
-from gateway.planner.spec import WorkflowSpec, spec_from_json
 from gateway.state.prefetch_log import PrefetchLog, summarize
 
 EVENT_POLL_MS = 1000
@@ -39,14 +40,14 @@ def add_routes(app: web.Application) -> None:
 
 async def submit(request: web.Request) -> web.Response:
     body = parse_or_422(WorkflowIn, await read_json(request))
-    spec = body.to_spec(request.app[CONFIG].default_max_tokens)
-    problems = validate(spec)
+    tenant = tenant_of(request)
+    spec = for_tenant(body.to_spec(request.app[CONFIG].default_max_tokens), tenant)
+    graph, problems = checked_graph(spec)  # the run's graph too: built once
     if problems:
         raise ValidationProblems(problems)
-    tenant = tenant_of(request)
     admission, scheduler = request.app[ADMISSION], request.app[SCHEDULER]
     await admission.admit_workflow(tenant, workflow_tokens(spec), scheduler.runs)
-    wf_id = await scheduler.submit(for_tenant(spec, tenant), tenant)
+    wf_id = await scheduler.submit(spec, tenant, graph)
     admission.started_workflow(wf_id, tenant)
     return json_response({"id": wf_id, "status": "running", "events": f"/v1/workflows/{wf_id}/events"}, status=202)
 
@@ -183,7 +184,7 @@ async def _follow(request: web.Request, wf_id: str, store, config) -> web.Stream
             down_since = down_since or time.monotonic()
             if time.monotonic() - down_since > config.redis_retry_s:
                 err = StateUnavailableError(f"the state store (Redis) is unavailable: {exc}")
-                await resp.write(b"event: error\ndata: %s\n\n" % orjson.dumps(err.to_json()))
+                await resp.write(sse.encode(err.to_json(), event="error"))
                 break
             await resp.write(b": waiting for Redis\n\n")
             await asyncio.sleep(REDIS_WAIT_S)
@@ -194,7 +195,7 @@ async def _follow(request: web.Request, wf_id: str, store, config) -> web.Stream
             await resp.write(b": keep-alive\n\n")
             continue
         for eid, type_, data in batch:
-            await resp.write(b"id: %s\nevent: %s\ndata: %s\n\n" % (eid.encode(), type_.encode(), orjson.dumps(data)))
+            await resp.write(sse.encode(data, event=type_, id=eid))
             after = eid
             done = done or type_ == "workflow_finished"
     try:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from engine.errors import AuthenticationError, NotFoundError, PermissionDeniedError
-from engine.worker.auth import bearer_token
+from common.errors import AuthenticationError, NotFoundError, PermissionDeniedError
+from common.http import bearer_token
 from gateway.auth.keys import OPEN, KeyTable, Principal
 
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.api.http import json_response
+from common.http import json_response
 from gateway.auth.middleware import require_admin
 from gateway.errors import WorkerCallError
 from gateway.keys import METRICS, POOL, SCHEDULER

@@ -1,4 +1,4 @@
-"""Feeds the KV index from the workers' Redis streams (wire: engine/kvcache/wire.py).
+"""Feeds the KV index from the workers' Redis streams (wire: common/kvwire.py).
 
 One asyncio task per gateway replica. Each step:
 1. (re)build if needed: on start, and when Redis lost our consumer group
@@ -39,13 +39,13 @@ from functools import partial
 
 import aiohttp
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
-from redis.asyncio.retry import Retry
 
-from engine.kvcache.publisher import redact
-from engine.kvcache.wire import HEARTBEAT_TTL_S, EventBatch, stream_key
-from engine.redis_client import async_client
+from common.kvwire import HEARTBEAT_TTL_S, EventBatch, stream_key
+from common.redis_client import async_client
+from common.redis_server import redact
 from gateway.kvindex.index import KVIndex
 from gateway.kvindex.snapshot import SnapshotError, StreamId, fetch_snapshot, parse_id
 from gateway.kvindex.tracker import FETCHING, PENDING, WorkerSync, WorkerTracker

@@ -1,4 +1,4 @@
-"""A worker's snapshot (GET /kv/snapshot, shapes in engine/kvcache/wire.py):
+"""A worker's snapshot (GET /kv/snapshot, shapes in common/kvwire.py):
 fetched, validated, and turned into plain data; and stream entry ids."""
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from engine.kvcache.wire import OPS, TIERS, EventBatch, stream_key
+from common.kvwire import OPS, TIERS, EventBatch, stream_key
 from gateway.kvindex.index import KVIndex
 from gateway.kvindex.snapshot import ZERO_ID, Snapshot, StreamId
 

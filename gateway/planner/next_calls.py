@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from gateway.planner.templates import TemplateGraph, predict_next
+from common.workflow.template_graph import TemplateGraph, predict_next
 
 MAX_HOPS = 3
 

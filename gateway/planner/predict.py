@@ -21,20 +21,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from gateway.scheduler.run import WorkflowRun
+from common.workflow.run import WorkflowRun
+from gateway.state.learning import Learned
 
 EXECUTING = frozenset({"ready", "running", "waiting"})
-
-
-@dataclass(frozen=True)
-class Learned:
-    """What finished runs of one template taught (gateway/state/learning.py keeps it in Redis)."""
-
-    visits: dict[str, int] = field(default_factory=dict)  # node → runs in which it finished
-    taken: dict[tuple[str, str], int] = field(default_factory=dict)  # (source, target) → runs that took the edge
-    latency_s: dict[str, float] = field(default_factory=dict)  # node → mean duration (an external node: tool time)
 
 
 NOTHING_LEARNED = Learned()

@@ -35,8 +35,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gateway.planner.spec import NodeSpec
-from gateway.planner.templating import INPUT_PREFIX, REF
+from common.workflow.spec import NodeSpec
+from common.workflow.templating import INPUT_PREFIX, REF
 from gateway.router.prompts import PromptHasher, normalize_messages
 
 SENTINEL = "\ue000\ue001"  # private-use characters: never in a real prompt, never escaped by a template
@@ -122,8 +122,7 @@ def stable_tokens(hasher: PromptHasher, text: str) -> list[int]:
 def _pre_tokenizer(hasher: PromptHasher):
     """The HF pre-tokenizer behind the engine's Tokenizer (None: unknown, so nothing after
     the last special token counts as stable)."""
-    hf = getattr(hasher.tokenizer, "_tok", None)  # engine.tokenizer.Tokenizer keeps the HF object there
-    return getattr(hf, "pre_tokenizer", None)
+    return getattr(hasher.tokenizer, "pre_tokenizer", None)
 
 
 def _special_stub(hasher: PromptHasher, text: str) -> int:

@@ -14,6 +14,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway.workers.view import WorkerView
+
 
 @dataclass(frozen=True)
 class RouteRequest:
@@ -21,23 +23,6 @@ class RouteRequest:
     block_hashes: tuple[int, ...] = ()
     block_size: int = 16
     max_tokens: int = 0  # the call's output budget, when known (0: unknown)
-
-
-@dataclass(frozen=True)
-class WorkerView:
-    url: str
-    in_flight: int = 0  # calls this gateway has open on the worker
-    num_reqs: int = 0  # running + waiting requests the worker reported in /get_load
-    num_waiting: int = 0
-    # what a step costs the worker (engine/step_cost.py, from its /get_load): seconds ≈ step_s + token_s ×
-    # tokens in the step; 0 where the worker does not say
-    step_s: float = 0.0
-    token_s: float = 0.0
-
-    @property
-    def load(self) -> int:
-        """Requests on the worker; max() because num_reqs already counts ours once polled."""
-        return max(self.in_flight, self.num_reqs)
 
 
 class RoutingPolicy(ABC):
@@ -54,6 +39,20 @@ class RoutingPolicy(ABC):
     @abstractmethod
     def choose(self, req: RouteRequest, workers: Sequence[WorkerView]) -> str:
         """URL of the worker for `req`; `workers` is never empty."""
+
+    def route(self, req: RouteRequest, workers: Sequence[WorkerView], prefer: str | None = None,
+              slack: int = 0) -> str:
+        """The one route decision of a call: the policy's choice, unless `prefer` (a worker where the call's
+        prefix was fetched ahead of it) is among `workers` and carries at most `slack` more requests; the
+        policy learns where the call went."""
+        url = self.choose(req, workers)
+        if prefer is not None and prefer != url:
+            views = {w.url: w for w in workers}
+            mine = views.get(prefer)
+            if mine is not None and mine.load <= views[url].load + slack:
+                url = prefer
+        self.on_routed(req, url)
+        return url
 
     def on_routed(self, req: RouteRequest, url: str) -> None:
         """The call for `req` was sent to `url`."""

@@ -14,8 +14,8 @@ import asyncio
 import logging
 from pathlib import Path
 
-from engine.kvcache.hashing import hash_block, root_hash
-from engine.tokenizer import Tokenizer
+from common.hashing import hash_block, root_hash
+from common.tokenizer import Tokenizer
 from gateway.router.base import RouteRequest
 from gateway.router.segment_cache import SegmentEncoder
 
@@ -49,7 +49,7 @@ def normalize_messages(messages: list) -> list[dict]:
 
 
 class BlockHashMemo:
-    """engine.kvcache.hashing.block_hashes, remembering each (parent hash, block) it hashed.
+    """common.hashing.block_hashes, remembering each (parent hash, block) it hashed.
 
     Agents resend the same system prompts and histories, so most blocks of a call were hashed
     before; a dict look-up of the block's ids costs a tenth of hashing it again. The result is
@@ -97,6 +97,17 @@ class PromptHasher:
         if model_dir:
             log.warning("no tokenizer.json under %s; prefix hashing falls back to bytes", model_dir)
         return cls(None, block_size)
+
+    def load(self, model_dir: str) -> bool:
+        """Take the tokenizer of model_dir (blocking: call it in a thread), once per model dir; whether
+        prefix hashing now uses a tokenizer."""
+        if self.tokenizer is not None or model_dir == self.tried:
+            return self.tokenizer is not None
+        self.tried = model_dir
+        fresh = PromptHasher.from_model_dir(model_dir, self.block_size)
+        if fresh.tokenizer is not None:
+            self.tokenizer, self.encoder = fresh.tokenizer, fresh.encoder
+        return self.tokenizer is not None
 
     def chat_ids(self, messages: list, tools=None, template_kwargs: dict | None = None) -> list[int]:
         msgs = normalize_messages(messages)

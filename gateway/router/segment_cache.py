@@ -16,7 +16,7 @@ import re
 from collections import OrderedDict
 from pathlib import Path
 
-from engine.tokenizer import Tokenizer
+from common.tokenizer import Tokenizer
 
 MAX_ENTRIES = 4096
 MAX_CACHED_CHARS = 200_000

@@ -13,9 +13,8 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from common.workflow.spec import NodeSpec
 from gateway.errors import WorkerCallError
-from gateway.planner.spec import NodeSpec
-from gateway.planner.templating import render
 from gateway.workers.client import StreamTimeouts, WorkerClient
 
 
@@ -47,10 +46,6 @@ def _arguments(text: str):
         return json.loads(text)
     except ValueError:
         return text
-
-
-def render_messages(spec: NodeSpec, outputs: dict[str, str], inputs: dict) -> list[dict]:
-    return [{"role": role, "content": render(content, outputs, inputs)} for role, content in spec.messages]
 
 
 def with_priority(body: dict, priority: int) -> None:

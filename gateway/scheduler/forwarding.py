@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import orjson
 from redis.exceptions import RedisError
 
-from engine.errors import ConflictError, NotFoundError
+from common.errors import ConflictError, NotFoundError
 from gateway.state.notify import subscription
 
 if TYPE_CHECKING:

@@ -37,18 +37,19 @@ import time
 import uuid
 from collections.abc import Coroutine
 
-from engine import tracing
-from engine.errors import ConflictError, NotFoundError
-from engine.logconf import WORKFLOW_ID
+from common import tracing
+from common.errors import ConflictError, NotFoundError
+from common.logconf import WORKFLOW_ID
+from common.workflow.run import TERMINAL, WorkflowRun
 from gateway.config import GatewayConfig
 from gateway.errors import StateUnavailableError
 from gateway.metrics import Metrics
 from gateway.scheduler import forwarding
 from gateway.scheduler.ownership import NodeCall
-from gateway.scheduler.run import TERMINAL, WorkflowRun
 from gateway.state.journal import OUTAGE, Journal
+from gateway.scheduler.hooks import NO_AWARENESS, AwarenessHooks
 from gateway.state.store import LeaseLost, WorkflowStore
-from gateway.state.templates import TemplateStore
+from gateway.state.template_store import TemplateStore
 from gateway.tasks import cancel_and_wait
 from gateway.workers.pool import WorkerPool
 
@@ -57,19 +58,20 @@ CANCELLED = "cancelled by the client"
 
 
 class Lifecycle:
-    def __init__(self, config: GatewayConfig, store: WorkflowStore, pool: WorkerPool, metrics: Metrics):
+    def __init__(self, config: GatewayConfig, store: WorkflowStore, pool: WorkerPool, metrics: Metrics, *,
+                 templates: TemplateStore | None = None, awareness: AwarenessHooks = NO_AWARENESS):
         self.config = config
         self.store = store
         self.pool = pool
         self.metrics = metrics
-        self.journal = Journal(store, metrics, retry_s=config.redis_retry_s, max_buffered=config.redis_buffer_events)
         self.owner = "gw-" + uuid.uuid4().hex[:12]
-        self.journal.lease = (self.owner, config.lease_ttl_s)
+        self.journal = Journal(store, metrics, retry_s=config.redis_retry_s, max_buffered=config.redis_buffer_events,
+                               lease=(self.owner, config.lease_ttl_s))
         self.runs: dict[str, WorkflowRun] = {}
         self.tasks: dict[tuple[str, str], asyncio.Task] = {}
         self._loops: list[asyncio.Task] = []
-        self.templates: TemplateStore | None = None  # learns transitions from templated workflows
-        self.awareness = None  # agent awareness (scheduler/awareness.py): prediction, prefetch, pins
+        self.templates = templates  # learns transitions from templated workflows
+        self.awareness = awareness  # agent awareness (awareness/runs.py): prediction, prefetch, pins
 
     # Implemented by Scheduler.
     async def resume(self, wf_id: str) -> None: ...
@@ -215,11 +217,10 @@ class Lifecycle:
                         task.cancel()
                     state.status, state.finished = "cancelled", now
                     await self.journal.save_node(run.id, node, state.to_json())
-        if self.awareness is not None:  # releases its pins and says so before workflow_finished
-            try:
-                await self.awareness.on_workflow_end(run, status)
-            except OUTAGE as exc:  # its records are lost, not the workflow's end
-                log.warning("prefetch records of workflow %s not saved: %s", run.id, exc)
+        try:  # awareness releases its pins and says so before workflow_finished
+            await self.awareness.on_workflow_end(run, status)
+        except OUTAGE as exc:  # its records are lost, not the workflow's end
+            log.warning("prefetch records of workflow %s not saved: %s", run.id, exc)
         await self.journal.set_status(run.id, status, error)
         await self.journal.event(run.id, "workflow_finished", {
             "workflow": run.id, "status": status, "error": error, "outputs": run.outputs()})

@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 
+from common.workflow.spec import NodeSpec
 from gateway.errors import WorkerCallError
-from gateway.planner.spec import NodeSpec
 from gateway.scheduler.executor import CallResult
 from gateway.workers.client import StreamTimeouts, WorkerClient
 

@@ -12,7 +12,7 @@ it would have run. So no slot outlives its task.
 
 from __future__ import annotations
 
-from gateway.scheduler.run import WorkflowRun
+from common.workflow.run import WorkflowRun
 from gateway.workers.pool import WorkerPool
 
 

@@ -24,25 +24,34 @@ task runs under `Lifecycle.guarded`, so no fault strands a slot or a workflow.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 import logging
 import time
 import uuid
+from dataclasses import replace
 
-from engine import tracing
-from engine.errors import AgentGateError
+from common import tracing
+from common.errors import AgentGateError
+from common.workflow.run import NodeState, WorkflowRun
+from common.workflow.spec import WorkflowSpec, spec_from_json, spec_to_json
 from gateway.config import GatewayConfig
 from gateway.errors import WorkerCallError
 from gateway.metrics import Metrics
-from gateway.planner.spec import WorkflowSpec, spec_from_json, spec_to_json
 from gateway.router.base import RouteRequest, RoutingPolicy
 from gateway.router.prompts import PromptHasher
-from gateway.scheduler.executor import chat_body, node_output, render_messages, run_chat
+from common.workflow.templating import render_messages
+from gateway.scheduler.executor import chat_body, node_output, run_chat
+from gateway.scheduler.hooks import NO_AWARENESS, AwarenessHooks
 from gateway.scheduler.lifecycle import CANCELLED, Lifecycle
-from gateway.scheduler.migration import Progress, Recorder, continuation_body, migratable, run_continuation
+from gateway.scheduler.migration import (
+    Progress,
+    Recorder,
+    continuation_body,
+    migratable,
+    run_continuation,
+)
 from gateway.scheduler.ownership import NodeCall
-from gateway.scheduler.run import NodeState, WorkflowRun
 from gateway.state.store import WorkflowStore
+from gateway.state.template_store import TemplateStore
 from gateway.workers.pool import WorkerPool
 
 log = logging.getLogger("agentgate.gateway")
@@ -51,8 +60,9 @@ AGING_TOKENS_PER_S = 64.0
 
 class Scheduler(Lifecycle):
     def __init__(self, config: GatewayConfig, store: WorkflowStore, pool: WorkerPool, policy: RoutingPolicy,
-                 hasher: PromptHasher, metrics: Metrics):
-        super().__init__(config, store, pool, metrics)
+                 hasher: PromptHasher, metrics: Metrics, *, templates: TemplateStore | None = None,
+                 awareness: AwarenessHooks = NO_AWARENESS):
+        super().__init__(config, store, pool, metrics, templates=templates, awareness=awareness)
         self.policy = policy
         self.hasher = hasher
         self.ready: dict[tuple[str, str], tuple[float, int]] = {}  # (wf, node) → (enqueued at, seq)
@@ -60,12 +70,13 @@ class Scheduler(Lifecycle):
         self._enqueued = asyncio.Event()  # set by enqueue(): wakes an idle dispatch loop
 
     # -- entry points ----------------------------------------------------------------------------
-    async def submit(self, spec: WorkflowSpec, tenant: str | None = None) -> str:
+    async def submit(self, spec: WorkflowSpec, tenant: str | None = None, graph=None) -> str:
+        """Start a validated workflow (`graph`: its graph, built when it was validated)."""
         wf_id = "wf-" + uuid.uuid4().hex[:16]
         created = await self.journal.write(self.store.create, wf_id, spec_to_json(spec), template=spec.template,
                                            priority=spec.priority, tenant=tenant)
         # It exists from here on: whatever fails next, it runs (here, or resumed) and its id is the answer.
-        run = WorkflowRun(wf_id, spec, created)
+        run = WorkflowRun(wf_id, spec, created, graph=graph)
         run.span = tracing.start_span("workflow", **{"agentgate.workflow": wf_id, "agentgate.template": spec.template})
         self.runs[wf_id] = run
         self.metrics.workflows.inc(status="submitted")
@@ -138,10 +149,9 @@ class Scheduler(Lifecycle):
                 messages = render_messages(run.node_spec(key[1]), run.outputs(), run.spec.inputs)
                 spec = run.node_spec(key[1])
                 route = self._route(messages, spec.max_tokens, spec.params.get("cache_salt"))
-                url = self.policy.choose(route, candidates)
-                if self.awareness is not None:  # where its prefix was prefetched, unless clearly busier
-                    url = self.awareness.choose_worker(run, key[1], candidates, url)
-                self.policy.on_routed(route, url)
+                url = self.policy.route(route, candidates, self.awareness.prefetched_at(run, key[1]),
+                                        self.config.prefetch_affinity_slack)
+                self.awareness.on_dispatch(run, key[1], url)
             except Exception as exc:  # a bug must fail this workflow, not stop every dispatch
                 log.exception("dispatching %s/%s failed", run.id, key[1])
                 self.track(run, key[1], self.fail(run, f"internal error dispatching node '{key[1]}': {exc!r}"))
@@ -193,14 +203,12 @@ class Scheduler(Lifecycle):
             await self.journal.event(run.id, "node_started", {"node": node, "worker": url, "attempt": state.attempts})
 
             async def on_delta(text: str) -> None:
-                if self.awareness is not None:
-                    self.awareness.on_tokens(run, node, text)
+                self.awareness.on_tokens(run, node, text)
                 self.journal.token(run.id, {"node": node, "text": text})
 
             def on_first() -> None:
                 state.first_token = time.time()
-                if self.awareness is not None:
-                    self.awareness.on_call_started(run, node)
+                self.awareness.on_call_started(run, node)
 
             worker = self.pool.workers.get(url)
             if worker is None:
@@ -295,7 +303,6 @@ class Scheduler(Lifecycle):
                 llm_ready.append(node)
         for node in llm_ready:  # all at once, so the dispatcher ranks them together
             self.enqueue(run, node)
-        if self.awareness is not None:
-            self.awareness.on_advance(run)
+        self.awareness.on_advance(run)
         if run.is_complete():
             await self.finish(run, "finished")

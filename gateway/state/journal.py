@@ -29,30 +29,26 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
+from common.redis_client import OUTAGE
 from gateway.errors import StateUnavailableError
 from gateway.metrics import Metrics
 from gateway.state.store import WorkflowStore
 from gateway.tasks import cancel_and_wait
 
 log = logging.getLogger("agentgate.gateway")
-# What a Redis outage raises: redis-py's ConnectionError covers refused, reset, "No connection available"
-# and a restarting server's LOADING reply; TimeoutError a paused one; OSError what slips past both.
-OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError)
 RETRY_FIRST_S = 0.05
 RETRY_MAX_S = 1.0
 T = TypeVar("T")
 
 
 class Journal:
-    def __init__(self, store: WorkflowStore, metrics: Metrics, *, retry_s: float, max_buffered: int):
+    def __init__(self, store: WorkflowStore, metrics: Metrics, *, retry_s: float, max_buffered: int,
+                 lease: tuple[str, float] | None = None):
         self.store = store
         self.metrics = metrics
         self.retry_s = retry_s
         self.max_buffered = max_buffered
-        self.lease: tuple[str, float] | None = None  # (owner, ttl_s): node writes fenced by the workflow's lease
+        self.lease = lease  # (owner, ttl_s): node writes fenced by the workflow's lease
         self.down_since: float | None = None  # monotonic: when the current outage began, None while Redis answers
         self._tokens: dict[str, list[tuple[str, dict]]] = {}  # workflow → token events not written yet, in order
         self._buffered = 0

@@ -7,7 +7,7 @@
                                 a client-driven agent spends between a call for that node and its next
   ag:tpl:{name}:prefix:{node}   {"ids": token ids, "n": calls}: the longest prefix every tagged call
                                 for that node shared so far, cut after a special token
-Transition counts between tagged calls stay in state/templates.py. Reads are
+Transition counts between tagged calls stay in state/template_store.py. Reads are
 cached for `cache_s` per template, so planning on every node event costs no
 round trip.
 """
@@ -15,15 +15,24 @@ round trip.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import orjson
 from redis.asyncio import Redis
 
-from gateway.planner.predict import Learned
-
 SEP = "\x1f"
 EWMA_WEIGHT = 0.3  # weight of a new sample once there are a few
 PREFIX_TTL_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Learned:
+    """What finished runs of one template taught (LearningStore keeps it in Redis; gateway/planner/predict.py
+    reads it)."""
+
+    visits: dict[str, int] = field(default_factory=dict)  # node → runs in which it finished
+    taken: dict[tuple[str, str], int] = field(default_factory=dict)  # (source, target) → runs that took the edge
+    latency_s: dict[str, float] = field(default_factory=dict)  # node → mean duration (an external node: tool time)
 
 
 class LearningStore:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from redis.exceptions import RedisError
 
-from engine.redis_client import clustered
+from common.redis_client import clustered
 
 log = logging.getLogger("agentgate.gateway")
 POLL_S = 1.0  # a sharded subscription is polled this long per wait

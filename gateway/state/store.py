@@ -15,7 +15,7 @@ that slot alone):
   ag:workflows         zset  id → created time (listing; ids whose keys expired are swept, sweep_listing)
   ag:workflows:tenant:{t}  zset  the same, per tenant (a workflow's hash names its `tenant`, "" without keys)
   ag:workflows:active  set   ids not finished yet (what a restart resumes)
-  ag:{registry}:workers  set worker URLs registered for discovery (beside engine/kvcache/wire.py's registry)
+  ag:{registry}:workers  set worker URLs registered for discovery (beside common/kvwire.py's registry)
 The global sets are written beside a workflow's own transaction, never inside it, with idempotent
 commands: SADD/ZADD after the workflow's hash exists, SREM after its status says it ended (a resume
 drops an active id whose workflow has ended or is gone). Scripts ask the workflow's own hash whether

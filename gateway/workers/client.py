@@ -19,7 +19,8 @@ from typing import NamedTuple
 import aiohttp
 import orjson
 
-from engine.tracing import outgoing_headers
+from common.sse import SSEParser
+from common.tracing import outgoing_headers
 from gateway.errors import WorkerCallError
 from gateway.workers.http1 import ConnectionPool, Response
 
@@ -139,7 +140,7 @@ class WorkerClient:
             started = False
             try:
                 async for line in _sse_data(resp):
-                    if line == b"[DONE]":
+                    if line == "[DONE]":
                         return
                     started = True
                     resp.extend(timeouts.inter_token_s)
@@ -173,14 +174,12 @@ def reason(payload: bytes | None) -> str:
     return ""
 
 
-async def _sse_data(resp: Response) -> AsyncIterator[bytes]:
-    """The payload of each `data:` line, however the chunks cut the lines."""
-    pending = b""
+async def _sse_data(resp: Response) -> AsyncIterator[str]:
+    """The data of each event, however the chunks cut the lines."""
+    parser = SSEParser()
     async for chunk in resp.iter_chunks():
-        lines = (pending + chunk).split(b"\n")
-        pending = lines.pop()  # an unfinished line waits for the next chunk
-        for line in lines:
-            if line.startswith(b"data:"):
-                yield line[5:].strip()
-    if pending.startswith(b"data:"):
-        yield pending[5:].strip()
+        for msg in parser.feed(chunk):
+            yield msg.data
+    last = parser.close()
+    if last is not None:
+        yield last.data

@@ -24,7 +24,7 @@ import aiohttp
 
 from gateway.config import DEFAULT_WORKER_SLOTS, GatewayConfig
 from gateway.errors import WorkerCallError
-from gateway.router.base import WorkerView
+from gateway.workers.view import WorkerView
 from gateway.workers.breaker import CircuitBreaker
 from gateway.workers.client import StreamTimeouts, WorkerClient
 

@@ -1,4 +1,4 @@
-"""The worker registry in Redis (engine/kvcache/wire.py): who is alive now.
+"""The worker registry in Redis (common/kvwire.py): who is alive now.
 
 A worker keeps its key (wire.worker_key) alive with a TTL and lists its URL in
 wire.WORKER_IDS; a URL whose key has expired belongs to a worker that stopped
@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from redis.asyncio import Redis
 
-from engine.kvcache.wire import WORKER_IDS, WORKERS_SET, WorkerInfo, worker_key
+from common.kvwire import WORKER_IDS, WORKERS_SET, WorkerInfo, worker_key
 from gateway.workers.pool import WorkerPool
 
 log = logging.getLogger("agentgate.gateway")

@@ -52,7 +52,7 @@ class Served:
 
 @pytest.fixture(scope="session")
 def redis_url():
-    from engine.redis_server import RedisServer
+    from common.redis_server import RedisServer
 
     server = RedisServer().start()
     yield server.url

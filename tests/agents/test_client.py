@@ -6,10 +6,21 @@ import threading
 import time
 
 import pytest
-
 from agentgate import Client
-from agentgate.errors import Conflict, NotFound, ToolFailed, Unavailable, ValidationFailed
-from agentgate.events import NodeFinished, NodeStarted, Token, WorkflowFinished, WorkflowStarted
+from agentgate.errors import (
+    Conflict,
+    NotFound,
+    ToolFailed,
+    Unavailable,
+    ValidationFailed,
+)
+from agentgate.events import (
+    NodeFinished,
+    NodeStarted,
+    Token,
+    WorkflowFinished,
+    WorkflowStarted,
+)
 from agentgate.transport import RetryPolicy
 from agentgate.workflow import Workflow, contains
 
@@ -153,7 +164,8 @@ def test_503_is_retried_until_a_worker_appears(served):
 
 def test_an_unreachable_gateway_raises_after_retries():
     from agentgate.errors import GatewayUnreachable
-    from engine.redis_server import free_port
+
+    from common.redis_server import free_port
 
     with Client(f"http://127.0.0.1:{free_port()}", retry=RetryPolicy(max_retries=2, backoff_s=0.01)) as c:
         with pytest.raises(GatewayUnreachable, match="3 attempt"):

@@ -8,11 +8,18 @@ import json
 import re
 
 import pytest
-
 from agentgate import AsyncClient, Client
 from agentgate.cli import main
-from agentgate.examples import agents_sdk, code_edit, map_reduce, multi_agent, react, react_langgraph
+from agentgate.examples import (
+    agents_sdk,
+    code_edit,
+    map_reduce,
+    multi_agent,
+    react,
+    react_langgraph,
+)
 from agentgate.examples.tools import run_tool
+
 from tests.support import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -124,8 +131,8 @@ def test_agents_sdk_hands_off_and_calls_a_function_tool(real_gw):
 
 
 def test_every_example_builds_realistic_prompts():
+    from common.tokenizer import Tokenizer
     from engine.model.prepare import default_model_dir
-    from engine.tokenizer import Tokenizer
 
     tok = Tokenizer(default_model_dir())
     for module in (react, map_reduce, multi_agent, code_edit):

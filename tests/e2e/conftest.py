@@ -9,7 +9,7 @@ import uuid
 import pytest
 import pytest_asyncio
 
-from engine.redis_server import RedisServer
+from common.redis_server import RedisServer
 from tests.gateway.support import GatewayHandle, fast_config
 
 

@@ -16,11 +16,11 @@ import uuid
 import pytest
 import pytest_asyncio
 
-from engine.redis_server import RedisServer
+from common.redis_server import RedisServer
 from gateway.keys import HASHER
 from gateway.planner.prefix import common_prefix
-from gateway.scheduler.awareness import AWARENESS
-from gateway.scheduler.awareness_ctx import TAGGED
+from gateway.keys import AWARENESS
+from gateway.keys import TAGGED
 from tests.gateway.support import GatewayHandle, fast_config
 from tests.support import http_json, start_worker, stop_worker
 

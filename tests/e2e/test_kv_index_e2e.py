@@ -11,11 +11,11 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from engine.redis_server import RedisServer
+from common.redis_server import RedisServer
 from gateway.keys import HASHER, POLICY, POOL
 from gateway.kvindex.consumer import KVIndexConsumer
 from gateway.kvindex.index import KVIndex
-from gateway.kvindex.lifecycle import KV_INDEX
+from gateway.keys import KV_INDEX
 from tests.gateway.fake_worker import FakeWorker
 from tests.gateway.support import GatewayHandle, fast_config
 from tests.support import start_worker, stop_worker

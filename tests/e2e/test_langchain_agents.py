@@ -35,7 +35,7 @@ async def test_create_agent_completes_a_two_tool_task_and_its_next_call_is_prefe
 
     from agentgate import AsyncClient
     from agentgate.langgraph import chat_model, register_graph, run_config
-    from gateway.scheduler.awareness import AWARENESS
+    from gateway.keys import AWARENESS
 
     tools = weather_and_time_tools()
     template = "weather-agent-" + uuid.uuid4().hex[:6]

@@ -17,12 +17,11 @@ import pytest
 import pytest_asyncio
 from redis.asyncio.cluster import RedisCluster
 
-from engine.kvcache.wire import WORKER_IDS, WORKERS_SET, stream_key
-from engine.redis_client import async_client
-from engine.redis_server import RedisClusterServer
+from common.kvwire import WORKER_IDS, WORKERS_SET, stream_key
+from common.redis_client import async_client
+from common.redis_server import RedisClusterServer
 from gateway.janitor import sweep_kv
-from gateway.keys import HASHER, POLICY, POOL, REDIS, SCHEDULER
-from gateway.kvindex.lifecycle import KV_INDEX
+from gateway.keys import HASHER, KV_INDEX, POLICY, POOL, REDIS, SCHEDULER
 from gateway.state.notify import nudge, subscription
 from gateway.state.store import WorkflowStore
 from gateway.workers.registry import read_registry

@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 import redis.asyncio
 
-from engine.redis_server import RedisServer, free_port
+from common.redis_server import RedisServer, free_port
 from gateway.admission import Admission, Limits, TooManyRequestsError
 from gateway.admission_shared import SharedLimits
 from tests.support import REPO_ROOT

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from engine.redis_server import RedisServer, free_port
+from common.redis_server import RedisServer, free_port
 from tests.support import REPO_ROOT, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow

@@ -16,9 +16,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from engine import tracing
+from common import tracing
 from engine.config import EngineConfig
-from engine.runner import Engine
+from engine.runtime.engine import Engine
 from engine.worker.server import create_app
 from tests.gateway.support import GatewayHandle, fast_config, llm
 from tests.support import ENGINE_DEFAULTS, free_port
@@ -30,7 +30,7 @@ NODES = ("topic", "color", "taste", "summary")
 
 @pytest.fixture
 def exporter(monkeypatch):
-    """Spans of this test only: a provider of its own behind engine.tracing (no global provider set)."""
+    """Spans of this test only: a provider of its own behind common.tracing (no global provider set)."""
     memory = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(memory))
@@ -118,7 +118,7 @@ async def test_a_four_node_workflow_is_one_trace_across_gateway_and_worker(expor
 CONFIGURE = """
 import json, sys
 from opentelemetry import trace
-from engine.tracing import configure_from_env
+from common.tracing import configure_from_env
 try:
     on = configure_from_env("agentgate-gateway")
 except RuntimeError as exc:

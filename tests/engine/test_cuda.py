@@ -38,7 +38,7 @@ def test_prefix_reuse_and_tiers_are_exact_on_the_gpu(cuda_engine, tokenizer):
     from_l2 = w.wait()
     assert w.steps[-1].tier_tokens["l2"] > 0 and from_l2.output_ids == cold.output_ids
     cuda_engine.tiers.flush_writes()
-    assert cuda_engine.call(cuda_engine.flush_cache).result(60)  # L1 and L2 empty: L3 serves it
+    assert cuda_engine.call(cuda_engine.kv.flush).result(60)  # L1 and L2 empty: L3 serves it
     w = submit(cuda_engine, ids, greedy(16))
     from_l3 = w.wait()
     assert w.steps[-1].tier_tokens["l3"] > 0 and from_l3.output_ids == cold.output_ids

@@ -11,7 +11,7 @@ import re
 import pytest
 
 from engine.grammar import Constraint, GrammarError
-from engine.scheduler.request import SamplingParams
+from engine.request import SamplingParams
 from tests.support import generate, greedy, submit
 
 pytestmark = pytest.mark.slow

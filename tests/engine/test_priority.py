@@ -9,15 +9,15 @@ import torch
 
 from engine.kvcache.pool import KVPool
 from engine.kvcache.radix import RadixCache
-from engine.scheduler.request import Request, SamplingParams, Status
-from engine.scheduler.scheduler import Scheduler
+from engine.request import Request, SamplingParams, Status
+from engine.batching.batcher import Batcher
 
 BS = 16
 
 
-def scheduler(blocks: int = 256, max_batch_tokens: int = 1024, low_chunk: int = 64, solo: int = 0) -> Scheduler:
+def scheduler(blocks: int = 256, max_batch_tokens: int = 1024, low_chunk: int = 64, solo: int = 0) -> Batcher:
     pool = KVPool(blocks, BS, num_layers=1, num_kv_heads=1, head_dim=2, dtype=torch.float32, device="cpu")
-    return Scheduler(pool, RadixCache(pool), max_batch_tokens, max_running=64, low_priority_chunk=low_chunk,
+    return Batcher(pool, RadixCache(pool), max_batch_tokens, max_running=64, low_priority_chunk=low_chunk,
                      solo_batch_tokens=solo)
 
 
@@ -26,7 +26,7 @@ def request(rid: str, n: int, priority: int = 0, first: int = 0) -> Request:
                    priority=priority)
 
 
-def step(s: Scheduler) -> list[tuple[str, int]]:
+def step(s: Batcher) -> list[tuple[str, int]]:
     """Schedule one step and account its prefill chunks as computed (a finished prefill samples a
     token, as the engine does); (rid, tokens) per chunk."""
     batch = s.schedule()
@@ -142,7 +142,7 @@ def test_a_prefill_alone_in_the_engine_takes_the_long_step_and_shortens_once_ano
 
 def test_with_no_chunk_for_busy_steps_a_prefetch_computes_only_in_steps_nothing_else_needs():
     pool = KVPool(256, BS, num_layers=1, num_kv_heads=1, head_dim=2, dtype=torch.float32, device="cpu")
-    s = Scheduler(pool, RadixCache(pool), 1024, max_running=64, background_chunk=0)  # the CPU default
+    s = Batcher(pool, RadixCache(pool), 1024, max_running=64, background_chunk=0)  # the CPU default
     call = request("call", 40)
     s.add(call)
     s.add(Request(rid="prefetch", prompt_ids=list(range(1000, 1200)), params=SamplingParams(max_new_tokens=0),

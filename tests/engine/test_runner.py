@@ -8,11 +8,18 @@ import time
 
 import pytest
 
-from engine.errors import BadRequestError, ContextLengthError
-from engine.kvcache.hashing import block_hashes
-from engine.runner import Engine
-from engine.scheduler.request import SamplingParams
-from tests.support import engine_state, generate, greedy, record_shared_prefix_reads, submit, wait_idle
+from common.errors import BadRequestError, ContextLengthError
+from common.hashing import block_hashes
+from engine.request import SamplingParams
+from engine.runtime.engine import Engine
+from tests.support import (
+    engine_state,
+    generate,
+    greedy,
+    record_shared_prefix_reads,
+    submit,
+    wait_idle,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -111,7 +118,7 @@ def pools_return_to_baseline(request):
 
 def flush(engine: Engine) -> None:
     wait_idle(engine)
-    assert engine.call(engine.flush_cache).result(timeout=60) is True
+    assert engine.call(engine.kv.flush).result(timeout=60) is True
 
 
 def ids_of(outcomes) -> list[list[int]]:
@@ -214,7 +221,7 @@ def test_a_call_takes_over_a_running_prefetch_of_its_prefix_and_nothing_is_compu
     before = computed_tokens(engine_chunked)
     prefetched_before = engine_chunked.stats.prefetch_computed
     busy = submit(engine_chunked, short_prompts[1], greedy(40, ignore_eos=True))  # keeps every step busy
-    fetched = engine_chunked.prefetch(prefix_ids)
+    fetched = engine_chunked.kv.prefetch(prefix_ids)
     deadline = time.monotonic() + 60
     while engine_chunked.stats.prefetch_computed == prefetched_before and not fetched.done():
         assert time.monotonic() < deadline
@@ -274,7 +281,7 @@ def test_mixed_priorities_give_every_request_the_tokens_it_gets_alone(engine_tin
     watchers = [submit(engine_tiny, p, params, priority=i % 2 * 3) for i, p in enumerate(medium_prompts)]
     assert ids_of(w.wait() for w in watchers) == want
     # Lower priorities prefill 8 tokens a step beside the higher ones: chunks that end mid-block.
-    scheduler = engine_chunked.scheduler
+    scheduler = engine_chunked.batcher
     chunk = scheduler.low_priority_chunk
     engine_chunked.call(lambda: setattr(scheduler, "low_priority_chunk", 8)).result(timeout=60)
     try:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.sampling import adjust_logits, sample, token_logprobs
-from engine.scheduler.request import Request, SamplingParams
+from engine.request import Request, SamplingParams
 
 VOCAB = 50
 EOS = 7

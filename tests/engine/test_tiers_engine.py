@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import ConflictError
-from engine.kvcache.hashing import block_hashes
+from common.errors import ConflictError
+from common.hashing import block_hashes
 from engine.kvcache.store import decode_block
 from tests.support import generate, greedy, submit, wait_idle
 
@@ -119,16 +119,16 @@ def test_corrupt_l3_blob_is_a_miss_and_output_stays_exact(engine_a, engine_b, to
 def test_pin_survives_memory_pressure_then_expires(engine_a, tokenizer):
     ids = tokenizer.encode(text("the pinned conversation"))
     full = len(ids) // 16 * 16
-    result = engine_a.prefetch(ids, pin_ttl_s=600).result(120)
+    result = engine_a.kv.prefetch(ids, pin_ttl_s=600).result(120)
     assert result["resident_tokens"] == full and result["pinned_tokens"] == full
     flood(engine_a, tokenizer, "pin pressure", n=4)
     assert l1_resident(engine_a, ids) == full  # every pinned block still in L1
     # re-pinning the same prefix only moves its TTL: make it lapse soon
-    pin = engine_a.call(lambda: engine_a.pin(ids, None, 0.3)).result(60)
+    pin = engine_a.call(lambda: engine_a.kv.pin(ids, None, 0.3)).result(60)
     assert pin["pin_id"] == result["pin_id"]
     engine_a.call(lambda: engine_a.pins.get(pin["pin_id"]).__setattr__("expires", time.monotonic() + 0.3)).result()
     time.sleep(0.5)
-    stats = engine_a.call(engine_a.kv_stats).result(60)
+    stats = engine_a.call(engine_a.kv.stats).result(60)
     assert stats["pins"]["pins"] == 0 and stats["pins"]["expired"] >= 1
     flood(engine_a, tokenizer, "after expiry", n=3)
     assert l1_resident(engine_a, ids) < full  # unpinned blocks are evictable again
@@ -139,15 +139,15 @@ def test_pins_beyond_the_cap_are_refused(engine_a, tokenizer):
     prompts = [tokenizer.encode(text(f"capacity topic {i}", n=20)) for i in range(3)]
     pinned, refused = [], 0
     for ids in prompts:
-        res = engine_a.prefetch(ids).result(120)
+        res = engine_a.kv.prefetch(ids).result(120)
         assert res["resident_tokens"] > 0
         try:
-            pinned.append(engine_a.call(lambda ids=ids: engine_a.pin(ids, None, 600)).result(60))
+            pinned.append(engine_a.call(lambda ids=ids: engine_a.kv.pin(ids, None, 600)).result(60))
         except ConflictError:
             refused += 1
     assert refused >= 1 and sum(p["pinned_tokens"] for p in pinned) <= cap * 16
     for p in pinned:
-        assert engine_a.call(lambda p=p: engine_a.unpin(p["pin_id"])).result(60) == p["pin_id"]
+        assert engine_a.call(lambda p=p: engine_a.kv.unpin(p["pin_id"])).result(60) == p["pin_id"]
     assert engine_a.call(lambda: engine_a.pins.num_blocks).result(60) == 0
 
 
@@ -166,9 +166,9 @@ def test_salted_tenants_never_share_blocks(engine_a, tokenizer, reference):
 def test_prefetch_computes_then_is_idempotent_and_serves_the_call(engine_a, tokenizer, reference):
     ids = tokenizer.encode(text("the prefetched system prompt"))
     full = len(ids) // 16 * 16
-    first = engine_a.prefetch(ids).result(120)
+    first = engine_a.kv.prefetch(ids).result(120)
     assert first == {"resident_tokens": full, "from": {"l1": 0, "l2": 0, "l3": 0, "computed": full}}
-    second = engine_a.prefetch(ids).result(60)
+    second = engine_a.kv.prefetch(ids).result(60)
     assert second["from"] == {"l1": full, "l2": 0, "l3": 0, "computed": 0}
     out, tiers = run(engine_a, ids)
     assert out.cached_tokens >= full - 16 and out.output_ids == reference(ids)
@@ -178,7 +178,7 @@ def test_prefetch_alongside_a_decode_keeps_it_exact(engine_a, tokenizer, referen
     ids = tokenizer.encode(text("the decoding request"))
     other = tokenizer.encode(text("the background prefetch", n=60))
     w = submit(engine_a, ids, greedy(24))
-    fut = engine_a.prefetch(other, priority=1)
+    fut = engine_a.kv.prefetch(other, priority=1)
     out = w.wait()
     assert fut.result(120)["resident_tokens"] == len(other) // 16 * 16
     plain = generate(engine_a, [ids], greedy(24))[0]  # cached now; the same tokens either way
@@ -200,7 +200,7 @@ def test_aborts_while_staging_leak_nothing(engine_b, tokenizer):
     ids = tokenizer.encode(text("a prompt aborted during its L3 load"))
     run(engine_b, ids)
     engine_b.tiers.flush_writes()
-    assert engine_b.call(engine_b.flush_cache).result(60)  # L1 empty: the next run must load from L3
+    assert engine_b.call(engine_b.kv.flush).result(60)  # L1 empty: the next run must load from L3
     watchers = [submit(engine_b, ids, greedy(NEW), rid=f"staged-{i}") for i in range(3)]
     for w in watchers:
         engine_b.abort(w.rid)
@@ -208,7 +208,7 @@ def test_aborts_while_staging_leak_nothing(engine_b, tokenizer):
         assert w.wait().finish_reason["type"] in ("abort", "length")
     usage = wait_idle(engine_b)
     assert usage["used_blocks"] == 0
-    snap = engine_b.call(lambda: (len(engine_b._staging), engine_b.pins.num_blocks)).result(60)
+    snap = engine_b.call(lambda: (len(engine_b.staging.waiting), engine_b.pins.num_blocks)).result(60)
     assert snap == (0, 0)
 
 

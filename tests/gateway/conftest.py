@@ -14,7 +14,7 @@ from tests.gateway.support import GatewayHandle, fast_config
 
 @pytest.fixture(scope="session")
 def redis_url():
-    from engine.redis_server import RedisServer
+    from common.redis_server import RedisServer
 
     server = RedisServer().start()
     yield server.url

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
-from engine.redis_server import free_port
+from common.redis_server import free_port
 
 
 @dataclass

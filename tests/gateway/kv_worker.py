@@ -2,7 +2,7 @@
 
 It holds block sets per tier, records every change in an EventLog exactly as
 the engine does, ships them with the real EventPublisher to a real Redis, and
-serves GET /kv/snapshot per engine/kvcache/wire.py (upto read before the
+serves GET /kv/snapshot per common/kvwire.py (upto read before the
 holdings). `snapshot_route=False` plays a worker without that route (an
 SGLang worker); `publish=False` one that registers by hand and publishes nothing.
 """
@@ -15,10 +15,10 @@ import time
 
 from aiohttp import web
 
+from common.kvwire import WorkerInfo
+from common.redis_server import free_port
 from engine.kvcache.events import EventLog
 from engine.kvcache.publisher import EventPublisher
-from engine.kvcache.wire import WorkerInfo
-from engine.redis_server import free_port
 
 
 class KVWorker:

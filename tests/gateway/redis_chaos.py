@@ -1,6 +1,6 @@
 """A redis-server the tests may stop, restart and pause: the gateway's outage tests.
 
-Unlike the session's server (nothing saved), this one is engine/redis_server.py's
+Unlike the session's server (nothing saved), this one is common/redis_server.py's
 durable kind: it keeps an append-only file fsynced on every write, so a restart on the same port
 and directory comes back with every key the gateway had written, as a
 production Redis with AOF on would. `pause()`/`resume()` send SIGSTOP/SIGCONT:
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 
-from engine.redis_server import RedisServer
+from common.redis_server import RedisServer
 
 
 class ChaosRedis(RedisServer):

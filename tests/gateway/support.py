@@ -9,7 +9,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from engine.redis_server import free_port
+from common.redis_server import free_port
 from gateway.app import create_app
 from gateway.config import GatewayConfig
 

@@ -13,8 +13,8 @@ import pytest
 
 from gateway.keys import HASHER, POLICY
 from gateway.main import add_gateway_args, awareness_options
-from gateway.scheduler.awareness import AWARENESS
-from gateway.scheduler.awareness_ctx import TAGGED
+from gateway.keys import AWARENESS
+from gateway.keys import TAGGED
 from tests.gateway.support import llm
 
 pytestmark = pytest.mark.asyncio

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from engine.redis_server import free_port
+from common.redis_server import free_port
 from tests.support import CHILD_PYTHONPATH, REPO_ROOT, http_json
 
 

@@ -27,8 +27,8 @@ from redis.exceptions import ResponseError
 
 from engine.kvcache.events import EventLog
 from engine.kvcache.publisher import EventPublisher
-from engine.kvcache.wire import WORKER_IDS, WORKERS_SET, WorkerInfo
-from engine.redis_server import RedisServer
+from common.kvwire import WORKER_IDS, WORKERS_SET, WorkerInfo
+from common.redis_server import RedisServer
 from gateway.admission_shared import SharedLimits
 from gateway.janitor import sweep_kv
 from gateway.kvindex.consumer import KVIndexConsumer
@@ -36,7 +36,7 @@ from gateway.kvindex.index import KVIndex
 from gateway.state.learning import LearningStore
 from gateway.state.prefetch_log import PrefetchLog
 from gateway.state.store import WorkflowStore
-from gateway.state.templates import TemplateStore
+from gateway.state.template_store import TemplateStore
 from gateway.workers.registry import read_registry
 
 

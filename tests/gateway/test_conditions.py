@@ -8,15 +8,15 @@ import sys
 
 import pytest
 
-from gateway.planner.conditions import evaluate
-from gateway.planner.spec import Condition
+from common.workflow.conditions import evaluate
+from common.workflow.spec import Condition
 from tests.gateway.support import llm
 from tests.support import REPO_ROOT
 
 # A backtracking engine takes 2^n steps on n characters here: 40 would take days.
 CATASTROPHIC = """
-from gateway.planner.conditions import evaluate
-from gateway.planner.spec import Condition
+from common.workflow.conditions import evaluate
+from common.workflow.spec import Condition
 cond = Condition("regex", "(a+)+$")
 print(evaluate(cond, "a" * 40 + "b"), evaluate(cond, "a" * 100_000), evaluate(cond, "x" + "a" * 100_000 + "!"))
 """

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from engine.openapi import undocumented
+from common.openapi import undocumented
 from gateway.api.contract import OPS
 from scripts.contract_fuzz import fuzz
 

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from engine.kvcache.hashing import block_hashes
-from gateway.kvindex.credit import IndexPrefixSource, TierCredit
+from common.hashing import block_hashes
+from gateway.router.prefix_source import IndexPrefixSource, TierCredit
 from gateway.kvindex.index import KVIndex, PrefixMatch
 from gateway.router.base import RouteRequest, WorkerView
 from gateway.router.policies.kv_aware import KVAwarePolicy
@@ -82,7 +82,7 @@ def test_replace_worker_sets_holdings_exactly_and_drop_forgets():
 def test_index_credit_and_fallback_in_kv_aware_routing():
     index = index_with((A, "dir:/s"), (B, "dir:/s"))
     policy = KVAwarePolicy()
-    policy.prefix = IndexPrefixSource(index, policy.record, TierCredit(l2=0.5, l3=0.25))
+    policy.use_prefix_source(IndexPrefixSource(index, policy.record, TierCredit(l2=0.5, l3=0.25)))
     ids = list(range(1000, 1160))  # 10 blocks
     hashes = block_hashes(ids, 16)
     req = RouteRequest(prompt_tokens=len(ids), block_hashes=tuple(hashes))
@@ -109,7 +109,7 @@ def test_a_prefix_sent_moments_ago_counts_until_the_index_has_it():
     now = [100.0]
     policy = KVAwarePolicy()
     policy.record = PrefixRecord(clock=lambda: now[0])
-    policy.prefix = IndexPrefixSource(index, policy.record, recent_s=30.0)
+    policy.use_prefix_source(IndexPrefixSource(index, policy.record, recent_s=30.0))
     hashes = block_hashes(list(range(3000, 3320)), 16)  # 20 blocks
     req = RouteRequest(prompt_tokens=320, block_hashes=tuple(hashes))
     policy.on_routed(req, A)

@@ -16,8 +16,8 @@ import pytest_asyncio
 import redis
 from redis.asyncio import Redis
 
-from engine.kvcache.wire import WORKER_IDS, WORKERS_SET, EventBatch, stream_key, worker_key
-from engine.redis_server import RedisServer
+from common.kvwire import WORKER_IDS, WORKERS_SET, EventBatch, stream_key, worker_key
+from common.redis_server import RedisServer
 from gateway.config import GatewayConfig
 from gateway.kvindex.consumer import KVIndexConsumer
 from gateway.kvindex.index import KVIndex, PrefixMatch

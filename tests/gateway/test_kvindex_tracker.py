@@ -3,7 +3,7 @@ stream and the network can deliver them (the Redis-backed paths are in test_kvin
 
 from __future__ import annotations
 
-from engine.kvcache.wire import EventBatch, event
+from common.kvwire import EventBatch, event
 from gateway.kvindex.index import KVIndex
 from gateway.kvindex.snapshot import Snapshot
 from gateway.kvindex.tracker import PENDING, RECENT_ENTRIES, SYNCED, WorkerTracker

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.logconf import REQUEST_ID, WORKFLOW_ID, JsonFormatter
-from engine.redis_server import RedisServer
+from common.logconf import REQUEST_ID, WORKFLOW_ID, JsonFormatter
+from common.redis_server import RedisServer
 from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -127,9 +127,9 @@ async def wait_released(gw, rounds: int = 200) -> None:
 async def test_a_node_task_cancelled_before_it_ever_ran_still_gives_its_slot_back(gateway, fake_workers):
     """A cancel can reach a node's task before its first step (a workflow cancelled or dropped in the
     same loop turn as the dispatch): no `finally` inside the task runs then, the done callback does."""
-    from gateway.planner.spec import NodeSpec, WorkflowSpec
+    from common.workflow.run import WorkflowRun
+    from common.workflow.spec import NodeSpec, WorkflowSpec
     from gateway.scheduler.ownership import NodeCall
-    from gateway.scheduler.run import WorkflowRun
 
     (w,) = await fake_workers(1)
     gw = await gateway([w.url])

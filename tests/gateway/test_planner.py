@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.planner.conditions import evaluate, parse_json_path
-from gateway.planner.dag import build_graph, critical_paths, validate
-from gateway.planner.spec import Condition, EdgeSpec, NodeSpec, WorkflowSpec, spec_from_json, spec_to_json
-from gateway.planner.templates import TemplateEdge, TemplateGraph, predict_next, validate_template
-from gateway.planner.templating import references, render
+from common.workflow.conditions import evaluate, parse_json_path
+from common.workflow.dag import build_graph, critical_paths, validate
+from common.workflow.spec import (
+    Condition,
+    EdgeSpec,
+    NodeSpec,
+    WorkflowSpec,
+    spec_from_json,
+    spec_to_json,
+)
+from common.workflow.template_graph import (
+    TemplateEdge,
+    TemplateGraph,
+    predict_next,
+    validate_template,
+)
+from common.workflow.templating import references, render
 
 
 def node(node_id: str, content: str = "hi", **kw) -> NodeSpec:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from common.workflow.run import WorkflowRun
+from common.workflow.spec import Condition, EdgeSpec, NodeSpec, WorkflowSpec
+from common.workflow.template_graph import TemplateEdge, TemplateGraph
 from gateway.planner.next_calls import next_calls
-from gateway.planner.predict import Learned, Timing, edge_probability, forecast, pin_ttl
-from gateway.planner.spec import Condition, EdgeSpec, NodeSpec, WorkflowSpec
-from gateway.planner.templates import TemplateEdge, TemplateGraph
-from gateway.scheduler.run import WorkflowRun
+from gateway.planner.predict import Timing, edge_probability, forecast, pin_ttl
+from gateway.state.learning import Learned
 
 NEVER = Condition("contains", "NEVER-THERE")
 NOT_NEVER = Condition("contains", "NEVER-THERE", negate=True)

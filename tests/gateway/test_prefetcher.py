@@ -11,7 +11,7 @@ from gateway.config import GatewayConfig
 from gateway.metrics import Metrics
 from gateway.router.policies.least_load import LeastLoadPolicy
 from gateway.router.prompts import PromptHasher
-from gateway.scheduler.prefetch import Intent, Prefetcher
+from gateway.awareness.prefetch import Intent, Prefetcher
 from gateway.workers.kv_ops import PrefetchResult
 from gateway.workers.pool import WorkerPool
 

@@ -8,9 +8,14 @@ import random
 
 import pytest
 
-from gateway.planner.prefix import (cut_after_last_special, knowable_prefix_ids, render_known, special_ids,
-                                    stable_tokens)
-from gateway.planner.spec import NodeSpec
+from common.workflow.spec import NodeSpec
+from gateway.planner.prefix import (
+    cut_after_last_special,
+    knowable_prefix_ids,
+    render_known,
+    special_ids,
+    stable_tokens,
+)
 from gateway.router.prompts import PromptHasher
 
 SYSTEM = "You are a careful assistant. Answer briefly and use plain words. " * 4

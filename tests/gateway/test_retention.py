@@ -11,8 +11,8 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from engine.kvcache.wire import WORKER_IDS, WorkerInfo, stream_key, worker_key
-from engine.redis_server import RedisServer
+from common.kvwire import WORKER_IDS, WorkerInfo, stream_key, worker_key
+from common.redis_server import RedisServer
 from gateway.janitor import group_marker, sweep_kv
 from gateway.keys import REDIS
 from tests.gateway.test_tenancy import auth, table

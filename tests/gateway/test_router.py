@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from engine.kvcache.hashing import block_hashes
+from common.hashing import block_hashes
 from gateway.router.base import RouteRequest, WorkerView
 from gateway.router.policies.kv_aware import KVAwarePolicy
 from gateway.router.policies.least_load import LeastLoadPolicy

@@ -11,9 +11,9 @@ import subprocess
 import sys
 
 import pytest
-
 from agentgate.state import WorkflowState
 from agentgate.tools import ToolCall, bind
+
 from scripts import bench_workflows as bench
 from scripts import bench_workflows_report as report
 from tests.support import REPO_ROOT
@@ -278,8 +278,8 @@ def test_quick_run_drives_the_framework_agents_through_the_gateway_and_against_a
 
 
 def test_background_prompts_are_unrelated_and_about_the_asked_length():
+    from common.tokenizer import Tokenizer
     from engine.model.prepare import default_model_dir
-    from engine.tokenizer import Tokenizer
 
     rng = random.Random(3)
     prompts = [bench.background_prompt(i, 800, rng) for i in range(20)]

@@ -29,7 +29,7 @@ WORKERS = 3
 def cluster(model_dir, tmp_path_factory, redis_url):
     tmp = tmp_path_factory.mktemp("sim-cluster")
     urls_file = tmp / "urls"
-    cmd = [sys.executable, "-m", "engine.sim.cluster", "--workers", str(WORKERS), "--port", "0",
+    cmd = [sys.executable, "-m", "engine.worker.sim_cluster", "--workers", str(WORKERS), "--port", "0",
            "--urls-file", str(urls_file), "--model-path", str(model_dir), "--served-model-name", model_dir.name,
            "--timing-table", str(write_table(tmp / "t.json")), "--kv-blocks", "364", "--redis-url", redis_url,
            "--l3", f"dir:{tmp / 'l3'}", "--worker-heartbeat-ttl", "3"]
@@ -67,7 +67,7 @@ async def test_every_worker_of_the_cluster_is_a_whole_sim_worker(cluster):
 
 
 async def test_the_gateways_index_covers_every_worker_of_the_cluster(gw, cluster):
-    from gateway.kvindex.lifecycle import KV_INDEX
+    from gateway.keys import KV_INDEX
 
     _, urls = cluster
     for i, url in enumerate(urls):  # a prompt on each worker, so each publishes blocks

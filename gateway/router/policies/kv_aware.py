@@ -17,7 +17,7 @@ else the worker where the call is cheapest.
    cost(w) = uncached_prefill_tokens(w) × prefill_weight + load(w) × load_weight.
    uncached = prompt tokens minus the tokens of the leading run of the prompt's block
    hashes that `w` can serve, each block credited by its tier (L1 whole, L2/L3 a
-   little less: gateway/kvindex/credit.py); without a KV index, the gateway's record
+   little less: gateway/router/prefix_source.py); without a KV index, the gateway's record
    of what it sent where (PrefixRecord). load(w) is the requests on w, each worth
    `load_weight` prefill tokens (a running decode slows a prefill by about that).
    Ties go to the least-loaded worker, then rotate, so equal workers share the work.
@@ -37,20 +37,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from gateway.config import AFFINITY_THRESHOLD, BALANCE_SLACK, SPREAD_MARGIN
 from gateway.router.base import RouteRequest, RoutingPolicy, WorkerView
 from gateway.router.prefix_record import PrefixRecord
-
-AFFINITY_THRESHOLD = 0.5  # of the prompt's tokens
-# Requests above the least-loaded candidate that a holder may carry and still get the call: SGLang's
-# cache_aware default (balance_abs_threshold). On the 2-core host, 4 spread a diamond's calls over both
-# workers, whose decode steps then each read the weights and slowed each other: 1.5-2x the forward-seconds
-# of sglang-router for the same tokens (BENCHMARKS.md "Workflows against sglang-router").
-BALANCE_SLACK = 64
-# How much sooner (a share of the holder's finish time) another worker must finish a call to take it from the
-# worker that holds its prefix. GPU workers differ by well under 1% (a row costs little next to a step),
-# the 2-core CPU's by 20-40% between an idle worker and one carrying a stage.
-SPREAD_MARGIN = 0.05
-
 
 class PrefixSource(Protocol):
     def matched_blocks(self, hashes: Sequence[int], url: str) -> float: ...
@@ -73,6 +62,10 @@ class KVAwarePolicy(RoutingPolicy):
         self.balance_slack = balance_slack
         self.spread_margin = spread_margin
         self._turn = 0
+
+    def use_prefix_source(self, prefix: PrefixSource) -> None:
+        """Read what workers hold from `prefix` (the KV index) from now on; the record stays for the rest."""
+        self.prefix = prefix
 
     @classmethod
     def from_config(cls, config=None) -> "KVAwarePolicy":

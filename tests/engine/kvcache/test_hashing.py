@@ -3,7 +3,7 @@ prefix look-ups must agree on."""
 
 from __future__ import annotations
 
-from engine.kvcache.hashing import block_hashes, hash_block, root_hash
+from common.hashing import block_hashes, hash_block, root_hash
 
 BS = 16
 TOKENS = list(range(1000, 1000 + 5 * BS))  # five full blocks

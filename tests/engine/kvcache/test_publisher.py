@@ -11,10 +11,17 @@ import time
 import pytest
 import redis
 
+from common.kvwire import (
+    WORKER_IDS,
+    WORKERS_SET,
+    EventBatch,
+    WorkerInfo,
+    stream_key,
+    worker_key,
+)
+from common.redis_server import RedisServer, free_port
 from engine.kvcache.events import EventLog
 from engine.kvcache.publisher import EventPublisher, RedisUnavailableError, redact
-from engine.kvcache.wire import WORKER_IDS, WORKERS_SET, EventBatch, WorkerInfo, stream_key, worker_key
-from engine.redis_server import RedisServer, free_port
 from tests.support import REPO_ROOT
 
 
@@ -90,7 +97,7 @@ def test_registry_heartbeat_keeps_the_key_alive_and_stop_deregisters(server, r):
 def test_a_killed_worker_key_expires(server, r):
     """A worker that dies without stopping (SIGKILL) stops heartbeating: its key is gone after the TTL."""
     script = ("import sys, time; from engine.kvcache.events import EventLog; "
-              "from engine.kvcache.publisher import EventPublisher; from engine.kvcache.wire import WorkerInfo; "
+              "from engine.kvcache.publisher import EventPublisher; from common.kvwire import WorkerInfo; "
               "EventPublisher(sys.argv[1], WorkerInfo(url='http://dead:1', model='m', epoch='x'), EventLog(), "
               "heartbeat_ttl_s=0.5).start(); print('up', flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", script, server.url], cwd=REPO_ROOT, stdout=subprocess.PIPE)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import engine.kvcache.radix as radix_module
-from engine.kvcache.hashing import block_hashes
+from common.hashing import block_hashes
 from engine.kvcache.pool import KVPool
 from engine.kvcache.radix import OutOfBlocks, RadixCache
 

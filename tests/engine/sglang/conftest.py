@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def redis_url():
-    from engine.redis_server import RedisServer
+    from common.redis_server import RedisServer
 
     server = RedisServer().start()
     yield server.url

@@ -8,14 +8,19 @@ import time
 import pytest
 import redis
 
+from common.hashing import block_hashes
+from common.kvwire import WORKER_IDS, EventBatch, WorkerInfo, stream_key, worker_key
 from engine.kvcache.events import EventLog
-from engine.kvcache.hashing import block_hashes
 from engine.kvcache.publisher import EventPublisher
-from engine.kvcache.wire import WORKER_IDS, EventBatch, WorkerInfo, stream_key, worker_key
 from engine.sglang.cli import free_port_range
 from engine.sglang.kv_bridge import KVBridge
-from tests.engine.sglang.sglang_format import (AllBlocksCleared, BlockRemoved, SGLangPublisher, StorageMedium,
-                                               stored_chain)
+from tests.engine.sglang.sglang_format import (
+    AllBlocksCleared,
+    BlockRemoved,
+    SGLangPublisher,
+    StorageMedium,
+    stored_chain,
+)
 
 TOPIC = "agentgate-kv"
 PROMPT = [int(x) for x in range(5000, 5000 + 64)]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from common.hashing import block_hashes
 from engine.kvcache.events import EventLog
-from engine.kvcache.hashing import block_hashes
 from engine.sglang.kv_translate import KVTranslator
 from engine.sglang.kv_wire import Cleared, Removed, Stored, Unknown
 from tests.engine.sglang.sglang_format import sgl_hash

@@ -16,8 +16,8 @@ import time
 import pytest
 import redis
 
-from engine.kvcache.wire import WORKER_IDS, WorkerInfo, worker_key
-from engine.redis_server import free_port
+from common.kvwire import WORKER_IDS, WorkerInfo, worker_key
+from common.redis_server import free_port
 from engine.sglang.args import SGLangOptions, build_command
 from engine.sglang.cli import free_port_range
 from engine.sglang.launcher import SGLangWorker
@@ -189,9 +189,13 @@ def test_sigterm_to_the_worker_process_is_forwarded(standin_env, redis_url, tmp_
 def test_events_published_where_the_command_line_says_reach_redis(standin_env, redis_url):
     """The launcher's wiring: a real ZMQ PUB bound where --kv-events-config tells SGLang to bind, with
     its topic, emitting SGLang-format batches, ends up in the model's Redis stream under this worker."""
-    from engine.kvcache.hashing import block_hashes
-    from engine.kvcache.wire import EventBatch, stream_key
-    from tests.engine.sglang.sglang_format import SGLangPublisher, StorageMedium, stored_chain
+    from common.hashing import block_hashes
+    from common.kvwire import EventBatch, stream_key
+    from tests.engine.sglang.sglang_format import (
+        SGLangPublisher,
+        StorageMedium,
+        stored_chain,
+    )
 
     env, _ = standin_env
     opts = options(served_model_name="wired-model")

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from engine.scheduler.request import SamplingParams
+from engine.request import SamplingParams
 from tests.support import generate, greedy, record_shared_prefix_reads, wait_idle
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def prompt_ids(tokenizer):
 
 def _tree(engine) -> tuple[dict, list]:
     def read():
-        usage = engine.kv_usage()
+        usage = engine.kv.usage()
         return {k: usage[k] for k in ("free_blocks", "cached_blocks", "used_blocks")}, sorted(engine.cache.snapshot())
     return engine.call(read).result(timeout=60)
 
@@ -122,7 +122,7 @@ def test_a_tiny_pool_preempts_speculating_requests_without_changing_a_token(make
     want = [o.output_ids for o in generate(plain, prompts, params)]
     got = generate(tiny, prompts, params)
     assert [o.output_ids for o in got] == want
-    assert tiny.scheduler.num_preemptions > 0  # decode growth, drafts included, ran the pool dry
+    assert tiny.batcher.num_preemptions > 0  # decode growth, drafts included, ran the pool dry
     assert wait_idle(tiny)["used_blocks"] == 0
     tiny.stop()
 

@@ -3,7 +3,7 @@ the model's distribution (the speculative-sampling rule)."""
 
 import torch
 
-from engine.scheduler.request import Request, SamplingParams
+from engine.request import Request, SamplingParams
 from engine.spec.verify import verify
 
 

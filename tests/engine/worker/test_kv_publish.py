@@ -7,7 +7,7 @@ import argparse
 import pytest
 from aiohttp import web
 
-from engine.redis_server import free_port
+from common.redis_server import free_port
 from engine.worker.kv_publish import add_publish_args, setup_publishing
 
 

@@ -7,10 +7,17 @@ import math
 
 import pytest
 
-from engine.errors import BadRequestError, ContextLengthError
-from engine.scheduler.request import SamplingParams
-from engine.worker.protocol import (ChatCompletionRequest, CompletionRequest, GenerateRequest,
-                                    GenerateSamplingParams, build_sampling_params, parse, reject_unsupported)
+from common.errors import BadRequestError, ContextLengthError
+from engine.request import SamplingParams
+from engine.worker.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerateRequest,
+    GenerateSamplingParams,
+    build_sampling_params,
+    parse,
+    reject_unsupported,
+)
 
 VOCAB = 100
 BASE = dict(max_new_tokens=16, temperature=1.0, top_p=1.0, top_k=-1, vocab_size=VOCAB)

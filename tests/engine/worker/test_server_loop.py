@@ -6,7 +6,7 @@ import asyncio
 
 import uvloop
 
-from engine.launch import server_loop
+from common.launch import server_loop
 
 
 def test_servers_run_on_uvloop_unless_asyncio_is_asked_for(monkeypatch):

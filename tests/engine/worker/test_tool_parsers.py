@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from engine.errors import BadRequestError
+from common.errors import BadRequestError
 from engine.worker.chat import plan_chat, resolve_tool_choice
 from engine.worker.tool_parsers import StreamingToolCalls, ToolCall, make_parser
 

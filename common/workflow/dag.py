@@ -1,0 +1,107 @@
+"""The workflow as a networkx DiGraph: validation and critical paths.
+
+Edges are the spec's explicit edges plus one implicit edge per `{{node_id}}`
+reference (a node cannot run before the outputs it quotes exist). `validate`
+collects every problem — duplicate ids, edges or references to unknown nodes or
+inputs, self-references, cycles, nodes no start node can reach — so a client
+fixes its graph in one round trip. `critical_paths` gives, per node, the
+longest chain of expected work from it to a sink (its own weight included):
+the scheduler runs the longest remaining chain first.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from itertools import islice
+
+import networkx as nx
+
+from common.workflow.spec import WorkflowSpec
+from common.workflow.templating import references
+
+# The weight of an external node (a tool call) in critical-path units (expected output tokens).
+EXTERNAL_WEIGHT = 32
+MAX_CYCLES_REPORTED = 5
+
+
+def build_graph(spec: WorkflowSpec) -> nx.DiGraph:
+    """Nodes carry `spec`; edges carry `condition` (None for reference edges)."""
+    g = nx.DiGraph()
+    for node in spec.nodes:
+        g.add_node(node.id, spec=node)
+    for edge in spec.edges:
+        g.add_edge(edge.source, edge.target, condition=edge.condition)
+    for node in spec.nodes:
+        for ref in _node_refs(node):
+            if ref in g and not g.has_edge(ref, node.id):
+                g.add_edge(ref, node.id, condition=None)
+    return g
+
+
+def _node_refs(node) -> set[str]:
+    found: set[str] = set()
+    for _, content in node.messages:
+        found |= references(content)[0]
+    return found
+
+
+def validate(spec: WorkflowSpec) -> list[str]:
+    """Every problem of the graph, as human-readable sentences; [] when valid."""
+    return checked_graph(spec)[1]
+
+
+def checked_graph(spec: WorkflowSpec) -> tuple[nx.DiGraph, list[str]]:
+    """The workflow's graph (what WorkflowRun runs on, built once per run) and every problem of it."""
+    problems: list[str] = []
+    ids = [n.id for n in spec.nodes]
+    for node_id, count in Counter(ids).items():
+        if count > 1:
+            problems.append(f"duplicate node id '{node_id}' ({count} nodes)")
+    known = set(ids)
+    for i, edge in enumerate(spec.edges):
+        for end in ("source", "target"):
+            name = getattr(edge, end)
+            if name not in known:
+                problems.append(f"edges[{i}].{end}: unknown node '{name}'")
+        if edge.source == edge.target:
+            problems.append(f"edges[{i}]: node '{edge.source}' depends on itself")
+    for node in spec.nodes:
+        if node.kind == "llm" and not node.messages:
+            problems.append(f"node '{node.id}': an llm node needs messages")
+        for _, content in node.messages:
+            node_refs, input_refs = references(content)
+            for ref in sorted(node_refs):
+                if ref == node.id:
+                    problems.append(f"node '{node.id}': references its own output {{{{{ref}}}}}")
+                elif ref not in known:
+                    problems.append(f"node '{node.id}': unknown node reference {{{{{ref}}}}}")
+            for name in sorted(input_refs):
+                if name not in spec.inputs:
+                    problems.append(f"node '{node.id}': unknown input reference {{{{inputs.{name}}}}}")
+    graph = g = build_graph(spec)
+    if any(True for _ in nx.selfloop_edges(g)):
+        g = g.copy()
+        g.remove_edges_from(list(nx.selfloop_edges(g)))  # reported above
+    for cycle in islice(nx.simple_cycles(g), MAX_CYCLES_REPORTED):
+        problems.append("cycle: " + " -> ".join([*cycle, cycle[0]]))
+    roots = [n for n in g if g.in_degree(n) == 0]
+    reachable = set(roots)
+    for root in roots:
+        reachable |= nx.descendants(g, root)
+    unreachable = sorted(set(g) - reachable)
+    if unreachable:
+        problems.append("unreachable nodes (no path from any start node): " + ", ".join(unreachable))
+    return graph, problems
+
+
+def node_weight(node) -> int:
+    return EXTERNAL_WEIGHT if node.kind == "external" else max(node.max_tokens, 1)
+
+
+def critical_paths(g: nx.DiGraph) -> dict[str, int]:
+    """node → weight of the heaviest path from it to any sink, itself included. `g` must be acyclic."""
+    remaining: dict[str, int] = {}
+    for node in reversed(list(nx.topological_sort(g))):
+        tail = max((remaining[s] for s in g.successors(node)), default=0)
+        remaining[node] = node_weight(g.nodes[node]["spec"]) + tail
+    return remaining
