@@ -119,8 +119,8 @@ async def test_a_templated_workflow_with_a_tool_runs_across_replicas(replicas, k
 
 async def test_a_cancel_posted_to_the_other_replica_reaches_the_owner(replicas):
     a, b = replicas
-    wf = await a.submit({"nodes": [llm("plan", "Say hi.", max_tokens=4, temperature=0), {"id": "tool", "type": "external"},
-                                   llm("after", "{{tool}}", max_tokens=4)],
+    wf = await a.submit({"nodes": [llm("plan", "Say hi.", max_tokens=4, temperature=0),
+                                   {"id": "tool", "type": "external"}, llm("after", "{{tool}}", max_tokens=4)],
                          "edges": [{"from": "plan", "to": "tool"}, {"from": "tool", "to": "after"}]})
     await a.wait_node(wf, "tool", "waiting", timeout=150)
     status, body, _ = await b.call("DELETE", f"/v1/workflows/{wf}")
