@@ -22,3 +22,15 @@ def fail(prog: str, message: str) -> int:
     """A bad combination of values found after parsing: one line, exit status 2."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
+
+
+# aiohttp closes a connection whose request headers are not all in this long after it opened (or after
+# its previous response): its keepalive timer runs from the start, and bytes trickling in do not reset it.
+HEADER_TIMEOUT_S = 75.0
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value

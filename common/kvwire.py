@@ -3,13 +3,17 @@
 One module so that the engine worker (publisher), the SGLang bridge and the
 gateway's KV index agree byte for byte.
 
-Keys (prefix `ag`, as the gateway's workflow store):
-  ag:kv:events:{model}   stream; one entry per batch of KV events of one worker
-  ag:worker:{url}        string, JSON WorkerInfo, with a TTL the worker keeps
-                         refreshing (heartbeat); an expired key = a gone worker
-  ag:worker-ids          set of worker URLs that have registered (readers prune
-                         the ones whose key expired)
-  ag:workers             set of URLs (older discovery set; workers add themselves)
+Keys (prefix `ag`, as the gateway's workflow store). `{kv}` and `{registry}`
+are written with their braces: they are Redis Cluster hash tags, so every
+KV stream sits in one slot (a gateway reads all of them in one XREADGROUP and
+waits on all of them in one XREAD) and every registry key in another (a
+heartbeat is one MULTI, the prune one script); <model> and <url> are plain text:
+  ag:{kv}:events:<model>      stream; one entry per batch of KV events of one worker
+  ag:{registry}:worker:<url>  string, JSON WorkerInfo, with a TTL the worker keeps
+                              refreshing (heartbeat); an expired key = a gone worker
+  ag:{registry}:worker-ids    set of worker URLs that have registered (readers prune
+                              the ones whose key expired)
+  ag:{registry}:workers       set of URLs (older discovery set; workers add themselves)
 
 A stream entry (all values bytes/str):
   worker  the worker's base URL (its identity everywhere: index, router, pool)
@@ -48,8 +52,9 @@ from dataclasses import dataclass, field
 import orjson
 
 PREFIX = "ag"
-WORKER_IDS = f"{PREFIX}:worker-ids"
-WORKERS_SET = f"{PREFIX}:workers"
+REGISTRY = f"{PREFIX}:{{registry}}"
+WORKER_IDS = f"{REGISTRY}:worker-ids"
+WORKERS_SET = f"{REGISTRY}:workers"
 TIERS = ("l1", "l2", "l3")
 OPS = ("stored", "removed", "cleared", "resync")
 DEFAULT_STREAM_MAXLEN = 200_000  # entries (batches) kept per model stream, trimmed approximately
@@ -57,16 +62,16 @@ HEARTBEAT_TTL_S = 10.0
 
 
 def stream_key(model: str) -> str:
-    return f"{PREFIX}:kv:events:{model}"
+    return f"{PREFIX}:{{kv}}:events:{model}"
 
 
 def worker_key(url: str) -> str:
-    return f"{PREFIX}:worker:{url}"
+    return f"{REGISTRY}:worker:{url}"
 
 
 @dataclass(frozen=True)
 class WorkerInfo:
-    """What a worker registers under ag:worker:{url}."""
+    """What a worker registers under ag:{registry}:worker:<url>."""
 
     url: str
     model: str

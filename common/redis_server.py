@@ -28,8 +28,9 @@ class RedisServer:
     append-only file, fsynced at once, so a restart on the same port and directory keeps every key."""
 
     def __init__(self, port: int | None = None, *, durable: bool = False, password: str | None = None,
-                 tls: bool = False):
+                 tls: bool = False, cluster: bool = False):
         self.port = port or free_port()
+        self.cluster = cluster  # a Redis Cluster node (RedisClusterServer joins three of them)
         self.durable = durable
         self.password = password  # requirepass: clients must AUTH (the URL carries it)
         self.tls = tls  # TLS only, with a self-signed certificate for 127.0.0.1 (openssl); the URL is rediss://
@@ -64,7 +65,10 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [binary, *(self._tls_args() if self.tls else ("--port", str(self.port))), "--bind", "127.0.0.1",
              "--save", "", "--dir", self.dir, "--protected-mode", "yes", *(("--requirepass", self.password) if self.password else ()),
-             *(("--appendonly", "yes", "--appendfsync", "always") if self.durable else ("--appendonly", "no"))],
+             *(("--appendonly", "yes", "--appendfsync", "always") if self.durable else ("--appendonly", "no")),
+             *(("--cluster-enabled", "yes", "--cluster-config-file", f"{self.dir}/nodes.conf",
+                # a free bus port of its own: the default, port + 10000, may be taken or past 65535
+                "--cluster-port", str(free_port()), "--cluster-node-timeout", "5000") if self.cluster else ())],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -104,3 +108,51 @@ def redact(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class RedisClusterServer:
+    """A Redis Cluster of `masters` private redis-servers on loopback (no replicas), its slots spread
+    evenly by `redis-cli --cluster create`. `url` is a redis+cluster:// URL (common/redis_client.py)."""
+
+    def __init__(self, masters: int = 3):
+        self.nodes = [RedisServer(cluster=True) for _ in range(masters)]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self, timeout: float = 30.0) -> "RedisClusterServer":
+        try:
+            for node in self.nodes:
+                node.start()
+            cli = shutil.which("redis-cli")
+            if cli is None:
+                raise FileNotFoundError("redis-cli is not on PATH (Debian's redis-tools, beside redis-server)")
+            subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                            "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True,
+                           timeout=timeout)
+            deadline = time.monotonic() + timeout
+            while not all(self._ok(n) for n in self.nodes):  # every node sees every slot served
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the Redis Cluster did not reach cluster_state:ok")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @staticmethod
+    def _ok(node: RedisServer) -> bool:
+        with node._connect() as s:
+            s.sendall(b"CLUSTER INFO\r\n")
+            return b"cluster_state:ok" in s.recv(4096)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> "RedisClusterServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -6,7 +6,9 @@ Per tenant (the anonymous one without keys): at most `tenant_concurrency` calls 
 past either, a 429 with Retry-After. Over all tenants: `max_inflight` proxied calls at once; more wait
 in a FIFO queue of at most `max_queue` for `queue_timeout_s`, and a full queue or a wait that ran out
 is a 503 with Retry-After. SSE followers: at most `max_sse` in all and `tenant_max_sse` per tenant
-(429). 0 turns a bound off. Counts are this replica's (each replica admits on its own).
+(429). 0 turns a bound off. The tenant's concurrency and token rate hold across every replica sharing
+the app's Redis (gateway/admission_shared.py); while Redis does not answer, and for everything else
+(workflows running, the global bound, SSE), counts are this replica's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 from common.errors import AgentGateError, ServiceUnavailableError
+from gateway.admission_shared import SharedLimits
 
 CHARS_PER_TOKEN = 4
 
@@ -100,19 +103,21 @@ class Admission:
         self.workflows: dict[str, str] = {}  # workflow id → tenant, while it runs here
         self.sse = 0
         self.tenant_sse: dict[str, int] = {}
+        self.shared: SharedLimits | None = None  # set once the app has Redis (app.py)
 
     # -- per tenant --------------------------------------------------------------------------------------
-    def charge(self, tenant: str | None, tokens: int) -> None:
+    async def charge(self, tenant: str | None, tokens: int) -> None:
         per_min = self.limits.tenant_tokens_per_min
         if not per_min:
             return
-        bucket = self.buckets.setdefault(tenant or "", TokenBucket(per_min))
-        wait = bucket.take(tokens)
+        wait = await self.shared.take(tenant or "", per_min, tokens) if self.shared is not None else None
+        if wait is None:  # no shared bucket, or Redis does not answer: this replica's own
+            wait = self.buckets.setdefault(tenant or "", TokenBucket(per_min)).take(tokens)
         if wait:
             raise TooManyRequestsError(f"tenant token rate exceeded ({per_min} tokens/min); this call needs "
                                        f"~{tokens}", retry_after=max(1, math.ceil(wait)), code="token_rate")
 
-    def admit_workflow(self, tenant: str | None, tokens: int, running: set | dict) -> None:
+    async def admit_workflow(self, tenant: str | None, tokens: int, running: set | dict) -> None:
         """Check a workflow submission (before it is created); `running`: the ids still running here."""
         cap = self.limits.tenant_max_workflows
         if cap:
@@ -121,7 +126,7 @@ class Admission:
             if mine >= cap:
                 raise TooManyRequestsError(f"the tenant has {mine} workflows running (limit {cap})",
                                            retry_after=1, code="too_many_workflows")
-        self.charge(tenant, tokens)
+        await self.charge(tenant, tokens)
 
     def started_workflow(self, wf_id: str, tenant: str | None) -> None:
         if self.limits.tenant_max_workflows:
@@ -131,18 +136,21 @@ class Admission:
     async def call(self, tenant: str | None, tokens: int):
         """One proxied call's place: the tenant's bounds (429), then a global slot (queued; 503)."""
         key, cap = tenant or "", self.limits.tenant_concurrency
-        if cap and self.tenant_calls.get(key, 0) >= cap:
+        place = await self.shared.enter(key, cap) if cap and self.shared is not None else None
+        if place is False or place is None and cap and self.tenant_calls.get(key, 0) >= cap:
             raise TooManyRequestsError(f"the tenant has {cap} calls in flight (its limit)", retry_after=1,
                                        code="tenant_concurrency")
-        self.charge(tenant, tokens)
         self.tenant_calls[key] = self.tenant_calls.get(key, 0) + 1
         try:
+            await self.charge(tenant, tokens)
             await self._acquire()
             try:
                 yield
             finally:
                 self._release()
         finally:
+            if place:
+                await self.shared.leave(key, place)
             self.tenant_calls[key] -= 1
             if not self.tenant_calls[key]:
                 del self.tenant_calls[key]

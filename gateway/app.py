@@ -16,12 +16,15 @@ import logging
 import aiohttp
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from common.redis_client import async_cluster, is_cluster
 from common.tracing import observe_requests
 from gateway.admission import Admission
+from gateway.admission_shared import SharedLimits
 from gateway.api import admin, contract, openai_proxy, system, templates, workflows
 from gateway.api.http import error_middleware
 from gateway.auth.middleware import auth_middleware
@@ -96,19 +99,31 @@ def redis_pool(config: GatewayConfig, size: int = 0, socket_timeout: float = 0.0
         retry=Retry(NoBackoff(), 1), decode_responses=True)
 
 
+def redis_client(config: GatewayConfig, size: int = 0, socket_timeout: float = 0.0) -> Redis | RedisCluster:
+    """redis_pool's client; for a redis+cluster:// URL redis-py's cluster client, with up to `size`
+    connections per node (past them a command fails with MaxConnectionsError, a ConnectionError that
+    state writes retry like an outage) and the same timeouts."""
+    if not is_cluster(config.redis_url):
+        return Redis.from_pool(redis_pool(config, size, socket_timeout))
+    return async_cluster(config.redis_url, max_connections=size or config.redis_max_connections,
+                         socket_timeout=socket_timeout or config.redis_timeout_s,
+                         socket_connect_timeout=config.redis_timeout_s, decode_responses=True)
+
+
 async def _redis(app: web.Application):
     """One bounded pool: past `redis_max_connections` a command waits for a free connection (up to
     redis_pool_timeout_s) rather than failing with "Too many connections"; a command that gets no
     answer in redis_timeout_s fails (a paused Redis) and is tried once more on a fresh connection (one
     that a restart closed). Waiting out longer outages is the scheduler's job (state/journal.py)."""
     config = app[CONFIG]
-    redis = Redis.from_pool(redis_pool(config))
     # followers block in XREAD for up to a second (api/workflows.py EVENT_POLL_MS) on top of the command time
-    followers = Redis.from_pool(redis_pool(config, config.redis_follower_connections, config.redis_timeout_s + 1))
+    redis, followers = (redis_client(config), redis_client(config, config.redis_follower_connections,
+                                                           config.redis_timeout_s + 1))
     app[REDIS] = redis
     app[STORE] = WorkflowStore(redis, config.key_prefix, config.retention_s)
     app[FOLLOWERS] = WorkflowStore(followers, config.key_prefix, config.retention_s)
     app[TEMPLATES] = TemplateStore(redis, app[CONFIG].key_prefix)
+    app[ADMISSION].shared = SharedLimits(redis, config.key_prefix, config.request_timeout_s)  # across replicas
     yield
     await followers.aclose()
     await redis.aclose()

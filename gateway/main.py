@@ -9,7 +9,7 @@ import os
 import socket
 import sys
 
-from common.cliargs import Parser
+from common.cliargs import HEADER_TIMEOUT_S, Parser, positive_float
 from common.logconf import access_log_options, add_logging_args
 from common.tracing import configure_process
 from gateway.config import L2_CREDIT, L3_CREDIT, RECENT_S, GatewayConfig
@@ -120,6 +120,10 @@ def add_tenancy_args(p: argparse.ArgumentParser) -> None:
     auth.add_argument("--tenant-max-sse", type=int, default=200, help="SSE event streams per tenant (0: no bound)")
     auth.add_argument("--body-timeout", type=float, default=30.0,
                       help="seconds a client has to send its request body (a slower one gets a 408)")
+    auth.add_argument("--header-timeout", type=positive_float, default=HEADER_TIMEOUT_S,
+                      help="seconds a client has to send a request's headers, counted from its connection or "
+                           "from the previous response (then the connection is closed; aiohttp's "
+                           "keepalive_timeout: an idle keep-alive connection is closed after it too)")
     auth.add_argument("--retention", type=float, default=86_400.0,
                       help="seconds finished workflows and their event streams are kept (0: for good)")
     auth.add_argument("--kv-stale", type=float, default=600.0,
@@ -235,7 +239,7 @@ def run_gateway(args: argparse.Namespace) -> int:
           f"{len(config.worker_urls)} worker(s), redis {_redacted(redis_url)})", flush=True)
     try:
         web.run_app(create_app(config), host=args.host, port=args.port, print=None, shutdown_timeout=5,
-                    loop=server_loop(), **access_log_options(args.access_log))
+                    keepalive_timeout=args.header_timeout, loop=server_loop(), **access_log_options(args.access_log))
     finally:
         if private is not None:
             private.stop()

@@ -5,7 +5,7 @@ One daemon thread with a synchronous Redis client does all the talking, so the
 engine thread only ever appends to its EventLog (a list append under a lock)
 and never waits on Redis. Every `flush_interval_s` the thread drains the log
 into its own buffer and XADDs one EventBatch (seq 0, 1, 2, ... per epoch);
-every TTL/3 it refreshes `ag:worker:{url}`.
+every TTL/3 it refreshes its registry key (wire.worker_key).
 
 Redis lost while running: the worker keeps serving; events wait in the buffer
 (at most `buffer_events`; beyond that the oldest are dropped and counted, and
@@ -25,6 +25,7 @@ from collections import deque
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
@@ -39,6 +40,7 @@ from common.kvwire import (
     stream_key,
     worker_key,
 )
+from common.redis_client import sync_client
 from common.redis_server import redact
 from engine.kvcache.events import EventLog, KVEvent
 
@@ -56,11 +58,12 @@ class RedisUnavailableError(RuntimeError):
     """Redis could not be reached when publishing was asked for (a start-up error)."""
 
 
-def connect(redis_url: str) -> redis.Redis:
-    """A client that fails fast (no retries of its own: callers decide when to retry), PING'ed once."""
+def connect(redis_url: str) -> redis.Redis | RedisCluster:
+    """A client that fails fast (no retries of its own: callers decide when to retry), PING'ed once;
+    a redis+cluster:// URL gives redis-py's cluster client (common/redis_client.py)."""
     try:
-        client = redis.Redis.from_url(redis_url, socket_connect_timeout=CONNECT_TIMEOUT_S,
-                                      socket_timeout=SOCKET_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+        client = sync_client(redis_url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S,
+                             retry=Retry(NoBackoff(), 0))
         client.ping()
     except (RedisError, OSError, ValueError) as exc:
         raise RedisUnavailableError(f"cannot reach Redis at REDIS_URL={redact(redis_url)}: {exc}") from exc
@@ -99,7 +102,7 @@ class EventPublisher:
         self.published = 0  # events appended
         self.batches = 0  # entries appended
         self.connected = False
-        self._client: redis.Redis | None = None
+        self._client: redis.Redis | RedisCluster | None = None
         self._buffer: deque[dict] = deque()
         self._seq = 0
         self._resync = False

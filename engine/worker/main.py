@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from common.cliargs import Parser
+from common.cliargs import HEADER_TIMEOUT_S, Parser, positive_float
 from common.logconf import access_log_options, add_logging_args
 from common.tracing import configure_process
 from engine.worker.kv_publish import add_publish_args, setup_publishing
@@ -26,6 +26,10 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=os.environ.get("AGENTGATE_WORKER_API_KEY") or None,
                    help="as SGLang's: every route but /health, /health_generate and /ping needs "
                         "'Authorization: Bearer <key>' (default: $AGENTGATE_WORKER_API_KEY)")
+    p.add_argument("--header-timeout", type=positive_float, default=HEADER_TIMEOUT_S,
+                   help="seconds a client has to send a request's headers, counted from its connection or from "
+                        "the previous response (aiohttp's keepalive_timeout: an idle keep-alive connection is "
+                        "closed after it too)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="compute dtype; auto = bf16 only on CPUs with native bf16, else fp32")
     p.add_argument("--threads", type=int, default=0,
@@ -186,7 +190,8 @@ def run_worker(args: argparse.Namespace) -> int:
              engine.dtype, engine.threads, choice.source, engine.plan.describe(), engine.pool.num_blocks)
     print(f"agentgate worker listening on http://{args.host}:{args.port}", flush=True)
     web.run_app(app, host=args.host, port=args.port, print=None, handler_cancellation=True,
-                shutdown_timeout=5, loop=server_loop(), **access_log_options(args.access_log))
+                shutdown_timeout=5, keepalive_timeout=args.header_timeout, loop=server_loop(),
+                **access_log_options(args.access_log))
     return 0
 
 

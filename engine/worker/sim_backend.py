@@ -111,5 +111,5 @@ def run_sim_worker(args: argparse.Namespace, base_cfg) -> int:
         engine.sim.tp, engine.sim.model.name, engine.pool.num_blocks, engine.pool.block_size, engine.plan.describe())
     print(f"agentgate worker listening on http://{args.host}:{args.port}", flush=True)
     web.run_app(app, host=args.host, port=args.port, print=None, handler_cancellation=True,
-                access_log=None, shutdown_timeout=5, loop=server_loop())
+                access_log=None, shutdown_timeout=5, keepalive_timeout=args.header_timeout, loop=server_loop())
     return 0

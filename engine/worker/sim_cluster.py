@@ -66,7 +66,8 @@ async def serve(args: argparse.Namespace) -> int:
         for port in ports:
             one = worker_args(args, port)
             _, app = build_sim_app(one, engine_config(one), spec)
-            runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5)
+            runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5,
+                                   keepalive_timeout=args.header_timeout)  # a header trickle is cut off
             runners.append(runner)
             await runner.setup()
             await web.TCPSite(runner, args.host, port).start()

@@ -46,7 +46,7 @@ async def submit(request: web.Request) -> web.Response:
     if problems:
         raise ValidationProblems(problems)
     admission, scheduler = request.app[ADMISSION], request.app[SCHEDULER]
-    admission.admit_workflow(tenant, workflow_tokens(spec), scheduler.runs)
+    await admission.admit_workflow(tenant, workflow_tokens(spec), scheduler.runs)
     wf_id = await scheduler.submit(spec, tenant, graph)
     admission.started_workflow(wf_id, tenant)
     return json_response({"id": wf_id, "status": "running", "events": f"/v1/workflows/{wf_id}/events"}, status=202)

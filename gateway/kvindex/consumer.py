@@ -19,6 +19,9 @@ One asyncio task per gateway replica. Each step:
    `resync` event also sends it back to pending;
 5. nothing read: XREAD BLOCK on our positions until something arrives.
 
+Every stream key shares the `{kv}` hash tag (wire.py), so on a Redis Cluster
+the MULTI of step 4 and the XREAD of step 5 stay in one slot.
+
 Redis unreachable: the index keeps what it had (routing goes on with it), the
 task retries with capped exponential backoff and logs once per outage.
 """
@@ -41,6 +44,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from common.kvwire import HEARTBEAT_TTL_S, EventBatch, stream_key
+from common.redis_client import async_client
 from common.redis_server import redact
 from gateway.kvindex.index import KVIndex
 from gateway.kvindex.snapshot import SnapshotError, StreamId, fetch_snapshot, parse_id
@@ -111,8 +115,8 @@ class KVIndexConsumer:
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> "KVIndexConsumer":
         """Start the task; Redis need not be up yet (the task waits for it, and says so once)."""
-        self.redis = Redis.from_url(self.redis_url, socket_connect_timeout=2.0,
-                                    socket_timeout=self.block_ms / 1000 + 5.0, retry=Retry(NoBackoff(), 0))
+        self.redis = async_client(self.redis_url, socket_connect_timeout=2.0,
+                                  socket_timeout=self.block_ms / 1000 + 5.0, retry=Retry(NoBackoff(), 0))
         self._task = asyncio.create_task(self._run(), name="kvindex-consumer")
         return self
 

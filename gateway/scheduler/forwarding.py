@@ -18,6 +18,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from common.errors import ConflictError, NotFoundError
+from gateway.state.notify import subscription
 
 if TYPE_CHECKING:
     from gateway.scheduler.lifecycle import Lifecycle
@@ -37,15 +38,14 @@ async def control_loop(lc: "Lifecycle") -> None:
             log.warning("requests for workflow %s not served yet: %s", wf_id, exc)
 
     while True:
-        pubsub = lc.store.r.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(lc.store.control_channel)
-            async for message in pubsub.listen():
-                wf_id = _nudged(message["data"])
-                if wf_id in lc.runs:  # one task each: a slow abort must not hold up the nudges behind it
-                    task = asyncio.create_task(serve(wf_id), name=f"control-{wf_id}")
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
+            async with subscription(lc.store.r, lc.store.control_channel) as messages:
+                async for data in messages:
+                    wf_id = _nudged(data)
+                    if wf_id in lc.runs:  # one task each: a slow abort must not hold up the nudges behind it
+                        task = asyncio.create_task(serve(wf_id), name=f"control-{wf_id}")
+                        pending.add(task)
+                        task.add_done_callback(pending.discard)
         except (OSError, RedisError) as exc:  # lease rounds cover the gap
             log.warning("control channel: %s; resubscribing", exc)
             await asyncio.sleep(lc.config.lease_ttl_s / 3)
@@ -53,11 +53,6 @@ async def control_loop(lc: "Lifecycle") -> None:
             for task in pending:
                 task.cancel()
             raise
-        finally:
-            try:
-                await pubsub.aclose()
-            except (OSError, RedisError):  # Redis went away with it
-                pass
 
 
 async def cancel_elsewhere(lc: "Lifecycle", wf_id: str) -> str:

@@ -29,18 +29,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
+from common.redis_client import OUTAGE
 from gateway.errors import StateUnavailableError
 from gateway.metrics import Metrics
 from gateway.state.store import WorkflowStore
 from gateway.tasks import cancel_and_wait
 
 log = logging.getLogger("agentgate.gateway")
-# What a Redis outage raises: redis-py's ConnectionError covers refused, reset, "No connection available"
-# and a restarting server's LOADING reply; TimeoutError a paused one; OSError what slips past both.
-OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError)
 RETRY_FIRST_S = 0.05
 RETRY_MAX_S = 1.0
 T = TypeVar("T")

@@ -1,18 +1,25 @@
 """Workflow state in Redis: what a restarted gateway (or another replica) needs to resume.
 
-Keys (prefix `ag`):
+Keys (prefix `ag`; `{id}` is written with its braces: the workflow id is the keys' hash tag, so all of
+one workflow's keys live in one Redis Cluster slot and every transaction and script below touches
+that slot alone):
   ag:wf:{id}           hash  spec (JSON), status, created, updated, error, template, priority,
                              cancel (set when a replica that does not own it was asked to cancel it)
   ag:wf:{id}:nodes     hash  node id → node state JSON (status, output, worker, timings, usage)
   ag:wf:{id}:events    stream of {type, data}; its entry ids are the SSE event ids
   ag:wf:{id}:owner     string with a TTL: the replica running the workflow (a lease)
   ag:wf:{id}:inbox     hash  node id → result posted on a replica that does not own the workflow
-  ag:control           pub/sub channel: {"op": "cancel"|"result", "wf": id} nudges the owner at once
   ag:wf:{id}:prefetch  hash  (state/prefetch_log.py)
+  ag:control           pub/sub channel: {"op": "cancel"|"result", "wf": id} nudges the owner at once
+                             (PUBLISH on one server, sharded SPUBLISH on a cluster: state/notify.py)
   ag:workflows         zset  id → created time (listing; ids whose keys expired are swept, sweep_listing)
   ag:workflows:tenant:{t}  zset  the same, per tenant (a workflow's hash names its `tenant`, "" without keys)
   ag:workflows:active  set   ids not finished yet (what a restart resumes)
-  ag:workers           set   worker URLs registered for discovery
+  ag:{registry}:workers  set worker URLs registered for discovery (beside common/kvwire.py's registry)
+The global sets are written beside a workflow's own transaction, never inside it, with idempotent
+commands: SADD/ZADD after the workflow's hash exists, SREM after its status says it ended (a resume
+drops an active id whose workflow has ended or is gone). Scripts ask the workflow's own hash whether
+it still runs, not the active set.
 A finished workflow's keys expire `retention_s` after it ended (set_status).
 Every state change is written before the scheduler acts on it, so a crash
 between two writes at worst re-runs a node that had not finished.
@@ -26,13 +33,14 @@ import orjson
 from redis.asyncio import Redis
 
 from gateway.state.bell import EventBell
+from gateway.state.notify import nudge
 
 # Refresh our lease; re-take it if it lapsed while Redis was away (a restart drops keys whose TTL passed
-# meanwhile) and nobody took it since, as long as the workflow is still active.
+# meanwhile) and nobody took it since, as long as the workflow still runs (KEYS[2]: its hash).
 _REFRESH = """
 local owner = redis.call('get', KEYS[1])
 if owner == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
-if owner or redis.call('sismember', KEYS[2], ARGV[3]) == 0 then return 0 end
+if owner or redis.call('hget', KEYS[2], 'status') ~= 'running' then return 0 end
 redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])
 return 1
 """
@@ -43,10 +51,10 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del
 _FENCED_HSET = """
 local owner = redis.call('get', KEYS[1])
 if owner ~= ARGV[1] then
-  if owner or redis.call('sismember', KEYS[2], ARGV[3]) == 0 then return 0 end
+  if owner or redis.call('hget', KEYS[2], 'status') ~= 'running' then return 0 end
   redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])
 end
-redis.call('hset', KEYS[3], ARGV[4], ARGV[5])
+redis.call('hset', KEYS[3], ARGV[3], ARGV[4])
 return 1
 """
 
@@ -67,7 +75,7 @@ class WorkflowStore:
         self.bell = EventBell()  # rung after every append: this replica's SSE followers of the workflow wake
 
     def _wf(self, wf_id: str, suffix: str = "") -> str:
-        return f"{self.p}:wf:{wf_id}{suffix}"
+        return f"{self.p}:wf:{{{wf_id}}}{suffix}"
 
     # -- workflows ---------------------------------------------------------------------------------
     def _listing(self, tenant: str | None) -> str:
@@ -75,17 +83,23 @@ class WorkflowStore:
 
     async def create(self, wf_id: str, spec: dict, *, template: str | None, priority: int,
                      tenant: str | None = None) -> float:
+        """The workflow's hash, then the listings and the active set (retried whole, every step is idempotent;
+        a retry keeps the first `created`)."""
         now = time.time()
         async with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(self._wf(wf_id), mapping={"spec": orjson.dumps(spec), "status": "running", "created": now,
-                                                "updated": now, "template": template or "", "priority": priority,
+            pipe.hsetnx(self._wf(wf_id), "created", now)
+            pipe.hset(self._wf(wf_id), mapping={"spec": orjson.dumps(spec), "status": "running", "updated": now,
+                                                "template": template or "", "priority": priority,
                                                 "tenant": tenant or ""})
-            pipe.zadd(f"{self.p}:workflows", {wf_id: now})
+            pipe.hget(self._wf(wf_id), "created")
+            created = float((await pipe.execute())[-1])
+        async with self.r.pipeline(transaction=False) as pipe:  # keys of other slots: not one transaction
+            pipe.zadd(f"{self.p}:workflows", {wf_id: created})
             if tenant is not None:
-                pipe.zadd(self._listing(tenant), {wf_id: now})
+                pipe.zadd(self._listing(tenant), {wf_id: created})
             pipe.sadd(f"{self.p}:workflows:active", wf_id)
             await pipe.execute()
-        return now
+        return created
 
     async def meta(self, wf_id: str) -> dict | None:
         data = await self.r.hgetall(self._wf(wf_id))
@@ -107,11 +121,12 @@ class WorkflowStore:
             pipe.hset(self._wf(wf_id), mapping=fields)
             if status != "running":
                 pipe.hset(self._wf(wf_id), "finished", now)
-                pipe.srem(f"{self.p}:workflows:active", wf_id)
                 if self.retention_s is not None:  # later writes (XADD, HSET) keep the TTL
                     for suffix in RETAINED:
                         pipe.expire(self._wf(wf_id, suffix), max(int(self.retention_s), 1))
             await pipe.execute()
+        if status != "running":  # after the status: an id left active by a crash here is dropped on resume
+            await self.r.srem(f"{self.p}:workflows:active", wf_id)
 
     async def sweep_listing(self, tenant: str | None = None, older_than: float | None = None) -> int:
         """Drop listing entries (created before `older_than`) whose workflow expired; how many went."""
@@ -159,17 +174,13 @@ class WorkflowStore:
         return f"{self.p}:control"
 
     async def request_cancel(self, wf_id: str) -> None:
-        async with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(self._wf(wf_id), "cancel", time.time())
-            pipe.publish(self.control_channel, orjson.dumps({"op": "cancel", "wf": wf_id}))
-            await pipe.execute()
+        await self.r.hset(self._wf(wf_id), "cancel", time.time())
+        await nudge(self.r, self.control_channel, orjson.dumps({"op": "cancel", "wf": wf_id}))
 
     async def post_to_inbox(self, wf_id: str, node_id: str, output: str) -> bool:
         """False when a result for that node already waits in the inbox."""
-        async with self.r.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(self._wf(wf_id, ":inbox"), node_id, output)
-            pipe.publish(self.control_channel, orjson.dumps({"op": "result", "wf": wf_id}))
-            added, _ = await pipe.execute()
+        added = await self.r.hsetnx(self._wf(wf_id, ":inbox"), node_id, output)
+        await nudge(self.r, self.control_channel, orjson.dumps({"op": "result", "wf": wf_id}))
         return bool(added)
 
     async def take_inbox(self, wf_id: str) -> dict[str, str]:
@@ -198,9 +209,8 @@ class WorkflowStore:
             await self.r.hset(self._wf(wf_id, ":nodes"), node_id, orjson.dumps(state))
             return
         owner, ttl_s = lease
-        if not await self.r.eval(_FENCED_HSET, 3, self._wf(wf_id, ":owner"), f"{self.p}:workflows:active",
-                                 self._wf(wf_id, ":nodes"), owner, int(ttl_s * 1000), wf_id, node_id,
-                                 orjson.dumps(state)):
+        if not await self.r.eval(_FENCED_HSET, 3, self._wf(wf_id, ":owner"), self._wf(wf_id),
+                                 self._wf(wf_id, ":nodes"), owner, int(ttl_s * 1000), node_id, orjson.dumps(state)):
             raise LeaseLost(f"workflow {wf_id} is run by another replica now")
 
     async def nodes(self, wf_id: str) -> dict[str, dict]:
@@ -240,8 +250,8 @@ class WorkflowStore:
         return bool(await self.r.set(key, owner, nx=True, px=int(ttl_s * 1000))) or await self.r.get(key) == owner
 
     async def refresh(self, wf_id: str, owner: str, ttl_s: float) -> bool:
-        return bool(await self.r.eval(_REFRESH, 2, self._wf(wf_id, ":owner"), f"{self.p}:workflows:active", owner,
-                                      int(ttl_s * 1000), wf_id))
+        return bool(await self.r.eval(_REFRESH, 2, self._wf(wf_id, ":owner"), self._wf(wf_id), owner,
+                                      int(ttl_s * 1000)))
 
     async def release(self, wf_id: str, owner: str) -> None:
         await self.r.eval(_RELEASE, 1, self._wf(wf_id, ":owner"), owner)
@@ -250,11 +260,15 @@ class WorkflowStore:
         return await self.r.get(self._wf(wf_id, ":owner"))
 
     # -- worker registry -----------------------------------------------------------------------------
+    @property
+    def _workers(self) -> str:
+        return f"{self.p}:{{registry}}:workers"  # wire.py's WORKERS_SET under the default prefix
+
     async def registered_workers(self) -> set[str]:
-        return set(await self.r.smembers(f"{self.p}:workers"))
+        return set(await self.r.smembers(self._workers))
 
     async def register_worker(self, url: str) -> None:
-        await self.r.sadd(f"{self.p}:workers", url)
+        await self.r.sadd(self._workers, url)
 
     async def unregister_worker(self, url: str) -> bool:
-        return bool(await self.r.srem(f"{self.p}:workers", url))
+        return bool(await self.r.srem(self._workers, url))

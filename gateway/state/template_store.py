@@ -4,6 +4,8 @@
   ag:tpls                     set of template names
   ag:tpl:{name}:transitions   hash "prev\\x1fnext" → count
   ag:tpl:{name}:last:{agent}  the agent's previous node (1 h TTL), to learn prev → next
+({name} here stands for the name, no braces: no transaction or script spans these keys, so they need
+no shared hash tag on a Redis Cluster.)
 """
 
 from __future__ import annotations
@@ -21,10 +23,9 @@ class TemplateStore:
         self.p = prefix
 
     async def save(self, name: str, graph: dict) -> None:
-        async with self.r.pipeline(transaction=True) as pipe:
-            pipe.set(f"{self.p}:tpl:{name}", orjson.dumps(graph))
-            pipe.sadd(f"{self.p}:tpls", name)
-            await pipe.execute()
+        """The graph, then its name in the set (two slots on a Redis Cluster: two idempotent writes)."""
+        await self.r.set(f"{self.p}:tpl:{name}", orjson.dumps(graph))
+        await self.r.sadd(f"{self.p}:tpls", name)
 
     async def get(self, name: str) -> dict | None:
         raw = await self.r.get(f"{self.p}:tpl:{name}")

@@ -1,14 +1,14 @@
 """The worker registry in Redis (common/kvwire.py): who is alive now.
 
-A worker keeps `ag:worker:{url}` alive with a TTL and lists its URL in
-`ag:worker-ids`; a URL whose key has expired belongs to a worker that stopped
-heartbeating, so readers prune it (from `ag:worker-ids`, and from the older
-`ag:workers` set that the worker also joined). The prune is a script so that
+A worker keeps its key (wire.worker_key) alive with a TTL and lists its URL in
+wire.WORKER_IDS; a URL whose key has expired belongs to a worker that stopped
+heartbeating, so readers prune it (from WORKER_IDS, and from the older
+WORKERS_SET that the worker also joined). The prune is a script so that
 it removes a URL only while its key is still missing: a worker that
 re-registers between our read and our prune is never pruned.
 
 `RegistryDiscovery` feeds the gateway's worker pool from it, beside the static
---worker-urls and the older `ag:workers` set, which keep working as before.
+--worker-urls and the older set, which keep working as before.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from gateway.workers.pool import WorkerPool
 
 log = logging.getLogger("agentgate.gateway")
 
-# KEYS: worker keys; ARGV: the two sets, then the URLs in KEYS' order.
+# KEYS: the two sets, then the worker keys; ARGV: the URLs in the worker keys' order. All in the registry's
+# hash slot (wire.py), so the script runs on a Redis Cluster too.
 _PRUNE = """
 local pruned = 0
-for i, key in ipairs(KEYS) do
-  if redis.call('exists', key) == 0 then
-    pruned = pruned + redis.call('srem', ARGV[1], ARGV[i + 2])
-    redis.call('srem', ARGV[2], ARGV[i + 2])
+for i, url in ipairs(ARGV) do
+  if redis.call('exists', KEYS[i + 2]) == 0 then
+    pruned = pruned + redis.call('srem', KEYS[1], url)
+    redis.call('srem', KEYS[2], url)
   end
 end
 return pruned
@@ -67,7 +68,7 @@ async def read_registry(redis: Redis, *, prune: bool = True) -> Registry:
             log.warning("registry entry %s names %r; using the key's URL", worker_key(url), info.url)
         live[url] = info
     if prune and expired:
-        await redis.eval(_PRUNE, len(expired), *[worker_key(u) for u in expired], WORKER_IDS, WORKERS_SET,
+        await redis.eval(_PRUNE, len(expired) + 2, WORKER_IDS, WORKERS_SET, *[worker_key(u) for u in expired],
                          *expired)
     return Registry(live, expired)
 

@@ -77,7 +77,7 @@ async def test_delete_of_a_workflow_whose_owner_died_ends_it_on_the_replica_aske
         task.cancel()
     crashed.runs.clear()
     redis = Redis.from_url(redis_url, decode_responses=True)
-    await redis.delete(f"{owner.config.key_prefix}:wf:{wf}:owner")  # its lease ran out
+    await redis.delete(f"{owner.config.key_prefix}:wf:{{{wf}}}:owner")  # its lease ran out
     await redis.aclose()
     status, body, _ = await other.call("DELETE", f"/v1/workflows/{wf}")
     assert status == 200 and body["status"] == "cancelled", body
@@ -122,7 +122,7 @@ async def test_a_replica_whose_lease_was_taken_cannot_record_a_result_the_new_ow
     scheduler = a.app[SCHEDULER]
     r = Redis.from_url(redis_url, decode_responses=True)
     try:
-        owner_key = f"{scheduler.store.p}:wf:{wf}:owner"
+        owner_key = f"{scheduler.store.p}:wf:{{{wf}}}:owner"
         assert await r.get(owner_key) == scheduler.owner
         await r.set(owner_key, "gw-another-replica", px=60_000)  # taken over while `a` streams node a
         for _ in range(400):  # the workflow is dropped, then its node task ends and gives its slot back

@@ -28,7 +28,7 @@ async def test_finished_workflows_expire_after_the_retention_and_leave_the_listi
     wf = body["id"]
     await gw.wait_node(wf, "t", "waiting", headers=auth("a"))
     redis, p = gw.app[REDIS], gw.config.key_prefix
-    keys = [f"{p}:wf:{wf}", f"{p}:wf:{wf}:nodes", f"{p}:wf:{wf}:events"]
+    keys = [f"{p}:wf:{{{wf}}}", f"{p}:wf:{{{wf}}}:nodes", f"{p}:wf:{{{wf}}}:events"]
     assert [await redis.ttl(k) for k in keys] == [-1, -1, -1]  # a running workflow never expires
     await gw.call("POST", f"/v1/workflows/{wf}/nodes/t/result", {"output": "x"}, headers=auth("a"))
     assert (await gw.wait(wf, headers=auth("a")))["status"] == "finished"
