@@ -28,7 +28,7 @@ OWNER_POLL_S = 0.02  # how often a replica that forwarded a request looks for th
 
 
 async def control_loop(lc: "Lifecycle") -> None:
-    """Act on nudges for workflows this replica owns (published by store.request_cancel/post_to_inbox)."""
+    """Act on nudges for workflows this replica owns (published by OwnerRequests.request_cancel and post_to_inbox)."""
     pending: set[asyncio.Task] = set()
 
     async def serve(wf_id: str) -> None:
@@ -39,7 +39,7 @@ async def control_loop(lc: "Lifecycle") -> None:
 
     while True:
         try:
-            async with subscription(lc.store.r, lc.store.control_channel) as messages:
+            async with subscription(lc.store.r, lc.store.requests.control_channel) as messages:
                 async for data in messages:
                     wf_id = _nudged(data)
                     if wf_id in lc.runs:  # one task each: a slow abort must not hold up the nudges behind it
@@ -57,7 +57,7 @@ async def control_loop(lc: "Lifecycle") -> None:
 
 async def cancel_elsewhere(lc: "Lifecycle", wf_id: str) -> str:
     await running_meta(lc, wf_id)
-    await lc.store.request_cancel(wf_id)
+    await lc.store.requests.request_cancel(wf_id)
     await claim_if_ownerless(lc, wf_id)
 
     async def answer() -> str | None:
@@ -79,7 +79,7 @@ async def post_to_owner(lc: "Lifecycle", wf_id: str, node: str, text: str) -> st
         raise NotFoundError(f"workflow '{wf_id}' has no node '{node}'", code="node_not_found")
     check_external(node, kinds[node])
     check_waiting(node, (await lc.store.nodes(wf_id)).get(node, {}).get("status", "pending"))
-    if not await lc.store.post_to_inbox(wf_id, node, text):
+    if not await lc.store.requests.post_to_inbox(wf_id, node, text):
         raise ConflictError(f"a result for node '{node}' is already on its way")
     await claim_if_ownerless(lc, wf_id)
 

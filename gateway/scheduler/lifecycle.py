@@ -177,7 +177,7 @@ class Lifecycle:
                         log.warning("lost the lease on workflow %s; another replica runs it", wf_id)
                         await self._drop(wf_id)
                 await self.claim_orphans()
-                cancel, inbox = await self.store.pending_requests(list(self.runs))
+                cancel, inbox = await self.store.requests.pending_requests(list(self.runs))
                 for wf_id in sorted(cancel | inbox):  # requests whose nudge this replica missed
                     await self.serve_requests(wf_id)
             except OUTAGE as exc:  # Redis unreachable for a moment: try next round
@@ -190,12 +190,12 @@ class Lifecycle:
         run = self.runs.get(wf_id)
         if run is None:
             return
-        cancel, _ = await self.store.pending_requests([wf_id])
+        cancel, _ = await self.store.requests.pending_requests([wf_id])
         if cancel:
             async with run.resolving:
                 await self.finish(run, "cancelled", CANCELLED)
             return
-        for node, output in (await self.store.take_inbox(wf_id)).items():
+        for node, output in (await self.store.requests.take_inbox(wf_id)).items():
             try:
                 await self.post_result(wf_id, node, output)
             except (ConflictError, NotFoundError) as exc:  # e.g. the same result also posted here

@@ -33,7 +33,7 @@ import orjson
 from redis.asyncio import Redis
 
 from gateway.state.bell import EventBell
-from gateway.state.notify import nudge
+from gateway.state.owner_requests import OwnerRequests
 
 # Refresh our lease; re-take it if it lapsed while Redis was away (a restart drops keys whose TTL passed
 # meanwhile) and nobody took it since, as long as the workflow still runs (KEYS[2]: its hash).
@@ -73,6 +73,7 @@ class WorkflowStore:
         self.p = prefix
         self.retention_s = retention_s  # None: finished workflows are kept for good
         self.bell = EventBell()  # rung after every append: this replica's SSE followers of the workflow wake
+        self.requests = OwnerRequests(redis, prefix, self._wf)  # cancels and results for the owner
 
     def _wf(self, wf_id: str, suffix: str = "") -> str:
         return f"{self.p}:wf:{{{wf_id}}}{suffix}"
@@ -165,42 +166,6 @@ class WorkflowStore:
 
     async def active_ids(self) -> list[str]:
         return sorted(await self.r.smembers(f"{self.p}:workflows:active"))
-
-    # -- requests for the owner (posted on another replica) ---------------------------------------
-    # Durable first (the owner's lease loop and a resume find them even if the nudge is lost),
-    # then published, so the owner acts at once.
-    @property
-    def control_channel(self) -> str:
-        return f"{self.p}:control"
-
-    async def request_cancel(self, wf_id: str) -> None:
-        await self.r.hset(self._wf(wf_id), "cancel", time.time())
-        await nudge(self.r, self.control_channel, orjson.dumps({"op": "cancel", "wf": wf_id}))
-
-    async def post_to_inbox(self, wf_id: str, node_id: str, output: str) -> bool:
-        """False when a result for that node already waits in the inbox."""
-        added = await self.r.hsetnx(self._wf(wf_id, ":inbox"), node_id, output)
-        await nudge(self.r, self.control_channel, orjson.dumps({"op": "result", "wf": wf_id}))
-        return bool(added)
-
-    async def take_inbox(self, wf_id: str) -> dict[str, str]:
-        """The results waiting for `wf_id`, removed from the inbox."""
-        async with self.r.pipeline(transaction=True) as pipe:
-            pipe.hgetall(self._wf(wf_id, ":inbox"))
-            pipe.delete(self._wf(wf_id, ":inbox"))
-            results, _ = await pipe.execute()
-        return results
-
-    async def pending_requests(self, wf_ids: list[str]) -> tuple[set[str], set[str]]:
-        """Of `wf_ids`: (those asked to cancel, those with results in their inbox), in one round trip."""
-        if not wf_ids:
-            return set(), set()
-        async with self.r.pipeline(transaction=False) as pipe:
-            for wf_id in wf_ids:
-                pipe.hexists(self._wf(wf_id), "cancel")
-                pipe.exists(self._wf(wf_id, ":inbox"))
-            flags = await pipe.execute()
-        return ({w for w, f in zip(wf_ids, flags[0::2]) if f}, {w for w, f in zip(wf_ids, flags[1::2]) if f})
 
     # -- nodes ---------------------------------------------------------------------------------
     async def save_node(self, wf_id: str, node_id: str, state: dict, lease: tuple[str, float] | None = None) -> None:

@@ -129,10 +129,10 @@ async def exercise_gateway(url: str) -> None:
         await store.append_event(wf, "workflow_started", {})
         await store.append_events(wf, [("token", {"t": "x"}), ("token", {"t": "y"})])
         assert len(await store.read_events(wf, block_ms=10)) == 3 and len(await store.read_events(wf)) == 3
-        await store.request_cancel(wf)
-        assert await store.post_to_inbox(wf, "b", "out")
-        assert await store.pending_requests([wf]) == ({wf}, {wf})
-        assert await store.take_inbox(wf) == {"b": "out"}
+        await store.requests.request_cancel(wf)
+        assert await store.requests.post_to_inbox(wf, "b", "out")
+        assert await store.requests.pending_requests([wf]) == ({wf}, {wf})
+        assert await store.requests.take_inbox(wf) == {"b": "out"}
         await PrefetchLog(r).save(wf, {"a": {"predicted": True}})
         await store.set_status(wf, "finished")
         await store.release(wf, "me")
