@@ -182,7 +182,6 @@ async def _load_tokenizer(app: web.Application) -> None:
 async def _scheduler(app: web.Application):
     scheduler = Scheduler(app[CONFIG], app[STORE], app[POOL], app[POLICY], app[HASHER], app[METRICS],
                           templates=app[TEMPLATES], awareness=app[AWARENESS])
-    app[AWARENESS].attach(scheduler.runs)
     app[SCHEDULER] = scheduler
     await scheduler.start()
     yield

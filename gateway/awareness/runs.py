@@ -2,9 +2,10 @@
 prefetch and pin their prompt prefix on the worker that will serve them, keep a
 tool caller's conversation pinned while the tool runs, and say what it did.
 
-The scheduler calls in at six points (each a no-op when prediction is off or
-the gateway has no tokenizer):
-- `on_advance(run)` after nodes finished/became ready/were skipped: plan again;
+The scheduler calls in at seven points (scheduler/hooks.py; each a no-op when
+prediction is off or the gateway has no tokenizer):
+- `on_advance(run)` after nodes finished/became ready/were skipped: plan again
+  (the run is known here from its first advance until it ends or is dropped);
 - `prefetched_at(run, node)` at dispatch: the worker holding the node's
   prefetched prefix, which the route decision prefers unless its load is more
   than `prefetch_affinity_slack` above the policy's pick (router/base.py
@@ -14,7 +15,9 @@ the gateway has no tokenizer):
 - `on_tokens(run, node, text)` while a call streams: token pipelining (a plan
   pass every few blocks of output, so downstream prompts that quote it are
   prefilled while it is still generated);
-- `on_workflow_end(run, status)`: release everything, save the records, learn.
+- `on_workflow_end(run, status)`: release everything, save the records, learn;
+- `on_dropped(run)`: the run left this replica without ending (lease lost,
+  handed back): the next tick lets its plan and slots go.
 
 A plan pass (`_plan`) forecasts every node (planner/predict.py) and then, for
 each pending LLM node at most `prefetch_horizon` steps away: probability ≥
@@ -74,7 +77,7 @@ class Awareness:
                                      max_inflight=config.prefetch_max_inflight,
                                      max_waiting=config.prefetch_max_waiting, max_hold_s=config.pin_max_s)
         self.plans: dict[str, RunPlan] = {}
-        self.runs: dict[str, WorkflowRun] = {}  # the scheduler's, once attached
+        self.runs: dict[str, WorkflowRun] = {}  # the runs the scheduler told us about (on_advance), until they end
         self.reporter = Reporter(self.prefetcher, metrics, store, PrefetchLog(store.r, config.key_prefix),
                                  self.plans, self.runs, self._spawn)
         self.prefetcher.on_change = self.reporter.slot_changed
@@ -86,9 +89,6 @@ class Awareness:
     def enabled(self) -> bool:
         return self.config.prediction and self.hasher.tokenizer is not None
 
-    def attach(self, runs: dict[str, WorkflowRun]) -> None:
-        self.runs = self.reporter.runs = runs
-
     async def start(self) -> None:
         self._tick = asyncio.create_task(self._tick_loop(), name="awareness-tick")
 
@@ -98,8 +98,13 @@ class Awareness:
 
     # -- scheduler hooks ----------------------------------------------------------------------------
     def on_advance(self, run: WorkflowRun) -> None:
+        self.runs[run.id] = run
         if self.enabled:
             self._schedule(run)
+
+    def on_dropped(self, run: WorkflowRun) -> None:
+        """The run stopped here without ending (lease lost, handed back): the next tick lets its plan go."""
+        self.runs.pop(run.id, None)
 
     def prefetched_at(self, run: WorkflowRun, node: str) -> str | None:
         """The worker that holds (or is fetching) the node's prefix, for the route decision to prefer."""
@@ -134,6 +139,7 @@ class Awareness:
 
     async def on_workflow_end(self, run: WorkflowRun, status: str) -> None:
         """Called by finish() under run.resolving, before workflow_finished is appended."""
+        self.runs.pop(run.id, None)
         plan = self.plans.pop(run.id, None)
         if plan is not None:
             self._observe_finished(run, plan)  # the last calls finished after the last plan pass

@@ -22,6 +22,9 @@ class AwarenessHooks(Protocol):
     def on_call_started(self, run: WorkflowRun, node: str) -> None:
         """The node's call produced its first token."""
 
+    def on_dropped(self, run: WorkflowRun) -> None:
+        """The run stopped here without ending: its lease was lost, or it was handed back for resumption."""
+
     def on_tokens(self, run: WorkflowRun, node: str, text: str) -> None:
         """More of the node's output streamed in."""
 
@@ -42,6 +45,9 @@ class NoAwareness:
         pass
 
     def on_call_started(self, run: WorkflowRun, node: str) -> None:
+        pass
+
+    def on_dropped(self, run: WorkflowRun) -> None:
         pass
 
     def on_tokens(self, run: WorkflowRun, node: str, text: str) -> None:

@@ -103,6 +103,8 @@ class Lifecycle:
     async def _drop(self, wf_id: str) -> None:
         """Forget a workflow locally: cancel its calls (the workers abort them when the stream closes)."""
         run = self.runs.pop(wf_id, None)
+        if run is not None:
+            self.awareness.on_dropped(run)
         if run is not None and run.status == "running":  # handed back: whoever resumes it traces the rest
             tracing.end_span(run.span, **{"agentgate.status": "handed back"})
         self.journal.forget(wf_id)

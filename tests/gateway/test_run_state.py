@@ -31,7 +31,8 @@ def shape(i: int) -> dict:
 def per_run_state(gw) -> dict:
     sched, aw = gw.app[SCHEDULER], gw.app[AWARENESS]
     pf = aw.prefetcher
-    return {"runs": dict(sched.runs), "tasks": dict(sched.tasks), "ready": dict(sched.ready), "plans": dict(aw.plans),
+    return {"runs": dict(sched.runs), "aware_runs": dict(aw.runs), "tasks": dict(sched.tasks),
+            "ready": dict(sched.ready), "plans": dict(aw.plans),
             "slots": dict(pf.slots), "ledger": dict(pf.ledger), "queued": {u: q for u, q in pf.queues.items() if q},
             "inflight": {u: n for u, n in pf.inflight.items() if n}, "journal_tokens": dict(sched.journal._tokens),
             "journal_locks": dict(sched.journal._locks)}
@@ -58,6 +59,24 @@ async def test_nothing_of_a_run_lingers_after_it_ends(start, fake_workers):
     states = [(await gw.wait(wf))["status"] for wf in ids]
     assert states == ["finished"] * 4 + ["cancelled"] * 2
     await until(lambda: not any(per_run_state(gw).values()))
+
+
+async def test_a_run_handed_back_is_forgotten_by_awareness_and_known_again_when_resumed(start, fake_workers):
+    # awareness keeps its own table of runs (scheduler/hooks.py on_dropped), never the scheduler's dict
+    (w,) = await fake_workers(1, kv_api=True)
+    gw = await start([w], default_tool_latency_s=30.0)
+    wf = await gw.submit(shape(0))
+    await gw.wait_node(wf, "tool", "waiting")
+    sched, aw = gw.app[SCHEDULER], gw.app[AWARENESS]
+    await until(lambda: wf in aw.runs and (wf, "d") in aw.prefetcher.slots)
+    old = sched.runs[wf]
+    await sched.abandon(old, "handed back by the test")
+    assert wf not in sched.runs and wf not in aw.runs
+    # this replica's next lease round claims it again: a new run object, and awareness knows that one
+    await until(lambda: wf in sched.runs and aw.runs.get(wf) is sched.runs[wf] and aw.runs[wf] is not old)
+    await gw.call("POST", f"/v1/workflows/{wf}/nodes/tool/result", {"output": "ok"})
+    assert (await gw.wait(wf))["status"] == "finished"
+    await until(lambda: wf not in aw.runs and wf not in aw.plans)
 
 
 async def test_a_workflow_waiting_on_a_tool_is_not_replanned_until_a_pin_needs_it(start, fake_workers):
