@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import inspect
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -30,8 +31,6 @@ from agentgate.tools import ToolRunner, bind, prepare, result_payload, upstream_
 
 # Errors from a connection that broke after the request was sent (it may have been acted on).
 LOST = (OSError, http.client.HTTPException)
-# What a kept-alive connection the gateway closed while idle raises on its next use (nothing was acted on).
-STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 
 class Client(GatewayApi):
@@ -197,26 +196,22 @@ class ConnectionPool:
 
     def exchange(self, req: transport.HttpRequest, timeout: float):
         """Send req and read the answer's head: (connection, response). A kept-alive connection the
-        gateway had closed is replaced by a fresh one once; NotSent when no connection takes it."""
+        gateway closed while it was idle is never reused (`_take` checks); one that fails the send is
+        replaced by a fresh one once; NotSent when no connection takes the request."""
         target = urlsplit(req.url)
         path = (target.path or "/") + (f"?{target.query}" if target.query else "")
         while True:
             conn, reused = self._take(timeout)
             try:
                 conn.request(req.method, path, body=req.body, headers=req.headers)
-            except OSError as exc:
+            except OSError as exc:  # the request did not get out whole: nothing was acted on
                 conn.close()
                 if reused:
                     continue
                 raise NotSent(str(exc)) from exc
             try:
                 return conn, conn.getresponse()
-            except STALE:
-                conn.close()
-                if reused:
-                    continue
-                raise
-            except BaseException:
+            except BaseException:  # lost after sending: the caller decides whether it may be repeated
                 conn.close()
                 raise
 
@@ -238,12 +233,16 @@ class ConnectionPool:
             conn.close()
 
     def _take(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is not None:
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                break
+            if conn.sock is None or select.select([conn.sock], [], [], 0)[0]:
+                conn.close()  # an idle connection with something to read has been closed by the gateway
+                continue
             conn.timeout = timeout
-            if conn.sock is not None:
-                conn.sock.settimeout(timeout)
+            conn.sock.settimeout(timeout)
             return conn, True
         kind = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
         return kind(self.host, self.port, timeout=timeout), False

@@ -73,18 +73,17 @@ def extract_hints(body: dict, headers) -> AgentHints | None:
 async def route_request(request: web.Request, path: str, body: dict, ids: list[int] | None = None) -> RouteRequest:
     """The call's RouteRequest; `ids`: its prompt's token ids when they are known already (a tagged call's,
     tokenized by awareness), so the prompt is tokenized once."""
+    salt = body.get("cache_salt") if isinstance(body.get("cache_salt"), str) else None
     if ids is not None:
-        salt = body.get("cache_salt") if isinstance(body.get("cache_salt"), str) else None
         route = request.app[HASHER].route_for_ids(ids, salt)
     else:
-        route = await _prompt_route(request, path, body)
+        route = await _prompt_route(request, path, body, salt)
     budget = output_budget(body)
     return replace(route, max_tokens=budget) if budget and route.prompt_tokens else route
 
 
-async def _prompt_route(request: web.Request, path: str, body: dict) -> RouteRequest:
+async def _prompt_route(request: web.Request, path: str, body: dict, salt: str | None) -> RouteRequest:
     hasher = request.app[HASHER]
-    salt = body.get("cache_salt") if isinstance(body.get("cache_salt"), str) else None
     try:
         if path == "/v1/chat/completions" and isinstance(body.get("messages"), list):
             return await hasher.for_chat(body["messages"], tools=body.get("tools"),

@@ -170,3 +170,50 @@ def test_an_unreachable_gateway_raises_after_retries():
     with Client(f"http://127.0.0.1:{free_port()}", retry=RetryPolicy(max_retries=2, backoff_s=0.01)) as c:
         with pytest.raises(GatewayUnreachable, match="3 attempt"):
             c.get("wf-x")
+
+
+def test_calls_share_a_kept_alive_connection_and_one_the_server_closed_is_not_reused():
+    # a stdlib HTTP/1.1 server that keeps connections alive but closes one idle for 0.2 s (as aiohttp's
+    # keep-alive timeout does); every request and connection is counted
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = {"connections": 0, "posts": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = 0.2
+
+        def setup(self):
+            super().setup()
+            seen["connections"] += 1
+
+        def _reply(self, body: bytes):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self._reply(b'{"status": "ok"}')
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen["posts"] += 1
+            self._reply(b'{"id": "wf-1"}')
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with Client(f"http://127.0.0.1:{server.server_port}", timeout=5, retry=FAST_RETRY) as c:
+            assert [c.health() for _ in range(3)] == [{"status": "ok"}] * 3
+            assert seen["connections"] == 1  # one connection, kept alive
+            time.sleep(0.5)  # the server closes it
+            assert c.submit({"nodes": []}) == "wf-1"
+            assert seen["connections"] == 2 and seen["posts"] == 1  # a fresh one; the POST sent once
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,11 +16,13 @@ import urllib.error
 import urllib.request
 
 import pytest
+import redis as sync_redis
 import redis.asyncio
 
 from common.redis_server import RedisServer, free_port
-from gateway.admission import Admission, Limits, TooManyRequestsError
+from gateway.admission import Admission, Limits, TooManyRequestsError, estimate_tokens
 from gateway.admission_shared import SharedLimits
+from gateway.config import GatewayConfig
 from tests.support import REPO_ROOT
 
 CHAT = {"messages": [{"role": "user", "content": "Count from one to ten."}], "max_tokens": 40, "temperature": 0}
@@ -37,7 +40,7 @@ def post(port: int, body: dict, timeout: float = 120) -> tuple[int, dict, dict]:
 
 @contextlib.contextmanager
 def two_replicas(worker: str, tmp_path, *flags: str):
-    """Two gateway processes on one private Redis; yields their ports."""
+    """Two gateway processes on one private Redis; yields their ports and the Redis URL."""
     server = RedisServer().start()
     procs, ports = [], []
     try:
@@ -61,7 +64,7 @@ def two_replicas(worker: str, tmp_path, *flags: str):
                     pass
                 assert time.monotonic() < deadline, "a gateway replica never became ready"
                 time.sleep(0.2)
-        yield ports
+        yield (*ports, server.url)
     finally:
         for proc in procs:
             proc.terminate()
@@ -72,19 +75,24 @@ def two_replicas(worker: str, tmp_path, *flags: str):
 
 @pytest.mark.slow
 def test_the_token_rate_holds_across_two_replicas(worker, tmp_path):
-    with two_replicas(worker, tmp_path, "--tenant-tokens-per-min", "60") as (a, b):
+    cost = estimate_tokens(CHAT, GatewayConfig().default_max_tokens)
+    with two_replicas(worker, tmp_path, "--tenant-tokens-per-min", "60") as (a, b, redis_url):
         status, body, _ = post(a, CHAT)
         assert status == 200, body
         # one replica alone would have a full bucket (60) for this call; shared, ~12 tokens are left at 1/s
         status, err, headers = post(b, CHAT)
         assert status == 429 and err["error"]["code"] == "token_rate", err
-        assert 1 <= int(headers["Retry-After"]) <= 60
+        # the shared bucket as the refused call left it (its level at that moment): the wait is what is
+        # missing of the call's cost at 1 token/s
+        level = float(sync_redis.Redis.from_url(redis_url).hget("ag:adm:{}:tokens", "level"))
+        assert level < cost
+        assert int(headers["Retry-After"]) == max(1, math.ceil(cost - level))
 
 
 @pytest.mark.slow
 def test_concurrency_holds_across_two_replicas(worker, tmp_path):
     long_call = {**CHAT, "max_tokens": 64, "ignore_eos": True, "stream": True}
-    with two_replicas(worker, tmp_path, "--tenant-concurrency", "1") as (a, b):
+    with two_replicas(worker, tmp_path, "--tenant-concurrency", "1") as (a, b, _):
         req = urllib.request.Request(f"http://127.0.0.1:{a}/v1/chat/completions", method="POST",
                                      data=json.dumps(long_call).encode(), headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=120) as stream:
