@@ -21,9 +21,9 @@ AFFINITY_THRESHOLD = 0.5  # of the prompt's tokens
 # workers, whose decode steps then each read the weights and slowed each other: 1.5-2x the forward-seconds
 # of sglang-router for the same tokens (BENCHMARKS.md "Workflows against sglang-router").
 BALANCE_SLACK = 64
-# How much sooner (a share of the holder's finish time) another worker must finish a call to take it from the
-# worker that holds its prefix. GPU workers differ by well under 1% (a row costs little next to a step),
-# the 2-core CPU's by 20-40% between an idle worker and one carrying a stage.
+# How much less (a share of the holder's) a call must add to another worker's completion times to be taken
+# from the worker that holds its prefix (kv_aware's finish-time step). GPU workers differ by well under 1% (a
+# row costs little next to a step), the 2-core CPU's by 20-40% between an idle worker and one carrying a stage.
 SPREAD_MARGIN = 0.05
 
 

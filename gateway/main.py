@@ -48,7 +48,8 @@ def add_gateway_args(p: argparse.ArgumentParser) -> None:
                    help="... unless that worker carries more than this many requests above the least-loaded one")
     p.add_argument("--spread-margin", type=float, default=SPREAD_MARGIN,
                    help="kv_aware, where workers publish their step costs: another worker takes a call from the "
-                        "holder of its prefix when it would finish it this share sooner (1 = never)")
+                        "holder of its prefix when the call adds this share less to the completion times there "
+                        "(its own and those of the requests already running; 1 = never)")
     p.add_argument("--workflow-priority", type=int, default=0,
                    help="worker priority (SGLang's, higher first) of workflow calls and agent_hints-tagged calls, "
                         "plus the workflow's own; plain calls keep theirs (none = 0); 0 = no precedence (the "

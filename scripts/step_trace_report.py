@@ -74,6 +74,30 @@ def summarize(workers: dict[str, list[dict]], since: float = 0.0, start: float =
             "kinds": {k: v for k, v in kinds.items() if v[0]}, "arrivals": arrivals}
 
 
+def overlap(workers: dict[str, list[dict]], start: float = 0.0) -> dict[str, list[float]]:
+    """Steps that ran while another worker stepped (over half their time) against steps that ran alone:
+    {"alone"|"together": [steps, seconds, decode-only steps, their seconds, their decode rows]}. Workers on
+    one host share its memory: a decode step, which reads all the weights, takes longer together."""
+    spans = {w: [(e["t"] - e["dt"], e["t"]) for e in events if e["ev"] == "step" and e["t"] >= start]
+             for w, events in workers.items()}
+    out = {"alone": [0, 0.0, 0, 0.0, 0], "together": [0, 0.0, 0, 0.0, 0]}
+    for worker, events in workers.items():
+        others = sorted(span for w, s in spans.items() if w != worker for span in s)
+        for e in events:
+            if e["ev"] != "step" or e["t"] < start:
+                continue
+            a, b = e["t"] - e["dt"], e["t"]
+            shared = sum(max(0.0, min(b, d) - max(a, c)) for c, d in others if c < b and d > a)
+            row = out["together" if shared > 0.5 * (b - a) else "alone"]
+            row[0] += 1
+            row[1] += e["dt"]
+            if step_kind(e) == "decode":
+                row[2] += 1
+                row[3] += e["dt"]
+                row[4] += sum(1 + d[2] for d in e["decodes"])
+    return out
+
+
 def render(configs: dict[str, dict], since: float = 0.0, starts: dict[str, float] | None = None) -> str:
     lines = []
     for config, workers in sorted(configs.items()):
@@ -84,6 +108,12 @@ def render(configs: dict[str, dict], since: float = 0.0, starts: dict[str, float
             lines.append(f"  {kind:16s} {n:5d} steps {sec:7.2f} s  {rows:5d} decode rows  {tokens:6d} prompt tokens")
         for worker, calls in s["arrivals"].items():
             lines.append(f"  {worker}: " + ", ".join(f"{name} {n}" for name, n in sorted(calls.items())))
+        if len(workers) > 1:
+            since_start = max((starts or {}).get(config, 0.0),
+                              min((e["t"] for ev in workers.values() for e in ev), default=0.0) + since)
+            for how, (n, sec, dn, dsec, drows) in overlap(workers, since_start).items():
+                per = f", decode-only {dn} at {1000 * dsec / dn:.0f} ms ({drows / dn:.1f} rows)" if dn else ""
+                lines.append(f"  steps {how:8s} {n:5d} {sec:7.2f} s{per}")
     return "\n".join(lines)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from common.hashing import block_hashes
 from gateway.router.base import RouteRequest, WorkerView
 from gateway.router.policies.kv_aware import KVAwarePolicy
@@ -205,11 +207,27 @@ def test_kv_aware_finish_time_takes_a_stage_off_a_busy_holder_on_a_cpu_but_not_o
     policy = KVAwarePolicy(TieredSource(l1=A))
     call = replace(req_for(list(range(1000)) + [7] * 24), max_tokens=24)
     assert policy.choose(call, costed(CPU, 0, 0)) == A  # equal loads: the holder (B would load from L3)
-    assert policy.choose(call, costed(CPU, 1, 0)) == A  # one row more is within the margin of an L3 load
+    assert policy.choose(call, costed(CPU, 1, 0)) == B  # the call on A would wait out this one's prefill
     assert policy.choose(call, costed(CPU, 5, 0)) == B
     assert policy.choose(call, costed(GPU, 5, 0)) == A
     a, b = costed(CPU, 5, 0)
     assert policy.finish_s(call, b) < policy.finish_s(call, a) * (1 - policy.spread_margin)
+
+
+def test_kv_aware_counts_the_delay_a_call_puts_on_the_holders_running_calls():
+    """With one call running on A, this call alone would finish about as soon on A as on B (B loads the
+    prompt from L3), so its own finish time keeps it on A; but on A its prompt tokens and decode rows
+    would also lengthen the steps of the call already there. Counting that, B takes it on CPU costs;
+    on GPU costs the added rows are a sliver of a step and A keeps it even with seven calls."""
+    policy = KVAwarePolicy(TieredSource(l1=A))
+    call = replace(req_for(list(range(1000)) + [7] * 24), max_tokens=24)
+    a, b = costed(CPU, 1, 0)
+    assert policy.finish_s(call, b) >= policy.finish_s(call, a) * (1 - policy.spread_margin)
+    delay = (policy.uncached(call, a) + 24) * CPU["token_s"]
+    assert policy.added_s(call, a) == pytest.approx(policy.finish_s(call, a) + delay)
+    assert policy.added_s(call, b) == pytest.approx(policy.finish_s(call, b))  # nothing runs on B
+    assert policy.choose(call, [a, b]) == B
+    assert policy.choose(call, costed(GPU, 7, 0)) == A
 
 
 def test_kv_aware_finish_time_never_trades_a_recompute_for_a_shorter_queue():

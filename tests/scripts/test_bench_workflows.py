@@ -390,3 +390,20 @@ def test_step_trace_report_sorts_steps_by_kind_and_calls_by_node(tmp_path):
                                                         "prefetch": 1}
     assert s["rows_per_decode_step"] == 2.0 and s["arrivals"]["worker1"] == {"plan": 1, "prefetch": 1}
     assert trace.main([str(tmp_path)]) == 0
+
+
+def test_step_trace_report_tells_steps_alone_from_steps_beside_another_worker():
+    from scripts import step_trace_report as trace
+
+    def step(t, dt, decodes=1):
+        return {"ev": "step", "t": t, "dt": dt, "prefill": 0, "prefetch": 0, "rows": decodes,
+                "decodes": [[f"r{i}", 100, 0] for i in range(decodes)], "chunks": []}
+
+    workers = {"worker1": [step(1.0, 0.1), step(1.2, 0.2, decodes=3), step(2.0, 0.1)],
+               # worker2 steps 1.05-1.25: over all of worker1's 1.0-1.2 step, none of its 0.9-1.0 or 1.9-2.0
+               "worker2": [step(1.25, 0.2, decodes=2), step(5.0, 0.1)]}
+    out = trace.overlap(workers)
+    # together: worker1's 1.0-1.2 step (shared 0.2 of 0.2) and worker2's 1.05-1.25 (shared 0.15 of 0.2)
+    assert out["together"][:3] == [2, pytest.approx(0.4), 2] and out["together"][4] == 5
+    assert out["alone"][:3] == [3, pytest.approx(0.3), 3] and out["alone"][4] == 3
+    assert trace.overlap(workers, start=1.5)["together"][0] == 0  # worker1's 2.0 and worker2's 5.0 steps

@@ -22,14 +22,18 @@ else the worker where the call is cheapest.
    `load_weight` prefill tokens (a running decode slows a prefill by about that).
    Ties go to the least-loaded worker, then rotate, so equal workers share the work.
 3. Finish time, where the workers publish what their steps cost (engine/step_cost.py:
-   seconds ≈ step_s + token_s × tokens) and the call's output budget is known:
-   finish(w) = max_tokens × (step_s + (load(w) + 1) × token_s) + uncached(w) × token_s,
-   the seconds until the call would be done on w. The holder of step 1 keeps the call
-   unless another worker would finish it more than `spread_margin` sooner; without a
-   holder the soonest finish wins. Where a token is cheap next to a step (a GPU reads
-   its weights once per step for every row) the holder always keeps it; where it is not
-   (a CPU computes every row), an idle worker takes part of a stage that would
-   otherwise queue behind one busy holder — its copy of the shared prefix comes from L3.
+   seconds ≈ step_s + token_s × tokens) and the call's output budget is known. The call's
+   cost on w is the seconds it adds to the completion times of all of w's requests, its own
+   included:
+     own(w)    = max_tokens × (step_s + (load(w) + 1) × token_s) + uncached(w) × token_s,
+     others(w) = load(w) × (uncached(w) + max_tokens) × token_s,
+   the second being the delay its prompt tokens and decode rows put into the steps of the
+   load(w) requests already there. The holder of step 1 keeps the call unless another
+   worker's cost is more than `spread_margin` lower; without a holder the lowest cost wins.
+   Where a token is cheap next to a step (a GPU reads its weights once per step for every
+   row) both terms hardly grow with load and the holder keeps the call; where it is not (a
+   CPU computes every row), a call's prefill would stall every decode on a busy holder, so
+   an idle worker takes part of a stage — its copy of the shared prefix comes from L3.
 """
 
 from __future__ import annotations
@@ -81,10 +85,17 @@ class KVAwarePolicy(RoutingPolicy):
         return max(req.prompt_tokens - self.prefix.matched_blocks(req.block_hashes, w.url) * req.block_size, 0)
 
     def finish_s(self, req: RouteRequest, w: WorkerView) -> float | None:
-        """Seconds until `req` would be done on `w` (step 3 above), or None when that cannot be told."""
+        """Seconds until `req` would be done on `w` (own(w) in step 3 above), or None when that cannot be told."""
         if req.max_tokens <= 0 or w.step_s <= 0 and w.token_s <= 0:
             return None
         return req.max_tokens * (w.step_s + (w.load + 1) * w.token_s) + self.uncached(req, w) * w.token_s
+
+    def added_s(self, req: RouteRequest, w: WorkerView) -> float | None:
+        """Seconds `req` adds to the completion times of w's requests and its own (step 3), or None."""
+        own = self.finish_s(req, w)
+        if own is None:
+            return None
+        return own + w.load * (self.uncached(req, w) + req.max_tokens) * w.token_s
 
     def holder(self, req: RouteRequest, workers: Sequence[WorkerView]) -> str | None:
         """The worker with affinity for `req` (step 1 above), or None."""
@@ -103,12 +114,12 @@ class KVAwarePolicy(RoutingPolicy):
         url = self.holder(req, workers) if len(workers) > 1 else None
         ordered = sorted(workers, key=lambda w: w.url)
         n = len(ordered)
-        finish = {w.url: self.finish_s(req, w) for w in ordered} if n > 1 else {}
-        if finish and all(f is not None for f in finish.values()):
-            best = min(range(n), key=lambda i: (finish[ordered[i].url], ordered[i].load, (i - self._turn) % n))
-            soonest = ordered[best].url
-            if url is None or finish[soonest] < finish[url] * (1.0 - self.spread_margin):
-                return soonest
+        added = {w.url: self.added_s(req, w) for w in ordered} if n > 1 else {}
+        if added and all(a is not None for a in added.values()):
+            best = min(range(n), key=lambda i: (added[ordered[i].url], ordered[i].load, (i - self._turn) % n))
+            cheapest = ordered[best].url
+            if url is None or added[cheapest] < added[url] * (1.0 - self.spread_margin):
+                return cheapest
             return url
         if url is not None:
             return url
