@@ -1,23 +1,36 @@
-"""What a forward step costs on this worker, learned from the steps it ran: seconds ≈ step_s + token_s × tokens.
+"""What a forward step costs on this worker, learned from the steps it ran:
+seconds ≈ step_s + row_s × decode rows + token_s × prompt tokens.
 
 `step_s` is what every step pays whatever it runs (reading the weights once, launching kernels,
-Python); `token_s` is what each token in the step adds (a decode row, a verified draft or a prompt
-token). The worker publishes both in /get_load, and the gateway's kv_aware policy weighs a call's
-placement with them (gateway/router/policies/kv_aware.py): where `token_s` is small next to
-`step_s` (a GPU), a call joins the worker that holds its prefix; where it is not (a CPU), an idle
-worker finishes a stage's calls sooner than a busy holder.
+Python); `row_s` is what each decode row adds (a decoding request or a verified draft: one token
+attending over its whole context); `token_s` what each prompt token adds (prefill, prefetch). On a
+CPU a decode row of a 1,000-token context costs about three prompt tokens; on a GPU both are a
+sliver of a step. The worker publishes all three in /get_load, and the gateway's kv_aware policy
+weighs a call's placement with them (gateway/router/policies/kv_aware.py): where rows and tokens
+are cheap next to `step_s` (a GPU), a call joins the worker that holds its prefix; where they are
+not (a CPU), an idle worker finishes a stage's calls sooner than a busy holder.
 
 The fit is least squares with exponential forgetting (the last ~`memory` steps count), so it
-follows the machine as it changes (another worker starts on the host, the cache warms). It says
+follows the machine as it changes (another worker starts on the host, the cache warms). Rows and
+prompt tokens get slopes of their own once the steps seen tell them apart (both varied, and not in
+step with each other); until then one slope serves both, over all the step's tokens. It says
 nothing until it has seen steps of different sizes: a slope from equal sizes is noise.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
 
 MIN_STEPS = 8
 MIN_SPREAD_TOKENS = 4.0  # standard deviation of the step sizes seen, before a slope is trusted
+MAX_SHARED_VARIANCE = 0.9  # rows and prompt tokens that move together this closely cannot be told apart
+
+
+class Costs(NamedTuple):
+    step_s: float
+    row_s: float
+    token_s: float
 
 
 class StepCost:
@@ -25,40 +38,52 @@ class StepCost:
         self.decay = 1.0 - 1.0 / memory
         self._lock = threading.Lock()
         self._n = 0
-        self._w = self._x = self._xx = self._y = self._xy = 0.0
-        self._fit: tuple[float, float] | None = None
+        # exponentially weighted sums: weight, rows r, prompt tokens p, seconds y and their products
+        self._s = dict.fromkeys(("w", "r", "p", "y", "rr", "pp", "rp", "ry", "py"), 0.0)
+        self._fit: Costs | None = None
 
-    def observe(self, tokens: int, seconds: float) -> None:
-        """One step of `tokens` tokens took `seconds` (called from the engine thread)."""
-        if tokens <= 0 or seconds <= 0:
+    def observe(self, rows: int, prompt: int, seconds: float) -> None:
+        """One step of `rows` decode rows and `prompt` prompt tokens took `seconds` (the engine thread)."""
+        if rows + prompt <= 0 or seconds <= 0:
             return
-        d, x, y = self.decay, float(tokens), seconds
+        r, p, y = float(rows), float(prompt), seconds
+        terms = {"w": 1.0, "r": r, "p": p, "y": y, "rr": r * r, "pp": p * p, "rp": r * p, "ry": r * y, "py": p * y}
         with self._lock:
             self._n += 1
-            self._w = self._w * d + 1.0
-            self._x = self._x * d + x
-            self._xx = self._xx * d + x * x
-            self._y = self._y * d + y
-            self._xy = self._xy * d + x * y
+            s = self._s
+            for key, value in terms.items():
+                s[key] = s[key] * self.decay + value
             self._refit()
 
     def _refit(self) -> None:
         if self._n < MIN_STEPS:
             return
-        mean_x, mean_y = self._x / self._w, self._y / self._w
-        var_x = self._xx / self._w - mean_x * mean_x
-        if var_x < MIN_SPREAD_TOKENS ** 2:
-            return  # keep the last trusted fit
-        slope = (self._xy / self._w - mean_x * mean_y) / var_x
-        slope = max(slope, 0.0)
-        intercept = max(mean_y - slope * mean_x, 0.0)
-        self._fit = (intercept, slope)
+        s = self._s
+        w = s["w"]
+        mr, mp, my = s["r"] / w, s["p"] / w, s["y"] / w
+        vrr, vpp = s["rr"] / w - mr * mr, s["pp"] / w - mp * mp
+        vrp = s["rp"] / w - mr * mp
+        cry, cpy = s["ry"] / w - mr * my, s["py"] / w - mp * my
+        spread = MIN_SPREAD_TOKENS ** 2
+        det = vrr * vpp - vrp * vrp
+        if vrr >= spread and vpp >= spread and vrp * vrp <= MAX_SHARED_VARIANCE * vrr * vpp:
+            row_s = max((cry * vpp - cpy * vrp) / det, 0.0)
+            token_s = max((cpy * vrr - cry * vrp) / det, 0.0)
+        else:  # one slope over all the step's tokens
+            vtt = vrr + 2 * vrp + vpp
+            if vtt < spread:
+                return  # keep the last trusted fit
+            row_s = token_s = max((cry + cpy) / vtt, 0.0)
+        step_s = max(my - row_s * mr - token_s * mp, 0.0)
+        self._fit = Costs(step_s, row_s, token_s)
 
-    def estimate(self) -> tuple[float, float] | None:
-        """(step_s, token_s), or None before the fit can be trusted."""
+    def estimate(self) -> Costs | None:
+        """(step_s, row_s, token_s), or None before the fit can be trusted."""
         with self._lock:
             return self._fit
 
     def as_load(self) -> dict:
         fit = self.estimate()
-        return {} if fit is None else {"step_s": round(fit[0], 6), "token_s": round(fit[1], 7)}
+        if fit is None:
+            return {}
+        return {"step_s": round(fit.step_s, 6), "row_s": round(fit.row_s, 7), "token_s": round(fit.token_s, 7)}

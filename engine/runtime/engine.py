@@ -121,7 +121,7 @@ class Engine:
         self.grammars = GrammarBackend(cfg.model_path, mc.vocab_size, mc.eos_token_ids, self.threads)
         self.context_length = cfg.context_length or mc.max_position
         self.stats = EngineStats()
-        self.step_cost = StepCost()  # seconds ≈ step_s + token_s × tokens, published in /get_load
+        self.step_cost = StepCost()  # seconds ≈ step_s + row_s × rows + token_s × prompt tokens, in /get_load
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # (kind, payload) for the engine thread
         self.wake = threading.Event()
         self.stopping = False

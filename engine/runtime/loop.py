@@ -57,7 +57,7 @@ class StepLoop:
                 if not req.finished:
                     e.outputs.finish(req, {"type": "abort", "message": f"engine error: {exc}"})
         dt = time.monotonic() - t0
-        e.step_cost.observe(batch.forward.num_tokens, dt)
+        e.step_cost.observe(work["decode_rows"], work["prefill"] + work["prefetch"], dt)
         e.stats.record_step(produced, dt, **work)
         if e.trace is not None:
             e.trace.step(dt, work, make_up)

@@ -80,7 +80,7 @@ class WorkerClient:
         for rank in ranks:
             for key in ("num_reqs", "num_waiting_reqs", "num_tokens", "num_prefetch_reqs"):
                 total[key] = total.get(key, 0) + int(rank.get(key, 0) or 0)
-            for key in ("step_s", "token_s"):  # a rank's step costs (engine/step_cost.py): the slowest rank's
+            for key in ("step_s", "row_s", "token_s"):  # a rank's step costs (engine/step_cost.py): the slowest rank's
                 value = rank.get(key)
                 if isinstance(value, (int, float)) and value >= 0:
                     total[key] = max(total.get(key, 0.0), float(value))

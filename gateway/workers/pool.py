@@ -60,7 +60,8 @@ class WorkerState:
     def view(self) -> WorkerView:
         return WorkerView(url=self.url, in_flight=self.in_flight, num_reqs=self.load.get("num_reqs", 0),
                           num_waiting=self.load.get("num_waiting_reqs", 0),
-                          step_s=self.load.get("step_s", 0.0), token_s=self.load.get("token_s", 0.0))
+                          step_s=self.load.get("step_s", 0.0), token_s=self.load.get("token_s", 0.0),
+                          row_s=self.load.get("row_s"))
 
 
 class WorkerPool:

@@ -140,14 +140,15 @@ def test_get_load_is_a_list_with_token_counts(worker):
 
 def test_get_load_publishes_the_step_cost_learned_from_steps_of_different_sizes(worker):
     """A long prompt's prefill chunks and its decode steps differ in size: from them the worker learns
-    seconds ≈ step_s + token_s × tokens (engine/step_cost.py), which the gateway's routing reads."""
+    seconds ≈ step_s + row_s × decode rows + token_s × prompt tokens (engine/step_cost.py), which the
+    gateway's routing reads."""
     long_prompt = " ".join(f"item {i} is {i * 7 % 13} apples;" for i in range(120))
     generate(worker, long_prompt, max_new_tokens=12, sampling={"ignore_eos": True})
     generate(worker, PROMPT + " again", max_new_tokens=12, sampling={"ignore_eos": True})
     status, load = get(worker, "/get_load")
     assert status == 200
-    step_s, token_s = load[0]["step_s"], load[0]["token_s"]
-    assert step_s > 0 and token_s >= 0
+    assert set(load[0]) >= {"step_s", "row_s", "token_s"}
+    assert load[0]["step_s"] > 0 and load[0]["row_s"] >= 0 and load[0]["token_s"] >= 0
 
 
 def test_v1_models(worker, model_dir):

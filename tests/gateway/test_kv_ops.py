@@ -191,13 +191,18 @@ async def test_forgetting_a_worker_ends_its_pins_and_rereads_its_kind(fake_worke
 
 
 async def test_a_workers_step_costs_reach_the_routing_view(fake_workers, session):
-    """The embedded engine's /get_load carries its learned step costs; SGLang's does not (view: 0)."""
+    """The embedded engine's /get_load carries its learned step costs; SGLang's does not (view: 0). A worker
+    that publishes no row cost has a row cost what a prompt token does."""
     engine, sglang = await fake_workers(2)
-    engine.load_extra = {"step_s": 0.031, "token_s": 0.0042}
+    engine.load_extra = {"step_s": 0.031, "row_s": 0.0061, "token_s": 0.0042}
     views = []
     for w in (engine, sglang):
         worker = state(w, session)
         worker.load = await worker.client.get_load()
         views.append(worker.view())
-    assert (views[0].step_s, views[0].token_s) == (0.031, 0.0042)
-    assert (views[1].step_s, views[1].token_s) == (0.0, 0.0)
+    assert (views[0].step_s, views[0].per_row, views[0].token_s) == (0.031, 0.0061, 0.0042)
+    assert (views[1].step_s, views[1].per_row, views[1].token_s) == (0.0, 0.0, 0.0)
+    engine.load_extra = {"step_s": 0.031, "token_s": 0.0042}  # an embedded worker of an older release
+    worker = state(engine, session)
+    worker.load = await worker.client.get_load()
+    assert worker.view().per_row == 0.0042

@@ -230,6 +230,20 @@ def test_kv_aware_counts_the_delay_a_call_puts_on_the_holders_running_calls():
     assert policy.choose(call, costed(GPU, 7, 0)) == A
 
 
+def test_kv_aware_prices_decode_rows_and_prompt_tokens_apart_where_the_worker_says():
+    """A worker that publishes row_s (a decode row over a long context costs three prompt tokens on a CPU):
+    the call's own rows and the rows it adds to the holder's running calls cost row_s, its prompt tokens
+    token_s."""
+    policy = KVAwarePolicy(TieredSource(l1=A))
+    call = replace(req_for(list(range(1000)) + [7] * 24), max_tokens=24)
+    a, b = [WorkerView(url=u, in_flight=n, step_s=0.05, row_s=0.006, token_s=0.002) for u, n in ((A, 2), (B, 0))]
+    ua, ub = policy.uncached(call, a), policy.uncached(call, b)
+    assert policy.finish_s(call, a) == pytest.approx(24 * (0.05 + 3 * 0.006) + ua * 0.002)
+    assert policy.added_s(call, a) == pytest.approx(policy.finish_s(call, a) + 2 * (ua * 0.002 + 24 * 0.006))
+    assert policy.added_s(call, b) == pytest.approx(24 * (0.05 + 0.006) + ub * 0.002)
+    assert policy.choose(call, [a, b]) == B
+
+
 def test_kv_aware_finish_time_never_trades_a_recompute_for_a_shorter_queue():
     """Nobody else can load the prefix (no L3): recomputing 1,000 tokens costs more than A's queue."""
     policy = KVAwarePolicy(TieredSource(l1=A, l3_credit=0.0))

@@ -22,18 +22,19 @@ else the worker where the call is cheapest.
    `load_weight` prefill tokens (a running decode slows a prefill by about that).
    Ties go to the least-loaded worker, then rotate, so equal workers share the work.
 3. Finish time, where the workers publish what their steps cost (engine/step_cost.py:
-   seconds ≈ step_s + token_s × tokens) and the call's output budget is known. The call's
-   cost on w is the seconds it adds to the completion times of all of w's requests, its own
-   included:
-     own(w)    = max_tokens × (step_s + (load(w) + 1) × token_s) + uncached(w) × token_s,
-     others(w) = load(w) × (uncached(w) + max_tokens) × token_s,
+   seconds ≈ step_s + row_s × decode rows + token_s × prompt tokens) and the call's output
+   budget is known. The call's cost on w is the seconds it adds to the completion times of
+   all of w's requests, its own included:
+     own(w)    = max_tokens × (step_s + (load(w) + 1) × row_s) + uncached(w) × token_s,
+     others(w) = load(w) × (uncached(w) × token_s + max_tokens × row_s),
    the second being the delay its prompt tokens and decode rows put into the steps of the
    load(w) requests already there. The holder of step 1 keeps the call unless another
    worker's cost is more than `spread_margin` lower; without a holder the lowest cost wins.
-   Where a token is cheap next to a step (a GPU reads its weights once per step for every
-   row) both terms hardly grow with load and the holder keeps the call; where it is not (a
-   CPU computes every row), a call's prefill would stall every decode on a busy holder, so
-   an idle worker takes part of a stage — its copy of the shared prefix comes from L3.
+   Where rows and tokens are cheap next to a step (a GPU reads its weights once per step for
+   every row) both terms hardly grow with load and the holder keeps the call; where they are
+   not (a CPU computes every row), a call's prefill would stall every decode on a busy
+   holder, so an idle worker takes part of a stage — its copy of the shared prefix comes
+   from L3.
 """
 
 from __future__ import annotations
@@ -86,16 +87,16 @@ class KVAwarePolicy(RoutingPolicy):
 
     def finish_s(self, req: RouteRequest, w: WorkerView) -> float | None:
         """Seconds until `req` would be done on `w` (own(w) in step 3 above), or None when that cannot be told."""
-        if req.max_tokens <= 0 or w.step_s <= 0 and w.token_s <= 0:
+        if req.max_tokens <= 0 or w.step_s <= 0 and w.token_s <= 0 and w.per_row <= 0:
             return None
-        return req.max_tokens * (w.step_s + (w.load + 1) * w.token_s) + self.uncached(req, w) * w.token_s
+        return req.max_tokens * (w.step_s + (w.load + 1) * w.per_row) + self.uncached(req, w) * w.token_s
 
     def added_s(self, req: RouteRequest, w: WorkerView) -> float | None:
         """Seconds `req` adds to the completion times of w's requests and its own (step 3), or None."""
         own = self.finish_s(req, w)
         if own is None:
             return None
-        return own + w.load * (self.uncached(req, w) + req.max_tokens) * w.token_s
+        return own + w.load * (self.uncached(req, w) * w.token_s + req.max_tokens * w.per_row)
 
     def holder(self, req: RouteRequest, workers: Sequence[WorkerView]) -> str | None:
         """The worker with affinity for `req` (step 1 above), or None."""
