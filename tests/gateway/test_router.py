@@ -244,6 +244,19 @@ def test_kv_aware_prices_decode_rows_and_prompt_tokens_apart_where_the_worker_sa
     assert policy.choose(call, [a, b]) == B
 
 
+def test_kv_aware_takes_a_worker_that_has_not_learned_its_step_costs_to_cost_what_its_peers_do():
+    """B has run nothing yet, so it publishes no step costs; A carries a stage. B is priced as A is, and
+    takes the call on CPU costs as it would if it had published them."""
+    policy = KVAwarePolicy(TieredSource(l1=A))
+    call = replace(req_for(list(range(1000)) + [7] * 24), max_tokens=24)
+    a, b = WorkerView(url=A, in_flight=5, **CPU), WorkerView(url=B)
+    priced = policy.with_peer_costs([b, a])
+    assert priced[0] == a and (priced[1].url, priced[1].step_s, priced[1].token_s, priced[1].per_row) == (
+        B, CPU["step_s"], CPU["token_s"], CPU["token_s"])
+    assert policy.choose(call, [a, b]) == B == policy.choose(call, costed(CPU, 5, 0))
+    assert policy.with_peer_costs([b, WorkerView(url=A, in_flight=5)])[1] == WorkerView(url=B)  # none known
+
+
 def test_kv_aware_finish_time_never_trades_a_recompute_for_a_shorter_queue():
     """Nobody else can load the prefix (no L3): recomputing 1,000 tokens costs more than A's queue."""
     policy = KVAwarePolicy(TieredSource(l1=A, l3_credit=0.0))

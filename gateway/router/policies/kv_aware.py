@@ -34,12 +34,15 @@ else the worker where the call is cheapest.
    every row) both terms hardly grow with load and the holder keeps the call; where they are
    not (a CPU computes every row), a call's prefill would stall every decode on a busy
    holder, so an idle worker takes part of a stage — its copy of the shared prefix comes
-   from L3.
+   from L3. A worker that has not yet learned its step costs (it has run too few steps,
+   say an idle one that has not been sent anything) is taken to cost what its peers do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from statistics import median
 from typing import Protocol
 
 from gateway.config import AFFINITY_THRESHOLD, BALANCE_SLACK, SPREAD_MARGIN
@@ -110,10 +113,22 @@ class KVAwarePolicy(RoutingPolicy):
             return None
         return best.url
 
+    @staticmethod
+    def with_peer_costs(workers: Sequence[WorkerView]) -> list[WorkerView]:
+        """`workers` by url, those that publish no step costs given their peers' (the median of each)."""
+        ordered = sorted(workers, key=lambda w: w.url)
+        known = {w.url: w for w in ordered if w.step_s > 0 or w.token_s > 0 or w.per_row > 0}
+        if not known or len(known) == len(ordered):
+            return ordered
+        peers = known.values()
+        peer = dict(step_s=median(w.step_s for w in peers), token_s=median(w.token_s for w in peers),
+                    row_s=median(w.per_row for w in peers))
+        return [w if w.url in known else replace(w, **peer) for w in ordered]
+
     def choose(self, req: RouteRequest, workers: Sequence[WorkerView]) -> str:
         self._turn += 1
         url = self.holder(req, workers) if len(workers) > 1 else None
-        ordered = sorted(workers, key=lambda w: w.url)
+        ordered = self.with_peer_costs(workers)
         n = len(ordered)
         added = {w.url: self.added_s(req, w) for w in ordered} if n > 1 else {}
         if added and all(a is not None for a in added.values()):
