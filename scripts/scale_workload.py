@@ -135,11 +135,12 @@ def footprint(trace: dict) -> tuple[int, int]:
     return total + sum(trace["system_tokens"][k][i] for k, i in systems), largest
 
 
-def kv_blocks_for(trace: dict, oversubscribe: float, workers: int, block_size: int = 16) -> tuple[int, float]:
+def kv_blocks_for(trace: dict, oversubscribe: float, workers: int, block_size: int = 16,
+                  floor_calls: int = 2) -> tuple[int, float]:
     """Each worker's L1 KV blocks so that the trace's working set is `oversubscribe` times the cluster's
-    L1 capacity, but never below two of its largest calls; (blocks, the oversubscription they give)."""
+    L1 capacity, but never below `floor_calls` of its largest calls; (blocks, the oversubscription they give)."""
     working, largest = footprint(trace)
-    blocks = max(int(working // (oversubscribe * workers * block_size)), 2 * math.ceil(largest / block_size))
+    blocks = max(int(working // (oversubscribe * workers * block_size)), floor_calls * math.ceil(largest / block_size))
     return blocks, working / (blocks * workers * block_size)
 
 
