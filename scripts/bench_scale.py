@@ -238,6 +238,8 @@ def parse_args(argv=None):
                    help="add the Llama-3.1-70B TP4 row: --tp4-configs on --tp4-workers sim workers of 4 GPUs each, "
                         "at the rate picked for the smallest cluster size")
     p.add_argument("--tp4-workers", type=int, default=8)
+    p.add_argument("--dry-run", action="store_true", help="run nothing: print the cells and the wall time they take "
+                                                          "at least (bench_scale_sweep.cell_wall_s)")
     p.add_argument("--tp4-configs", default="agentgate")
     p.add_argument("--workflows", type=int, default=None, help="workflows per cell (default 200; quick 5)")
     p.add_argument("--size", default=None, choices=sorted(scale_workload.SIZES), help="workload sizes (default 8b)")
@@ -295,6 +297,8 @@ def main(argv=None) -> int:
               "kv_blocks": {str(w): b for w, (b, _) in blocks.items()},
               "kv_oversubscribed": {str(w): round(f, 2) for w, (_, f) in blocks.items()}}
         suffix += f"_kv{args.kv_oversubscribe:g}x"
+    if args.dry_run:
+        return dry_run(args, traces, kv)
     (out_dir / f"scale_trace{suffix}.json").write_text(json.dumps(traces[args.rates[-1]]))
     rows: list[dict] = []
     picked: dict[int, tuple[float, bool]] = {}
@@ -341,6 +345,24 @@ def main(argv=None) -> int:
     code = write(meta, rows, out_dir, args)
     console.print(f"results in {out_dir}")
     return code
+
+
+def dry_run(args, traces: dict, kv: dict) -> int:
+    """The cells a run takes (the not-swept ones at the highest rate: the picked one is known only after the
+    sweep) and the wall time they take at least."""
+    per_size = [(c.name, r) for r in args.rates for c in args.configs if args.every_rate or c.name in args.sweep_configs]
+    rest = [(c.name, max(args.rates)) for c in args.configs if not (args.every_rate or c.name in args.sweep_configs)]
+    cells = [(w, *c) for w in args.workers for c in per_size + rest]
+    cells += [(args.tp4_workers, f"{c.name} (Llama-3.1-70B TP4)", max(args.rates)) for c in args.tp4_configs
+              if args.tp4_row]
+    total = 0.0
+    for w, name, rate in cells:
+        s = sweep.cell_wall_s(traces[rate], args.speedup)
+        total += s
+        print(f"{w:>3} workers  {name:<36} {report.rate_label(rate):>9}  >= {s / 60:5.1f} min")
+    print(f"{len(cells)} cells, at least {total / 60:.0f} min of wall time at --speedup {args.speedup:g}"
+          + (f"; KV: {kv['kv_oversubscribed']}x oversubscribed" if kv else ""))
+    return 0
 
 
 def count_cells(args) -> int:

@@ -132,3 +132,41 @@ def plot_sweep(rows: list[dict], path: Path, meta: dict | None = None) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+DECODE_STEP_S = 0.010  # Qwen3-8B on an H100, a decode step at a moderate batch (aiconfigurator: 6.8 ms at 1, 13.3 at 64)
+PREFILL_S_PER_TOKEN = 23e-6  # ... and prefill (23.3 ms per 1,000 tokens)
+CELL_START_S = 25.0  # wall seconds to start and stop a cell's processes (Redis, sim-cluster, gateway or router)
+
+
+def workflow_seconds(trace: dict, e: dict) -> float:
+    """A lower bound on one workflow's simulated duration: its critical path's tool and think time, output
+    tokens at one decode step each and prompts at the prefill rate (no queueing, every prefix computed once)."""
+    sys_t = trace["system_tokens"][e["kind"]][e["system"]]
+
+    def call(prompt: int, out: int) -> float:
+        return prompt * PREFILL_S_PER_TOKEN + out * DECODE_STEP_S
+
+    kind = e["kind"]
+    if kind == "react":
+        t, ctx = 0.0, sys_t + e["question"]
+        for step in e["steps"]:
+            t += call(ctx, step["out"]) + step["tool_s"]
+            ctx += step["out"] + step["obs"]
+        return t + call(ctx, e["answer"])
+    if kind == "map_reduce":
+        return (call(sys_t + e["question"], e["plan"]) + max(call(m["chunk"], m["out"]) for m in e["maps"])
+                + call(sum(m["out"] for m in e["maps"]), e["reduce"]))
+    if kind == "planner":
+        return (call(sys_t + e["question"], e["plan"]) + max(x["tool_s"] + call(x["obs"], x["out"])
+                                                             for x in e["executors"]) + call(0, e["critic"]))
+    if kind == "code_edit":
+        return e["read_s"] + call(sys_t + e["file"], e["edit"]) + e["test_s"] + call(e["report"], e["fix"])
+    return sum(t["think_s"] + call(t["in"], t["out"]) for t in e["turns"])
+
+
+def cell_wall_s(trace: dict, speedup: float) -> float:
+    """Wall seconds one cell of `trace` takes at least: the last workflow's arrival plus duration, in
+    simulated seconds over the speedup, and the processes' start and stop."""
+    end = max(e["at"] + workflow_seconds(trace, e) for e in trace["workflows"])
+    return end / speedup + CELL_START_S

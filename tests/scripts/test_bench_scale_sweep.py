@@ -76,3 +76,16 @@ def test_the_tables_plots_and_section_of_a_sweep(tmp_path):
     assert sweep.plot_sweep(rows, tmp_path / "sweep.png") is True
     assert (tmp_path / "pareto.png").stat().st_size > 0 and (tmp_path / "sweep.png").stat().st_size > 0
     assert sweep.plot_sweep([cell("agentgate", 1.0)], tmp_path / "none.png") is False  # one rate: nothing to sweep
+
+
+def test_a_dry_run_lists_the_cells_and_their_least_wall_time(capsys):
+    trace = {"system_tokens": {"react": [1000]}, "workflows": [
+        {"kind": "react", "system": 0, "at": 2.0, "question": 0, "answer": 10,
+         "steps": [{"out": 100, "obs": 500, "tool_s": 3.0}]}]}
+    # prefill 1,000 then 1,600 tokens, 110 decode steps, a 3 s tool; it arrives at 2 s
+    assert abs(sweep.workflow_seconds(trace, trace["workflows"][0]) - (2600 * 23e-6 + 110 * 0.010 + 3.0)) < 1e-9
+    assert abs(sweep.cell_wall_s(trace, 0.5) - ((2.0 + 2600 * 23e-6 + 1.1 + 3.0) / 0.5 + 25.0)) < 1e-9
+    assert bench_scale.main(["--workers", "8", "--rates", "1,2", "--workflows", "6", "--configs",
+                             "agentgate,sglang_router,round_robin", "--tp4-row", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" min\n") == 2 * 2 + 1 + 1 and "(Llama-3.1-70B TP4)" in out and "6 cells, at least" in out
