@@ -58,8 +58,8 @@ def test_a_floor_of_one_largest_call_lets_a_few_dozen_workflows_oversubscribe_ei
     _, largest = scale_workload.footprint(trace)
     two, f2 = scale_workload.kv_blocks_for(trace, 3.0, 8)
     one, f1 = scale_workload.kv_blocks_for(trace, 3.0, 8, floor_calls=1)
-    assert two == 2 * -(-largest // 16) and f2 < 3.0  # the default floor: two largest calls per worker
-    assert one >= -(-largest // 16) and f1 >= 3.0
+    assert two == 2 * scale_workload.call_blocks(largest) and f2 < 3.0  # the default floor: two largest calls
+    assert one >= scale_workload.call_blocks(largest) > largest * 1.05 / 16 and f1 >= 3.0
 
 
 def test_the_tables_plots_and_section_of_a_sweep(tmp_path):
