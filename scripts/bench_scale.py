@@ -226,7 +226,8 @@ def parse_args(argv=None):
                         "cluster's L1 capacity (never below two of its largest calls); 0: the GPU's own memory")
     p.add_argument("--kv-floor-calls", type=int, default=2, metavar="N",
                    help="--kv-oversubscribe never sizes L1 below N of the trace's largest calls (1: a worker holds "
-                        "one at a time, which lets a few dozen workflows oversubscribe 8 workers 3x)")
+                        "one at a time, which lets a few dozen workflows oversubscribe 8 workers 3x, but a worker "
+                        "that small was seen to stall with two waiting requests holding its blocks)")
     p.add_argument("--max-running", type=int, default=256, help="--max-running-requests of every sim worker")
     p.add_argument("--configs", default=None, help=f"comma-separated, of {', '.join(c.name for c in CONFIGS)}")
     p.add_argument("--rates", default=None, help="workflow arrivals per simulated second, light to overload")
