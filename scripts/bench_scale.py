@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -40,9 +39,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "agents")]
 from scripts import bench_workflows as bw  # noqa: E402
 from scripts import bench_workflows_report as report  # noqa: E402
 from scripts import scale_workload  # noqa: E402
+from scripts import bench_scale_sweep as sweep  # noqa: E402
+from scripts.bench_scale_report import (SECTION, after_tool_p99, heading, precision_recall, row,  # noqa: E402, F401
+                                        section, variant)
 from scripts.benchlib import update_benchmarks_md  # noqa: E402
 
-SECTION = "## At scale (simulated H100)"
 LAG_LIMIT = 0.05  # of the median step time
 SPEC = bw.SPEC
 FULL = ("--policy", "kv_aware", "--workflow-priority", "1", "--token-pipelining", "on")
@@ -200,12 +201,6 @@ def lag_verdict(lags: list[float], steps: list[float]) -> dict:
     return {"valid": lag <= LAG_LIMIT * step, "median_lag_ms": round(lag * 1e3, 3), "median_step_ms": round(step * 1e3, 3)}
 
 
-def after_tool_p99(records: list) -> float:
-    vals = [c.first_token - c.ready for r in records if r.status == "finished" for c in r.llm_calls()
-            if c.after_tool and c.first_token is not None and c.ready is not None]
-    return report._pct(vals, 99)
-
-
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """The flags bench_scale shares with bench_gateway_scale: extra process flags, seed, outputs."""
     p.add_argument("--worker-arg", action="append", default=[])
@@ -229,9 +224,24 @@ def parse_args(argv=None):
     p.add_argument("--kv-oversubscribe", type=float, default=0.0, metavar="X",
                    help="size every worker's L1 (--kv-blocks) so the workload's working set is X times the "
                         "cluster's L1 capacity (never below two of its largest calls); 0: the GPU's own memory")
+    p.add_argument("--kv-floor-calls", type=int, default=2, metavar="N",
+                   help="--kv-oversubscribe never sizes L1 below N of the trace's largest calls (1: a worker holds "
+                        "one at a time, which lets a few dozen workflows oversubscribe 8 workers 3x, but a worker "
+                        "that small was seen to stall with two waiting requests holding its blocks)")
     p.add_argument("--max-running", type=int, default=256, help="--max-running-requests of every sim worker")
     p.add_argument("--configs", default=None, help=f"comma-separated, of {', '.join(c.name for c in CONFIGS)}")
     p.add_argument("--rates", default=None, help="workflow arrivals per simulated second, light to overload")
+    p.add_argument("--sweep-configs", default="agentgate,sglang_router",
+                   help="the configurations run at every rate; the others run once, at the rate picked from the "
+                        "sweep (the highest where agentgate's p99 TTFT <= 1 s)")
+    p.add_argument("--every-rate", action="store_true", help="run every configuration at every rate")
+    p.add_argument("--tp4-row", action="store_true",
+                   help="add the Llama-3.1-70B TP4 row: --tp4-configs on --tp4-workers sim workers of 4 GPUs each, "
+                        "at the rate picked for the smallest cluster size")
+    p.add_argument("--tp4-workers", type=int, default=8)
+    p.add_argument("--dry-run", action="store_true", help="run nothing: print the cells and the wall time they take "
+                                                          "at least (bench_scale_sweep.cell_wall_s)")
+    p.add_argument("--tp4-configs", default="agentgate")
     p.add_argument("--workflows", type=int, default=None, help="workflows per cell (default 200; quick 5)")
     p.add_argument("--size", default=None, choices=sorted(scale_workload.SIZES), help="workload sizes (default 8b)")
     add_run_args(p)
@@ -247,109 +257,19 @@ def parse_args(argv=None):
     if any(n not in known for n in names):
         p.error(f"unknown configuration(s): {', '.join(n for n in names if n not in known)}")
     args.configs = [known[n] for n in names]
+    extra = [n for n in (args.sweep_configs + "," + args.tp4_configs).split(",") if n and n not in known]
+    if extra:
+        p.error(f"unknown configuration(s): {', '.join(extra)}")
+    args.sweep_configs = [n for n in args.sweep_configs.split(",") if n]
+    args.tp4_configs = [known[n] for n in args.tp4_configs.split(",") if n]
     args.rates = [float(r) for r in (args.rates or ("inf" if q else "0.5,1,2,4")).split(",")]
     args.workflows = args.workflows or (5 if q else 200)
     args.size = args.size or ("quick" if q else "8b")
-    if args.speedup <= 0 or args.tp < 1 or args.kv_oversubscribe < 0:
-        p.error("--speedup must be positive, --tp at least 1 and --kv-oversubscribe at least 0")
+    if args.speedup <= 0 or args.tp < 1 or args.kv_oversubscribe < 0 or args.kv_floor_calls < 1:
+        p.error("--speedup must be positive, --tp and --kv-floor-calls at least 1 and --kv-oversubscribe at least 0")
     args.out_dir = Path(args.out_dir) if args.out_dir else (None if q else ROOT / "docs")
     args.threads, args.kv_memory_gb, args.trace_dir = 1, 0.0, None  # bench_workflows.Stack reads these
     return args
-
-
-def row(s, extra: dict, workers: int, tp: int = 1) -> dict:
-    p = extra.get("precision_recall", (None, None))
-    return {"config": s.config, "workers": workers, "rate": s.rate, "valid": extra["lag"]["valid"],
-            "workflows": s.workflows, "failed": s.failed, "e2e_p50_s": s.e2e_p50_s, "e2e_p99_s": s.e2e_p99_s,
-            "ttft_p99_s": s.ttft_p99_s, "ttft_after_tool_p50_s": s.ttft_after_tool_p50_s,
-            "ttft_after_tool_p99_s": extra["after_tool_p99"], "hit_rate": s.hit_rate,
-            "prefetch_precision": p[0], "prefetch_recall": p[1], "tps_per_gpu": s.tps_per_worker / tp,
-            "tps_per_user": s.tps_per_user, "gateway_cpu_s": s.cpu.get("gateway"), **extra["gateway"],
-            "lag": extra["lag"]}
-
-
-def precision_recall(records: list) -> tuple[float | None, float | None]:
-    """Of the calls the gateway predicted (prefetched), how many found their prefix cached (precision); of all
-    calls, how many were predicted (recall)."""
-    calls = [c for r in records if r.status == "finished" for c in r.llm_calls()]
-    predicted = [c for c in calls if c.predicted and c.prefetch_hit is not None]
-    precision = sum(bool(c.prefetch_hit) for c in predicted) / len(predicted) if predicted else None
-    return precision, (len(predicted) / len(calls) if calls else None)
-
-
-def fmt(v, digits: int = 2) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
-
-
-def table(rows: list[dict]) -> list[str]:
-    lines = ["| workers | config | rate (wf/s) | valid | done | completion p50 / p99 (s) | TTFT after tool p50 / p99 "
-             "(s) | TTFT p99 (s) | KV hit | prefetch prec. / recall | out tok/s per GPU | tok/s per user | "
-             "gateway CPU s / wf | gateway RSS KB / in-flight (peak) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lag = r["lag"]
-        valid = "yes" if r["valid"] else f"INVALID (lag {lag.get('median_lag_ms')} ms vs step {lag.get('median_step_ms')} ms)"
-        cpu = r["gateway_cpu_s"] / r["workflows"] if r.get("gateway_cpu_s") is not None else None
-        lines.append(f"| {r['workers']} | {r['config']} | {report.rate_label(r['rate'])} | {valid} | "
-                     f"{r['workflows'] - r['failed']}/{r['workflows']} | {fmt(r['e2e_p50_s'])} / {fmt(r['e2e_p99_s'])} | "
-                     f"{fmt(r['ttft_after_tool_p50_s'])} / {fmt(r['ttft_after_tool_p99_s'])} | {fmt(r['ttft_p99_s'])} | "
-                     f"{r['hit_rate']:.0%} | {fmt(r['prefetch_precision'])} / {fmt(r['prefetch_recall'])} | "
-                     f"{r['tps_per_gpu']:.0f} | {r['tps_per_user']:.1f} | {fmt(cpu, 3)} | "
-                     f"{fmt(r.get('rss_kb_per_inflight'), 1)} ({r.get('peak_inflight', '–')}) |")
-    return lines
-
-
-def targets(rows: list[dict]) -> list[str]:
-    """The issue's targets, at the highest rate where agentgate's p99 TTFT is <= 1 s (valid cells only)."""
-    out = []
-    for w in sorted({r["workers"] for r in rows}):
-        mine = [r for r in rows if r["workers"] == w and r["valid"]]
-        ok = [r for r in mine if r["config"] == "agentgate" and r["ttft_p99_s"] <= 1.0]
-        if not ok:
-            out.append(f"- {w} workers: no valid rate where agentgate's p99 TTFT is <= 1 s; targets not evaluated.")
-            continue
-        rate = max(r["rate"] for r in ok)
-        at = {r["config"]: r for r in mine if r["rate"] == rate}
-        a = at["agentgate"]
-
-        def ratio(cfg: str, key: str, target: float, higher: bool = False) -> str:
-            b = at.get(cfg)
-            if b is None or not b[key] or not a[key] or math.isnan(b[key]) or math.isnan(a[key]):
-                return f"{key} vs {cfg}: not measured (missing cell)"
-            x = a[key] / b[key] if higher else b[key] / a[key]
-            return f"{key} vs {cfg}: {x:.2f}x ({'met' if x >= target else 'missed'}, target {target}x)"
-
-        out.append(f"- {w} workers at {report.rate_label(rate)} wf/s: " + "; ".join([
-            ratio("sglang_router", "e2e_p50_s", 2.0), ratio("kv_aware_radix", "ttft_after_tool_p99_s", 5.0),
-            ratio("sglang_router", "tps_per_gpu", 1.5, higher=True)]))
-    return out
-
-
-def plot(rows: list[dict], path: Path, meta: dict | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sizes = sorted({r["workers"] for r in rows})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(7 * len(sizes), 5), squeeze=False)
-    for ax, w in zip(axes[0], sizes):
-        for cfg in dict.fromkeys(r["config"] for r in rows):
-            pts = sorted((r for r in rows if r["workers"] == w and r["config"] == cfg), key=lambda r: r["rate"])
-            ax.plot([p["tps_per_user"] for p in pts], [p["tps_per_gpu"] for p in pts], marker="o", label=cfg)
-        m = meta or {}
-        over = (m.get("kv_oversubscribed") or {}).get(str(w))
-        ax.set_title(f"SIMULATED: {w} x {m.get('gpu', 'h100_sxm')} x tp{m.get('tp', 1)}, {m.get('model', 'Qwen/Qwen3-8B')}"
-                     + (f", KV {over}x oversubscribed" if over else ""), fontsize=9)
-        ax.set_xlabel("output tokens/s per user (simulated)")
-        ax.set_ylabel("output tokens/s per GPU (simulated)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -368,97 +288,104 @@ def main(argv=None) -> int:
     suffix = ("_quick" if args.quick else "") + variant(args.model, args.tp)
     kv, blocks = {}, {}
     if args.kv_oversubscribe:  # per cluster size, one for every rate: the largest working set of their traces
-        blocks = {w: max((scale_workload.kv_blocks_for(t, args.kv_oversubscribe, w) for t in traces.values()),
-                         key=lambda bf: bf[0]) for w in args.workers}
-        kv = {"kv_oversubscribe": args.kv_oversubscribe, "kv_blocks": {str(w): b for w, (b, _) in blocks.items()},
+        blocks = {w: max((scale_workload.kv_blocks_for(t, args.kv_oversubscribe, w, floor_calls=args.kv_floor_calls)
+                          for t in traces.values()), key=lambda bf: bf[0]) for w in args.workers}
+        if args.tp4_row and args.tp4_workers not in blocks:
+            blocks[args.tp4_workers] = max((scale_workload.kv_blocks_for(
+                t, args.kv_oversubscribe, args.tp4_workers, floor_calls=args.kv_floor_calls)
+                for t in traces.values()), key=lambda bf: bf[0])
+        kv = {"kv_oversubscribe": args.kv_oversubscribe, "kv_floor_calls": args.kv_floor_calls,
+              "kv_blocks": {str(w): b for w, (b, _) in blocks.items()},
               "kv_oversubscribed": {str(w): round(f, 2) for w, (_, f) in blocks.items()}}
         suffix += f"_kv{args.kv_oversubscribe:g}x"
+    if args.dry_run:
+        return dry_run(args, traces, kv)
     (out_dir / f"scale_trace{suffix}.json").write_text(json.dumps(traces[args.rates[-1]]))
     rows: list[dict] = []
+    picked: dict[int, tuple[float, bool]] = {}
     console = Console(stderr=True)
-    cells = [(w, c, r) for w in args.workers for c in args.configs for r in args.rates]
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
-        overall = progress.add_task("cells", total=len(cells))
-        for workers, config, rate in cells:
+        overall = progress.add_task("cells", total=count_cells(args))
+
+        def cell(workers: int, config, rate: float, model: str = args.model, tp: int = args.tp,
+                 extra_row: bool = False) -> None:
             sized = ["--kv-blocks", str(blocks[workers][0])] if blocks else []
-            cell_args = argparse.Namespace(**{**vars(args), "workers": workers, "worker_arg": [*args.worker_arg, *sized]})
-            task = progress.add_task(f"{workers} x {config.name} @ {report.rate_label(rate)}", total=args.workflows)
+            cell_args = argparse.Namespace(**{**vars(args), "workers": workers, "model": model, "tp": tp,
+                                              "worker_arg": [*args.worker_arg, *sized]})
+            label = f"{workers} x {model.rsplit('/', 1)[-1]} tp{tp}"
+            task = progress.add_task(f"{label} {config.name} @ {report.rate_label(rate)}", total=args.workflows)
             with SimStack(cell_args, config, flags, log_dir) as stack:
                 records, extra = asyncio.run(run_cell(traces[rate], stack, cell_args, progress, task))
                 cpu = stack.cpu()
             summary = report.summarize(config.name, rate, records, workers, None, None, None, cpu)
             extra = {"lag": extra.pop("lag"), "gateway": extra, "after_tool_p99": after_tool_p99(records),
                      "precision_recall": precision_recall(records)}
-            rows.append(row(summary, extra, workers, args.tp))
+            rows.append(row(summary, extra, workers, tp, model, extra_row))
             progress.advance(overall)
             (out_dir / f"bench_scale{suffix}.partial.json").write_text(json.dumps(rows, indent=1))  # so far
+
+        for workers in args.workers:
+            swept = args.configs if args.every_rate else [c for c in args.configs if c.name in args.sweep_configs]
+            for rate in args.rates:
+                for config in swept:
+                    cell(workers, config, rate)
+            picked[workers] = sweep.picked_rate(rows, workers, args.rates)
+            for config in [c for c in args.configs if c not in swept]:
+                cell(workers, config, picked[workers][0])
+        if args.tp4_row:
+            rate = picked[min(args.workers)][0]
+            for config in args.tp4_configs:
+                cell(args.tp4_workers, config, rate, "meta-llama/Llama-3.1-70B", 4, extra_row=True)
     meta = {"command": " ".join(["scripts/bench_scale.py", *(argv if argv is not None else sys.argv[1:])]).strip(),
             "when": time.strftime("%Y-%m-%d"), "gpu": args.gpu, "model": args.model, "tp": args.tp,
             "speedup": args.speedup, "workflows": args.workflows, "size": args.size, "seed": args.seed}
-    meta.update(quick=args.quick, suffix=suffix, **kv)
+    meta.update(quick=args.quick, suffix=suffix, **kv,
+                picked_rate={str(w): {"rate": r, "ttft_ok": ok} for w, (r, ok) in picked.items()})
     (out_dir / f"bench_scale{suffix}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     code = write(meta, rows, out_dir, args)
     console.print(f"results in {out_dir}")
     return code
 
 
+def dry_run(args, traces: dict, kv: dict) -> int:
+    """The cells a run takes (the not-swept ones at the highest rate: the picked one is known only after the
+    sweep) and the wall time they take at least."""
+    per_size = [(c.name, r) for r in args.rates for c in args.configs if args.every_rate or c.name in args.sweep_configs]
+    rest = [(c.name, max(args.rates)) for c in args.configs if not (args.every_rate or c.name in args.sweep_configs)]
+    cells = [(w, *c) for w in args.workers for c in per_size + rest]
+    cells += [(args.tp4_workers, f"{c.name} (Llama-3.1-70B TP4)", max(args.rates)) for c in args.tp4_configs
+              if args.tp4_row]
+    total = 0.0
+    for w, name, rate in cells:
+        s = sweep.cell_wall_s(traces[rate], args.speedup)
+        total += s
+        print(f"{w:>3} workers  {name:<36} {report.rate_label(rate):>9}  >= {s / 60:5.1f} min")
+    print(f"{len(cells)} cells, at least {total / 60:.0f} min of wall time at --speedup {args.speedup:g}"
+          + (f"; KV: {kv['kv_oversubscribed']}x oversubscribed" if kv else ""))
+    return 0
+
+
+def count_cells(args) -> int:
+    """How many cells the run takes (the progress bar's total)."""
+    swept = len(args.configs) if args.every_rate else sum(c.name in args.sweep_configs for c in args.configs)
+    per_size = swept * len(args.rates) + len(args.configs) - swept
+    return per_size * len(args.workers) + (len(args.tp4_configs) if args.tp4_row else 0)
+
+
 def write(meta: dict, rows: list[dict], out_dir: Path, args) -> int:
     """The plot, the markdown section (and BENCHMARKS.md's, for a full run into docs/)."""
     suffix = meta.get("suffix", "_quick" if meta.get("quick") else "")
-    plot(rows, out_dir / f"pareto_scale{suffix}.png", meta)
-    text = section(meta, rows, out_dir / f"pareto_scale{suffix}.png")
+    sweep.plot(rows, out_dir / f"pareto_scale{suffix}.png", meta)
+    swept = sweep.plot_sweep(rows, out_dir / f"sweep_scale{suffix}.png", meta)
+    text = section(meta, rows, out_dir / f"pareto_scale{suffix}.png",
+                   out_dir / f"sweep_scale{suffix}.png" if swept else None)
     (out_dir / f"bench_scale{suffix}.md").write_text(text)
     in_docs = out_dir.resolve() == (ROOT / "docs").resolve()
     if in_docs and not meta.get("quick") and not args.no_write:
         update_benchmarks_md(heading(meta), text)
     print(text)
     return 0 if all(r["failed"] == 0 for r in rows) else 1
-
-
-def section(meta: dict, rows: list[dict], plot_path: Path) -> str:
-    image = f"docs/{plot_path.name}" if plot_path.parent.resolve() == (ROOT / "docs").resolve() else str(plot_path)
-    kv = (f" L1 KV sized by `--kv-oversubscribe {meta['kv_oversubscribe']:g}`: blocks per worker by cluster size "
-          f"{meta['kv_blocks']}, the working set over the cluster's L1 {meta['kv_oversubscribed']}."
-          if meta.get("kv_blocks") else "")
-    lines = [heading(meta), "", f"**Everything here is simulated**: sim workers (`--backend sim`, {meta['gpu']}, {meta['model']}, "
-             f"tp{meta['tp']}; step times from aiconfigurator-core), simulated time at {meta['speedup']}x real time, "
-             f"converted back to simulated seconds. `{meta['command']}` ({meta['when']}), {meta['workflows']} workflows "
-             f"per cell ({meta['size']} sizes, seed {meta['seed']}). A cell whose median step lag exceeds 5% of the "
-             "median step time is INVALID." + kv, "", *table(rows), "", f"![simulated Pareto]({image})", "",
-             "Targets (at the highest rate where agentgate's p99 TTFT <= 1 s):", "", *targets(rows), "",
-             *fidelity_lines(plot_path.parent / "fidelity_sim.json")]
-    return "\n".join(lines)
-
-
-def variant(model: str, tp: int) -> str:
-    """The file-name suffix of a run on another model or TP than the default Qwen3-8B TP1 ("" for it)."""
-    if (model, tp) == ("Qwen/Qwen3-8B", 1):
-        return ""
-    return "_" + model.rsplit("/", 1)[-1].lower() + f"_tp{tp}"
-
-
-def heading(meta: dict) -> str:
-    """The BENCHMARKS.md section of this run: the default one, or one per model/TP and KV sizing."""
-    extra = [f"{meta['model']} TP{meta['tp']}"] if variant(meta["model"], meta["tp"]) else []
-    extra += [f"KV {meta['kv_oversubscribe']:g}x oversubscribed"] if meta.get("kv_blocks") else []
-    return SECTION + (f": {', '.join(extra)}" if extra else "")
-
-
-def fidelity_lines(path: Path) -> list[str]:
-    """The fidelity check's numbers (scripts/fidelity_sim.py --out), where a run wrote them beside the plot."""
-    if not path.exists():
-        return ["Fidelity: not measured in this output directory (scripts/fidelity_sim.py --out "
-                f"{path.name})."]
-    f = json.loads(path.read_text())
-    real, sim, diff = f["results"]["real"], f["results"]["sim"], f["relative_difference"]
-    return ["Fidelity (one CPU-sized trace, a real CPU worker against a sim worker on the table `agentgate "
-            f"profile` measured: {f['table']}):", "",
-            "| worker | calls | TTFT p50 (s) | makespan (s) |", "|---|---|---|---|",
-            f"| real (embedded engine) | {real['calls']} | {real['ttft_p50_s']} | {real['makespan_s']} |",
-            f"| sim (timing table) | {sim['calls']} | {sim['ttft_p50_s']} | {sim['makespan_s']} |",
-            f"| sim / real - 1 | | {diff['ttft_p50_s']:+.1%} | {diff['makespan_s']:+.1%} |", "",
-            f"Within 15%: {'yes' if f['within_15_percent'] else 'no'}.", ""]
 
 
 if __name__ == "__main__":

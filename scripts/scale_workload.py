@@ -135,11 +135,20 @@ def footprint(trace: dict) -> tuple[int, int]:
     return total + sum(trace["system_tokens"][k][i] for k, i in systems), largest
 
 
-def kv_blocks_for(trace: dict, oversubscribe: float, workers: int, block_size: int = 16) -> tuple[int, float]:
+TEMPLATE_HEADROOM = 1.05  # a call's chat template adds a few tokens a message to what footprint() counts
+
+
+def call_blocks(tokens: int, block_size: int = 16) -> int:
+    """KV blocks one call of `tokens` (footprint's count) needs on a worker, its chat template included."""
+    return math.ceil(tokens * TEMPLATE_HEADROOM / block_size) + 1
+
+
+def kv_blocks_for(trace: dict, oversubscribe: float, workers: int, block_size: int = 16,
+                  floor_calls: int = 2) -> tuple[int, float]:
     """Each worker's L1 KV blocks so that the trace's working set is `oversubscribe` times the cluster's
-    L1 capacity, but never below two of its largest calls; (blocks, the oversubscription they give)."""
+    L1 capacity, but never below `floor_calls` of its largest calls; (blocks, the oversubscription they give)."""
     working, largest = footprint(trace)
-    blocks = max(int(working // (oversubscribe * workers * block_size)), 2 * math.ceil(largest / block_size))
+    blocks = max(int(working // (oversubscribe * workers * block_size)), floor_calls * call_blocks(largest, block_size))
     return blocks, working / (blocks * workers * block_size)
 
 

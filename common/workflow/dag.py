@@ -22,20 +22,37 @@ from common.workflow.templating import references
 # The weight of an external node (a tool call) in critical-path units (expected output tokens).
 EXTERNAL_WEIGHT = 32
 MAX_CYCLES_REPORTED = 5
+MAX_SHAPES = 1024  # distinct workflow shapes whose graph is kept for the next run of that shape
+_SHAPES: dict[tuple, nx.DiGraph] = {}
 
 
 def build_graph(spec: WorkflowSpec) -> nx.DiGraph:
-    """Nodes carry `spec`; edges carry `condition` (None for reference edges)."""
-    g = nx.DiGraph()
-    for node in spec.nodes:
-        g.add_node(node.id, spec=node)
-    for edge in spec.edges:
-        g.add_edge(edge.source, edge.target, condition=edge.condition)
-    for node in spec.nodes:
-        for ref in _node_refs(node):
-            if ref in g and not g.has_edge(ref, node.id):
-                g.add_edge(ref, node.id, condition=None)
+    """The workflow's shape: its node ids; edges carry `condition` (None for reference edges). The node
+    specs are not on it (`WorkflowRun.node_spec`): every run of one shape — a template's or an agent's
+    runs differ in their texts, not their graph — shares one frozen graph from a bounded cache."""
+    key = (tuple(n.id for n in spec.nodes), tuple((e.source, e.target, e.condition) for e in spec.edges),
+           tuple(tuple(sorted(_node_refs(n))) for n in spec.nodes))
+    try:
+        g = _SHAPES.pop(key, None)
+    except TypeError:  # a condition expecting a JSON list or object cannot be a key: this run gets its own
+        return _shape_graph(*key)
+    g = g if g is not None else _shape_graph(*key)
+    _SHAPES[key] = g  # most recently used last
+    if len(_SHAPES) > MAX_SHAPES:
+        del _SHAPES[next(iter(_SHAPES))]
     return g
+
+
+def _shape_graph(ids: tuple, edges: tuple, refs: tuple) -> nx.DiGraph:
+    g = nx.DiGraph()
+    g.add_nodes_from(ids)
+    for source, target, condition in edges:
+        g.add_edge(source, target, condition=condition)
+    for node_id, node_refs in zip(ids, refs):
+        for ref in node_refs:
+            if ref in g and not g.has_edge(ref, node_id):
+                g.add_edge(ref, node_id, condition=None)
+    return nx.freeze(g)
 
 
 def _node_refs(node) -> set[str]:
@@ -98,10 +115,11 @@ def node_weight(node) -> int:
     return EXTERNAL_WEIGHT if node.kind == "external" else max(node.max_tokens, 1)
 
 
-def critical_paths(g: nx.DiGraph) -> dict[str, int]:
-    """node → weight of the heaviest path from it to any sink, itself included. `g` must be acyclic."""
+def critical_paths(g: nx.DiGraph, specs: dict) -> dict[str, int]:
+    """node → weight of the heaviest path from it to any sink, itself included (`specs`: node id → its
+    NodeSpec). `g` must be acyclic."""
     remaining: dict[str, int] = {}
     for node in reversed(list(nx.topological_sort(g))):
         tail = max((remaining[s] for s in g.successors(node)), default=0)
-        remaining[node] = node_weight(g.nodes[node]["spec"]) + tail
+        remaining[node] = node_weight(specs[node]) + tail
     return remaining

@@ -57,6 +57,13 @@ class PinTable:
         self._started[pin_id] = now
         return pin
 
+    def renew(self, pin_id: str, ttl_s: float) -> Pin | None:
+        """Extend a live pin by its id (as pinning its prefix again would); None when it lapsed or never was."""
+        pin = self._pins.get(pin_id)
+        if pin is not None:
+            pin.expires = max(pin.expires, time.monotonic() + ttl_s)
+        return pin
+
     def unpin(self, pin_id: str) -> bool:
         pin = self._pins.pop(pin_id, None)
         if pin is None:

@@ -76,6 +76,11 @@ class KVApi:
         pin = self.engine.pins.pin(token_ids, salt, ttl_s)
         return self._pin_json(pin) if pin is not None else None
 
+    def renew(self, pin_id: str, ttl_s: float) -> dict | None:
+        """Engine thread: extend a live pin by its id (no prefix sent again); None when it is gone."""
+        pin = self.engine.pins.renew(pin_id, ttl_s)
+        return self._pin_json(pin) if pin is not None else None
+
     def unpin(self, pin_id: str | None = None, token_ids: list[int] | None = None, salt: str | None = None) -> str | None:
         """Engine thread: drop a pin by id or by its prefix; returns the id dropped, or None."""
         e = self.engine

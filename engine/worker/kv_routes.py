@@ -50,6 +50,13 @@ async def kv_prefetch(request: web.Request) -> web.Response:
 async def kv_pin(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     body = parse(PinRequest, await read_json(request))
+    if body.pin_id is not None:  # a renewal: the pin's id, not its prefix again
+        if body.text is not None or body.input_ids is not None:
+            raise BadRequestError("give pin_id or the prefix, not both", param="pin_id")
+        pin = await asyncio.wrap_future(engine.call(lambda: engine.kv.renew(body.pin_id, body.ttl_s)))
+        if pin is None:
+            raise NotFoundError(f"no such pin ({body.pin_id}); it may have expired", param="pin_id")
+        return json_response(pin)
     ids = _prefix_ids(engine, body)
     pin = await asyncio.wrap_future(engine.call(lambda: engine.kv.pin(ids, body.cache_salt, body.ttl_s)))
     if pin is None:

@@ -170,6 +170,7 @@ class PrefetchRequest(KVPrefix):
 
 class PinRequest(KVPrefix):
     ttl_s: Annotated[float, Field(gt=0, le=MAX_PIN_TTL_S)]
+    pin_id: str | None = None  # renew this live pin instead of pinning a prefix (give no prefix then)
 
 
 class UnpinRequest(KVPrefix):

@@ -27,11 +27,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from array import array
 from collections.abc import Callable
 from dataclasses import replace
 
-from gateway.awareness.slots import Intent, Slot, token_array
+from gateway.awareness.slots import Intent, Slot, digest, token_array
 from gateway.errors import WorkerCallError
 from gateway.metrics import Metrics
 from gateway.router.base import RoutingPolicy
@@ -69,11 +68,15 @@ class Prefetcher:
         """Make sure the worker of `intent.key` holds `intent.ids` (pinned for pin_ttl_s). None when
         there is no healthy worker or the prefix has no full block."""
         block = self.hasher.block_size
-        if len(intent.ids) < block:
+        if intent.ids is None:  # a renewal of what the slot sent: only a slot that holds it acts on one
+            slot = self.slots.get(intent.key)
+            if not self.holds(intent.key, intent.pin_ttl_s is not None):
+                return slot
+        elif len(intent.ids) < block:
             return self.slots.get(intent.key)
-        if not isinstance(intent.ids, array):  # kept while the slot lives: 4 bytes a token, not a list's 36
+        else:
             intent = replace(intent, ids=token_array(intent.ids))
-        slot = self.slots.get(intent.key)
+            slot = self.slots.get(intent.key)
         if slot is not None and slot.released:
             return slot
         if slot is None or not self._usable(slot.url) and not slot.running:
@@ -96,16 +99,27 @@ class Prefetcher:
             self._pump(slot.url)
         return slot
 
+    def holds(self, key: tuple[str, str], pinned: bool, sent: tuple[int, int] | None = None) -> bool:
+        """Whether the slot of `key` can act on a renewal (an intent without ids, its prefix unchanged): it
+        sent a prefix (`sent`: exactly that one, as (length, digest)) to a worker still usable and, where a pin
+        is wanted, holds one, is sending, or was refused one. Otherwise the caller gives the ids again (a new
+        slot, a new worker, a grown prefix, a pin to take again)."""
+        slot = self.slots.get(key)
+        return (slot is not None and not slot.released and slot.sent_len > 0 and self._usable(slot.url)
+                and (sent is None or sent == (slot.sent_len, slot.sent_digest))
+                and (not pinned or slot.pin is not None or slot.pending or slot.pin_refused))
+
     def _worth_sending(self, slot: Slot, intent: Intent) -> bool:
         if slot.failures >= MAX_FAILURES:
             return False
-        block = self.hasher.block_size
-        full = len(intent.ids) // block * block
-        sent = slot.sent_ids
-        if intent.ids[:len(sent)] != sent:  # not an extension of what was sent (rare): send it
-            return True
-        if full >= len(sent) // block * block + intent.min_new_blocks * block:
-            return True
+        if intent.ids is not None:
+            block = self.hasher.block_size
+            full = len(intent.ids) // block * block
+            sent = slot.sent_len
+            if len(intent.ids) < sent or digest(intent.ids[:sent]) != slot.sent_digest:
+                return True  # not an extension of what was sent (rare): send it
+            if full >= sent // block * block + intent.min_new_blocks * block:
+                return True
         if intent.pin_ttl_s is None or slot.pin_refused:
             return False
         if slot.pin_since is not None and time.time() - slot.pin_since > self.max_hold_s:
@@ -217,7 +231,8 @@ class Prefetcher:
             slot = self.slots[key]
             intent, slot.wanted = slot.wanted, None
             slot.running = True
-            slot.sent_ids = intent.ids
+            if intent.ids is not None:
+                slot.sent_len, slot.sent_digest = len(intent.ids), digest(intent.ids)
             self.inflight[url] = self.inflight.get(url, 0) + 1
             task = asyncio.create_task(self._send(slot, intent), name=f"prefetch {url}")
             self.tasks.add(task)
@@ -230,13 +245,23 @@ class Prefetcher:
         ttl = slot.pin_ttl_s = None if slot.pin_refused else intent.pin_ttl_s
         try:
             worker = self.pool.workers[url]
-            if intent.pin_only:
+            if intent.ids is None:  # a renewal: the pin by its id, no prefix sent again
+                if slot.pin is None or ttl is None:
+                    return
+                pin = await self.kv.renew(worker, slot.pin, ttl_s=ttl)
+                result = PrefetchResult(slot.resident_tokens, {}, pin.pin_id)
+            elif intent.pin_only:
                 pin = await self.kv.pin(worker, intent.ids, ttl_s=ttl or 1.0, cache_salt=intent.salt)
                 result = PrefetchResult(pin.pinned_tokens, {"l1": pin.pinned_tokens}, pin.pin_id)
             else:
                 result = await self.kv.prefetch(worker, intent.ids, pin_ttl_s=ttl, priority=-intent.steps,
                                                 cache_salt=intent.salt)
-        except (WorkerCallError, KeyError) as exc:
+        except WorkerCallError as exc:
+            if intent.ids is None and exc.status == 404:  # the pin lapsed there: the next pass takes it again
+                self._unhold(slot)  # (its unpin finds it gone: a 404 counted as nothing released)
+            else:
+                self._failed(slot, intent, exc)
+        except KeyError as exc:
             self._failed(slot, intent, exc)
         else:
             self._landed(slot, intent, result, ttl)
@@ -266,10 +291,10 @@ class Prefetcher:
         self.metrics.prefetches.inc(outcome="done")
         if result.pin_id is not None and ttl is not None:
             self._hold(slot, result.pin_id, result.resident_tokens, ttl)
-        if not intent.pin_only:  # a policy with a memory of what went where learns the prefix is there now
-            self.policy.on_routed(self.hasher.route_for_ids(intent.ids, intent.salt), slot.url)
+        if not intent.pin_only and intent.ids is not None:  # a policy with a memory of what went where learns
+            self.policy.on_routed(self.hasher.route_for_ids(intent.ids, intent.salt), slot.url)  # it is there now
         if self.on_change is not None:
-            self.on_change(slot, "done", {"tokens": len(intent.ids), "resident_tokens": result.resident_tokens,
+            self.on_change(slot, "done", {"tokens": slot.sent_len, "resident_tokens": result.resident_tokens,
                                           "from": dict(result.sources), "pin_id": slot.pin,
                                           "pin_ttl_s": ttl if slot.pin else None})
 

@@ -11,7 +11,6 @@ precision; a finished call's cached_tokens says whether the prefix was hit.
 from __future__ import annotations
 
 import asyncio
-from array import array
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 
@@ -67,7 +66,8 @@ class RunPlan:
     records: dict[str, NodeRecord] = field(default_factory=dict)
     forecast: dict[str, Forecast] = field(default_factory=dict)
     learned: Learned = field(default_factory=Learned)
-    prefix_cache: dict[str, tuple[int, array]] = field(default_factory=dict)  # node → (hash of its texts, ids)
+    prefix_cache: dict[str, tuple[int, tuple[int, int]]] = field(default_factory=dict)  # node → (hash of its texts,
+    # (length, digest) of the ids they gave): what a pass compares with what the node's slot sent
     callers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # external node → caller slot keys
     dirty: set[str] = field(default_factory=set)
     observed: set[str] = field(default_factory=set)  # finished calls already accounted for

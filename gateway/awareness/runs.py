@@ -50,7 +50,7 @@ from gateway.router.base import RoutingPolicy
 from gateway.router.prompts import PromptHasher
 from gateway.awareness.pipelining import StreamTap, pipelining_for
 from gateway.awareness.prefetch import RENEW_BEFORE_S, Prefetcher
-from gateway.awareness.slots import Intent, token_array
+from gateway.awareness.slots import Intent, digest, token_array
 from gateway.awareness.records import Reporter, RunPlan
 from gateway.state.learning import LearningStore
 from gateway.state.prefetch_log import PrefetchLog
@@ -210,10 +210,10 @@ class Awareness:
             if plan.stream is not None:
                 partial = plan.stream.partial({n for n, s in run.nodes.items() if s.status == "running"})
         messages, complete = render_known(run.node_spec(node), known, run.spec.inputs, partial)
-        ids = self._prefix_ids(plan, node, messages, complete)
-        if len(ids) < self.hasher.block_size:
-            return
         ttl = self._ttl(f.eta_s) if self.config.pinning and full else None  # an unlikely branch holds no pin
+        ids = self._prefix_ids(plan, (run.id, node), messages, complete, ttl is not None)
+        if ids is not None and len(ids) < self.hasher.block_size:
+            return
         growth = self.config.token_pipelining_blocks if partial else 1  # increments of a streaming prompt
         slot = self.prefetcher.want(Intent((run.id, node), ids, steps=max(f.steps, 1), pin_ttl_s=ttl,
                                            min_new_blocks=growth, max_tokens=run.node_spec(node).max_tokens,
@@ -226,15 +226,17 @@ class Awareness:
         if slot is not None:
             rec.worker = slot.url
 
-    def _prefix_ids(self, plan: RunPlan, node: str, messages: list[dict], complete: bool) -> array:
-        # Kept per pending node while the run lasts: a hash of what was rendered, not the texts, and
-        # the ids as an array (4 bytes a token), so thousands of runs in flight stay small.
+    def _prefix_ids(self, plan: RunPlan, key: tuple[str, str], messages: list[dict], complete: bool,
+                    pinned: bool) -> array | None:
+        """The node's knowable prefix as token ids, or None when it is what its slot sent last and the slot
+        holds it (a renewal: the pin goes by its id). Only a hash of what was rendered is kept per pending
+        node, never the ids, so thousands of runs in flight stay small."""
         signature = hash((complete, *(m["content"] for m in messages)))
-        cached = plan.prefix_cache.get(node)
-        if cached is not None and cached[0] == signature:
-            return cached[1]
+        cached = plan.prefix_cache.get(key[1])
+        if cached is not None and cached[0] == signature and self.prefetcher.holds(key, pinned, cached[1]):
+            return None
         ids = token_array(knowable_prefix_ids(self.hasher, messages, complete))
-        plan.prefix_cache[node] = (signature, ids)
+        plan.prefix_cache[key[1]] = (signature, (len(ids), digest(ids)))
         return ids
 
     def _ttl(self, eta_s: float) -> float:
@@ -269,8 +271,7 @@ class Awareness:
             if cs.status != "finished" or run.node_spec(caller).kind != "llm" or cs.worker is None:
                 continue
             key = (run.id, f"{external}<{caller}")
-            slot = self.prefetcher.slots.get(key)
-            ids = slot.sent_ids if slot is not None else self._conversation_ids(run, caller)
+            ids = None if self.prefetcher.holds(key, True) else self._conversation_ids(run, caller)  # None: renew
             slot = self.prefetcher.want(Intent(key, ids, steps=1, pin_ttl_s=ttl, url=cs.worker, pin_only=True,
                                                salt=run.node_spec(caller).params.get("cache_salt")))
             if key not in keys and slot is not None:

@@ -10,14 +10,19 @@ from gateway.workers.kv_ops import TIERS
 
 
 def token_array(ids) -> array:
-    """Token ids as a compact array (what slots and plans keep of a prefix)."""
+    """Token ids as a compact array (4 bytes a token, not a list's 36)."""
     return ids if isinstance(ids, array) else array("I", ids)
+
+
+def digest(ids: array) -> int:
+    """What a slot keeps of the prefix it sent: a hash of its bytes (with its length), not the ids."""
+    return hash(ids.tobytes())
 
 
 @dataclass(frozen=True)
 class Intent:
     key: tuple[str, str]
-    ids: list[int] | array  # want() keeps it as an array
+    ids: list[int] | array | None  # None: a renewal, the prefix the slot sent last (Prefetcher.holds)
     steps: int = 1
     pin_ttl_s: float | None = None
     url: str | None = None  # a fixed worker (a caller's conversation); None: route it
@@ -34,7 +39,8 @@ class Slot:
     wanted: Intent | None = None  # the newest intent not sent yet
     queued_at: float = 0.0
     running: bool = False
-    sent_ids: array = field(default_factory=lambda: array("I"))  # the prefix of the last prefetch sent
+    sent_len: int = 0  # tokens of the prefix of the last prefetch sent, and a digest() of them: a pass whose
+    sent_digest: int = 0  # prefix did not change renews the pin by its id, so no slot keeps the ids themselves
     resident_tokens: int = 0
     sources: dict = field(default_factory=lambda: dict.fromkeys(TIERS, 0))
     prefetches: int = 0

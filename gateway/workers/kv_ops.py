@@ -159,6 +159,20 @@ class KVOps:
         touched = await self._touch(worker, body, priority)
         return PinResult(self._start_pin(worker, body, ttl_s, priority), touched.resident_tokens, ttl_s)
 
+    async def renew(self, worker, pin_id: str, *, ttl_s: float) -> PinResult:
+        """Extend a live pin by its id, sending no prefix; a pin that lapsed raises a 404 WorkerCallError."""
+        if await self.kind(worker) == "agentgate":
+            out = await post_json(worker.client, "/kv/pin", {"pin_id": pin_id, "ttl_s": ttl_s})
+            with _reply_of(worker, "/kv/pin"):
+                return PinResult(str(out["pin_id"]), int(out["pinned_tokens"]), float(out["expires_in_s"]))
+        key = self._pin_keys.get(pin_id)
+        toucher = self._touchers.get(key) if key is not None else None
+        if toucher is None or pin_id not in toucher.pins:
+            raise WorkerCallError(worker.client.url, f"no such pin ({pin_id}); it may have expired", status=404,
+                                  retryable=False)
+        toucher.pins[pin_id] = max(toucher.pins[pin_id], time.monotonic() + ttl_s)
+        return PinResult(pin_id, 0, ttl_s)
+
     async def unpin(self, worker, pin_id: str | None = None, *, input_ids=None, text=None,
                     cache_salt=None) -> int:
         """Release one pin, or every pin of a prefix; returns how many were released."""

@@ -49,6 +49,20 @@ def test_pin_and_unpin_by_id_and_by_prefix(worker):
     assert post(worker, "/kv/unpin", {"text": text})[0] == 200
 
 
+def test_a_pin_is_renewed_by_its_id_alone(worker):
+    text = "KV API renewal test. " + SYSTEM
+    status, res = post(worker, "/kv/prefetch", {"text": text, "pin_ttl_s": 5})
+    assert status == 200 and res["pin_id"]
+    status, renewed = post(worker, "/kv/pin", {"pin_id": res["pin_id"], "ttl_s": 600})
+    assert status == 200 and renewed["pin_id"] == res["pin_id"] and renewed["pinned_tokens"] == res["pinned_tokens"]
+    assert 590 < renewed["expires_in_s"] <= 600  # extended from 5 s: the TTL the renewal asked for
+    status, body = post(worker, "/kv/pin", {"pin_id": res["pin_id"], "text": text, "ttl_s": 5})
+    assert status == 400 and body["error"]["param"] == "pin_id"
+    assert post(worker, "/kv/unpin", {"pin_id": res["pin_id"]})[0] == 200
+    status, body = post(worker, "/kv/pin", {"pin_id": res["pin_id"], "ttl_s": 5})  # gone: nothing to renew
+    assert status == 404 and body["error"]["param"] == "pin_id"
+
+
 def test_pin_of_a_prefix_not_resident_is_404(worker):
     status, body = post(worker, "/kv/pin", {"text": "never seen before, never cached. " * 8, "ttl_s": 5})
     assert status == 404 and "prefetch it first" in body["error"]["message"]

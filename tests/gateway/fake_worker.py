@@ -252,6 +252,12 @@ class FakeWorker:
     async def kv_pin(self, request):
         call, body = await self._begin(request)
         call.end = time.monotonic()
+        if "pin_id" in body:  # a renewal by id, as the embedded worker takes one
+            pin = self.pins.get(body["pin_id"])
+            if pin is None:
+                return web.json_response({"error": {"message": "no such pin"}}, status=404)
+            pin["expires_in_s"] = body["ttl_s"]
+            return web.json_response(pin)
         return web.json_response(self._pin(body, self._prompt_cache(body)[0]))
 
     async def kv_unpin(self, request):

@@ -156,6 +156,20 @@ async def test_sglang_prefetch_errors_are_worker_call_errors(fake_workers, sessi
         await kv.prefetch(state(w, session))
 
 
+async def test_an_emulated_pin_is_renewed_by_its_id_and_a_lapsed_one_is_a_404(fake_workers, session, kv):
+    (w,) = await fake_workers(1)
+    worker = state(w, session)
+    result = await kv.prefetch(worker, PREFIX, pin_ttl_s=0.3)
+    renewed = await kv.renew(worker, result.pin_id, ttl_s=30)
+    assert renewed.pin_id == result.pin_id
+    await asyncio.sleep(0.6)  # past the first TTL: the renewal holds it
+    assert kv.pinned() == 1
+    assert await kv.unpin(worker, result.pin_id) == 1
+    with pytest.raises(WorkerCallError) as err:
+        await kv.renew(worker, result.pin_id, ttl_s=30)
+    assert err.value.status == 404
+
+
 async def test_embedded_engine_uses_its_kv_routes(fake_workers, session, kv):
     (w,) = await fake_workers(1, kv_api=True)
     worker = state(w, session)
@@ -168,6 +182,8 @@ async def test_embedded_engine_uses_its_kv_routes(fake_workers, session, kv):
     pin = await kv.pin(worker, PREFIX, ttl_s=10)
     assert calls(w, "/kv/pin") == [{"input_ids": PREFIX, "ttl_s": 10}]
     assert (pin.pinned_tokens, pin.expires_in_s) == (32, 10.0)
+    assert (await kv.renew(worker, pin.pin_id, ttl_s=40)).expires_in_s == 40.0
+    assert calls(w, "/kv/pin")[-1] == {"pin_id": pin.pin_id, "ttl_s": 40}  # by its id: no prefix again
     assert await kv.unpin(worker, pin.pin_id) == 1
     assert calls(w, "/kv/unpin") == [{"pin_id": pin.pin_id}]
     assert await kv.unpin(worker, "pin-unknown") == 0  # 404: already gone

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import networkx as nx
 import pytest
 
 from common.workflow.conditions import evaluate, parse_json_path
+from common.workflow.run import WorkflowRun
 from common.workflow.dag import build_graph, critical_paths, validate
 from common.workflow.spec import (
     Condition,
@@ -55,8 +57,22 @@ def test_every_problem_is_listed_at_once():
 def test_critical_path_counts_expected_tokens_to_the_sink():
     spec = WorkflowSpec(nodes=(node("a", max_tokens=10), node("long", "{{a}}", max_tokens=100),
                                node("short", "{{a}}", max_tokens=5), node("end", "{{long}}{{short}}", max_tokens=1)))
-    cp = critical_paths(build_graph(spec))
+    cp = critical_paths(build_graph(spec), {n.id: n for n in spec.nodes})
     assert cp == {"a": 111, "long": 101, "short": 6, "end": 1}
+
+
+def test_runs_of_one_shape_share_one_frozen_graph_and_keep_their_own_node_specs():
+    a = WorkflowSpec(nodes=(node("a", "first text", max_tokens=10), node("b", "{{a}} then", max_tokens=20)))
+    b = WorkflowSpec(nodes=(node("a", "other text", max_tokens=30), node("b", "{{a}} again", max_tokens=5)))
+    other = WorkflowSpec(nodes=(node("a", "first text"), node("b", "no reference")))
+    ra, rb = WorkflowRun("wf-a", a, 0.0), WorkflowRun("wf-b", b, 0.0)
+    assert ra.graph is rb.graph and nx.is_frozen(ra.graph) and list(ra.graph.edges) == [("a", "b")]
+    assert build_graph(other) is not ra.graph and not build_graph(other).edges
+    assert ra.node_spec("a").messages != rb.node_spec("a").messages  # the texts stay each run's own
+    assert ra.remaining == {"a": 30, "b": 20} and rb.remaining == {"a": 35, "b": 5}
+    listy = WorkflowSpec(nodes=(node("a", "x"), node("b", "y")),  # an unhashable condition: a graph of its own
+                         edges=(EdgeSpec("a", "b", Condition("json_path", "$.k", ["v"], True)),))
+    assert build_graph(listy).edges["a", "b"]["condition"].expected == ["v"]
 
 
 def test_spec_survives_its_json_round_trip():

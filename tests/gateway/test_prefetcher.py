@@ -13,7 +13,7 @@ from gateway.metrics import Metrics
 from gateway.router.policies.least_load import LeastLoadPolicy
 from gateway.router.prompts import PromptHasher
 from gateway.awareness.prefetch import Intent, Prefetcher
-from gateway.workers.kv_ops import PrefetchResult
+from gateway.workers.kv_ops import PinResult, PrefetchResult
 from gateway.workers.pool import WorkerPool
 
 pytestmark = pytest.mark.asyncio
@@ -29,6 +29,8 @@ class StubKV:
         self.unpinned: list[str] = []
         self.pin_id = pin_id
         self.salts: list[str | None] = []
+        self.renewed: list[tuple[str, float]] = []
+        self.lapsed: set[str] = set()  # pins the worker let go: a renewal of one is a 404
 
     async def prefetch(self, worker, ids, *, pin_ttl_s=None, priority=None, cache_salt=None):
         self.sent.append((len(ids), priority))
@@ -36,6 +38,12 @@ class StubKV:
         await self.gate.wait()
         return PrefetchResult(len(ids) // 16 * 16, {"l1": 0, "l2": 0, "l3": 0, "computed": len(ids)},
                               self.pin_id if pin_ttl_s else None)
+
+    async def renew(self, worker, pin_id, *, ttl_s):
+        self.renewed.append((pin_id, ttl_s))
+        if pin_id in self.lapsed:
+            raise WorkerCallError(URL, "no such pin", status=404, retryable=False)
+        return PinResult(pin_id, 32, ttl_s)
 
     async def unpin(self, worker, pin_id=None, **_):
         self.unpinned.append(pin_id)
@@ -194,3 +202,28 @@ async def test_due_names_the_workflows_whose_pins_need_a_pass_and_no_other():
     assert pf.due(2.5) == {"wf-short", "wf-failed"}
     pf.release(("wf-short", "n"))
     assert pf.due(2.5) == {"wf-failed"}
+
+
+async def test_an_unchanged_prefix_renews_its_pin_by_id_and_a_lapsed_one_is_taken_again_with_the_prefix():
+    kv = StubKV(pin_id="p")
+    kv.gate.set()
+    pf, _ = make(kv)
+    key = ("wf", "n")
+    assert not pf.holds(key, True)  # nothing sent yet: the caller gives the ids
+    pf.want(Intent(key, ids(40), pin_ttl_s=1))
+    await settle()
+    slot = pf.slots[key]
+    assert kv.sent == [(40, -1)] and slot.pin == "p" and slot.sent_len == 40
+    assert pf.holds(key, True) and pf.holds(key, True, (40, slot.sent_digest)) and not pf.holds(key, True, (41, 0))
+    pf.want(Intent(key, None, pin_ttl_s=30))  # about to lapse (1 s TTL): renewed by its id, no prefix sent
+    await settle()
+    assert kv.renewed == [("p", 30)] and kv.sent == [(40, -1)] and slot.pin == "p" and slot.pinned_tokens == 40 // 16 * 16
+    kv.lapsed.add("p")
+    slot.pin_expires = 0.0  # due again; the worker let it go meanwhile
+    pf.want(Intent(key, None, pin_ttl_s=30))
+    await settle()
+    assert kv.renewed == [("p", 30), ("p", 30)] and slot.pin is None and slot.failures == 0
+    assert not pf.holds(key, True)  # so the next pass gives the ids again, and the pin is taken again
+    pf.want(Intent(key, ids(40), pin_ttl_s=30))
+    await settle()
+    assert kv.sent == [(40, -1), (40, -1)] and slot.pin == "p"

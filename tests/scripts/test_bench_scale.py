@@ -77,7 +77,7 @@ def test_kv_oversubscription_sizes_l1_from_the_traces_working_set():
     assert blocks == working // (3 * 2 * 16) and 3.0 <= factor < 3.01  # >= 3x the cluster's L1
     small = scale_workload.generate(5, 2.0, 0, "quick")  # never below two of its largest calls
     blocks, factor = scale_workload.kv_blocks_for(small, 3.0, 2)
-    assert blocks == 2 * -(-scale_workload.footprint(small)[1] // 16) and factor < 3.0
+    assert blocks == 2 * scale_workload.call_blocks(scale_workload.footprint(small)[1]) and factor < 3.0
     args = bench_scale.parse_args(["--kv-oversubscribe", "3", "--model", "meta-llama/Llama-3.1-70B", "--tp", "4"])
     assert args.kv_oversubscribe == 3.0 and args.tp == 4
     with pytest.raises(SystemExit):
