@@ -18,7 +18,7 @@ calls are aborted. Every state change is written to Redis before it is acted on
 (state/journal.py); ownership of a workflow is a lease there, so a restarted
 gateway or another replica resumes it. A dispatched node's worker slot is a
 `NodeCall` (ownership.py) that its task gives back however it ends, and every
-task runs under `Lifecycle.guarded`, so no fault strands a slot or a workflow.
+task runs under `Lifecycle.guarded` (lifecycle.py: the object that holds the runs, their tasks and leases), so no fault strands a slot or a workflow.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from gateway.router.prompts import PromptHasher
 from common.workflow.templating import render_messages
 from gateway.scheduler.executor import chat_body, node_output, run_chat
 from gateway.scheduler.hooks import NO_AWARENESS, AwarenessHooks
+from gateway.scheduler import forwarding
 from gateway.scheduler.lifecycle import CANCELLED, Lifecycle
 from gateway.scheduler.migration import (
     Progress,
@@ -50,44 +51,73 @@ from gateway.scheduler.migration import (
     run_continuation,
 )
 from gateway.scheduler.ownership import NodeCall
+from gateway.state.journal import OUTAGE
 from gateway.state.store import WorkflowStore
 from gateway.state.template_store import TemplateStore
+from gateway.tasks import cancel_and_wait
 from gateway.workers.pool import WorkerPool
 
 log = logging.getLogger("agentgate.gateway")
 AGING_TOKENS_PER_S = 64.0
 
 
-class Scheduler(Lifecycle):
+class Scheduler:
     def __init__(self, config: GatewayConfig, store: WorkflowStore, pool: WorkerPool, policy: RoutingPolicy,
                  hasher: PromptHasher, metrics: Metrics, *, templates: TemplateStore | None = None,
                  awareness: AwarenessHooks = NO_AWARENESS):
-        super().__init__(config, store, pool, metrics, templates=templates, awareness=awareness)
+        self.config = config
+        self.store = store
+        self.pool = pool
+        self.metrics = metrics
         self.policy = policy
         self.hasher = hasher
+        self.awareness = awareness
+        self.lifecycle = Lifecycle(config, store, pool, metrics, templates=templates, awareness=awareness,
+                                   resume=self.resume, advance=self.advance, unready=self._unready)
+        lc = self.lifecycle  # the same tables and journal, by their usual names
+        self.owner, self.journal, self.runs, self.tasks = lc.owner, lc.journal, lc.runs, lc.tasks
         self.ready: dict[tuple[str, str], tuple[float, int]] = {}  # (wf, node) → (enqueued at, seq)
         self._seq = 0
         self._enqueued = asyncio.Event()  # set by enqueue(): wakes an idle dispatch loop
+        self._loops: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        await self.journal.start()
+        try:
+            await self.lifecycle.claim_orphans()
+        except OUTAGE as exc:  # Redis is not up yet: the lease rounds claim them once it is
+            log.warning("unfinished workflows not resumed yet: %s", exc)
+        self._loops = [asyncio.create_task(self.dispatch_loop(), name="gateway-dispatch"),
+                       asyncio.create_task(self.lifecycle.lease_loop(), name="gateway-leases"),
+                       asyncio.create_task(forwarding.control_loop(self.lifecycle), name="gateway-control")]
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._loops)
+        await self.lifecycle.stop()
+
+    async def cancel(self, wf_id: str) -> str:
+        return await self.lifecycle.cancel(wf_id)
+
+    async def post_result(self, wf_id: str, node: str, output) -> str:
+        return await self.lifecycle.post_result(wf_id, node, output)
 
     # -- entry points ----------------------------------------------------------------------------
     async def submit(self, spec: WorkflowSpec, tenant: str | None = None, graph=None) -> str:
         """Start a validated workflow (`graph`: its graph, built when it was validated)."""
         wf_id = "wf-" + uuid.uuid4().hex[:16]
         created = await self.journal.write(self.store.create, wf_id, spec_to_json(spec), template=spec.template,
-                                           priority=spec.priority, tenant=tenant)
+                                           priority=spec.priority, tenant=tenant, lease=self.journal.lease)
         # It exists from here on: whatever fails next, it runs (here, or resumed) and its id is the answer.
         run = WorkflowRun(wf_id, spec, created, graph=graph)
         run.span = tracing.start_span("workflow", **{"agentgate.workflow": wf_id, "agentgate.template": spec.template})
         self.runs[wf_id] = run
         self.metrics.workflows.inc(status="submitted")
-        await self.guarded(run, self._start(run), "start")
+        await self.lifecycle.guarded(run, self._start(run), "start")
         return wf_id
 
     async def _start(self, run: WorkflowRun) -> None:
-        await self.journal.write(self.store.claim, run.id, self.owner, self.config.lease_ttl_s)
-        async with run.resolving:
-            await self.journal.event(run.id, "workflow_started", {"workflow": run.id})
-            await self.advance(run)
+        async with run.resolving:  # its lease was taken with it (store.create)
+            await self.advance(run, events=[("workflow_started", {"workflow": run.id})])
 
     async def resume(self, wf_id: str) -> None:
         meta = await self.store.meta(wf_id)
@@ -103,16 +133,17 @@ class Scheduler(Lifecycle):
         self.runs[wf_id] = run
         log.info("resuming workflow %s (%d nodes finished)", wf_id,
                  sum(s.status == "finished" for s in run.nodes.values()))
-        await self.guarded(run, self._resumed(run, bool(meta.get("cancel"))), "resume")
+        await self.lifecycle.guarded(run, self._resumed(run, bool(meta.get("cancel"))), "resume")
 
     async def _resumed(self, run: WorkflowRun, cancel: bool) -> None:
         async with run.resolving:
-            await self.journal.event(run.id, "workflow_resumed", {"workflow": run.id, "owner": self.owner})
+            resumed = ("workflow_resumed", {"workflow": run.id, "owner": self.owner})
             if cancel:  # asked while no replica ran it: end it before dispatching anything
-                await self.finish(run, "cancelled", CANCELLED)
+                await self.journal.commit(run.id, events=[resumed])
+                await self.lifecycle.finish(run, "cancelled", CANCELLED)
                 return
-            await self.advance(run)
-        await self.serve_requests(run.id)  # results posted while no replica ran it
+            await self.advance(run, events=[resumed])
+        await self.lifecycle.serve_requests(run.id)  # results posted while no replica ran it
 
     # -- ready set → workers -----------------------------------------------------------------------
     def enqueue(self, run: WorkflowRun, node: str) -> None:
@@ -120,6 +151,10 @@ class Scheduler(Lifecycle):
         self.ready[(run.id, node)] = (time.monotonic(), self._seq)
         self._enqueued.set()
         self.pool.notify()
+
+    def _unready(self, wf_id: str) -> None:
+        for key in [k for k in self.ready if k[0] == wf_id]:
+            del self.ready[key]
 
     def _priority(self, key: tuple[str, str], now: float):
         wf_id, node = key
@@ -154,12 +189,12 @@ class Scheduler(Lifecycle):
                 self.awareness.on_dispatch(run, key[1], url)
             except Exception as exc:  # a bug must fail this workflow, not stop every dispatch
                 log.exception("dispatching %s/%s failed", run.id, key[1])
-                self.track(run, key[1], self.fail(run, f"internal error dispatching node '{key[1]}': {exc!r}"))
+                self.lifecycle.track(run, key[1], self.lifecycle.fail(run, f"internal error dispatching node '{key[1]}': {exc!r}"))
                 continue
             call = NodeCall(self.pool, run, key[1], url)  # the slot is the task's from here on
             state.status = "running"
             run.dispatched += 1
-            self.track(run, key[1], self._run_llm(call, messages), call)
+            self.lifecycle.track(run, key[1], self._run_llm(call, messages), call)
             sent += 1
         return sent
 
@@ -199,8 +234,8 @@ class Scheduler(Lifecycle):
         state.started, state.first_token = time.time(), None
         progress = None
         try:
-            await self.journal.save_node(run.id, node, state.to_json())
-            await self.journal.event(run.id, "node_started", {"node": node, "worker": url, "attempt": state.attempts})
+            await self.journal.commit(run.id, {node: state}, [("node_started", {"node": node, "worker": url,
+                                                                               "attempt": state.attempts})])
 
             async def on_delta(text: str) -> None:
                 self.awareness.on_tokens(run, node, text)
@@ -241,13 +276,10 @@ class Scheduler(Lifecycle):
             state.status, state.output, state.usage = "finished", output, result.usage
             state.finished = time.time()
             self.metrics.observe_usage(result.usage)
-            await self.journal.save_node(run.id, node, state.to_json())
-            await self.journal.event(run.id, "node_finished", {
+            await self.advance(run, {node: state}, [("node_finished", {
                 "node": node, "status": "finished", "output": output, "usage": result.usage,
                 "worker": url, "finish_reason": result.finish_reason,
-                **({"tool_calls": list(result.tool_calls)} if result.tool_calls else {})})
-            self.metrics.nodes.inc(status="finished")
-            await self.advance(run)
+                **({"tool_calls": list(result.tool_calls)} if result.tool_calls else {})})])
         # Only now, with the successors enqueued, so they compete for the slot at once (the critical
         # path continues on the slot its predecessor just left).
         call.release()
@@ -263,46 +295,47 @@ class Scheduler(Lifecycle):
             if url not in state.tried:
                 state.tried.append(url)
             state.status = "ready"
-            await self.journal.save_node(run.id, node, state.to_json())
             resume = len(state.progress["ids"]) if state.progress else 0
-            await self.journal.event(run.id, "node_retry", {"node": node, "worker": url, "error": str(exc),
-                                                                 "attempt": state.attempts, "resume_tokens": resume})
+            await self.journal.commit(run.id, {node: state}, [("node_retry", {
+                "node": node, "worker": url, "error": str(exc), "attempt": state.attempts, "resume_tokens": resume})])
             self.metrics.nodes.inc(status="retried")
             self.enqueue(run, node)
             return
         state.status, state.finished = "failed", time.time()
-        await self.journal.save_node(run.id, node, state.to_json())
-        await self.journal.event(run.id, "node_finished", {"node": node, "status": "failed",
-                                                                "error": str(exc), "worker": url})
+        await self.journal.commit(run.id, {node: state}, [("node_finished", {"node": node, "status": "failed",
+                                                                             "error": str(exc), "worker": url})])
         self.metrics.nodes.inc(status="failed")
-        await self.finish(run, "failed", f"node '{node}' failed after {state.attempts} attempt(s): {exc}")
+        await self.lifecycle.finish(run, "failed", f"node '{node}' failed after {state.attempts} attempt(s): {exc}")
 
     # -- results → next nodes -------------------------------------------------------------------------
-    async def advance(self, run: WorkflowRun) -> None:
-        """Mark, save and announce what the last resolution made ready or skipped. The caller holds
-        run.resolving and has already appended that resolution's node_finished."""
-        if run.status != "running":
-            return
-        ready, skipped = run.advance()
+    async def advance(self, run: WorkflowRun, nodes: dict | None = None, events: list | None = None) -> None:
+        """Record a resolution (`nodes`' states and `events`, e.g. a node_finished) together with what it
+        made ready or skipped, in one journal commit, then enqueue the ready nodes. The caller holds
+        run.resolving."""
+        nodes, events = dict(nodes or {}), list(events or ())
+        ready, skipped = run.advance() if run.status == "running" else ((), ())
         for node in skipped:
-            await self.journal.save_node(run.id, node, run.nodes[node].to_json())
-            await self.journal.event(run.id, "node_finished", {"node": node, "status": "skipped"})
-            self.metrics.nodes.inc(status="skipped")
+            nodes[node] = run.nodes[node]
+            events.append(("node_finished", {"node": node, "status": "skipped"}))
         llm_ready = []
         for node in ready:
-            state = run.nodes[node]
+            state = nodes[node] = run.nodes[node]
             if run.node_spec(node).kind == "external":
                 state.status, state.started = "waiting", time.time()
-                await self.journal.save_node(run.id, node, state.to_json())
                 messages = render_messages(run.node_spec(node), run.outputs(), run.spec.inputs)
-                await self.journal.event(run.id, "node_started", {"node": node, "external": True,
-                                                                       "messages": messages})
+                events.append(("node_started", {"node": node, "external": True, "messages": messages}))
             else:
                 state.ready = time.time()
-                await self.journal.save_node(run.id, node, state.to_json())
                 llm_ready.append(node)
+        if nodes or events:
+            await self.journal.commit(run.id, nodes, events)
+        for _, data in events:  # the resolution's and the skipped nodes'
+            if "status" in data and "node" in data:
+                self.metrics.nodes.inc(status=data["status"])
+        if run.status != "running":
+            return
         for node in llm_ready:  # all at once, so the dispatcher ranks them together
             self.enqueue(run, node)
         self.awareness.on_advance(run)
         if run.is_complete():
-            await self.finish(run, "finished")
+            await self.lifecycle.finish(run, "finished")

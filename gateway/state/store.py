@@ -57,6 +57,35 @@ end
 redis.call('hset', KEYS[3], ARGV[3], ARGV[4])
 return 1
 """
+# One transition of a workflow, atomically (KEYS: owner, the workflow's hash, :nodes, :events, then the
+# other RETAINED keys): node states (fenced as _FENCED_HSET when ARGV[1] names an owner), then events, then
+# an ended status with its expiry (after the XADDs: EXPIRE on a stream not created yet would be lost).
+# ARGV: owner or '', ttl ms, node count, event count, status or '', error, now, retention s or '', then
+# node id/state pairs, then event type/data pairs.
+_COMMIT = """
+local n, e = tonumber(ARGV[3]), tonumber(ARGV[4])
+if n > 0 and ARGV[1] ~= '' then
+  local owner = redis.call('get', KEYS[1])
+  if owner ~= ARGV[1] then
+    if owner or redis.call('hget', KEYS[2], 'status') ~= 'running' then return 0 end
+    redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])
+  end
+end
+local i = 9
+for _ = 1, n do redis.call('hset', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
+for _ = 1, e do redis.call('xadd', KEYS[4], '*', 'type', ARGV[i], 'data', ARGV[i + 1]); i = i + 2 end
+if ARGV[5] ~= '' then
+  redis.call('hset', KEYS[2], 'status', ARGV[5], 'updated', ARGV[7])
+  if ARGV[6] ~= '' then redis.call('hset', KEYS[2], 'error', ARGV[6]) end
+  if ARGV[5] ~= 'running' then
+    redis.call('hset', KEYS[2], 'finished', ARGV[7])
+    if ARGV[8] ~= '' then
+      for k = 2, #KEYS do redis.call('expire', KEYS[k], ARGV[8]) end
+    end
+  end
+end
+return 1
+"""
 
 
 class LeaseLost(Exception):
@@ -83,15 +112,18 @@ class WorkflowStore:
         return f"{self.p}:workflows" if tenant is None else f"{self.p}:workflows:tenant:{tenant}"
 
     async def create(self, wf_id: str, spec: dict, *, template: str | None, priority: int,
-                     tenant: str | None = None) -> float:
-        """The workflow's hash, then the listings and the active set (retried whole, every step is idempotent;
-        a retry keeps the first `created`)."""
+                     tenant: str | None = None, lease: tuple[str, float] | None = None) -> float:
+        """The workflow's hash (and with `lease`, (owner, ttl_s), its lease, claimed as `claim` does), then
+        the listings and the active set (retried whole, every step is idempotent; a retry keeps the first
+        `created`)."""
         now = time.time()
         async with self.r.pipeline(transaction=True) as pipe:
             pipe.hsetnx(self._wf(wf_id), "created", now)
             pipe.hset(self._wf(wf_id), mapping={"spec": orjson.dumps(spec), "status": "running", "updated": now,
                                                 "template": template or "", "priority": priority,
                                                 "tenant": tenant or ""})
+            if lease is not None:
+                pipe.set(self._wf(wf_id, ":owner"), lease[0], nx=True, px=int(lease[1] * 1000))
             pipe.hget(self._wf(wf_id), "created")
             created = float((await pipe.execute())[-1])
         async with self.r.pipeline(transaction=False) as pipe:  # keys of other slots: not one transaction
@@ -177,6 +209,28 @@ class WorkflowStore:
         if not await self.r.eval(_FENCED_HSET, 3, self._wf(wf_id, ":owner"), self._wf(wf_id),
                                  self._wf(wf_id, ":nodes"), owner, int(ttl_s * 1000), node_id, orjson.dumps(state)):
             raise LeaseLost(f"workflow {wf_id} is run by another replica now")
+
+    async def commit(self, wf_id: str, nodes: dict[str, bytes], events: list[tuple[str, dict]],
+                     lease: tuple[str, float] | None = None, status: str | None = None,
+                     error: str | None = None) -> None:
+        """One transition in one script: `nodes` (id → state JSON; fenced by `lease` as save_node is), then
+        `events` in order, then `status` (and `error`) as set_status writes them. LeaseLost writes nothing."""
+        owner, ttl_s = lease if lease is not None and nodes else ("", 0)
+        now = time.time()
+        retention = "" if self.retention_s is None else max(int(self.retention_s), 1)
+        args: list = [owner, int(ttl_s * 1000), len(nodes), len(events), status or "", error or "", now, retention]
+        for node_id, state in nodes.items():
+            args += (node_id, state)
+        for type_, data in events:
+            args += (type_, orjson.dumps(data))
+        keys = [self._wf(wf_id, ":owner"), *(self._wf(wf_id, suffix) for suffix in ("", ":nodes", ":events")),
+                *(self._wf(wf_id, suffix) for suffix in RETAINED[3:])]
+        if not await self.r.eval(_COMMIT, len(keys), *keys, *args):
+            raise LeaseLost(f"workflow {wf_id} is run by another replica now")
+        if events:
+            self.bell.ring(wf_id)
+        if status is not None and status != "running":  # after the status, as set_status does
+            await self.r.srem(f"{self.p}:workflows:active", wf_id)
 
     async def nodes(self, wf_id: str) -> dict[str, dict]:
         raw = await self.r.hgetall(self._wf(wf_id, ":nodes"))

@@ -128,12 +128,14 @@ async def exercise_gateway(url: str) -> None:
         await store.save_node(wf, "a", {"status": "finished"}, lease=("me", 30))
         await store.append_event(wf, "workflow_started", {})
         await store.append_events(wf, [("token", {"t": "x"}), ("token", {"t": "y"})])
-        assert len(await store.read_events(wf, block_ms=10)) == 3 and len(await store.read_events(wf)) == 3
+        await store.commit(wf, {"a": b'{"status": "running"}'}, [("node_started", {"node": "a"})], lease=("me", 30))
+        assert len(await store.read_events(wf, block_ms=10)) == 4 and len(await store.read_events(wf)) == 4
         await store.requests.request_cancel(wf)
         assert await store.requests.post_to_inbox(wf, "b", "out")
         assert await store.requests.pending_requests([wf]) == ({wf}, {wf})
         assert await store.requests.take_inbox(wf) == {"b": "out"}
         await PrefetchLog(r).save(wf, {"a": {"predicted": True}})
+        await store.commit(wf, {}, [("workflow_finished", {})], status="finished", error="none")
         await store.set_status(wf, "finished")
         await store.release(wf, "me")
         assert await store.active_ids() == [] and (await store.list(0, 10, "acme"))[0] == [wf]

@@ -145,7 +145,7 @@ async def test_a_workflow_ending_during_a_lease_round_is_not_taken_for_a_lost_le
     async def drop(wf_id):
         dropped.append(wf_id)
 
-    scheduler.store.refresh, scheduler._drop = ends_meanwhile, drop
+    scheduler.store.refresh, scheduler.lifecycle._drop = ends_meanwhile, drop
     await asyncio.sleep(0.5)  # two lease rounds
     assert dropped == []
 
