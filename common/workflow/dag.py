@@ -24,15 +24,16 @@ EXTERNAL_WEIGHT = 32
 MAX_CYCLES_REPORTED = 5
 
 
-def build_graph(spec: WorkflowSpec) -> nx.DiGraph:
-    """Nodes carry `spec`; edges carry `condition` (None for reference edges)."""
+def build_graph(spec: WorkflowSpec, refs: dict[str, set[str]] | None = None) -> nx.DiGraph:
+    """Nodes carry `spec`; edges carry `condition` (None for reference edges). `refs`: each node's
+    references to other nodes, when the caller has read them already."""
     g = nx.DiGraph()
     for node in spec.nodes:
         g.add_node(node.id, spec=node)
     for edge in spec.edges:
         g.add_edge(edge.source, edge.target, condition=edge.condition)
     for node in spec.nodes:
-        for ref in _node_refs(node):
+        for ref in (refs[node.id] if refs is not None else _node_refs(node)):
             if ref in g and not g.has_edge(ref, node.id):
                 g.add_edge(ref, node.id, condition=None)
     return g
@@ -65,11 +66,14 @@ def checked_graph(spec: WorkflowSpec) -> tuple[nx.DiGraph, list[str]]:
                 problems.append(f"edges[{i}].{end}: unknown node '{name}'")
         if edge.source == edge.target:
             problems.append(f"edges[{i}]: node '{edge.source}' depends on itself")
+    refs: dict[str, set[str]] = {}
     for node in spec.nodes:
         if node.kind == "llm" and not node.messages:
             problems.append(f"node '{node.id}': an llm node needs messages")
+        found = refs[node.id] = refs.get(node.id, set())
         for _, content in node.messages:
             node_refs, input_refs = references(content)
+            found |= node_refs
             for ref in sorted(node_refs):
                 if ref == node.id:
                     problems.append(f"node '{node.id}': references its own output {{{{{ref}}}}}")
@@ -78,7 +82,7 @@ def checked_graph(spec: WorkflowSpec) -> tuple[nx.DiGraph, list[str]]:
             for name in sorted(input_refs):
                 if name not in spec.inputs:
                     problems.append(f"node '{node.id}': unknown input reference {{{{inputs.{name}}}}}")
-    graph = g = build_graph(spec)
+    graph = g = build_graph(spec, refs)
     if any(True for _ in nx.selfloop_edges(g)):
         g = g.copy()
         g.remove_edges_from(list(nx.selfloop_edges(g)))  # reported above

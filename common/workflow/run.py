@@ -59,10 +59,11 @@ class WorkflowRun:
         self.id = wf_id
         self.spec = spec
         self.created = created
+        self.specs = {n.id: n for n in spec.nodes}  # node id → its NodeSpec
+        self.nodes = nodes or {n.id: NodeState() for n in spec.nodes}
         self.graph: nx.DiGraph = graph if graph is not None else build_graph(spec)
         self.order = list(nx.topological_sort(self.graph))
         self.remaining = critical_paths(self.graph)
-        self.nodes = nodes or {n.id: NodeState() for n in spec.nodes}
         self.status = "running"
         self.running = 0  # calls of this workflow on workers now
         self.dispatched = 0  # calls dispatched since this replica took it (fair share)
@@ -73,7 +74,7 @@ class WorkflowRun:
         self.span = None  # the workflow's trace span while OpenTelemetry is on (common/tracing.py)
 
     def node_spec(self, node_id: str):
-        return self.graph.nodes[node_id]["spec"]
+        return self.specs[node_id]
 
     def outputs(self) -> dict[str, str]:
         return {k: s.output for k, s in self.nodes.items() if s.status == "finished" and s.output is not None}

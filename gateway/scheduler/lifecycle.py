@@ -57,6 +57,11 @@ log = logging.getLogger("agentgate.gateway")
 CANCELLED = "cancelled by the client"
 
 
+def traced(run: WorkflowRun) -> bool:
+    """Whether the run is inside a trace (tracing on): its steps' spans are made only then."""
+    return run.span is not None and run.span.get_span_context().is_valid
+
+
 class Lifecycle:
     """The workflows this replica runs, their tasks and leases, and how each one ends. The Scheduler
     owns one and hands it, at construction, the three things of its own it needs: `resume` (a
@@ -97,7 +102,7 @@ class Lifecycle:
         run = self.runs.pop(wf_id, None)
         if run is not None:
             self.awareness.on_dropped(run)
-        if run is not None and run.status == "running":  # handed back: whoever resumes it traces the rest
+        if run is not None and run.status == "running" and traced(run):  # handed back: its resumer traces the rest
             tracing.end_span(run.span, **{"agentgate.status": "handed back"})
         self.journal.forget(wf_id)
         current = asyncio.current_task()
@@ -111,7 +116,7 @@ class Lifecycle:
 
         def done(t: asyncio.Task) -> None:
             coro.close()  # a task cancelled before it ran never started `coro`: end it quietly
-            if call is not None:
+            if call is not None and not call.released:
                 call.release()
             if self.tasks.get((run.id, node)) is t:
                 del self.tasks[(run.id, node)]
@@ -198,7 +203,7 @@ class Lifecycle:
         if run.status != "running":
             return
         run.status = status
-        now = time.time()
+        now, on = time.time(), traced(run)
         if status != "finished":
             cancelled = {}
             for node, state in run.nodes.items():
@@ -219,7 +224,8 @@ class Lifecycle:
         await self.journal.commit(run.id, events=[("workflow_finished", {
             "workflow": run.id, "status": status, "error": error, "outputs": run.outputs()})], status=status, error=error)
         self.metrics.workflows.inc(status=status)
-        tracing.end_span(run.span, **{"agentgate.status": status, "agentgate.error": error})
+        if on:
+            tracing.end_span(run.span, **{"agentgate.status": status, "agentgate.error": error})
         if status == "finished" and run.spec.template and self.templates is not None:
             taken = [(u, v) for u, v in run.graph.edges if run.nodes[u].status == run.nodes[v].status == "finished"]
             try:

@@ -27,12 +27,13 @@ import asyncio
 import logging
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import replace
 
 from common import tracing
 from common.errors import AgentGateError
 from common.workflow.run import NodeState, WorkflowRun
-from common.workflow.spec import WorkflowSpec, spec_from_json, spec_to_json
+from common.workflow.spec import NodeSpec, WorkflowSpec, spec_from_json, spec_to_json
 from gateway.config import GatewayConfig
 from gateway.errors import WorkerCallError
 from gateway.metrics import Metrics
@@ -174,16 +175,16 @@ class Scheduler:
                 del self.ready[key]
                 continue
             state = run.nodes[key[1]]
-            candidates = self.pool.available(exclude=state.tried)
-            if not candidates and not any(w.url not in state.tried for w in self.pool.healthy()):
+            candidates, healthy = self.pool.available(exclude=state.tried), self.pool.healthy()
+            if not candidates and not any(w.url not in state.tried for w in healthy):
                 candidates = self.pool.available()  # only failed workers are left: try them again
             if not candidates:
                 continue
             del self.ready[key]
             try:
-                messages = render_messages(run.node_spec(key[1]), run.outputs(), run.spec.inputs)
-                spec = run.node_spec(key[1])
-                route = self._route(messages, spec.max_tokens, spec.params.get("cache_salt"))
+                spec = run.specs[key[1]]
+                messages = render_messages(spec, run.outputs(), run.spec.inputs)
+                route = self._route(messages, spec.max_tokens, spec.params.get("cache_salt"), len(healthy))
                 url = self.policy.route(route, candidates, self.awareness.prefetched_at(run, key[1]),
                                         self.config.prefetch_affinity_slack)
                 self.awareness.on_dispatch(run, key[1], url)
@@ -194,14 +195,14 @@ class Scheduler:
             call = NodeCall(self.pool, run, key[1], url)  # the slot is the task's from here on
             state.status = "running"
             run.dispatched += 1
-            self.lifecycle.track(run, key[1], self._run_llm(call, messages), call)
+            self.lifecycle.track(run, key[1], self._run_llm(call, spec, messages), call)
             sent += 1
         return sent
 
-    def _route(self, messages: list[dict], max_tokens: int, salt: str | None = None) -> RouteRequest:
+    def _route(self, messages: list[dict], max_tokens: int, salt: str | None, healthy: int) -> RouteRequest:
         """The prompt's block hashes and the call's output budget, when the policy reads them and has a
-        choice to make."""
-        if not self.policy.uses_prefix or len(self.pool.healthy()) < 2:
+        choice to make (`healthy` workers)."""
+        if not self.policy.uses_prefix or healthy < 2:
             return RouteRequest(0)
         try:
             return replace(self.hasher.route_for_ids(self.hasher.chat_ids(messages), salt), max_tokens=max_tokens)
@@ -221,14 +222,16 @@ class Scheduler:
                 await self._enqueued.wait()
 
     # -- one LLM node --------------------------------------------------------------------------------
-    async def _run_llm(self, call: NodeCall, messages: list[dict]) -> None:
-        with tracing.span(f"node {call.node}", parent=call.run.span, **{
-                "agentgate.workflow": call.run.id, "agentgate.node": call.node, "agentgate.worker": call.url}):
-            await self._call_llm(call, messages)
+    async def _run_llm(self, call: NodeCall, spec: NodeSpec, messages: list[dict]) -> None:
+        span = call.run.span  # spans only inside a trace (lifecycle.traced): no tracing calls per step otherwise
+        on = span is not None and span.get_span_context().is_valid
+        with tracing.span(f"node {call.node}", parent=call.run.span, **{"agentgate.workflow": call.run.id,
+                          "agentgate.node": call.node, "agentgate.worker": call.url}) if on else nullcontext():
+            await self._call_llm(call, spec, messages, on)
 
-    async def _call_llm(self, call: NodeCall, messages: list[dict]) -> None:
+    async def _call_llm(self, call: NodeCall, spec: NodeSpec, messages: list[dict], traced: bool) -> None:
         run, node, url = call.run, call.node, call.url
-        spec, state = run.node_spec(node), run.nodes[node]
+        state = run.nodes[node]
         state.attempts += 1
         state.worker, state.rid, state.error = url, f"{run.id}.{node}.{state.attempts}", None
         state.started, state.first_token = time.time(), None
@@ -238,31 +241,35 @@ class Scheduler:
                                                                                "attempt": state.attempts})])
 
             async def on_delta(text: str) -> None:
+                if state.first_token is None:  # the call's first token
+                    state.first_token = time.time()
+                    self.awareness.on_call_started(run, node)
                 self.awareness.on_tokens(run, node, text)
                 self.journal.token(run.id, {"node": node, "text": text})
-
-            def on_first() -> None:
-                state.first_token = time.time()
-                self.awareness.on_call_started(run, node)
 
             worker = self.pool.workers.get(url)
             if worker is None:
                 raise WorkerCallError(url, "the worker left the pool")
+            timeouts, token_ids = self.pool.stream_timeouts(worker), self.pool.streams_token_ids(worker)
             priority = self.config.workflow_priority + run.spec.priority
-            progress = (Progress.from_json(state.progress) or Progress()) if migratable(spec) else None
-            with tracing.span("worker call", kind="client", **{"server.address": url, "agentgate.rid": state.rid}):
+            # What a broken call produced (state.progress) is continued; a new call records its ids when the
+            # worker streams them. Neither: no migration machinery on this call.
+            progress = (Progress.from_json(state.progress) or Progress()) \
+                if (state.progress or token_ids) and migratable(spec) else None
+            with tracing.span("worker call", kind="client", **{"server.address": url, "agentgate.rid": state.rid}) \
+                    if traced else nullcontext():
                 if progress is not None and progress.resumable:  # its last worker died mid-stream: continue it
-                    on_first()
+                    state.first_token = time.time()
+                    self.awareness.on_call_started(run, node)
                     body = continuation_body(spec.params, spec.max_tokens, progress, state.rid, priority)
-                    result = await run_continuation(worker.client, body, progress, on_delta,
-                                                    self.pool.stream_timeouts(worker), self.pool.incremental(worker))
+                    result = await run_continuation(worker.client, body, progress, on_delta, timeouts,
+                                                    self.pool.incremental(worker))
                 else:
+                    progress = Progress() if progress is not None and token_ids else None
                     body = chat_body(spec, messages, state.rid, worker.model_info.get("served_model_name"), priority)
-                    progress = Progress() if progress is not None and self.pool.streams_token_ids(worker) else None
                     if progress is not None:
                         body["return_token_ids"] = True
-                    result = await run_chat(worker.client, body, on_delta, on_first,
-                                            self.pool.stream_timeouts(worker),
+                    result = await run_chat(worker.client, body, on_delta, timeouts,
                                             Recorder(progress) if progress is not None else None)
             output = node_output(spec, result, url)
         except WorkerCallError as exc:
@@ -275,7 +282,6 @@ class Scheduler:
         async with run.resolving:
             state.status, state.output, state.usage = "finished", output, result.usage
             state.finished = time.time()
-            self.metrics.observe_usage(result.usage)
             await self.advance(run, {node: state}, [("node_finished", {
                 "node": node, "status": "finished", "output": output, "usage": result.usage,
                 "worker": url, "finish_reason": result.finish_reason,
@@ -286,7 +292,7 @@ class Scheduler:
 
     async def _call_failed(self, run: WorkflowRun, node: str, url: str, exc: WorkerCallError) -> None:
         """Retry the node elsewhere or fail the workflow. The caller holds run.resolving."""
-        state, spec = run.nodes[node], run.node_spec(node)
+        state, spec = run.nodes[node], run.specs[node]
         log.warning("workflow %s node %s failed on %s (attempt %d): %s", run.id, node, url, state.attempts, exc)
         if exc.retryable:
             self.pool.record_failure(url, exc)
@@ -314,28 +320,30 @@ class Scheduler:
         run.resolving."""
         nodes, events = dict(nodes or {}), list(events or ())
         ready, skipped = run.advance() if run.status == "running" else ((), ())
+        complete = run.is_complete()
         for node in skipped:
             nodes[node] = run.nodes[node]
             events.append(("node_finished", {"node": node, "status": "skipped"}))
         llm_ready = []
         for node in ready:
             state = nodes[node] = run.nodes[node]
-            if run.node_spec(node).kind == "external":
+            if run.specs[node].kind == "external":
                 state.status, state.started = "waiting", time.time()
-                messages = render_messages(run.node_spec(node), run.outputs(), run.spec.inputs)
+                messages = render_messages(run.specs[node], run.outputs(), run.spec.inputs)
                 events.append(("node_started", {"node": node, "external": True, "messages": messages}))
             else:
                 state.ready = time.time()
                 llm_ready.append(node)
         if nodes or events:
             await self.journal.commit(run.id, nodes, events)
-        for _, data in events:  # the resolution's and the skipped nodes'
-            if "status" in data and "node" in data:
+        for type_, data in events:  # the resolution's and the skipped nodes'
+            if type_ == "node_finished":
+                self.metrics.observe_usage(data.get("usage"))
                 self.metrics.nodes.inc(status=data["status"])
         if run.status != "running":
             return
         for node in llm_ready:  # all at once, so the dispatcher ranks them together
             self.enqueue(run, node)
         self.awareness.on_advance(run)
-        if run.is_complete():
+        if complete:
             await self.lifecycle.finish(run, "finished")

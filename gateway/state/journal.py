@@ -92,20 +92,23 @@ class Journal:
                      status: str | None = None, error: str | None = None) -> None:
         """One transition of a workflow, in one round trip (store.commit): node states (id → NodeState or
         dict, taken as they are now; fenced by `lease`: store.LeaseLost once another replica took the
-        workflow), the workflow's queued token events, then `events`, then its `status`. A workflow that
-        ended is forgotten here."""
+        workflow), the workflow's token events queued so far, then `events`, then its `status`. A workflow
+        that ended is forgotten here."""
         states = {node: orjson.dumps(state) for node, state in (nodes or {}).items()}
         async with self._lock(wf_id):
-            await self.write(self._commit_after_tokens, wf_id, states, list(events), status, error)
-        if status is not None and status != "running":
-            self.forget(wf_id)
-
-    async def _commit_after_tokens(self, wf_id: str, states: dict, events: list, status, error) -> None:
-        queued = self._tokens.get(wf_id, ())
-        n = len(queued)
-        await self.store.commit(wf_id, states, [*queued, *events], self.lease, status, error)
-        if n:
-            self._taken(wf_id, n)
+            queued = self._tokens.get(wf_id)
+            n = len(queued) if queued else 0
+            await self.write(self.store.commit, wf_id, states, [*(queued or ()), *events], self.lease, status, error)
+            if n and self._tokens.get(wf_id) is queued:  # written: out of the queue (as _taken)
+                del queued[:n]
+                self._buffered -= n
+                if not queued:
+                    del self._tokens[wf_id]
+        if status is not None and status != "running":  # the workflow ended: nothing more to write (as forget)
+            self._buffered -= len(self._tokens.pop(wf_id, ()))
+            lock = self._locks.get(wf_id)
+            if lock is not None and not lock.locked():
+                del self._locks[wf_id]
 
     async def save_node(self, wf_id: str, node: str, state) -> None:
         await self.commit(wf_id, {node: state})

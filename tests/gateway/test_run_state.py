@@ -105,7 +105,7 @@ async def test_a_workflow_waiting_on_a_tool_is_not_replanned_until_a_pin_needs_i
 
 
 async def test_the_bell_wakes_a_watcher_once_per_append_and_forgets_the_unwatched():
-    from gateway.state.bell import EventBell
+    from gateway.state.store import EventBell
 
     bell = EventBell()
     bell.ring("wf")  # nobody watches: nothing kept
