@@ -15,7 +15,6 @@ that slot alone):
   ag:workflows         zset  id → created time (listing; ids whose keys expired are swept, sweep_listing)
   ag:workflows:tenant:{t}  zset  the same, per tenant (a workflow's hash names its `tenant`, "" without keys)
   ag:workflows:active  set   ids not finished yet (what a restart resumes)
-  ag:{registry}:workers  set worker URLs registered for discovery (beside common/kvwire.py's registry)
 The global sets are written beside a workflow's own transaction, never inside it, with idempotent
 commands: SADD/ZADD after the workflow's hash exists, SREM after its status says it ended (a resume
 drops an active id whose workflow has ended or is gone). Scripts ask the workflow's own hash whether
@@ -337,17 +336,3 @@ class WorkflowStore:
 
     async def owner(self, wf_id: str) -> str | None:
         return await self.r.get(self._wf(wf_id, ":owner"))
-
-    # -- worker registry -----------------------------------------------------------------------------
-    @property
-    def _workers(self) -> str:
-        return f"{self.p}:{{registry}}:workers"  # wire.py's WORKERS_SET under the default prefix
-
-    async def registered_workers(self) -> set[str]:
-        return set(await self.r.smembers(self._workers))
-
-    async def register_worker(self, url: str) -> None:
-        await self.r.sadd(self._workers, url)
-
-    async def unregister_worker(self, url: str) -> bool:
-        return bool(await self.r.srem(self._workers, url))
