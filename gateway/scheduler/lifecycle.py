@@ -87,6 +87,13 @@ class Lifecycle:
         self._advance = advance
         self._unready = unready
 
+    async def start(self) -> None:
+        await self.journal.start()
+        try:
+            await self.claim_orphans()
+        except OUTAGE as exc:  # Redis is not up yet: the lease rounds claim them once it is
+            log.warning("unfinished workflows not resumed yet: %s", exc)
+
     async def stop(self) -> None:
         """Stop running without touching stored state: unfinished nodes resume elsewhere or on restart."""
         for wf_id in list(self.runs):

@@ -18,7 +18,8 @@ calls are aborted. Every state change is written to Redis before it is acted on
 (state/journal.py); ownership of a workflow is a lease there, so a restarted
 gateway or another replica resumes it. A dispatched node's worker slot is a
 `NodeCall` (ownership.py) that its task gives back however it ends, and every
-task runs under `Lifecycle.guarded` (lifecycle.py: the object that holds the runs, their tasks and leases), so no fault strands a slot or a workflow.
+task runs under `Lifecycle.guarded` (lifecycle.py: the runs, their tasks and leases), so
+no fault strands a slot or a workflow.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ from gateway.scheduler.migration import (
     run_continuation,
 )
 from gateway.scheduler.ownership import NodeCall
-from gateway.state.journal import OUTAGE
 from gateway.state.store import WorkflowStore
 from gateway.state.template_store import TemplateStore
 from gateway.tasks import cancel_and_wait
@@ -66,13 +66,8 @@ class Scheduler:
     def __init__(self, config: GatewayConfig, store: WorkflowStore, pool: WorkerPool, policy: RoutingPolicy,
                  hasher: PromptHasher, metrics: Metrics, *, templates: TemplateStore | None = None,
                  awareness: AwarenessHooks = NO_AWARENESS):
-        self.config = config
-        self.store = store
-        self.pool = pool
-        self.metrics = metrics
-        self.policy = policy
-        self.hasher = hasher
-        self.awareness = awareness
+        self.config, self.store, self.pool, self.metrics = config, store, pool, metrics
+        self.policy, self.hasher, self.awareness = policy, hasher, awareness
         self.lifecycle = Lifecycle(config, store, pool, metrics, templates=templates, awareness=awareness,
                                    resume=self.resume, advance=self.advance, unready=self._unready)
         lc = self.lifecycle  # the same tables and journal, by their usual names
@@ -83,11 +78,7 @@ class Scheduler:
         self._loops: list[asyncio.Task] = []
 
     async def start(self) -> None:
-        await self.journal.start()
-        try:
-            await self.lifecycle.claim_orphans()
-        except OUTAGE as exc:  # Redis is not up yet: the lease rounds claim them once it is
-            log.warning("unfinished workflows not resumed yet: %s", exc)
+        await self.lifecycle.start()
         self._loops = [asyncio.create_task(self.dispatch_loop(), name="gateway-dispatch"),
                        asyncio.create_task(self.lifecycle.lease_loop(), name="gateway-leases"),
                        asyncio.create_task(forwarding.control_loop(self.lifecycle), name="gateway-control")]
@@ -105,20 +96,19 @@ class Scheduler:
     # -- entry points ----------------------------------------------------------------------------
     async def submit(self, spec: WorkflowSpec, tenant: str | None = None, graph=None) -> str:
         """Start a validated workflow (`graph`: its graph, built when it was validated)."""
-        wf_id = "wf-" + uuid.uuid4().hex[:16]
-        created = await self.journal.write(self.store.create, wf_id, spec_to_json(spec), template=spec.template,
-                                           priority=spec.priority, tenant=tenant, lease=self.journal.lease)
-        # It exists from here on: whatever fails next, it runs (here, or resumed) and its id is the answer.
-        run = WorkflowRun(wf_id, spec, created, graph=graph)
+        wf_id, stored = "wf-" + uuid.uuid4().hex[:16], spec_to_json(spec)
+        run = WorkflowRun(wf_id, spec, time.time(), graph=graph)
+        nodes, events = {}, [("workflow_started", {"workflow": wf_id})]
+        ready = self._decide(run, nodes, events)
+        # One transaction: the workflow, its lease and its start. It exists from here on: whatever fails next,
+        # it runs (here, or resumed) and its id is the answer.
+        await self.journal.write(self.store.create, wf_id, stored, template=spec.template, priority=spec.priority,
+                                 tenant=tenant, lease=self.journal.lease, created=run.created, nodes=nodes, events=events)
         run.span = tracing.start_span("workflow", **{"agentgate.workflow": wf_id, "agentgate.template": spec.template})
         self.runs[wf_id] = run
         self.metrics.workflows.inc(status="submitted")
-        await self.lifecycle.guarded(run, self._start(run), "start")
+        await self.lifecycle.guarded(run, self._advanced(run, events, ready), "start")
         return wf_id
-
-    async def _start(self, run: WorkflowRun) -> None:
-        async with run.resolving:  # its lease was taken with it (store.create)
-            await self.advance(run, events=[("workflow_started", {"workflow": run.id})])
 
     async def resume(self, wf_id: str) -> None:
         meta = await self.store.meta(wf_id)
@@ -319,6 +309,14 @@ class Scheduler:
         made ready or skipped, in one journal commit, then enqueue the ready nodes. The caller holds
         run.resolving."""
         nodes, events = dict(nodes or {}), list(events or ())
+        ready = self._decide(run, nodes, events)
+        if nodes or events:
+            await self.journal.commit(run.id, nodes, events)
+        await self._advanced(run, events, ready)
+
+    def _decide(self, run: WorkflowRun, nodes: dict, events: list) -> tuple[list[str], bool]:
+        """Mark what the last resolution made ready or skipped, into `nodes` and `events`: (the LLM nodes to
+        enqueue once written, whether the run is complete)."""
         ready, skipped = run.advance() if run.status == "running" else ((), ())
         complete = run.is_complete()
         for node in skipped:
@@ -334,12 +332,15 @@ class Scheduler:
             else:
                 state.ready = time.time()
                 llm_ready.append(node)
-        if nodes or events:
-            await self.journal.commit(run.id, nodes, events)
+        return llm_ready, complete
+
+    async def _advanced(self, run: WorkflowRun, events: list, decided: tuple[list[str], bool]) -> None:
+        """After `_decide`'s states and events were written: count them, enqueue, finish a complete run."""
         for type_, data in events:  # the resolution's and the skipped nodes'
             if type_ == "node_finished":
                 self.metrics.observe_usage(data.get("usage"))
                 self.metrics.nodes.inc(status=data["status"])
+        llm_ready, complete = decided
         if run.status != "running":
             return
         for node in llm_ready:  # all at once, so the dispatcher ranks them together

@@ -171,11 +171,12 @@ class WorkflowStore:
         return f"{self.p}:workflows" if tenant is None else f"{self.p}:workflows:tenant:{tenant}"
 
     async def create(self, wf_id: str, spec: dict, *, template: str | None, priority: int,
-                     tenant: str | None = None, lease: tuple[str, float] | None = None) -> float:
-        """The workflow's hash (and with `lease`, (owner, ttl_s), its lease, claimed as `claim` does), then
-        the listings and the active set (retried whole, every step is idempotent; a retry keeps the first
-        `created`)."""
-        now = time.time()
+                     tenant: str | None = None, lease: tuple[str, float] | None = None, created: float | None = None,
+                     nodes: dict | None = None, events: list[tuple[str, dict]] = ()) -> float:
+        """The workflow's hash, with `lease` ((owner, ttl_s)) its lease claimed as `claim` does, and its first
+        node states and events, in one transaction; then the listings and the active set (retried whole,
+        every step is idempotent but an event's; a retry keeps the first `created`)."""
+        now = time.time() if created is None else created
         async with self.r.pipeline(transaction=True) as pipe:
             pipe.hsetnx(self._wf(wf_id), "created", now)
             pipe.hset(self._wf(wf_id), mapping={"spec": orjson.dumps(spec), "status": "running", "updated": now,
@@ -183,8 +184,14 @@ class WorkflowStore:
                                                 "tenant": tenant or ""})
             if lease is not None:
                 pipe.set(self._wf(wf_id, ":owner"), lease[0], nx=True, px=int(lease[1] * 1000))
+            if nodes:
+                pipe.hset(self._wf(wf_id, ":nodes"), mapping={n: orjson.dumps(state) for n, state in nodes.items()})
+            for type_, data in events:
+                pipe.xadd(self._wf(wf_id, ":events"), {"type": type_, "data": orjson.dumps(data)})
             pipe.hget(self._wf(wf_id), "created")
             created = float((await pipe.execute())[-1])
+        if events:
+            self.bell.ring(wf_id)
         async with self.r.pipeline(transaction=False) as pipe:  # keys of other slots: not one transaction
             pipe.zadd(f"{self.p}:workflows", {wf_id: created})
             if tenant is not None:
