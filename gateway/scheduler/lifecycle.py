@@ -228,8 +228,8 @@ class Lifecycle:
             await self.awareness.on_workflow_end(run, status)
         except OUTAGE as exc:  # its records are lost, not the workflow's end
             log.warning("prefetch records of workflow %s not saved: %s", run.id, exc)
-        await self.journal.commit(run.id, events=[("workflow_finished", {
-            "workflow": run.id, "status": status, "error": error, "outputs": run.outputs()})], status=status, error=error)
+        finished = {"workflow": run.id, "status": status, "error": error, "outputs": run.outputs()}
+        await self.journal.commit(run.id, events=[("workflow_finished", finished)], status=status, error=error)
         self.metrics.workflows.inc(status=status)
         if on:
             tracing.end_span(run.span, **{"agentgate.status": status, "agentgate.error": error})

@@ -103,7 +103,8 @@ class Scheduler:
         # One transaction: the workflow, its lease and its start. It exists from here on: whatever fails next,
         # it runs (here, or resumed) and its id is the answer.
         await self.journal.write(self.store.create, wf_id, stored, template=spec.template, priority=spec.priority,
-                                 tenant=tenant, lease=self.journal.lease, created=run.created, nodes=nodes, events=events)
+                                 tenant=tenant, lease=self.journal.lease, created=run.created, nodes=nodes,
+                                 events=events)
         run.span = tracing.start_span("workflow", **{"agentgate.workflow": wf_id, "agentgate.template": spec.template})
         self.runs[wf_id] = run
         self.metrics.workflows.inc(status="submitted")
@@ -180,7 +181,8 @@ class Scheduler:
                 self.awareness.on_dispatch(run, key[1], url)
             except Exception as exc:  # a bug must fail this workflow, not stop every dispatch
                 log.exception("dispatching %s/%s failed", run.id, key[1])
-                self.lifecycle.track(run, key[1], self.lifecycle.fail(run, f"internal error dispatching node '{key[1]}': {exc!r}"))
+                reason = f"internal error dispatching node '{key[1]}': {exc!r}"
+                self.lifecycle.track(run, key[1], self.lifecycle.fail(run, reason))
                 continue
             call = NodeCall(self.pool, run, key[1], url)  # the slot is the task's from here on
             state.status = "running"
