@@ -10,10 +10,12 @@ waits on all of them in one XREAD) and every registry key in another (a
 heartbeat is one MULTI, the prune one script); <model> and <url> are plain text:
   ag:{kv}:events:<model>      stream; one entry per batch of KV events of one worker
   ag:{registry}:worker:<url>  string, JSON WorkerInfo, with a TTL the worker keeps
-                              refreshing (heartbeat); an expired key = a gone worker
-  ag:{registry}:worker-ids    set of worker URLs that have registered (readers prune
-                              the ones whose key expired)
-  ag:{registry}:workers       set of URLs (older discovery set; workers add themselves)
+                              refreshing (heartbeat); an expired key = a gone worker.
+                              An operator's registration (POST /admin/workers) is a
+                              WorkerInfo of kind "operator" with no TTL, written only
+                              where no worker holds the key
+  ag:{registry}:worker-ids    set of worker URLs that have registered, either way (the
+                              one worker registry; readers prune the ones whose key expired)
 
 A stream entry (all values bytes/str):
   worker  the worker's base URL (its identity everywhere: index, router, pool)
@@ -52,9 +54,17 @@ from dataclasses import dataclass, field
 import orjson
 
 PREFIX = "ag"
+OPERATOR = "operator"  # WorkerInfo.kind of a worker an operator registered (it publishes nothing itself)
+
+
+def worker_ids(prefix: str = PREFIX) -> str:
+    """The registry's set of URLs; gateways under another key prefix keep their operators' entries in
+    that prefix's registry, of the same layout."""
+    return f"{prefix}:{{registry}}:worker-ids"
+
+
 REGISTRY = f"{PREFIX}:{{registry}}"
-WORKER_IDS = f"{REGISTRY}:worker-ids"
-WORKERS_SET = f"{REGISTRY}:workers"
+WORKER_IDS = worker_ids()
 TIERS = ("l1", "l2", "l3")
 OPS = ("stored", "removed", "cleared", "resync")
 DEFAULT_STREAM_MAXLEN = 200_000  # entries (batches) kept per model stream, trimmed approximately
@@ -65,8 +75,8 @@ def stream_key(model: str) -> str:
     return f"{PREFIX}:{{kv}}:events:{model}"
 
 
-def worker_key(url: str) -> str:
-    return f"{REGISTRY}:worker:{url}"
+def worker_key(url: str, prefix: str = PREFIX) -> str:
+    return f"{prefix}:{{registry}}:worker:{url}"
 
 
 @dataclass(frozen=True)

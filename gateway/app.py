@@ -134,8 +134,8 @@ async def _pool(app: web.Application):
     pool = WorkerPool(config, app[SESSION])
     pool.on_removed.append(app[POLICY].on_removed)
     pool.sync(config.worker_urls)
-    discovery = RegistryDiscovery(pool, config.worker_urls)  # the TTL registry beside the older set
-    await discovery.sync(app[REDIS], await app[STORE].registered_workers())
+    discovery = RegistryDiscovery(pool, config.worker_urls, config.key_prefix)  # workers' and operators' entries
+    await discovery.sync(app[REDIS])
     app[POOL] = pool
     await pool.probe_all()
     await _load_tokenizer(app)
@@ -154,7 +154,7 @@ async def _pool(app: web.Application):
 
 
 async def _health_loop(app: web.Application, stopping: asyncio.Event, discovery: RegistryDiscovery) -> None:
-    pool, store, config = app[POOL], app[STORE], app[CONFIG]
+    pool, config = app[POOL], app[CONFIG]
     while True:
         try:
             await asyncio.wait_for(stopping.wait(), timeout=config.health_interval_s)
@@ -162,7 +162,7 @@ async def _health_loop(app: web.Application, stopping: asyncio.Event, discovery:
         except asyncio.TimeoutError:
             pass
         try:
-            await discovery.sync(app[REDIS], await store.registered_workers())
+            await discovery.sync(app[REDIS])
         except (OSError, RedisError) as exc:
             log.warning("worker registry unreadable: %s", exc)
         await pool.probe_all()

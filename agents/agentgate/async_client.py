@@ -22,7 +22,7 @@ import aiohttp
 from agentgate import transport
 from agentgate.api import GatewayApi, chat_payload
 from agentgate.errors import AgentGateError, ToolFailed, WorkflowFailed
-from agentgate.events import Event, SSEDecoder, WorkflowFinished
+from agentgate.events import Event, WorkflowFinished
 from agentgate.state import ChatChunk, WorkflowState
 from agentgate.tools import ToolCall, ToolRunner, call_tool, prepare, result_payload, upstream_of
 
@@ -59,29 +59,22 @@ class AsyncClient(GatewayApi):
     # -- workflows ---------------------------------------------------------------------------------
     async def events(self, workflow_id: str, last_event_id: str | None = None) -> AsyncIterator[Event]:
         """Every event after `last_event_id` until workflow_finished; reconnects with Last-Event-ID."""
-        last, failures = last_event_id, 0
+        resume = transport.EventResume(workflow_id, last_event_id, self.retry)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout)
         while True:
-            headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last} if last else {})}
-            req = self._request("GET", f"/v1/workflows/{workflow_id}/events", headers=headers)
+            req = self._request("GET", resume.path, headers=resume.headers())
             resp = await self._send(req, None, timeout=timeout)
             try:
-                decoder = SSEDecoder()
                 async for raw in resp.content:
-                    event = decoder.feed(raw.decode("utf-8"))
+                    event = resume.feed(raw)
                     if event is None:
                         continue
-                    last, failures = event.id or last, 0
                     yield event
                     if isinstance(event, WorkflowFinished):
                         return
                 return
             except LOST as exc:
-                delay = self.retry.delay(failures)
-                if delay is None:
-                    raise transport.unreachable(req, exc, failures + 1) from exc
-                failures += 1
-                await asyncio.sleep(delay)
+                await asyncio.sleep(resume.backoff(req, exc))
             finally:
                 resp.release()
 

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from agentgate import transport
 from agentgate.api import GatewayApi, chat_payload
 from agentgate.errors import AgentGateError, ToolFailed, WorkflowFailed
-from agentgate.events import Event, SSEDecoder, WorkflowFinished
+from agentgate.events import Event, WorkflowFinished
 from agentgate.state import ChatChunk, WorkflowState
 from agentgate.tools import ToolRunner, bind, prepare, result_payload, upstream_of
 
@@ -60,28 +60,21 @@ class Client(GatewayApi):
     def events(self, workflow_id: str, last_event_id: str | None = None) -> Iterator[Event]:
         """Every event after `last_event_id` (from the start when None) until workflow_finished.
         A dropped stream reconnects with Last-Event-ID, so no event is lost or repeated."""
-        last, failures = last_event_id, 0
+        resume = transport.EventResume(workflow_id, last_event_id, self.retry)
         while True:
-            headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last} if last else {})}
-            req = self._request("GET", f"/v1/workflows/{workflow_id}/events", headers=headers)
+            req = self._request("GET", resume.path, headers=resume.headers())
             stream = self._send(req, stream=True)
             try:
-                decoder = SSEDecoder()
                 for raw in stream:
-                    event = decoder.feed(raw.decode("utf-8"))
+                    event = resume.feed(raw)
                     if event is None:
                         continue
-                    last, failures = event.id or last, 0
                     yield event
                     if isinstance(event, WorkflowFinished):
                         return
                 return  # ended before this stream began, and everything was replayed
             except LOST as exc:
-                delay = self.retry.delay(failures)
-                if delay is None:
-                    raise transport.unreachable(req, exc, failures + 1) from exc
-                failures += 1
-                time.sleep(delay)
+                time.sleep(resume.backoff(req, exc))
             finally:
                 stream.close()
 

@@ -26,6 +26,7 @@ from urllib.parse import urlencode
 import orjson
 
 from agentgate.errors import GatewayUnreachable, from_response
+from agentgate.events import Event, SSEDecoder
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 USER_AGENT = "agentgate-sdk/0.1"
@@ -134,6 +135,36 @@ def unreachable(req: HttpRequest, exc: BaseException, attempts: int) -> GatewayU
     err = GatewayUnreachable(f"{req.method} {req.url}: no answer after {attempts} attempt(s): {exc!r}")
     err.__cause__ = exc
     return err
+
+
+class EventResume:
+    """What `events()` of both clients keeps across reconnects of one workflow's event stream: the last
+    event id (sent back as Last-Event-ID, so no event is lost or repeated) and the failures in a row.
+    Each connection: `headers()` for its request, `feed(line)` per line read (the event it completes,
+    or None), and on a broken connection `backoff(req, exc)`, the pause before the next one (or
+    GatewayUnreachable once the retry policy gives up)."""
+
+    def __init__(self, workflow_id: str, last_event_id: str | None, retry: RetryPolicy):
+        self.path = f"/v1/workflows/{workflow_id}/events"
+        self.last, self.failures, self.retry = last_event_id, 0, retry
+        self._decoder = SSEDecoder()
+
+    def headers(self) -> dict[str, str]:
+        self._decoder = SSEDecoder()  # a new connection: nothing half-read carries over
+        return {"Accept": "text/event-stream", **({"Last-Event-ID": self.last} if self.last else {})}
+
+    def feed(self, raw: bytes) -> Event | None:
+        event = self._decoder.feed(raw.decode("utf-8"))
+        if event is not None:
+            self.last, self.failures = event.id or self.last, 0
+        return event
+
+    def backoff(self, req: HttpRequest, exc: BaseException) -> float:
+        delay = self.retry.delay(self.failures)
+        if delay is None:
+            raise unreachable(req, exc, self.failures + 1) from exc
+        self.failures += 1
+        return delay
 
 
 # -- OpenAI-style SSE (streamed chat completions) ------------------------------------------------------

@@ -26,12 +26,13 @@ MAX_SHAPES = 1024  # distinct workflow shapes whose graph is kept for the next r
 _SHAPES: dict[tuple, nx.DiGraph] = {}
 
 
-def build_graph(spec: WorkflowSpec) -> nx.DiGraph:
+def build_graph(spec: WorkflowSpec, refs: dict[str, set[str]] | None = None) -> nx.DiGraph:
     """The workflow's shape: its node ids; edges carry `condition` (None for reference edges). The node
     specs are not on it (`WorkflowRun.node_spec`): every run of one shape — a template's or an agent's
-    runs differ in their texts, not their graph — shares one frozen graph from a bounded cache."""
+    runs differ in their texts, not their graph — shares one frozen graph from a bounded cache. `refs`:
+    each node's references to other nodes, when the caller has read them already."""
     key = (tuple(n.id for n in spec.nodes), tuple((e.source, e.target, e.condition) for e in spec.edges),
-           tuple(tuple(sorted(_node_refs(n))) for n in spec.nodes))
+           tuple(tuple(sorted(refs[n.id] if refs is not None else _node_refs(n))) for n in spec.nodes))
     try:
         g = _SHAPES.pop(key, None)
     except TypeError:  # a condition expecting a JSON list or object cannot be a key: this run gets its own
@@ -82,11 +83,14 @@ def checked_graph(spec: WorkflowSpec) -> tuple[nx.DiGraph, list[str]]:
                 problems.append(f"edges[{i}].{end}: unknown node '{name}'")
         if edge.source == edge.target:
             problems.append(f"edges[{i}]: node '{edge.source}' depends on itself")
+    refs: dict[str, set[str]] = {}
     for node in spec.nodes:
         if node.kind == "llm" and not node.messages:
             problems.append(f"node '{node.id}': an llm node needs messages")
+        found = refs[node.id] = refs.get(node.id, set())
         for _, content in node.messages:
             node_refs, input_refs = references(content)
+            found |= node_refs
             for ref in sorted(node_refs):
                 if ref == node.id:
                     problems.append(f"node '{node.id}': references its own output {{{{{ref}}}}}")
@@ -95,7 +99,7 @@ def checked_graph(spec: WorkflowSpec) -> tuple[nx.DiGraph, list[str]]:
             for name in sorted(input_refs):
                 if name not in spec.inputs:
                     problems.append(f"node '{node.id}': unknown input reference {{{{inputs.{name}}}}}")
-    graph = g = build_graph(spec)
+    graph = g = build_graph(spec, refs)
     if any(True for _ in nx.selfloop_edges(g)):
         g = g.copy()
         g.remove_edges_from(list(nx.selfloop_edges(g)))  # reported above

@@ -33,7 +33,6 @@ from common.kvwire import (
     DEFAULT_STREAM_MAXLEN,
     HEARTBEAT_TTL_S,
     WORKER_IDS,
-    WORKERS_SET,
     EventBatch,
     WorkerInfo,
     event,
@@ -181,7 +180,6 @@ class EventPublisher:
             with self._client.pipeline(transaction=True) as pipe:
                 pipe.delete(self.key)
                 pipe.srem(WORKER_IDS, self.info.url)
-                pipe.srem(WORKERS_SET, self.info.url)
                 pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("could not flush %d KV events / deregister from Redis at %s on stop: %s",
@@ -219,7 +217,6 @@ class EventPublisher:
                 # heartbeat's business.
                 pipe.set(self.key, self.info.dumps(), px=int(self.heartbeat_ttl_s * 1000), nx=True)
                 pipe.sadd(WORKER_IDS, self.info.url)
-                pipe.sadd(WORKERS_SET, self.info.url)
                 pipe.xadd(self.stream, batch.fields(), maxlen=self.maxlen, approximate=True)
                 entry_id = pipe.execute()[-1]
             self._last = (entry_id.decode() if isinstance(entry_id, bytes) else entry_id, self._seq)
@@ -234,7 +231,6 @@ class EventPublisher:
         with self._client.pipeline(transaction=True) as pipe:
             pipe.set(self.key, self.info.dumps(), px=int(self.heartbeat_ttl_s * 1000))
             pipe.sadd(WORKER_IDS, self.info.url)
-            pipe.sadd(WORKERS_SET, self.info.url)
             pipe.execute()
         self._next_beat = time.monotonic() + self.heartbeat_ttl_s / 3
 

@@ -12,7 +12,8 @@ from common.http import json_response
 from gateway.api.http import read_json
 from gateway.auth.middleware import require_admin
 from gateway.errors import WorkerCallError
-from gateway.keys import POOL, STORE
+from gateway.keys import CONFIG, POOL, REDIS
+from gateway.workers import registry
 
 
 def add_routes(app: web.Application) -> None:
@@ -41,7 +42,7 @@ async def add_worker(request: web.Request) -> web.Response:
     require_admin(request)
     body = await read_json(request)
     url = _url(body.get("url") if isinstance(body, dict) else None)
-    await request.app[STORE].register_worker(url)
+    await registry.register(request.app[REDIS], url, request.app[CONFIG].key_prefix)
     pool = request.app[POOL]
     await pool.probe(pool.add(url))
     return json_response({"url": url, "healthy": pool.workers[url].healthy}, status=201)
@@ -50,7 +51,7 @@ async def add_worker(request: web.Request) -> web.Response:
 async def remove_worker(request: web.Request) -> web.Response:
     require_admin(request)
     url = _url(request.query.get("url"))
-    registered = await request.app[STORE].unregister_worker(url)
+    registered = await registry.unregister(request.app[REDIS], url, request.app[CONFIG].key_prefix)
     pool = request.app[POOL]
     if not registered and url not in pool.workers:
         raise NotFoundError(f"worker {url} is not in the pool", param="url", code="worker_not_found")

@@ -39,8 +39,8 @@ def add_routes(app: web.Application) -> None:
 
 
 async def submit(request: web.Request) -> web.Response:
-    body = parse_or_422(WorkflowIn, await read_json(request))
     tenant = tenant_of(request)
+    body = parse_or_422(WorkflowIn, await read_json(request))
     spec = for_tenant(body.to_spec(request.app[CONFIG].default_max_tokens), tenant)
     graph, problems = checked_graph(spec)  # the run's graph too: built once
     if problems:

@@ -66,7 +66,7 @@ def chat_body(spec: NodeSpec, messages: list[dict], rid: str, model: str | None,
 
 
 async def run_chat(client: WorkerClient, body: dict, on_delta: Callable[[str], Awaitable[None]],
-                   on_first: Callable[[], None] | None, timeouts: StreamTimeouts, recorder=None) -> CallResult:
+                   timeouts: StreamTimeouts, recorder=None) -> CallResult:
     """`recorder` (migration.py), if given, sees every chunk's text and token ids as they arrive."""
     text, usage, finish = [], None, None
     calls: dict[int, dict] = {}  # tool-call deltas by index: name and id once, arguments in pieces
@@ -89,8 +89,6 @@ async def run_chat(client: WorkerClient, body: dict, on_delta: Callable[[str], A
                 call["function"]["arguments"] += fn.get("arguments") or ""
             delta = (choice.get("delta") or {}).get("content")
             if delta:
-                if not text and on_first is not None:
-                    on_first()
                 text.append(delta)
                 await on_delta(delta)
             if recorder is not None:

@@ -35,7 +35,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 
 from common import tracing
 from common.errors import ConflictError, NotFoundError
@@ -57,9 +57,21 @@ log = logging.getLogger("agentgate.gateway")
 CANCELLED = "cancelled by the client"
 
 
+def traced(run: WorkflowRun) -> bool:
+    """Whether the run is inside a trace (tracing on): its steps' spans are made only then."""
+    return run.span is not None and run.span.get_span_context().is_valid
+
+
 class Lifecycle:
+    """The workflows this replica runs, their tasks and leases, and how each one ends. The Scheduler
+    owns one and hands it, at construction, the three things of its own it needs: `resume` (a
+    claimed workflow), `advance` (after an external result) and `unready` (forget a workflow's
+    ready nodes)."""
+
     def __init__(self, config: GatewayConfig, store: WorkflowStore, pool: WorkerPool, metrics: Metrics, *,
-                 templates: TemplateStore | None = None, awareness: AwarenessHooks = NO_AWARENESS):
+                 templates: TemplateStore | None, awareness: AwarenessHooks,
+                 resume: Callable[[str], Awaitable[None]], advance: Callable[..., Awaitable[None]],
+                 unready: Callable[[str], None]):
         self.config = config
         self.store = store
         self.pool = pool
@@ -69,29 +81,21 @@ class Lifecycle:
                                lease=(self.owner, config.lease_ttl_s))
         self.runs: dict[str, WorkflowRun] = {}
         self.tasks: dict[tuple[str, str], asyncio.Task] = {}
-        self._loops: list[asyncio.Task] = []
         self.templates = templates  # learns transitions from templated workflows
         self.awareness = awareness  # agent awareness (awareness/runs.py): prediction, prefetch, pins
+        self.resume = resume
+        self._advance = advance
+        self._unready = unready
 
-    # Implemented by Scheduler.
-    async def resume(self, wf_id: str) -> None: ...
-    async def advance(self, run: WorkflowRun) -> None: ...
-    async def dispatch_loop(self) -> None: ...
-
-    # -- start / stop ------------------------------------------------------------------------------
     async def start(self) -> None:
         await self.journal.start()
         try:
             await self.claim_orphans()
         except OUTAGE as exc:  # Redis is not up yet: the lease rounds claim them once it is
             log.warning("unfinished workflows not resumed yet: %s", exc)
-        self._loops = [asyncio.create_task(self.dispatch_loop(), name="gateway-dispatch"),
-                       asyncio.create_task(self.lease_loop(), name="gateway-leases"),
-                       asyncio.create_task(forwarding.control_loop(self), name="gateway-control")]
 
     async def stop(self) -> None:
         """Stop running without touching stored state: unfinished nodes resume elsewhere or on restart."""
-        await cancel_and_wait(self._loops)
         for wf_id in list(self.runs):
             await self._drop(wf_id)
             try:
@@ -105,14 +109,12 @@ class Lifecycle:
         run = self.runs.pop(wf_id, None)
         if run is not None:
             self.awareness.on_dropped(run)
-        if run is not None and run.status == "running":  # handed back: whoever resumes it traces the rest
+        if run is not None and run.status == "running" and traced(run):  # handed back: its resumer traces the rest
             tracing.end_span(run.span, **{"agentgate.status": "handed back"})
         self.journal.forget(wf_id)
         current = asyncio.current_task()
         await cancel_and_wait([t for (w, _), t in self.tasks.items() if w == wf_id and t is not current])
-        ready = getattr(self, "ready", {})
-        for key in [k for k in ready if k[0] == wf_id]:
-            del ready[key]
+        self._unready(wf_id)
 
     def track(self, run: WorkflowRun, node: str, coro: Coroutine, call: NodeCall | None = None) -> None:
         """Run one of the workflow's tasks; whatever ends it, `call` (if any) is given back."""
@@ -121,7 +123,7 @@ class Lifecycle:
 
         def done(t: asyncio.Task) -> None:
             coro.close()  # a task cancelled before it ran never started `coro`: end it quietly
-            if call is not None:
+            if call is not None and not call.released:
                 call.release()
             if self.tasks.get((run.id, node)) is t:
                 del self.tasks[(run.id, node)]
@@ -208,8 +210,9 @@ class Lifecycle:
         if run.status != "running":
             return
         run.status = status
-        now = time.time()
+        now, on = time.time(), traced(run)
         if status != "finished":
+            cancelled = {}
             for node, state in run.nodes.items():
                 if state.status not in TERMINAL:
                     task = self.tasks.get((run.id, node))
@@ -218,16 +221,18 @@ class Lifecycle:
                     if task is not None and task is not asyncio.current_task():
                         task.cancel()
                     state.status, state.finished = "cancelled", now
-                    await self.journal.save_node(run.id, node, state.to_json())
+                    cancelled[node] = state
+            if cancelled:
+                await self.journal.commit(run.id, cancelled)
         try:  # awareness releases its pins and says so before workflow_finished
             await self.awareness.on_workflow_end(run, status)
         except OUTAGE as exc:  # its records are lost, not the workflow's end
             log.warning("prefetch records of workflow %s not saved: %s", run.id, exc)
-        await self.journal.set_status(run.id, status, error)
-        await self.journal.event(run.id, "workflow_finished", {
-            "workflow": run.id, "status": status, "error": error, "outputs": run.outputs()})
+        finished = {"workflow": run.id, "status": status, "error": error, "outputs": run.outputs()}
+        await self.journal.commit(run.id, events=[("workflow_finished", finished)], status=status, error=error)
         self.metrics.workflows.inc(status=status)
-        tracing.end_span(run.span, **{"agentgate.status": status, "agentgate.error": error})
+        if on:
+            tracing.end_span(run.span, **{"agentgate.status": status, "agentgate.error": error})
         if status == "finished" and run.spec.template and self.templates is not None:
             taken = [(u, v) for u, v in run.graph.edges if run.nodes[u].status == run.nodes[v].status == "finished"]
             try:
@@ -235,7 +240,6 @@ class Lifecycle:
             except OUTAGE as exc:  # learning is best effort
                 log.warning("transitions of workflow %s not learned: %s", run.id, exc)
         self.runs.pop(run.id, None)
-        self.journal.forget(run.id)
         try:
             await self.store.release(run.id, self.owner)
         except OUTAGE:  # the lease lapses by itself; the workflow is no longer active, so nobody resumes it
@@ -270,11 +274,8 @@ class Lifecycle:
         return "finished"
 
     async def _take_result(self, run: WorkflowRun, node: str, state) -> None:
-        await self.journal.save_node(run.id, node, state.to_json())
-        await self.journal.event(run.id, "node_finished", {"node": node, "status": "finished",
-                                                           "output": state.output, "external": True})
-        self.metrics.nodes.inc(status="finished")
-        await self.advance(run)
+        await self._advance(run, {node: state}, [("node_finished", {"node": node, "status": "finished",
+                                                                    "output": state.output, "external": True})])
 
     async def _settle(self, run: WorkflowRun, step: Coroutine) -> None:
         """A request's change to `run`, made under run.resolving: if it cannot be recorded, the workflow

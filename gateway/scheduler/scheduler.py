@@ -18,7 +18,8 @@ calls are aborted. Every state change is written to Redis before it is acted on
 (state/journal.py); ownership of a workflow is a lease there, so a restarted
 gateway or another replica resumes it. A dispatched node's worker slot is a
 `NodeCall` (ownership.py) that its task gives back however it ends, and every
-task runs under `Lifecycle.guarded`, so no fault strands a slot or a workflow.
+task runs under `Lifecycle.guarded` (lifecycle.py: the runs, their tasks and leases), so
+no fault strands a slot or a workflow.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ import asyncio
 import logging
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import replace
 
 from common import tracing
 from common.errors import AgentGateError
 from common.workflow.run import NodeState, WorkflowRun
-from common.workflow.spec import WorkflowSpec, spec_from_json, spec_to_json
+from common.workflow.spec import NodeSpec, WorkflowSpec, spec_from_json, spec_to_json
 from gateway.config import GatewayConfig
 from gateway.errors import WorkerCallError
 from gateway.metrics import Metrics
@@ -41,6 +43,7 @@ from gateway.router.prompts import PromptHasher
 from common.workflow.templating import render_messages
 from gateway.scheduler.executor import chat_body, node_output, run_chat
 from gateway.scheduler.hooks import NO_AWARENESS, AwarenessHooks
+from gateway.scheduler import forwarding
 from gateway.scheduler.lifecycle import CANCELLED, Lifecycle
 from gateway.scheduler.migration import (
     Progress,
@@ -52,42 +55,61 @@ from gateway.scheduler.migration import (
 from gateway.scheduler.ownership import NodeCall
 from gateway.state.store import WorkflowStore
 from gateway.state.template_store import TemplateStore
+from gateway.tasks import cancel_and_wait
 from gateway.workers.pool import WorkerPool
 
 log = logging.getLogger("agentgate.gateway")
 AGING_TOKENS_PER_S = 64.0
 
 
-class Scheduler(Lifecycle):
+class Scheduler:
     def __init__(self, config: GatewayConfig, store: WorkflowStore, pool: WorkerPool, policy: RoutingPolicy,
                  hasher: PromptHasher, metrics: Metrics, *, templates: TemplateStore | None = None,
                  awareness: AwarenessHooks = NO_AWARENESS):
-        super().__init__(config, store, pool, metrics, templates=templates, awareness=awareness)
-        self.policy = policy
-        self.hasher = hasher
+        self.config, self.store, self.pool, self.metrics = config, store, pool, metrics
+        self.policy, self.hasher, self.awareness = policy, hasher, awareness
+        self.lifecycle = Lifecycle(config, store, pool, metrics, templates=templates, awareness=awareness,
+                                   resume=self.resume, advance=self.advance, unready=self._unready)
+        lc = self.lifecycle  # the same tables and journal, by their usual names
+        self.owner, self.journal, self.runs, self.tasks = lc.owner, lc.journal, lc.runs, lc.tasks
         self.ready: dict[tuple[str, str], tuple[float, int]] = {}  # (wf, node) → (enqueued at, seq)
         self._seq = 0
         self._enqueued = asyncio.Event()  # set by enqueue(): wakes an idle dispatch loop
+        self._loops: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        await self.lifecycle.start()
+        self._loops = [asyncio.create_task(self.dispatch_loop(), name="gateway-dispatch"),
+                       asyncio.create_task(self.lifecycle.lease_loop(), name="gateway-leases"),
+                       asyncio.create_task(forwarding.control_loop(self.lifecycle), name="gateway-control")]
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._loops)
+        await self.lifecycle.stop()
+
+    async def cancel(self, wf_id: str) -> str:
+        return await self.lifecycle.cancel(wf_id)
+
+    async def post_result(self, wf_id: str, node: str, output) -> str:
+        return await self.lifecycle.post_result(wf_id, node, output)
 
     # -- entry points ----------------------------------------------------------------------------
     async def submit(self, spec: WorkflowSpec, tenant: str | None = None, graph=None) -> str:
         """Start a validated workflow (`graph`: its graph, built when it was validated)."""
-        wf_id = "wf-" + uuid.uuid4().hex[:16]
-        created = await self.journal.write(self.store.create, wf_id, spec_to_json(spec), template=spec.template,
-                                           priority=spec.priority, tenant=tenant)
-        # It exists from here on: whatever fails next, it runs (here, or resumed) and its id is the answer.
-        run = WorkflowRun(wf_id, spec, created, graph=graph)
+        wf_id, stored = "wf-" + uuid.uuid4().hex[:16], spec_to_json(spec)
+        run = WorkflowRun(wf_id, spec, time.time(), graph=graph)
+        nodes, events = {}, [("workflow_started", {"workflow": wf_id})]
+        ready = self._decide(run, nodes, events)
+        # One transaction: the workflow, its lease and its start. It exists from here on: whatever fails next,
+        # it runs (here, or resumed) and its id is the answer.
+        await self.journal.write(self.store.create, wf_id, stored, template=spec.template, priority=spec.priority,
+                                 tenant=tenant, lease=self.journal.lease, created=run.created, nodes=nodes,
+                                 events=events)
         run.span = tracing.start_span("workflow", **{"agentgate.workflow": wf_id, "agentgate.template": spec.template})
         self.runs[wf_id] = run
         self.metrics.workflows.inc(status="submitted")
-        await self.guarded(run, self._start(run), "start")
+        await self.lifecycle.guarded(run, self._advanced(run, events, ready), "start")
         return wf_id
-
-    async def _start(self, run: WorkflowRun) -> None:
-        await self.journal.write(self.store.claim, run.id, self.owner, self.config.lease_ttl_s)
-        async with run.resolving:
-            await self.journal.event(run.id, "workflow_started", {"workflow": run.id})
-            await self.advance(run)
 
     async def resume(self, wf_id: str) -> None:
         meta = await self.store.meta(wf_id)
@@ -103,16 +125,17 @@ class Scheduler(Lifecycle):
         self.runs[wf_id] = run
         log.info("resuming workflow %s (%d nodes finished)", wf_id,
                  sum(s.status == "finished" for s in run.nodes.values()))
-        await self.guarded(run, self._resumed(run, bool(meta.get("cancel"))), "resume")
+        await self.lifecycle.guarded(run, self._resumed(run, bool(meta.get("cancel"))), "resume")
 
     async def _resumed(self, run: WorkflowRun, cancel: bool) -> None:
         async with run.resolving:
-            await self.journal.event(run.id, "workflow_resumed", {"workflow": run.id, "owner": self.owner})
+            resumed = ("workflow_resumed", {"workflow": run.id, "owner": self.owner})
             if cancel:  # asked while no replica ran it: end it before dispatching anything
-                await self.finish(run, "cancelled", CANCELLED)
+                await self.journal.commit(run.id, events=[resumed])
+                await self.lifecycle.finish(run, "cancelled", CANCELLED)
                 return
-            await self.advance(run)
-        await self.serve_requests(run.id)  # results posted while no replica ran it
+            await self.advance(run, events=[resumed])
+        await self.lifecycle.serve_requests(run.id)  # results posted while no replica ran it
 
     # -- ready set → workers -----------------------------------------------------------------------
     def enqueue(self, run: WorkflowRun, node: str) -> None:
@@ -120,6 +143,10 @@ class Scheduler(Lifecycle):
         self.ready[(run.id, node)] = (time.monotonic(), self._seq)
         self._enqueued.set()
         self.pool.notify()
+
+    def _unready(self, wf_id: str) -> None:
+        for key in [k for k in self.ready if k[0] == wf_id]:
+            del self.ready[key]
 
     def _priority(self, key: tuple[str, str], now: float):
         wf_id, node = key
@@ -139,34 +166,35 @@ class Scheduler(Lifecycle):
                 del self.ready[key]
                 continue
             state = run.nodes[key[1]]
-            candidates = self.pool.available(exclude=state.tried)
-            if not candidates and not any(w.url not in state.tried for w in self.pool.healthy()):
+            candidates, healthy = self.pool.available(exclude=state.tried), self.pool.healthy()
+            if not candidates and not any(w.url not in state.tried for w in healthy):
                 candidates = self.pool.available()  # only failed workers are left: try them again
             if not candidates:
                 continue
             del self.ready[key]
             try:
-                messages = render_messages(run.node_spec(key[1]), run.outputs(), run.spec.inputs)
-                spec = run.node_spec(key[1])
-                route = self._route(messages, spec.max_tokens, spec.params.get("cache_salt"))
+                spec = run.specs[key[1]]
+                messages = render_messages(spec, run.outputs(), run.spec.inputs)
+                route = self._route(messages, spec.max_tokens, spec.params.get("cache_salt"), len(healthy))
                 url = self.policy.route(route, candidates, self.awareness.prefetched_at(run, key[1]),
                                         self.config.prefetch_affinity_slack)
                 self.awareness.on_dispatch(run, key[1], url)
             except Exception as exc:  # a bug must fail this workflow, not stop every dispatch
                 log.exception("dispatching %s/%s failed", run.id, key[1])
-                self.track(run, key[1], self.fail(run, f"internal error dispatching node '{key[1]}': {exc!r}"))
+                reason = f"internal error dispatching node '{key[1]}': {exc!r}"
+                self.lifecycle.track(run, key[1], self.lifecycle.fail(run, reason))
                 continue
             call = NodeCall(self.pool, run, key[1], url)  # the slot is the task's from here on
             state.status = "running"
             run.dispatched += 1
-            self.track(run, key[1], self._run_llm(call, messages), call)
+            self.lifecycle.track(run, key[1], self._run_llm(call, spec, messages), call)
             sent += 1
         return sent
 
-    def _route(self, messages: list[dict], max_tokens: int, salt: str | None = None) -> RouteRequest:
+    def _route(self, messages: list[dict], max_tokens: int, salt: str | None, healthy: int) -> RouteRequest:
         """The prompt's block hashes and the call's output budget, when the policy reads them and has a
-        choice to make."""
-        if not self.policy.uses_prefix or len(self.pool.healthy()) < 2:
+        choice to make (`healthy` workers)."""
+        if not self.policy.uses_prefix or healthy < 2:
             return RouteRequest(0)
         try:
             return replace(self.hasher.route_for_ids(self.hasher.chat_ids(messages), salt), max_tokens=max_tokens)
@@ -186,48 +214,54 @@ class Scheduler(Lifecycle):
                 await self._enqueued.wait()
 
     # -- one LLM node --------------------------------------------------------------------------------
-    async def _run_llm(self, call: NodeCall, messages: list[dict]) -> None:
-        with tracing.span(f"node {call.node}", parent=call.run.span, **{
-                "agentgate.workflow": call.run.id, "agentgate.node": call.node, "agentgate.worker": call.url}):
-            await self._call_llm(call, messages)
+    async def _run_llm(self, call: NodeCall, spec: NodeSpec, messages: list[dict]) -> None:
+        span = call.run.span  # spans only inside a trace (lifecycle.traced): no tracing calls per step otherwise
+        on = span is not None and span.get_span_context().is_valid
+        with tracing.span(f"node {call.node}", parent=call.run.span, **{"agentgate.workflow": call.run.id,
+                          "agentgate.node": call.node, "agentgate.worker": call.url}) if on else nullcontext():
+            await self._call_llm(call, spec, messages, on)
 
-    async def _call_llm(self, call: NodeCall, messages: list[dict]) -> None:
+    async def _call_llm(self, call: NodeCall, spec: NodeSpec, messages: list[dict], traced: bool) -> None:
         run, node, url = call.run, call.node, call.url
-        spec, state = run.node_spec(node), run.nodes[node]
+        state = run.nodes[node]
         state.attempts += 1
         state.worker, state.rid, state.error = url, f"{run.id}.{node}.{state.attempts}", None
         state.started, state.first_token = time.time(), None
         progress = None
         try:
-            await self.journal.save_node(run.id, node, state.to_json())
-            await self.journal.event(run.id, "node_started", {"node": node, "worker": url, "attempt": state.attempts})
+            await self.journal.commit(run.id, {node: state}, [("node_started", {"node": node, "worker": url,
+                                                                               "attempt": state.attempts})])
 
             async def on_delta(text: str) -> None:
+                if state.first_token is None:  # the call's first token
+                    state.first_token = time.time()
+                    self.awareness.on_call_started(run, node)
                 self.awareness.on_tokens(run, node, text)
                 self.journal.token(run.id, {"node": node, "text": text})
-
-            def on_first() -> None:
-                state.first_token = time.time()
-                self.awareness.on_call_started(run, node)
 
             worker = self.pool.workers.get(url)
             if worker is None:
                 raise WorkerCallError(url, "the worker left the pool")
+            timeouts, token_ids = self.pool.stream_timeouts(worker), self.pool.streams_token_ids(worker)
             priority = self.config.workflow_priority + run.spec.priority
-            progress = (Progress.from_json(state.progress) or Progress()) if migratable(spec) else None
-            with tracing.span("worker call", kind="client", **{"server.address": url, "agentgate.rid": state.rid}):
+            # What a broken call produced (state.progress) is continued; a new call records its ids when the
+            # worker streams them. Neither: no migration machinery on this call.
+            progress = (Progress.from_json(state.progress) or Progress()) \
+                if (state.progress or token_ids) and migratable(spec) else None
+            with tracing.span("worker call", kind="client", **{"server.address": url, "agentgate.rid": state.rid}) \
+                    if traced else nullcontext():
                 if progress is not None and progress.resumable:  # its last worker died mid-stream: continue it
-                    on_first()
+                    state.first_token = time.time()
+                    self.awareness.on_call_started(run, node)
                     body = continuation_body(spec.params, spec.max_tokens, progress, state.rid, priority)
-                    result = await run_continuation(worker.client, body, progress, on_delta,
-                                                    self.pool.stream_timeouts(worker), self.pool.incremental(worker))
+                    result = await run_continuation(worker.client, body, progress, on_delta, timeouts,
+                                                    self.pool.incremental(worker))
                 else:
+                    progress = Progress() if progress is not None and token_ids else None
                     body = chat_body(spec, messages, state.rid, worker.model_info.get("served_model_name"), priority)
-                    progress = Progress() if progress is not None and self.pool.streams_token_ids(worker) else None
                     if progress is not None:
                         body["return_token_ids"] = True
-                    result = await run_chat(worker.client, body, on_delta, on_first,
-                                            self.pool.stream_timeouts(worker),
+                    result = await run_chat(worker.client, body, on_delta, timeouts,
                                             Recorder(progress) if progress is not None else None)
             output = node_output(spec, result, url)
         except WorkerCallError as exc:
@@ -240,21 +274,17 @@ class Scheduler(Lifecycle):
         async with run.resolving:
             state.status, state.output, state.usage = "finished", output, result.usage
             state.finished = time.time()
-            self.metrics.observe_usage(result.usage)
-            await self.journal.save_node(run.id, node, state.to_json())
-            await self.journal.event(run.id, "node_finished", {
+            await self.advance(run, {node: state}, [("node_finished", {
                 "node": node, "status": "finished", "output": output, "usage": result.usage,
                 "worker": url, "finish_reason": result.finish_reason,
-                **({"tool_calls": list(result.tool_calls)} if result.tool_calls else {})})
-            self.metrics.nodes.inc(status="finished")
-            await self.advance(run)
+                **({"tool_calls": list(result.tool_calls)} if result.tool_calls else {})})])
         # Only now, with the successors enqueued, so they compete for the slot at once (the critical
         # path continues on the slot its predecessor just left).
         call.release()
 
     async def _call_failed(self, run: WorkflowRun, node: str, url: str, exc: WorkerCallError) -> None:
         """Retry the node elsewhere or fail the workflow. The caller holds run.resolving."""
-        state, spec = run.nodes[node], run.node_spec(node)
+        state, spec = run.nodes[node], run.specs[node]
         log.warning("workflow %s node %s failed on %s (attempt %d): %s", run.id, node, url, state.attempts, exc)
         if exc.retryable:
             self.pool.record_failure(url, exc)
@@ -263,46 +293,60 @@ class Scheduler(Lifecycle):
             if url not in state.tried:
                 state.tried.append(url)
             state.status = "ready"
-            await self.journal.save_node(run.id, node, state.to_json())
             resume = len(state.progress["ids"]) if state.progress else 0
-            await self.journal.event(run.id, "node_retry", {"node": node, "worker": url, "error": str(exc),
-                                                                 "attempt": state.attempts, "resume_tokens": resume})
+            await self.journal.commit(run.id, {node: state}, [("node_retry", {
+                "node": node, "worker": url, "error": str(exc), "attempt": state.attempts, "resume_tokens": resume})])
             self.metrics.nodes.inc(status="retried")
             self.enqueue(run, node)
             return
         state.status, state.finished = "failed", time.time()
-        await self.journal.save_node(run.id, node, state.to_json())
-        await self.journal.event(run.id, "node_finished", {"node": node, "status": "failed",
-                                                                "error": str(exc), "worker": url})
+        await self.journal.commit(run.id, {node: state}, [("node_finished", {"node": node, "status": "failed",
+                                                                             "error": str(exc), "worker": url})])
         self.metrics.nodes.inc(status="failed")
-        await self.finish(run, "failed", f"node '{node}' failed after {state.attempts} attempt(s): {exc}")
+        await self.lifecycle.finish(run, "failed", f"node '{node}' failed after {state.attempts} attempt(s): {exc}")
 
     # -- results → next nodes -------------------------------------------------------------------------
-    async def advance(self, run: WorkflowRun) -> None:
-        """Mark, save and announce what the last resolution made ready or skipped. The caller holds
-        run.resolving and has already appended that resolution's node_finished."""
-        if run.status != "running":
-            return
-        ready, skipped = run.advance()
+    async def advance(self, run: WorkflowRun, nodes: dict | None = None, events: list | None = None) -> None:
+        """Record a resolution (`nodes`' states and `events`, e.g. a node_finished) together with what it
+        made ready or skipped, in one journal commit, then enqueue the ready nodes. The caller holds
+        run.resolving."""
+        nodes, events = dict(nodes or {}), list(events or ())
+        ready = self._decide(run, nodes, events)
+        if nodes or events:
+            await self.journal.commit(run.id, nodes, events)
+        await self._advanced(run, events, ready)
+
+    def _decide(self, run: WorkflowRun, nodes: dict, events: list) -> tuple[list[str], bool]:
+        """Mark what the last resolution made ready or skipped, into `nodes` and `events`: (the LLM nodes to
+        enqueue once written, whether the run is complete)."""
+        ready, skipped = run.advance() if run.status == "running" else ((), ())
+        complete = run.is_complete()
         for node in skipped:
-            await self.journal.save_node(run.id, node, run.nodes[node].to_json())
-            await self.journal.event(run.id, "node_finished", {"node": node, "status": "skipped"})
-            self.metrics.nodes.inc(status="skipped")
+            nodes[node] = run.nodes[node]
+            events.append(("node_finished", {"node": node, "status": "skipped"}))
         llm_ready = []
         for node in ready:
-            state = run.nodes[node]
-            if run.node_spec(node).kind == "external":
+            state = nodes[node] = run.nodes[node]
+            if run.specs[node].kind == "external":
                 state.status, state.started = "waiting", time.time()
-                await self.journal.save_node(run.id, node, state.to_json())
-                messages = render_messages(run.node_spec(node), run.outputs(), run.spec.inputs)
-                await self.journal.event(run.id, "node_started", {"node": node, "external": True,
-                                                                       "messages": messages})
+                messages = render_messages(run.specs[node], run.outputs(), run.spec.inputs)
+                events.append(("node_started", {"node": node, "external": True, "messages": messages}))
             else:
                 state.ready = time.time()
-                await self.journal.save_node(run.id, node, state.to_json())
                 llm_ready.append(node)
+        return llm_ready, complete
+
+    async def _advanced(self, run: WorkflowRun, events: list, decided: tuple[list[str], bool]) -> None:
+        """After `_decide`'s states and events were written: count them, enqueue, finish a complete run."""
+        for type_, data in events:  # the resolution's and the skipped nodes'
+            if type_ == "node_finished":
+                self.metrics.observe_usage(data.get("usage"))
+                self.metrics.nodes.inc(status=data["status"])
+        llm_ready, complete = decided
+        if run.status != "running":
+            return
         for node in llm_ready:  # all at once, so the dispatcher ranks them together
             self.enqueue(run, node)
         self.awareness.on_advance(run)
-        if run.is_complete():
-            await self.finish(run, "finished")
+        if complete:
+            await self.lifecycle.finish(run, "finished")

@@ -1,7 +1,8 @@
 """The scheduler's writes to Redis, made to outlast a Redis outage.
 
 Durable writes (node and workflow state, lifecycle events, leases) go through
-`write`: a write that fails on the connection (Redis down, restarting, paused,
+`write`; a workflow's transition (its nodes' states, events and status) is one `commit`, one
+round trip: a write that fails on the connection (Redis down, restarting, paused,
 or its connection pool exhausted) is retried with exponential backoff, from
 RETRY_FIRST_S doubling up to RETRY_MAX_S, until it lands or `retry_s` have
 passed; then StateUnavailableError. The writer waits meanwhile, so store.py's
@@ -28,6 +29,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+
+import orjson
 
 from common.redis_client import OUTAGE
 from gateway.errors import StateUnavailableError
@@ -85,25 +88,34 @@ class Journal:
                 self._wake.set()  # tokens queued meanwhile can go now
             return result
 
-    async def save_node(self, wf_id: str, node: str, state: dict) -> None:
-        """Fenced by `lease` (owner, ttl_s) when set: store.LeaseLost once another replica took the workflow."""
-        await self.write(self.store.save_node, wf_id, node, state, self.lease)
+    async def commit(self, wf_id: str, nodes: dict | None = None, events: list[tuple[str, dict]] = (),
+                     status: str | None = None, error: str | None = None) -> None:
+        """One transition of a workflow, in one round trip (store.commit): node states (id → NodeState or
+        dict, taken as they are now; fenced by `lease`: store.LeaseLost once another replica took the
+        workflow), the workflow's token events queued so far, then `events`, then its `status`. A workflow
+        that ended is forgotten here."""
+        states = {node: orjson.dumps(state) for node, state in (nodes or {}).items()}
+        async with self._lock(wf_id):
+            queued = self._tokens.get(wf_id)
+            n = len(queued) if queued else 0
+            await self.write(self.store.commit, wf_id, states, [*(queued or ()), *events], self.lease, status, error)
+            if n and self._tokens.get(wf_id) is queued:  # written: out of the queue (as _taken)
+                del queued[:n]
+                self._buffered -= n
+                if not queued:
+                    del self._tokens[wf_id]
+        if status is not None and status != "running":  # the workflow ended: nothing more to write (as forget)
+            self._buffered -= len(self._tokens.pop(wf_id, ()))
+            lock = self._locks.get(wf_id)
+            if lock is not None and not lock.locked():
+                del self._locks[wf_id]
 
-    async def set_status(self, wf_id: str, status: str, error: str | None = None) -> None:
-        await self.write(self.store.set_status, wf_id, status, error)
+    async def save_node(self, wf_id: str, node: str, state) -> None:
+        await self.commit(wf_id, {node: state})
 
     async def event(self, wf_id: str, type_: str, data: dict) -> None:
         """Append a lifecycle event after the workflow's queued token events."""
-        async with self._lock(wf_id):
-            await self.write(self._append_after_tokens, wf_id, type_, data)
-
-    async def _append_after_tokens(self, wf_id: str, type_: str, data: dict) -> None:
-        queued = self._tokens.get(wf_id)
-        if not queued:
-            await self.store.append_event(wf_id, type_, data)
-            return
-        await self.store.append_events(wf_id, [*queued, (type_, data)])
-        self._taken(wf_id, len(queued))
+        await self.commit(wf_id, events=[(type_, data)])
 
     # -- token events -------------------------------------------------------------------------------
     def token(self, wf_id: str, data: dict) -> None:

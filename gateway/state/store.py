@@ -15,7 +15,6 @@ that slot alone):
   ag:workflows         zset  id → created time (listing; ids whose keys expired are swept, sweep_listing)
   ag:workflows:tenant:{t}  zset  the same, per tenant (a workflow's hash names its `tenant`, "" without keys)
   ag:workflows:active  set   ids not finished yet (what a restart resumes)
-  ag:{registry}:workers  set worker URLs registered for discovery (beside common/kvwire.py's registry)
 The global sets are written beside a workflow's own transaction, never inside it, with idempotent
 commands: SADD/ZADD after the workflow's hash exists, SREM after its status says it ended (a resume
 drops an active id whose workflow has ended or is gone). Scripts ask the workflow's own hash whether
@@ -27,12 +26,13 @@ between two writes at worst re-runs a node that had not finished.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from contextlib import contextmanager
 
 import orjson
 from redis.asyncio import Redis
 
-from gateway.state.bell import EventBell
 from gateway.state.owner_requests import OwnerRequests
 
 # Refresh our lease; re-take it if it lapsed while Redis was away (a restart drops keys whose TTL passed
@@ -57,6 +57,94 @@ end
 redis.call('hset', KEYS[3], ARGV[3], ARGV[4])
 return 1
 """
+# One transition of a workflow, atomically (KEYS: owner, the workflow's hash, :nodes, :events, then the
+# other RETAINED keys): node states (fenced as _FENCED_HSET when ARGV[1] names an owner), then events, then
+# an ended status with its expiry (after the XADDs: EXPIRE on a stream not created yet would be lost).
+# ARGV: owner or '', ttl ms, node count, event count, status or '', error, now, retention s or '', then
+# node id/state pairs, then event type/data pairs.
+_COMMIT = """
+local n, e = tonumber(ARGV[3]), tonumber(ARGV[4])
+if n > 0 and ARGV[1] ~= '' then
+  local owner = redis.call('get', KEYS[1])
+  if owner ~= ARGV[1] then
+    if owner or redis.call('hget', KEYS[2], 'status') ~= 'running' then return 0 end
+    redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])
+  end
+end
+local i = 9
+for _ = 1, n do redis.call('hset', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
+for _ = 1, e do redis.call('xadd', KEYS[4], '*', 'type', ARGV[i], 'data', ARGV[i + 1]); i = i + 2 end
+if ARGV[5] ~= '' then
+  redis.call('hset', KEYS[2], 'status', ARGV[5], 'updated', ARGV[7])
+  if ARGV[6] ~= '' then redis.call('hset', KEYS[2], 'error', ARGV[6]) end
+  if ARGV[5] ~= 'running' then
+    redis.call('hset', KEYS[2], 'finished', ARGV[7])
+    if ARGV[8] ~= '' then
+      for k = 2, #KEYS do redis.call('expire', KEYS[k], ARGV[8]) end
+    end
+  end
+end
+return 1
+"""
+
+
+# -- the event bell -------------------------------------------------------------------------------------
+# Wakes the SSE followers of a workflow when this replica appends to its event stream. Only a workflow's
+# owner writes its events (scheduler/lifecycle.py), so a follower of a workflow this replica runs needs no
+# blocking read of Redis held open per stream: it waits here, in memory, and reads the stream when the
+# bell rings. Entries live while someone watches.
+class _Ring:
+    __slots__ = ("rung", "event", "watchers")
+
+    def __init__(self):
+        self.rung = 0  # appends since the first watcher came
+        self.event = asyncio.Event()
+        self.watchers = 0
+
+
+class EventBell:
+    def __init__(self):
+        self._rings: dict[str, _Ring] = {}
+
+    @contextmanager
+    def watching(self, wf_id: str):
+        ring = self._rings.get(wf_id)
+        if ring is None:
+            ring = self._rings[wf_id] = _Ring()
+        ring.watchers += 1
+        try:
+            yield
+        finally:
+            ring.watchers -= 1
+            if not ring.watchers:
+                del self._rings[wf_id]
+
+    def rung(self, wf_id: str) -> int:
+        """How often it rang so far (read before the stream, then `wait(wf_id, since=that)`)."""
+        ring = self._rings.get(wf_id)
+        return ring.rung if ring is not None else 0
+
+    def ring(self, wf_id: str) -> None:
+        ring = self._rings.get(wf_id)
+        if ring is not None:
+            ring.rung += 1
+            ring.event.set()
+            ring.event = asyncio.Event()
+
+    async def wait(self, wf_id: str, since: int, timeout: float) -> bool:
+        """True once it has rung past `since` (at once if it already has); False after `timeout`.
+        The caller is `watching(wf_id)`."""
+        ring = self._rings[wf_id]
+        if ring.rung != since:
+            return True
+        try:
+            await asyncio.wait_for(ring.event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self._rings)
 
 
 class LeaseLost(Exception):
@@ -83,17 +171,27 @@ class WorkflowStore:
         return f"{self.p}:workflows" if tenant is None else f"{self.p}:workflows:tenant:{tenant}"
 
     async def create(self, wf_id: str, spec: dict, *, template: str | None, priority: int,
-                     tenant: str | None = None) -> float:
-        """The workflow's hash, then the listings and the active set (retried whole, every step is idempotent;
-        a retry keeps the first `created`)."""
-        now = time.time()
+                     tenant: str | None = None, lease: tuple[str, float] | None = None, created: float | None = None,
+                     nodes: dict | None = None, events: list[tuple[str, dict]] = ()) -> float:
+        """The workflow's hash, with `lease` ((owner, ttl_s)) its lease claimed as `claim` does, and its first
+        node states and events, in one transaction; then the listings and the active set (retried whole,
+        every step is idempotent but an event's; a retry keeps the first `created`)."""
+        now = time.time() if created is None else created
         async with self.r.pipeline(transaction=True) as pipe:
             pipe.hsetnx(self._wf(wf_id), "created", now)
             pipe.hset(self._wf(wf_id), mapping={"spec": orjson.dumps(spec), "status": "running", "updated": now,
                                                 "template": template or "", "priority": priority,
                                                 "tenant": tenant or ""})
+            if lease is not None:
+                pipe.set(self._wf(wf_id, ":owner"), lease[0], nx=True, px=int(lease[1] * 1000))
+            if nodes:
+                pipe.hset(self._wf(wf_id, ":nodes"), mapping={n: orjson.dumps(state) for n, state in nodes.items()})
+            for type_, data in events:
+                pipe.xadd(self._wf(wf_id, ":events"), {"type": type_, "data": orjson.dumps(data)})
             pipe.hget(self._wf(wf_id), "created")
             created = float((await pipe.execute())[-1])
+        if events:
+            self.bell.ring(wf_id)
         async with self.r.pipeline(transaction=False) as pipe:  # keys of other slots: not one transaction
             pipe.zadd(f"{self.p}:workflows", {wf_id: created})
             if tenant is not None:
@@ -178,6 +276,28 @@ class WorkflowStore:
                                  self._wf(wf_id, ":nodes"), owner, int(ttl_s * 1000), node_id, orjson.dumps(state)):
             raise LeaseLost(f"workflow {wf_id} is run by another replica now")
 
+    async def commit(self, wf_id: str, nodes: dict[str, bytes], events: list[tuple[str, dict]],
+                     lease: tuple[str, float] | None = None, status: str | None = None,
+                     error: str | None = None) -> None:
+        """One transition in one script: `nodes` (id → state JSON; fenced by `lease` as save_node is), then
+        `events` in order, then `status` (and `error`) as set_status writes them. LeaseLost writes nothing."""
+        owner, ttl_s = lease if lease is not None and nodes else ("", 0)
+        now = time.time()
+        retention = "" if self.retention_s is None else max(int(self.retention_s), 1)
+        args: list = [owner, int(ttl_s * 1000), len(nodes), len(events), status or "", error or "", now, retention]
+        for node_id, state in nodes.items():
+            args += (node_id, state)
+        for type_, data in events:
+            args += (type_, orjson.dumps(data))
+        keys = [self._wf(wf_id, ":owner"), *(self._wf(wf_id, suffix) for suffix in ("", ":nodes", ":events")),
+                *(self._wf(wf_id, suffix) for suffix in RETAINED[3:])]
+        if not await self.r.eval(_COMMIT, len(keys), *keys, *args):
+            raise LeaseLost(f"workflow {wf_id} is run by another replica now")
+        if events:
+            self.bell.ring(wf_id)
+        if status is not None and status != "running":  # after the status, as set_status does
+            await self.r.srem(f"{self.p}:workflows:active", wf_id)
+
     async def nodes(self, wf_id: str) -> dict[str, dict]:
         raw = await self.r.hgetall(self._wf(wf_id, ":nodes"))
         return {k: orjson.loads(v) for k, v in raw.items()}
@@ -223,17 +343,3 @@ class WorkflowStore:
 
     async def owner(self, wf_id: str) -> str | None:
         return await self.r.get(self._wf(wf_id, ":owner"))
-
-    # -- worker registry -----------------------------------------------------------------------------
-    @property
-    def _workers(self) -> str:
-        return f"{self.p}:{{registry}}:workers"  # wire.py's WORKERS_SET under the default prefix
-
-    async def registered_workers(self) -> set[str]:
-        return set(await self.r.smembers(self._workers))
-
-    async def register_worker(self, url: str) -> None:
-        await self.r.sadd(self._workers, url)
-
-    async def unregister_worker(self, url: str) -> bool:
-        return bool(await self.r.srem(self._workers, url))

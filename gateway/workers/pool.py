@@ -52,7 +52,7 @@ class WorkerState:
 
     @property
     def healthy(self) -> bool:
-        return self.breaker.allows_calls()
+        return self.breaker.opened_at is None  # the breaker is closed (breaker.allows_calls), read as data
 
     def busy(self) -> int:
         return max(self.in_flight, self.load.get("num_reqs", 0))

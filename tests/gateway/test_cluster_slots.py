@@ -27,7 +27,7 @@ from redis.exceptions import ResponseError
 
 from engine.kvcache.events import EventLog
 from engine.kvcache.publisher import EventPublisher
-from common.kvwire import WORKER_IDS, WORKERS_SET, WorkerInfo
+from common.kvwire import WORKER_IDS, WorkerInfo
 from common.redis_server import RedisServer
 from gateway.admission_shared import SharedLimits
 from gateway.janitor import sweep_kv
@@ -37,7 +37,7 @@ from gateway.state.learning import LearningStore
 from gateway.state.prefetch_log import PrefetchLog
 from gateway.state.store import WorkflowStore
 from gateway.state.template_store import TemplateStore
-from gateway.workers.registry import read_registry
+from gateway.workers.registry import read_registry, register, unregister
 
 
 @pytest.fixture(scope="module")
@@ -128,18 +128,21 @@ async def exercise_gateway(url: str) -> None:
         await store.save_node(wf, "a", {"status": "finished"}, lease=("me", 30))
         await store.append_event(wf, "workflow_started", {})
         await store.append_events(wf, [("token", {"t": "x"}), ("token", {"t": "y"})])
-        assert len(await store.read_events(wf, block_ms=10)) == 3 and len(await store.read_events(wf)) == 3
+        await store.commit(wf, {"a": b'{"status": "running"}'}, [("node_started", {"node": "a"})], lease=("me", 30))
+        assert len(await store.read_events(wf, block_ms=10)) == 4 and len(await store.read_events(wf)) == 4
         await store.requests.request_cancel(wf)
         assert await store.requests.post_to_inbox(wf, "b", "out")
         assert await store.requests.pending_requests([wf]) == ({wf}, {wf})
         assert await store.requests.take_inbox(wf) == {"b": "out"}
         await PrefetchLog(r).save(wf, {"a": {"predicted": True}})
+        await store.commit(wf, {}, [("workflow_finished", {})], status="finished", error="none")
         await store.set_status(wf, "finished")
         await store.release(wf, "me")
         assert await store.active_ids() == [] and (await store.list(0, 10, "acme"))[0] == [wf]
         await store.sweep_listing(None)
-        await store.register_worker("http://w:1")
-        assert await store.unregister_worker("http://w:1")
+        await register(r, "http://w:1", "ag")
+        assert (await read_registry(r)).operator == ["http://w:1"]
+        assert await unregister(r, "http://w:1", "ag") and not await unregister(r, "http://w:1", "ag")
         templates = TemplateStore(r)
         await templates.save("tpl", {"nodes": []})
         await templates.record_call("tpl", "agent", "a")
@@ -155,7 +158,6 @@ async def exercise_gateway(url: str) -> None:
         place = await limits.enter("acme", 2)
         await limits.leave("acme", place)
         await r.sadd(WORKER_IDS, "http://gone:1")  # listed, its key expired: pruned by the script
-        await r.sadd(WORKERS_SET, "http://gone:1")
         assert (await read_registry(r)).expired == ["http://gone:1"]
     finally:
         await r.aclose()

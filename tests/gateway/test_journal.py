@@ -23,7 +23,7 @@ class Outage:
 
     def __init__(self, store: WorkflowStore):
         self.down = False
-        for name in ("append_event", "append_events", "save_node"):
+        for name in ("append_event", "append_events", "save_node", "commit"):
             setattr(store, name, self._gate(getattr(store, name)))
 
     def _gate(self, method):

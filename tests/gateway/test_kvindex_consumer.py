@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import aiohttp
 import pytest
@@ -16,13 +17,13 @@ import pytest_asyncio
 import redis
 from redis.asyncio import Redis
 
-from common.kvwire import WORKER_IDS, WORKERS_SET, EventBatch, stream_key, worker_key
+from common.kvwire import WORKER_IDS, EventBatch, stream_key, worker_key
 from common.redis_server import RedisServer
 from gateway.config import GatewayConfig
 from gateway.kvindex.consumer import KVIndexConsumer
 from gateway.kvindex.index import KVIndex, PrefixMatch
 from gateway.workers.pool import WorkerPool
-from gateway.workers.registry import RegistryDiscovery, read_registry
+from gateway.workers.registry import RegistryDiscovery, read_registry, register
 from tests.gateway.kv_worker import KVWorker
 
 pytestmark = pytest.mark.asyncio
@@ -133,11 +134,10 @@ async def test_an_expired_worker_drops_out_and_is_pruned(env):
     r = Redis.from_url(env.redis_url)
     await r.set(worker_key(w.url), w.info.dumps(), px=600)
     await r.sadd(WORKER_IDS, w.url)
-    await r.sadd(WORKERS_SET, w.url)
     await until(lambda: env.in_sync(w), what="the snapshot of a worker that publishes nothing")
     await until(lambda: w.url not in env.index.workers(), timeout=5, what="the expired worker to drop out")
     assert not env.index.covers(w.url) and env.index.longest_prefix([7]) == {}
-    assert not await r.sismember(WORKER_IDS, w.url) and not await r.sismember(WORKERS_SET, w.url)
+    assert not await r.sismember(WORKER_IDS, w.url)
     await r.aclose()
 
 
@@ -254,12 +254,14 @@ async def test_registry_discovery_feeds_the_pool(env):
     await r.sadd(WORKER_IDS, gone.url)
     async with aiohttp.ClientSession() as session:
         pool = WorkerPool(GatewayConfig(), session)
-        discovery = RegistryDiscovery(pool, static_urls=["http://static:1"])
+        prefix = "t" + uuid.uuid4().hex[:8]  # the operator's entry, where only this test looks
+        discovery = RegistryDiscovery(pool, static_urls=["http://static:1"], prefix=prefix)
         pool.sync(["http://static:1"])
-        await discovery.sync(r, older_set={"http://older:1"})
+        await register(r, "http://older:1", prefix)
+        await discovery.sync(r)
         assert set(pool.workers) == {live.url, gone.url, "http://static:1", "http://older:1"}
         await asyncio.sleep(0.5)  # gone's key expires
-        registry = await discovery.sync(r, older_set={"http://older:1"})
+        registry = await discovery.sync(r)
         assert registry.expired == [gone.url] and set(registry.live) == {live.url}
         assert set(pool.workers) == {live.url, "http://static:1", "http://older:1"}
         assert (await read_registry(r)).expired == [], "the expired id was pruned"

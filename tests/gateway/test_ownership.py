@@ -17,7 +17,7 @@ from tests.gateway.support import llm
 
 pytestmark = pytest.mark.asyncio
 
-STORE_WRITES = ("create", "claim", "save_node", "append_event", "append_events", "set_status", "release")
+STORE_WRITES = ("create", "claim", "commit", "save_node", "append_event", "append_events", "set_status", "release")
 WORKFLOW = {"nodes": [llm("a", "alpha beta gamma"), llm("b", "then {{a}}")], "edges": [{"from": "a", "to": "b"}]}
 OUTPUTS = {"a": "echo: alpha beta gamma", "b": "echo: then echo: alpha beta gamma"}
 
@@ -79,7 +79,9 @@ async def test_a_redis_fault_at_any_await_point_is_survived_and_nothing_leaks(ga
     clean = Faults(None, None)
     assert (await run_with(gw, clean, monkeypatch))["outputs"] == OUTPUTS
     writes = [i + 1 for i, p in enumerate(clean.points) if not p.startswith(("call", "mid-stream"))]
-    assert len(writes) > 10, clean.points
+    # one write per transition: created (with its lease, started, a ready); a started; a finished (b
+    # ready); b started; b finished; the workflow finished; its lease released
+    assert [clean.points[i - 1] for i in writes] == ["create"] + ["commit"] * 5 + ["release"], clean.points
     for at in writes:
         faults = Faults(at, RedisConnectionError("injected: connection lost"))
         body = await run_with(gw, faults, monkeypatch)
@@ -137,7 +139,7 @@ async def test_a_node_task_cancelled_before_it_ever_ran_still_gives_its_slot_bac
     run = WorkflowRun("wf-never-ran", WorkflowSpec(nodes=(NodeSpec("a"),)), 0.0)
     call = NodeCall(pool, run, "a", w.url)
     assert pool.workers[w.url].in_flight == 1 and run.running == 1
-    scheduler.track(run, "a", asyncio.sleep(30), call)
+    scheduler.lifecycle.track(run, "a", asyncio.sleep(30), call)
     scheduler.tasks[(run.id, "a")].cancel()
     for _ in range(10):
         await asyncio.sleep(0)

@@ -9,6 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.keys import SCHEDULER
+from gateway.workers.registry import register
 from tests.gateway.support import llm
 
 pytestmark = pytest.mark.asyncio
@@ -74,7 +75,7 @@ async def test_without_workers_workflows_wait_and_calls_get_503(gateway, fake_wo
     # A worker registers in Redis; the gateway discovers it and the workflow proceeds.
     (w,) = await fake_workers(1)
     redis = Redis.from_url(redis_url, decode_responses=True)
-    await redis.sadd(f"{gw.config.key_prefix}:{{registry}}:workers", w.url)
+    await register(redis, w.url, gw.config.key_prefix)  # the registry's entry, as POST /admin/workers writes it
     await redis.aclose()
     body = await gw.wait(wf)
     assert body["status"] == "finished" and body["outputs"]["a"] == "echo: hello"
@@ -145,7 +146,7 @@ async def test_a_workflow_ending_during_a_lease_round_is_not_taken_for_a_lost_le
     async def drop(wf_id):
         dropped.append(wf_id)
 
-    scheduler.store.refresh, scheduler._drop = ends_meanwhile, drop
+    scheduler.store.refresh, scheduler.lifecycle._drop = ends_meanwhile, drop
     await asyncio.sleep(0.5)  # two lease rounds
     assert dropped == []
 

@@ -136,3 +136,32 @@ async def test_a_replica_whose_lease_was_taken_cannot_record_a_result_the_new_ow
         assert await r.get(owner_key) == "gw-another-replica"
     finally:
         await r.aclose()
+
+
+async def test_a_worker_an_operator_registers_is_found_by_every_replica_of_its_prefix_only(
+        gateway, fake_workers, redis_url):
+    """One registry (gateway/workers/registry.py): an operator's entry sits beside the workers' own, under
+    the gateway's key prefix, until it is removed."""
+    from gateway.keys import POOL
+    from tests.gateway.support import GatewayHandle, fast_config
+
+    w1, w2 = await fake_workers(2)
+    a, b = await gateway([w1.url]), await gateway([w1.url])
+    other = await GatewayHandle(fast_config(redis_url, [w1.url], key_prefix="o" + a.config.key_prefix)).start()
+    try:
+        status, body, _ = await a.call("POST", "/admin/workers", {"url": w2.url})
+        assert status == 201 and body == {"url": w2.url, "healthy": True}
+        for _ in range(100):  # b's next health round reads the registry
+            if w2.url in b.app[POOL].workers:
+                break
+            await asyncio.sleep(0.05)
+        assert w2.url in b.app[POOL].workers
+        assert w2.url not in other.app[POOL].workers  # another prefix: another gateway's registry
+        status, body, _ = await b.call("DELETE", f"/admin/workers?url={w2.url}")
+        assert status == 200 and body == {"url": w2.url, "removed": True} and w2.url not in b.app[POOL].workers
+        status, body, _ = await b.call("DELETE", f"/admin/workers?url={w2.url}")
+        assert status == 404 and body["error"]["code"] == "worker_not_found"
+        await asyncio.sleep(0.5)  # health rounds: the entry is gone from the registry, b does not find it again
+        assert w2.url not in b.app[POOL].workers
+    finally:
+        await other.stop()

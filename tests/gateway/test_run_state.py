@@ -72,7 +72,7 @@ async def test_a_run_handed_back_is_forgotten_by_awareness_and_known_again_when_
     sched, aw = gw.app[SCHEDULER], gw.app[AWARENESS]
     await until(lambda: wf in aw.runs and (wf, "d") in aw.prefetcher.slots)
     old = sched.runs[wf]
-    await sched.abandon(old, "handed back by the test")
+    await sched.lifecycle.abandon(old, "handed back by the test")
     assert wf not in sched.runs and wf not in aw.runs
     # this replica's next lease round claims it again: a new run object, and awareness knows that one
     await until(lambda: wf in sched.runs and aw.runs.get(wf) is sched.runs[wf] and aw.runs[wf] is not old)
@@ -107,7 +107,7 @@ async def test_a_workflow_waiting_on_a_tool_is_not_replanned_until_a_pin_needs_i
 
 
 async def test_the_bell_wakes_a_watcher_once_per_append_and_forgets_the_unwatched():
-    from gateway.state.bell import EventBell
+    from gateway.state.store import EventBell
 
     bell = EventBell()
     bell.ring("wf")  # nobody watches: nothing kept
