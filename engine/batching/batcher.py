@@ -15,6 +15,9 @@ Decode growth takes one block every block_size tokens; when none is left even
 after evicting cached blocks, a running request is preempted — a prefetch
 first, then the lowest priority, newest first (its computed blocks go to the
 cache, it re-queues at the front of its priority and resumes by prefix match).
+An admission that still finds no memory takes it from the prefixes that other
+queued requests hold staged (engine/runtime/staging.py): they stay cached and
+evictable, so queued requests never wait for each other's staged blocks.
 
 Priorities (SGLang's `priority`: higher runs first, 0 by default): waiting
 calls are admitted highest first, a call that finds no memory preempts running
@@ -306,7 +309,8 @@ class Batcher:
         match = self.cache.match_prefix(req.fill_ids[:-1], req.salt)
         need = -(-len(req.fill_ids) // self.bs) - len(match.blocks)
         self.cache.lock(match.blocks)  # lock first, so eviction below cannot take them
-        if not self.cache.can_allocate(need) and (step is None or not self._make_room(req, need, *step)):
+        if not self.cache.can_allocate(need) and (step is None or not self._make_room(req, need, *step)) \
+                and not self._unstage_for(req, need):
             self.cache.release(match.blocks)
             return False
         req.blocks = match.blocks + self.cache.allocate(need)
@@ -318,6 +322,19 @@ class Batcher:
         req.status = Status.RUNNING
         self.running.append(req)
         return True
+
+    def _unstage_for(self, req: Request, need: int) -> bool:
+        """For req's admission: let go of the prefixes that queued requests hold staged (prefetches, then
+        the lowest priority, newest first) until `need` blocks can be allocated; whether they can. The
+        blocks stay in the cache, evictable, and a request that let go matches what is left when admitted.
+        Without this, queued requests whose staged prefixes fill the pool wait for each other forever."""
+        queued = [*reversed(self.background), *sorted(reversed(self.waiting), key=lambda r: r.priority)]
+        for other in queued:
+            if self.cache.can_allocate(need):
+                return True
+            if other is not req and other.staged:
+                self.release_staged(other)
+        return self.cache.can_allocate(need)
 
     def _cache_computed(self, req: Request) -> None:
         """Give the cache every full block whose K/V is computed (the fill ids

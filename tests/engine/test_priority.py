@@ -155,3 +155,32 @@ def test_with_no_chunk_for_busy_steps_a_prefetch_computes_only_in_steps_nothing_
         call.output_ids.append(7)
     s.remove(call)
     assert step(s) == [("prefetch", 200)]  # idle: the whole budget
+
+
+def staged(s: Batcher, req: Request, blocks: int) -> None:
+    """What staging does for a request whose prefix comes up from L2/L3: the prefix's blocks are in the
+    cache, locked by the request while it waits (req.staged)."""
+    ids = req.fill_ids[:blocks * BS]
+    table = s.cache.allocate(blocks)
+    s.cache.insert(ids, table)
+    s.cache.release(table)
+    match = s.cache.match_prefix(ids)
+    s.cache.lock(match.blocks)
+    req.staged = list(match.blocks)
+
+
+def test_queued_requests_whose_staged_prefixes_fill_the_pool_do_not_wait_for_each_other_forever():
+    """Two calls wait with their prefixes staged, five of the pool's ten blocks each, nothing runs: the first
+    needs three more blocks. The second lets go of its staged prefix (it stays cached, evictable), the first
+    is admitted; the second is admitted once the first is done, recomputing what was evicted for it."""
+    s = scheduler(blocks=10)
+    first, second = request("first", 8 * BS - 1), request("second", 8 * BS - 1, first=1000)
+    for req in (first, second):
+        s.add(req)
+        staged(s, req, 5)
+    assert s.cache.available() == 0
+    assert step(s) == [("first", 8 * BS - 1 - 5 * BS)]  # its staged five blocks matched, three allocated
+    assert second.staged == [] and second.status is Status.WAITING and first.cached_tokens == 5 * BS
+    s.remove(first)
+    # the first's three blocks were evicted from the end of the second's prefix: two of its blocks are left
+    assert step(s) == [("second", 8 * BS - 1 - 2 * BS)] and second.cached_tokens == 2 * BS
