@@ -16,7 +16,8 @@ The workflow benchmark measures both as baselines; they also run a workflow agai
 worker while debugging.
 
 The semantics are the gateway's own, imported rather than re-implemented: the DAG with its
-readiness and skip rules (common/workflow/run.py), `{{ref}}` rendering and edge conditions.
+readiness and skip rules (common/workflow/run.py), `{{ref}}` rendering, edge conditions and a
+node's output (its text, or its tool calls as JSON: common/workflow/outputs.py).
 Among ready nodes the one that comes first in topological order runs first. The result is a
 `WorkflowState` shaped like GET /v1/workflows/{id} (timings included), so a caller measures
 both paths with the same code.
@@ -39,6 +40,7 @@ from agentgate.async_client import AsyncClient
 from agentgate.errors import AgentGateError
 from agentgate.state import WorkflowState
 from agentgate.tools import ToolCall, call_tool, prepare, result_payload
+from common.workflow.outputs import NotAToolCall, ToolCallDeltas, node_output
 from common.workflow.run import NodeState, WorkflowRun
 from common.workflow.schemas import WorkflowIn
 from common.workflow.templating import render
@@ -126,16 +128,27 @@ async def _run_llm(run: WorkflowRun, node: str, client: AsyncClient, model: str,
     state.started = time.time()
     if not stream:  # one answer: no first-token time to record
         result = await client.chat(messages, model=spec.model or model, **sampling)
-        state.status, state.output, state.usage, state.finished = "finished", result.text, result.usage, time.time()
+        message = ((result.raw.get("choices") or [{}])[0].get("message") or {})
+        state.output = _output(spec, result.text, message.get("tool_calls") or (), result.finish_reason)
+        state.status, state.usage, state.finished = "finished", result.usage, time.time()
         return
-    text, usage = [], None
+    text, usage, finish, calls = [], None, None, ToolCallDeltas()
     async for chunk in client.chat_stream(messages, model=spec.model or model, **sampling):
-        if chunk.text:
-            if state.first_token is None:
-                state.first_token = time.time()
-            text.append(chunk.text)
-        usage = chunk.usage or usage
-    state.status, state.output, state.usage, state.finished = "finished", "".join(text), usage, time.time()
+        calls.add(chunk.raw)
+        if (chunk.text or calls.calls()) and state.first_token is None:
+            state.first_token = time.time()
+        text.append(chunk.text)
+        usage, finish = chunk.usage or usage, chunk.finish_reason or finish
+    state.output = _output(spec, "".join(text), calls.calls(), finish)
+    state.status, state.usage, state.finished = "finished", usage, time.time()
+
+
+def _output(spec, text: str, tool_calls, finish_reason: str | None) -> str:
+    """The node's output as the gateway shapes it (its text, or its tool calls as JSON)."""
+    try:
+        return node_output(spec, text, tuple(tool_calls), finish_reason)
+    except NotAToolCall as exc:
+        raise _NodeFailed(str(exc)) from None
 
 
 async def _run_tool(run: WorkflowRun, node: str, fn: Callable) -> None:

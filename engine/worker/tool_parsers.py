@@ -25,7 +25,6 @@ Families:
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from abc import ABC, abstractmethod
 from typing import NamedTuple
@@ -146,28 +145,45 @@ class ToolCallParser(ABC):
 class SmolLM2Parser(ToolCallParser):
     name = "smollm2"
     starts = ("<tool_call>",)
-    _block = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+    opens, closes = "<tool_call>", "</tool_call>"
 
     def format_result(self, content: str) -> tuple[str, str]:
         # its template renders any role; a `tool` turn is what the 135M model answers from best
         return "tool", content
 
     def parse(self, text: str, final: bool = True) -> tuple[str, list[ToolCall]]:
-        calls, content, pos = [], [], 0
-        for m in self._block.finditer(text):
-            try:
-                items = json.loads(m.group(1))
-            except ValueError:
+        """Every <tool_call> block whose body is JSON naming calls. The body is read as JSON, not up to the
+        first </tool_call>: a string argument may hold that text (a small model's grammar-bound call can)."""
+        calls, content, pos, decoder = [], [], 0, json.JSONDecoder()
+        start = text.find(self.opens)
+        while start != -1:
+            block = self._block_at(text, start, decoder)
+            if block is None:
+                start = text.find(self.opens, start + 1)
                 continue
-            items = items if isinstance(items, list) else [items]
-            parsed = [_call(i, self.args_key) for i in items]
-            if not parsed or None in parsed:
-                continue
-            content.append(text[pos:m.start()])
-            pos = m.end()
+            parsed, end = block
+            content.append(text[pos:start])
+            pos = end
             calls += parsed
+            start = text.find(self.opens, pos)
         content.append(text[pos:])
         return "".join(content).strip() if calls else text, calls
+
+    def _block_at(self, text: str, start: int, decoder: json.JSONDecoder) -> tuple[list[ToolCall], int] | None:
+        """The calls of the block opening at `start` and where it ends, or None when it is not one (yet)."""
+        at = _skip_space(text, start + len(self.opens))
+        try:
+            items, at = decoder.raw_decode(text, at)
+        except ValueError:
+            return None
+        at = _skip_space(text, at)
+        if not text.startswith(self.closes, at):
+            return None
+        items = items if isinstance(items, list) else [items]
+        parsed = [_call(i, self.args_key) for i in items]
+        if not parsed or None in parsed:
+            return None
+        return parsed, at + len(self.closes)
 
     def call_constraint(self, tools: list[dict]) -> Constraint:
         spec = {"prefix": "<tool_call>[", "schema": call_schema(tools), "suffix": "]</tool_call>"}
@@ -227,6 +243,12 @@ class Llama3Parser(ToolCallParser):
 
     def format_calls(self, calls: list[ToolCall]) -> str:
         return "; ".join(f'{{"name": {json.dumps(c.name)}, "parameters": {c.arguments}}}' for c in calls)
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at].isspace():
+        at += 1
+    return at
 
 
 PARSERS = {"smollm2": SmolLM2Parser, "qwen25": HermesParser, "qwen": HermesParser, "hermes": HermesParser,

@@ -9,10 +9,10 @@ does one that stops coming (client.py: first-token and inter-token timeouts).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from common.workflow import outputs
 from common.workflow.spec import NodeSpec
 from gateway.errors import WorkerCallError
 from gateway.workers.client import StreamTimeouts, WorkerClient
@@ -27,25 +27,11 @@ class CallResult:
 
 
 def node_output(spec: NodeSpec, result: CallResult, url: str) -> str:
-    """What the node hands downstream: its text, or (spec.output) its parsed tool call(s) as JSON."""
-    if spec.output == "text":
-        return result.text
-    if not result.tool_calls:
-        raise WorkerCallError(url, f"node {spec.id!r} expects a tool call (output {spec.output!r}) but the model "
-                                  f"answered in text (finish_reason {result.finish_reason}): {result.text[:200]!r}",
-                              retryable=False)
-    calls = [{"name": c["function"]["name"], "arguments": _arguments(c["function"]["arguments"])}
-             for c in result.tool_calls]
-    if spec.output == "tool_call":
-        return json.dumps(calls[0]["arguments"], ensure_ascii=False)
-    return json.dumps(calls, ensure_ascii=False)
-
-
-def _arguments(text: str):
+    """What the node hands downstream (common/workflow/outputs.py); a missing tool call fails the node."""
     try:
-        return json.loads(text)
-    except ValueError:
-        return text
+        return outputs.node_output(spec, result.text, result.tool_calls, result.finish_reason)
+    except outputs.NotAToolCall as exc:
+        raise WorkerCallError(url, str(exc), retryable=False) from None
 
 
 def with_priority(body: dict, priority: int) -> None:
@@ -69,7 +55,7 @@ async def run_chat(client: WorkerClient, body: dict, on_delta: Callable[[str], A
                    timeouts: StreamTimeouts, recorder=None) -> CallResult:
     """`recorder` (migration.py), if given, sees every chunk's text and token ids as they arrive."""
     text, usage, finish = [], None, None
-    calls: dict[int, dict] = {}  # tool-call deltas by index: name and id once, arguments in pieces
+    calls = outputs.ToolCallDeltas()
     async for chunk in client.stream_json("/v1/chat/completions", body, timeouts):
         if not isinstance(chunk, dict):
             raise WorkerCallError(client.url, f"a stream chunk is not a JSON object: {str(chunk)[:80]}")
@@ -79,14 +65,8 @@ async def run_chat(client: WorkerClient, body: dict, on_delta: Callable[[str], A
             raise WorkerCallError(client.url, f"error mid-stream: {message}", retryable=False)
         if recorder is not None:
             recorder.on_chunk(chunk, None, None)
+        calls.add(chunk)
         for choice in chunk.get("choices") or ():
-            for tc in (choice.get("delta") or {}).get("tool_calls") or ():
-                call = calls.setdefault(tc.get("index", len(calls)), {"id": None, "type": "function",
-                                                                     "function": {"name": "", "arguments": ""}})
-                call["id"] = tc.get("id") or call["id"]
-                fn = tc.get("function") or {}
-                call["function"]["name"] += fn.get("name") or ""
-                call["function"]["arguments"] += fn.get("arguments") or ""
             delta = (choice.get("delta") or {}).get("content")
             if delta:
                 text.append(delta)
@@ -98,4 +78,4 @@ async def run_chat(client: WorkerClient, body: dict, on_delta: Callable[[str], A
             usage = chunk["usage"]
     if finish is None:
         raise WorkerCallError(client.url, "the stream ended before the call finished")
-    return CallResult("".join(text), usage, finish, tuple(calls[i] for i in sorted(calls)))
+    return CallResult("".join(text), usage, finish, calls.calls())

@@ -4,6 +4,7 @@ with agent_hints reach that worker and come back with prefix-cache usage."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 
@@ -19,6 +20,7 @@ from agentgate.examples import (
     react_langgraph,
 )
 from agentgate.examples.tools import run_tool
+from agentgate.sequential import run_client_side
 
 from tests.support import REPO_ROOT
 
@@ -71,6 +73,18 @@ def test_react_calls_its_tools_and_answers(real_gw, capsys):
         assert state.outputs["finish"] == step["arguments"]["answer"].strip()
     assert state.outputs["finish"].strip()
     assert state.nodes["think_1"].prompt_tokens > 1000  # system prompt + tool schemas + examples
+
+
+def test_a_client_driven_react_run_hands_on_the_tool_calls_as_the_gateway_does(real_gw, worker):
+    """The client-driven loop (the baseline that drives agents through sglang-router in bench_workflows)
+    shapes a node's output as the gateway does: think_1's tool calls as JSON, which act_1 runs. Against
+    the same worker, greedy, its outputs are the gateway's exactly."""
+    with Client(real_gw.url, timeout=300) as c:
+        via_gateway = c.run(react.build(quick=True))
+    state = asyncio.run(run_client_side(react.build(quick=True), worker))
+    assert state.status == "finished", state.error
+    assert json.loads(state.outputs["think_1"])[0]["name"] in ("search", "calculator", "final_answer")
+    assert state.outputs == via_gateway.outputs
 
 
 def test_map_reduce_maps_every_chunk_then_reduces(real_gw, capsys):

@@ -60,6 +60,21 @@ def test_plain_text_and_broken_markup_stay_content(name):
         assert streamed == text
 
 
+@pytest.mark.parametrize("name", ["smollm2", "qwen25"])
+def test_a_string_argument_that_holds_the_closing_tag_stays_inside_its_call(name):
+    """A grammar-bound call of a small model wrote `}}]</tool_call>` inside its string argument and went on:
+    the block is read as JSON, so the call is whole and its argument keeps that text."""
+    expression = 'round(4.2, 2)}}]</tool_call> 4.2 * 100 = $42.20'
+    call = {"name": "calculator", "arguments": {"expression": expression}}
+    body = json.dumps([call]) if name == "smollm2" else "\n" + json.dumps(call) + "\n"
+    text = f"<tool_call>{body}</tool_call>"
+    content, calls = make_parser(name).parse(text)
+    assert content == "" and calls == [ToolCall("calculator", json.dumps({"expression": expression}))]
+    stream = StreamingToolCalls(make_parser(name))
+    streamed = [c for i in range(0, len(text), 5) for c in stream.feed(text[i:i + 5], final=i + 5 >= len(text))[1]]
+    assert streamed == calls
+
+
 def test_streamed_content_is_released_before_the_call_completes():
     stream = StreamingToolCalls(make_parser("smollm2"))
     assert stream.feed("Checking the weather. ") == ("Checking the weather. ", [])
