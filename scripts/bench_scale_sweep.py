@@ -83,16 +83,11 @@ def plot(rows: list[dict], path: Path, meta: dict | None = None) -> None:
             pts = sorted((r for r in mine if r["config"] == cfg), key=lambda r: r["rate"])
             ax.plot([p["tps_per_user"] for p in pts], [p["tps_per_gpu"] for p in pts], marker="o", label=cfg)
         over = (m.get("kv_oversubscribed") or {}).get(str(w)) if not extra else None
-        ax.set_title(f"SIMULATED: {w} x {m.get('gpu', 'h100_sxm')} x tp{tp or m.get('tp', 1)}, "
-                     f"{model or m.get('model', 'Qwen/Qwen3-8B')}" + (f", KV {over}x oversubscribed" if over else ""),
-                     fontsize=9)
-        ax.set_xlabel("output tokens/s per user (simulated)")
-        ax.set_ylabel("output tokens/s per GPU (simulated)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        report.label_axes(ax, "output tokens/s per user (simulated)", "output tokens/s per GPU (simulated)",
+                          f"SIMULATED: {w} x {m.get('gpu', 'h100_sxm')} x tp{tp or m.get('tp', 1)}, "
+                          f"{model or m.get('model', 'Qwen/Qwen3-8B')}"
+                          + (f", KV {over}x oversubscribed" if over else ""), title_size=9, legend_size=7)
+    report.save_figure(fig, path, dpi=110)
 
 
 def plot_sweep(rows: list[dict], path: Path, meta: dict | None = None) -> bool:

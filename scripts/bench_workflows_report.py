@@ -396,13 +396,28 @@ def plot_pareto(summaries: list[CellSummary], labels: dict[str, str], path: Path
         for p in points:
             ax.annotate(rate_label(p.rate), (p.tps_per_user, p.tps_per_worker), textcoords="offset points",
                         xytext=(4, 4), fontsize=7, alpha=0.7)
-    ax.set_xlabel("tokens/s per user (a workflow's completion tokens ÷ its latency)")
-    ax.set_ylabel("tokens/s per worker (all completion tokens ÷ makespan ÷ workers)")
-    ax.set_title("Throughput per worker vs speed per user (up and right is better)")
+    label_axes(ax, "tokens/s per user (a workflow's completion tokens ÷ its latency)",
+               "tokens/s per worker (all completion tokens ÷ makespan ÷ workers)",
+               "Throughput per worker vs speed per user (up and right is better)")
+    save_figure(fig, path, dpi=120)
+
+
+def label_axes(ax, xlabel: str, ylabel: str, title: str | None = None, *, title_size: int | None = None,
+               legend_size: int = 8) -> None:
+    """A plot's labels, title, grid and legend, as every benchmark plot has them."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title is not None:
+        ax.set_title(title, fontsize=title_size)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=legend_size)
+
+
+def save_figure(fig, path: Path, dpi: int) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
 
 
