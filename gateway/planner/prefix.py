@@ -40,6 +40,7 @@ from common.workflow.templating import INPUT_PREFIX, REF
 from gateway.router.prompts import PromptHasher, normalize_messages
 
 SENTINEL = "\ue000\ue001"  # private-use characters: never in a real prompt, never escaped by a template
+PROBE_WINDOW_PIECES = 16  # pre-tokens before the last one that the probes re-tokenize (stable_tokens)
 PROBES = ("a", "A", "s", "t", "re", " a", " A", "  a", "1", " 1", "12", ".", " .", ",", "!", "'", "'s", "\"",
           "(", "-", "\n", "\n\n", "\na", " \n", "\t", " ", "  ", "é", "中", "<", "_", "$")
 
@@ -102,7 +103,13 @@ def stable_tokens(hasher: PromptHasher, text: str) -> list[int]:
     """The leading tokens of `text` that no continuation can change: the text is cut
     before any trailing piece of a special token, then before its last pre-token
     (which a continuation may extend, and BPE then merges differently), and what
-    is left must tokenize the same under every probe continuation."""
+    is left must tokenize the same under every probe continuation.
+
+    The probes re-tokenize only a window of the last `PROBE_WINDOW_PIECES` pre-tokens: a
+    pre-tokenizer's pieces are tokenized apart, so a continuation cannot reach the tokens
+    before the window (the window's own tokens must end the text's, or the whole text is
+    probed). A streamed upstream's quoted output grows a long prompt a few blocks at a
+    time, and probing all of it on every pass cost the gateway most of its CPU."""
     pre_tokenizer = _pre_tokenizer(hasher)
     if not text or pre_tokenizer is None:
         return []
@@ -110,13 +117,18 @@ def stable_tokens(hasher: PromptHasher, text: str) -> list[int]:
     pieces = pre_tokenizer.pre_tokenize_str(text)
     if len(pieces) < 2:
         return []
-    base = hasher.text_ids(text[:pieces[-1][1][0]])
-    keep = len(base)
+    cut = pieces[-1][1][0]
+    base = hasher.text_ids(text[:cut])
+    start = pieces[max(0, len(pieces) - 1 - PROBE_WINDOW_PIECES)][1][0]
+    window = hasher.text_ids(text[start:cut]) if start else base
+    if start and (len(window) > len(base) or base[len(base) - len(window):] != window):
+        start, window = 0, base  # the window's start is no token boundary here: probe it all
+    keep = len(window)
     for probe in PROBES:
-        keep = min(keep, common_prefix(base, hasher.text_ids(text + probe)))
+        keep = min(keep, common_prefix(window, hasher.text_ids(text[start:] + probe)))
         if keep == 0:
             break
-    return base[:keep]
+    return base[:len(base) - len(window) + keep]
 
 
 def _pre_tokenizer(hasher: PromptHasher):

@@ -106,3 +106,24 @@ def test_a_conversation_prefix_ends_at_its_last_special_token(hasher):
     nxt = hasher.chat_ids([{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi"},
                            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "More"}])
     assert nxt[:len(cut)] == cut
+
+
+def test_probing_a_window_of_a_long_tail_keeps_what_probing_all_of_it_keeps(hasher, monkeypatch):
+    """A long streamed output (code, prose, odd whitespace and scripts): the probes re-tokenize only the
+    last pre-tokens, and the tokens kept are the ones probing the whole text keeps, a prefix of the text
+    followed by any continuation."""
+    from gateway.planner import prefix
+
+    rng = random.Random(7)
+    words = ["def ", "f(x):\n", "    return", " x", " * 2", "\n\n", "# é中文 ", "'s", "  ", "\t", "12.5", "!=", " the",
+             "Paris.", "<", "|im_", "\n"]
+    texts = ["Summarize: " + "".join(rng.choice(words) for _ in range(n)) for n in (40, 120, 400)]
+    for text in texts:
+        for cut in range(len(text) // 2, len(text) + 1, max(1, len(text) // 25)):
+            windowed = stable_tokens(hasher, text[:cut])
+            monkeypatch.setattr(prefix, "PROBE_WINDOW_PIECES", 10 ** 6)
+            whole = stable_tokens(hasher, text[:cut])
+            monkeypatch.undo()
+            assert windowed == whole, (text[:cut][-60:],)
+            for rest in (text[cut:], *random_outputs(5, seed=cut)):
+                assert hasher.text_ids(text[:cut] + rest)[:len(windowed)] == windowed
