@@ -135,7 +135,7 @@ async def _run_llm(run: WorkflowRun, node: str, client: AsyncClient, model: str,
     text, usage, finish, calls = [], None, None, ToolCallDeltas()
     async for chunk in client.chat_stream(messages, model=spec.model or model, **sampling):
         calls.add(chunk.raw)
-        if (chunk.text or calls.calls()) and state.first_token is None:
+        if (chunk.text or calls) and state.first_token is None:
             state.first_token = time.time()
         text.append(chunk.text)
         usage, finish = chunk.usage or usage, chunk.finish_reason or finish

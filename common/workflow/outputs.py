@@ -25,6 +25,9 @@ class ToolCallDeltas:
                 call["function"]["name"] += fn.get("name") or ""
                 call["function"]["arguments"] += fn.get("arguments") or ""
 
+    def __bool__(self) -> bool:
+        return bool(self._calls)
+
     def calls(self) -> tuple[dict, ...]:
         """OpenAI's {id, type, function: {name, arguments}}, in index order."""
         return tuple(self._calls[i] for i in sorted(self._calls))

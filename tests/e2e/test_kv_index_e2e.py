@@ -12,12 +12,10 @@ import pytest
 import pytest_asyncio
 
 from common.redis_server import RedisServer
-from gateway.keys import HASHER, POLICY, POOL
 from gateway.kvindex.consumer import KVIndexConsumer
 from gateway.kvindex.index import KVIndex
-from gateway.keys import KV_INDEX
 from tests.gateway.fake_worker import FakeWorker
-from tests.gateway.support import GatewayHandle, fast_config
+from tests.gateway.support import GatewayHandle, assert_kv_aware_follows_the_index, fast_config
 from tests.support import start_worker, stop_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
@@ -99,34 +97,15 @@ async def test_the_index_holds_exactly_the_workers_blocks(kv_worker, redis_url, 
         await consumer.stop()
 
 
-async def test_kv_aware_routing_follows_the_index(kv_worker, redis_url, session, model_dir):
+async def test_kv_aware_routing_follows_the_index(kv_worker, redis_url, model_dir):
     fake = await FakeWorker().start()  # a plain worker that publishes nothing
     gw = await GatewayHandle(fast_config(redis_url, [kv_worker, fake.url], key_prefix="kve2e",
                                          tokenizer_path=str(model_dir), request_timeout_s=120,
                                          kvindex_registry_interval_s=0.2)).start()
     try:
-        deadline = time.monotonic() + 30
-        while len(gw.app[POOL].healthy()) < 2:
-            assert time.monotonic() < deadline, "both workers should be healthy"
-            await asyncio.sleep(0.1)
         chats = [{"messages": [{"role": "system", "content": s}, {"role": "user", "content": "Hi!"}],
                   "max_tokens": 2, "temperature": 0} for s in SYSTEMS]
-        for chat in chats:  # warm the worker directly: the gateway's own record knows nothing of it
-            await post_json(session, kv_worker + "/v1/chat/completions", chat)
-        routes = [gw.app[HASHER].route_for_ids(gw.app[HASHER].chat_ids(c["messages"])) for c in chats]
-        prefix = gw.app[POLICY].prefix
-        deadline = time.monotonic() + 30
-        while not all(prefix.matched_blocks(r.block_hashes, kv_worker) >= len(r.block_hashes) - 1 for r in routes):
-            assert time.monotonic() < deadline, "the gateway's index never saw the warmed prefixes"
-            await asyncio.sleep(0.1)
-        assert gw.app[KV_INDEX].covers(kv_worker) and not gw.app[KV_INDEX].covers(fake.url)
-        assert all(prefix.matched_blocks(r.block_hashes, fake.url) == 0 for r in routes)
-        # Two ties broken by rotation would split these two calls between the workers; the index does not.
-        for chat in chats:
-            status, body, _ = await gw.call("POST", "/v1/chat/completions", chat)
-            assert status == 200, body
-            assert body["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
-        assert fake.calls == [], "kv_aware sent a cached prefix to the worker that does not hold it"
+        await assert_kv_aware_follows_the_index(gw, kv_worker, fake, chats)
     finally:
         await gw.stop()
         await fake.stop()

@@ -21,12 +21,12 @@ from common.kvwire import WORKER_IDS, stream_key
 from common.redis_client import async_client
 from common.redis_server import RedisClusterServer
 from gateway.janitor import sweep_kv
-from gateway.keys import HASHER, KV_INDEX, POLICY, POOL, REDIS, SCHEDULER
+from gateway.keys import REDIS, SCHEDULER
 from gateway.state.notify import nudge, subscription
 from gateway.state.store import WorkflowStore
 from gateway.workers.registry import read_registry
 from tests.gateway.fake_worker import FakeWorker
-from tests.gateway.support import GatewayHandle, fast_config, llm
+from tests.gateway.support import GatewayHandle, assert_kv_aware_follows_the_index, fast_config, llm
 from tests.support import start_worker, stop_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
@@ -152,27 +152,9 @@ async def test_kv_aware_routing_follows_the_index_on_the_cluster(cluster, kv_wor
     gw = await GatewayHandle(fast_config(cluster.url, [kv_worker, fake.url], key_prefix="clkv", request_timeout_s=120,
                                          tokenizer_path=str(model_dir), kvindex_registry_interval_s=0.2)).start()
     try:
-        deadline = time.monotonic() + 30
-        while len(gw.app[POOL].healthy()) < 2:
-            assert time.monotonic() < deadline, "both workers should be healthy"
-            await asyncio.sleep(0.1)
         chat = {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi!"}],
                 "max_tokens": 2, "temperature": 0}
-        async with aiohttp.ClientSession() as session, session.post(kv_worker + "/v1/chat/completions", json=chat) as r:
-            assert r.status == 200  # warmed directly: only the index can tell the gateway
-        route = gw.app[HASHER].route_for_ids(gw.app[HASHER].chat_ids(chat["messages"]))
-        prefix = gw.app[POLICY].prefix
-        deadline = time.monotonic() + 30
-        while prefix.matched_blocks(route.block_hashes, kv_worker) < len(route.block_hashes) - 1:
-            assert time.monotonic() < deadline, "the gateway's index never saw the warmed prefix"
-            await asyncio.sleep(0.1)
-        assert gw.app[KV_INDEX].covers(kv_worker) and not gw.app[KV_INDEX].covers(fake.url)
-        assert prefix.matched_blocks(route.block_hashes, fake.url) == 0
-        for _ in range(2):  # a tie broken by rotation would send one of these to the fake worker
-            status, body, _ = await gw.call("POST", "/v1/chat/completions", chat)
-            assert status == 200, body
-            assert body["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
-        assert fake.calls == [], "kv_aware sent a cached prefix to the worker that does not hold it"
+        await assert_kv_aware_follows_the_index(gw, kv_worker, fake, [chat], sends_each=2)
     finally:
         await gw.stop()
         await fake.stop()

@@ -12,6 +12,7 @@ from aiohttp import web
 from common.redis_server import free_port
 from gateway.app import create_app
 from gateway.config import GatewayConfig
+from gateway.keys import HASHER, KV_INDEX, POLICY, POOL
 
 
 def fast_config(redis_url: str, worker_urls, **overrides) -> GatewayConfig:
@@ -109,3 +110,33 @@ class GatewayHandle:
 
 def llm(node_id: str, content: str, **extra) -> dict:
     return {"id": node_id, "messages": [{"role": "user", "content": content}], **extra}
+
+
+async def assert_kv_aware_follows_the_index(gw: GatewayHandle, kv_worker: str, fake, chats: list[dict],
+                                            sends_each: int = 1) -> None:
+    """kv_aware over a publishing worker (`kv_worker`) and a fake one that publishes nothing: the chats are
+    warmed on `kv_worker` directly, so only the gateway's KV index can tell where their prefixes are; once it
+    sees them, every chat sent through the gateway (`sends_each` times; a tie broken by rotation would send
+    one to the fake) is served from the cache, and the fake gets nothing."""
+    deadline = time.monotonic() + 30
+    while len(gw.app[POOL].healthy()) < 2:
+        assert time.monotonic() < deadline, "both workers should be healthy"
+        await asyncio.sleep(0.1)
+    async with aiohttp.ClientSession() as session:
+        for chat in chats:
+            async with session.post(kv_worker + "/v1/chat/completions", json=chat) as r:
+                assert r.status == 200, await r.text()
+    routes = [gw.app[HASHER].route_for_ids(gw.app[HASHER].chat_ids(c["messages"])) for c in chats]
+    prefix = gw.app[POLICY].prefix
+    deadline = time.monotonic() + 30
+    while not all(prefix.matched_blocks(r.block_hashes, kv_worker) >= len(r.block_hashes) - 1 for r in routes):
+        assert time.monotonic() < deadline, "the gateway's index never saw the warmed prefixes"
+        await asyncio.sleep(0.1)
+    assert gw.app[KV_INDEX].covers(kv_worker) and not gw.app[KV_INDEX].covers(fake.url)
+    assert all(prefix.matched_blocks(r.block_hashes, fake.url) == 0 for r in routes)
+    for chat in chats:
+        for _ in range(sends_each):
+            status, body, _ = await gw.call("POST", "/v1/chat/completions", chat)
+            assert status == 200, body
+            assert body["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+    assert fake.calls == [], "kv_aware sent a cached prefix to the worker that does not hold it"
